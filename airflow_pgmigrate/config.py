@@ -1,0 +1,697 @@
+"""The migration config: one declarative description of a migration, validated before any I/O.
+
+A config is loaded from YAML, from a dict (DAG params) or built in Python. Every mistake is reported at once as a
+:class:`~airflow_pgmigrate.exceptions.ConfigError` whose problems name the field, what is wrong and the fix.
+The config never holds a password: databases are named by Airflow connection ids.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from airflow_pgmigrate.engine.names import QualifiedName, parse_qualified_name
+from airflow_pgmigrate.engine.sqlfilter import normalize_row_filter
+from airflow_pgmigrate.exceptions import ConfigError, Problem
+
+MigrationType = Literal["schema", "full", "incremental"]
+MIGRATION_TYPES: tuple[str, ...] = ("schema", "full", "incremental")
+NameCase = Literal["keep", "lower", "upper"]
+ConflictMode = Literal["error", "ignore"]
+ApprovalMode = Literal["manual", "automatic"]
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+MAX_IDENTIFIER_BYTES = 63
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: int | str) -> int:
+    """Turn ``1048576``, ``"512MB"``, ``"10 GiB"`` into bytes; raise ValueError on anything else."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size")
+    number, unit = match.groups()
+    factor = _SIZE_UNITS[(unit or "").lower()[:1]]
+    return int(float(number) * factor)
+
+
+def _problem(errors: list[Problem], name: str, message: str, fix: str = "") -> None:
+    errors.append(Problem(name, message, fix))
+
+
+def _check_identifier(errors: list[Problem], name: str, value: str, what: str = "name") -> None:
+    if not value:
+        _problem(errors, name, f"the {what} is empty", "give a non-empty name")
+    elif len(value.encode()) > MAX_IDENTIFIER_BYTES:
+        _problem(errors, name, f"the {what} {value!r} is longer than {MAX_IDENTIFIER_BYTES} bytes",
+                 "PostgreSQL truncates longer names: choose a shorter one")
+    elif "\x00" in value:
+        _problem(errors, name, f"the {what} contains a NUL character", "remove it")
+
+
+def _check_table_key(errors: list[Problem], name: str, key: str) -> QualifiedName | None:
+    try:
+        return parse_qualified_name(key)
+    except ValueError as exc:
+        _problem(errors, name, str(exc), 'write it as schema.table, quoting parts that hold a dot: "my.schema".orders')
+        return None
+
+
+class _Validated:
+    """Mixin: ``__post_init__`` runs ``_validate`` over the field values and raises one ConfigError."""
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        return []
+
+    def __post_init__(self) -> None:
+        problems = self._validate({f.name: getattr(self, f.name) for f in fields(self)})  # type: ignore[arg-type]
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass
+class Endpoint(_Validated):
+    """One side of the migration: an Airflow connection of type postgres (credentials and TLS live there)."""
+
+    conn_id: str
+    #: Database to use instead of the one in the connection.
+    database: str | None = None
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        conn_id = values.get("conn_id")
+        if isinstance(conn_id, str) and not conn_id.strip():
+            _problem(errors, "conn_id", "the connection id is empty", "name an Airflow connection of type postgres")
+        database = values.get("database")
+        if isinstance(database, str):
+            _check_identifier(errors, "database", database, "database name")
+        return errors
+
+
+@dataclass
+class RdsSettings(_Validated):
+    """The Amazon RDS side: checked through boto3 by the precheck."""
+
+    db_instance_identifier: str
+    aws_conn_id: str | None = None
+    region: str | None = None
+    #: CIDR blocks the migration workers connect from; each must be admitted by a security group on the DB port.
+    worker_cidrs: list[str] = field(default_factory=list)
+    #: May the migration add the missing ingress rule itself (and remove it at the end)?
+    manage_security_group: bool = False
+    #: Do the workers reach the instance over the internet (then it must be publicly accessible)?
+    connect_over_internet: bool = True
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        ident = values.get("db_instance_identifier")
+        if isinstance(ident, str) and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,62}", ident):
+            _problem(errors, "db_instance_identifier", f"{ident!r} is not an RDS DB instance identifier",
+                     "use 1-63 letters, digits or hyphens, starting with a letter, as shown in the RDS console")
+        region = values.get("region")
+        if isinstance(region, str) and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", region):
+            _problem(errors, "region", f"{region!r} is not an AWS region name", "write it like us-east-1")
+        for i, cidr in enumerate(values.get("worker_cidrs") or []):
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as exc:
+                _problem(errors, f"worker_cidrs[{i}]", f"{cidr!r} is not a CIDR block ({exc})",
+                         "write an address block like 203.0.113.0/24 (host bits zero) or 203.0.113.7/32")
+        if values.get("manage_security_group") and not values.get("worker_cidrs"):
+            _problem(errors, "manage_security_group", "is true but worker_cidrs is empty",
+                     "list the CIDR blocks the workers connect from in rds.worker_cidrs")
+        return errors
+
+
+@dataclass
+class ObjectSelection(_Validated):
+    """Which tables migrate. Names are exact (case-sensitive); patterns are shell globs over ``schema.table``.
+
+    Nothing listed selects every table of every non-system schema.
+    """
+
+    schemas: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    #: Column selection per table: ``{"public.orders": ["id", "amount"]}``.
+    columns: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        for i, schema in enumerate(values.get("schemas") or []):
+            _check_identifier(errors, f"schemas[{i}]", schema, "schema name")
+        for i, table in enumerate(values.get("tables") or []):
+            _check_table_key(errors, f"tables[{i}]", table)
+        for key in ("include", "exclude"):
+            for i, pattern in enumerate(values.get(key) or []):
+                if not pattern.strip():
+                    _problem(errors, f"{key}[{i}]", "the pattern is empty", "write a glob such as sales.* or *.tmp_*")
+                elif "." not in pattern:
+                    _problem(errors, f"{key}[{i}]", f"the pattern {pattern!r} has no schema part",
+                             f"patterns match schema.table: write *.{pattern} or public.{pattern}")
+        for table, cols in (values.get("columns") or {}).items():
+            _check_table_key(errors, f"columns[{table!r}]", table)
+            if not cols:
+                _problem(errors, f"columns[{table!r}]", "the column list is empty",
+                         "list the columns to migrate, or drop the entry to migrate them all")
+            seen: set[str] = set()
+            for col in cols:
+                _check_identifier(errors, f"columns[{table!r}]", col, "column name")
+                if col in seen:
+                    _problem(errors, f"columns[{table!r}]", f"column {col!r} is listed twice", "list it once")
+                seen.add(col)
+        return errors
+
+    @property
+    def selects_everything(self) -> bool:
+        return not (self.schemas or self.tables or self.include)
+
+
+@dataclass
+class NameMapping(_Validated):
+    """Renames in the destination. Explicit names are used verbatim; ``name_case`` applies to the others."""
+
+    schemas: dict[str, str] = field(default_factory=dict)
+    #: ``{"public.orders": "orders_v2"}``: a new table name inside its (mapped) schema.
+    tables: dict[str, str] = field(default_factory=dict)
+    #: ``{"public.orders": {"amount": "total"}}``.
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    name_case: NameCase = "keep"
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        for src, dst in (values.get("schemas") or {}).items():
+            _check_identifier(errors, f"schemas[{src!r}]", src, "source schema name")
+            _check_identifier(errors, f"schemas[{src!r}]", dst, "destination schema name")
+        targets: dict[tuple[str, str], str] = {}
+        schema_map = values.get("schemas") or {}
+        for src, dst in (values.get("tables") or {}).items():
+            qn = _check_table_key(errors, f"tables[{src!r}]", src)
+            _check_identifier(errors, f"tables[{src!r}]", dst, "destination table name")
+            if qn is None:
+                continue
+            target = (schema_map.get(qn.schema, qn.schema), dst)
+            if target in targets:
+                _problem(errors, f"tables[{src!r}]",
+                         f"maps to {target[0]}.{target[1]}, as {targets[target]!r} does already",
+                         "give each table its own destination name")
+            targets[target] = src
+        for table, renames in (values.get("columns") or {}).items():
+            _check_table_key(errors, f"columns[{table!r}]", table)
+            seen: dict[str, str] = {}
+            for src, dst in renames.items():
+                _check_identifier(errors, f"columns[{table!r}][{src!r}]", dst, "destination column name")
+                if dst in seen:
+                    _problem(errors, f"columns[{table!r}][{src!r}]",
+                             f"maps to {dst!r}, as column {seen[dst]!r} does already",
+                             "give each column its own destination name")
+                seen[dst] = src
+        return errors
+
+
+@dataclass
+class FullLoadThrottle(_Validated):
+    queries_per_second: float | None = None
+    rows_per_second: float | None = None
+    mb_per_second: float | None = None
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        return _positive_or_none(values, ("queries_per_second", "rows_per_second", "mb_per_second"))
+
+
+@dataclass
+class IncrementalThrottle(_Validated):
+    rows_per_second: float | None = None
+    mb_per_second: float | None = None
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        return _positive_or_none(values, ("rows_per_second", "mb_per_second"))
+
+
+def _positive_or_none(values: Mapping[str, Any], names: tuple[str, ...]) -> list[Problem]:
+    errors: list[Problem] = []
+    for name in names:
+        value = values.get(name)
+        if value is not None and value <= 0:
+            _problem(errors, name, f"must be greater than 0, got {value}", "leave it out (or null) for no limit")
+    return errors
+
+
+@dataclass
+class Throttling(_Validated):
+    """DTS "Enable Throttling": caps for the full load and for incremental sync. Unset means unlimited."""
+
+    full_load: FullLoadThrottle = field(default_factory=FullLoadThrottle)
+    incremental: IncrementalThrottle = field(default_factory=IncrementalThrottle)
+
+
+@dataclass
+class RetryWindows(_Validated):
+    """How long a step keeps retrying: after connection failures, and after other errors."""
+
+    connection_failures_minutes: int = 720
+    other_errors_minutes: int = 10
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        conn = values.get("connection_failures_minutes")
+        other = values.get("other_errors_minutes")
+        if isinstance(conn, int) and not 10 <= conn <= 1440:
+            _problem(errors, "connection_failures_minutes", f"must be between 10 and 1440, got {conn}",
+                     "720 (12 hours) is the default; at least 30 is recommended")
+        if isinstance(other, int) and not 1 <= other <= 1440:
+            _problem(errors, "other_errors_minutes", f"must be between 1 and 1440, got {other}", "10 is the default")
+        if isinstance(conn, int) and isinstance(other, int) and other >= conn:
+            _problem(errors, "other_errors_minutes",
+                     f"must be less than connection_failures_minutes ({conn}), got {other}",
+                     "lower other_errors_minutes or raise connection_failures_minutes")
+        return errors
+
+
+@dataclass
+class FullLoadSettings(_Validated):
+    #: Tables (or table parts) copied at the same time.
+    parallel_jobs: int = 4
+    #: A table larger than this is split into ranges copied in parallel: bytes, or "512MB", "10GB".
+    split_tables_larger_than: int | str = "1GB"
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        jobs = values.get("parallel_jobs")
+        if isinstance(jobs, int) and not 1 <= jobs <= 64:
+            _problem(errors, "parallel_jobs", f"must be between 1 and 64, got {jobs}",
+                     "about the number of cores of the smaller server is a good start")
+        size = values.get("split_tables_larger_than")
+        if size is not None:
+            try:
+                if parse_size(size) < 1024 * 1024:
+                    _problem(errors, "split_tables_larger_than", f"{size!r} is less than 1MB",
+                             "use a size of at least 1MB, such as 1GB")
+            except ValueError as exc:
+                _problem(errors, "split_tables_larger_than", str(exc), "write bytes or a size such as 512MB or 10GB")
+        return errors
+
+    @property
+    def split_bytes(self) -> int:
+        return parse_size(self.split_tables_larger_than)
+
+
+@dataclass
+class IncrementalSettings(_Validated):
+    #: The replication slot (and publication) is named ``<slot_prefix><migration name>``.
+    slot_prefix: str = "pgmigrate_"
+    #: Incremental sync counts as "not delayed" when the lag is under both thresholds.
+    max_lag_seconds: float = 5.0
+    max_lag_bytes: int | str = "16MB"
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        prefix = values.get("slot_prefix")
+        if isinstance(prefix, str) and not re.fullmatch(r"[a-z0-9_]*", prefix):
+            _problem(errors, "slot_prefix", f"{prefix!r} may hold only lower-case letters, digits and _",
+                     "replication slot names allow only [a-z0-9_]; the default is pgmigrate_")
+        lag = values.get("max_lag_seconds")
+        if isinstance(lag, (int, float)) and lag <= 0:
+            _problem(errors, "max_lag_seconds", f"must be greater than 0, got {lag}", "5 seconds is the default")
+        size = values.get("max_lag_bytes")
+        if size is not None:
+            try:
+                parse_size(size)
+            except ValueError as exc:
+                _problem(errors, "max_lag_bytes", str(exc), "write bytes or a size such as 16MB")
+        return errors
+
+
+@dataclass
+class CutoverSettings(_Validated):
+    #: ``manual``: a person approves in the Airflow UI; ``automatic``: for unattended runs and tests.
+    approval: ApprovalMode = "manual"
+    #: Set the source database read-only at cutover (else wait for the user's word that writes stopped).
+    freeze_source: bool = False
+    #: Added to every sequence value copied to the destination at cutover.
+    sequence_offset: int = 0
+    #: Finish the cutover even when verification finds differences.
+    allow_differences: bool = False
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        offset = values.get("sequence_offset")
+        if isinstance(offset, int) and offset < 0:
+            _problem(errors, "sequence_offset", f"must be 0 or more, got {offset}", "use 0 for no offset")
+        return errors
+
+
+@dataclass
+class PrecheckSettings(_Validated):
+    #: Check names to skip (the DTS "ignore" of an alert); see docs/precheck.md for the names.
+    skip: list[str] = field(default_factory=list)
+    #: A source transaction open longer than this is reported (it holds back the start of incremental sync).
+    long_transaction_seconds: int = 300
+    #: Fail the task on warnings too.
+    fail_on_warning: bool = False
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        from airflow_pgmigrate.engine.precheck import CHECK_NAMES
+
+        errors: list[Problem] = []
+        for i, name in enumerate(values.get("skip") or []):
+            if name not in CHECK_NAMES:
+                close = difflib.get_close_matches(name, CHECK_NAMES, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known checks: {', '.join(CHECK_NAMES)}"
+                _problem(errors, f"skip[{i}]", f"{name!r} is not a precheck item", hint)
+        seconds = values.get("long_transaction_seconds")
+        if isinstance(seconds, int) and seconds < 1:
+            _problem(errors, "long_transaction_seconds", f"must be at least 1, got {seconds}", "300 is the default")
+        return errors
+
+
+@dataclass
+class MigrationConfig(_Validated):
+    """One migration: what moves where, how, and how it is checked. See docs/configuration.md."""
+
+    name: str
+    source: Endpoint
+    destination: Endpoint
+    migration_types: list[MigrationType] = field(default_factory=lambda: list(MIGRATION_TYPES))
+    objects: ObjectSelection = field(default_factory=ObjectSelection)
+    mapping: NameMapping = field(default_factory=NameMapping)
+    #: Row filter per table: ``{"public.orders": "created_at >= '2024-01-01'"}`` (one SQL condition, no subquery).
+    filters: dict[str, str] = field(default_factory=dict)
+    conflicting_tables: ConflictMode = "error"
+    throttling: Throttling = field(default_factory=Throttling)
+    retry: RetryWindows = field(default_factory=RetryWindows)
+    full_load: FullLoadSettings = field(default_factory=FullLoadSettings)
+    incremental: IncrementalSettings = field(default_factory=IncrementalSettings)
+    cutover: CutoverSettings = field(default_factory=CutoverSettings)
+    precheck: PrecheckSettings = field(default_factory=PrecheckSettings)
+    rds: RdsSettings | None = None
+    #: Schema in the destination where the migration keeps its durable state.
+    state_schema: str = "pgmigrate"
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        name = values.get("name")
+        if isinstance(name, str) and not NAME_RE.match(name):
+            _problem(errors, "name", f"{name!r} may hold only lower-case letters, digits and _, starting with a letter",
+                     "it becomes the DAG id and the replication slot name: use something like shop_to_apsara")
+        prefix = values.get("incremental").slot_prefix if values.get("incremental") else "pgmigrate_"
+        if isinstance(name, str) and len(prefix) + len(name) > MAX_IDENTIFIER_BYTES:
+            _problem(errors, "name", f"slot name {prefix + name!r} is longer than {MAX_IDENTIFIER_BYTES} bytes",
+                     "shorten the name or incremental.slot_prefix")
+        source, destination = values.get("source"), values.get("destination")
+        if isinstance(source, Endpoint) and isinstance(destination, Endpoint):
+            if source.conn_id == destination.conn_id and (source.database or "") == (destination.database or ""):
+                _problem(errors, "destination.conn_id", "is the same connection and database as the source",
+                         "point destination at another database")
+        types_ = values.get("migration_types")
+        if types_ is not None:
+            if not types_:
+                _problem(errors, "migration_types", "is empty",
+                         "choose one or more of schema, full, incremental (all three are recommended)")
+            if len(set(types_)) != len(types_):
+                _problem(errors, "migration_types", f"lists a type twice: {types_}", "list each type once")
+        for table, condition in (values.get("filters") or {}).items():
+            _check_table_key(errors, f"filters[{table!r}]", table)
+            try:
+                normalize_row_filter(condition)
+            except ValueError as exc:
+                _problem(errors, f"filters[{table!r}]", str(exc),
+                         "write one SQL condition over the table's columns, e.g. created_at >= '2024-01-01'")
+        state_schema = values.get("state_schema")
+        if isinstance(state_schema, str):
+            _check_identifier(errors, "state_schema", state_schema, "schema name")
+        return errors
+
+    # -- derived ------------------------------------------------------------------------------------------------
+
+    @property
+    def slot_name(self) -> str:
+        return f"{self.incremental.slot_prefix}{self.name}"
+
+    @property
+    def publication_name(self) -> str:
+        return self.slot_name
+
+    @property
+    def dag_id(self) -> str:
+        return f"pgmigrate_{self.name}"
+
+    def wants(self, migration_type: str) -> bool:
+        return migration_type in self.migration_types
+
+    def row_filter(self, table: QualifiedName) -> str | None:
+        """The normalised row filter for a source table, or None."""
+        for key, condition in self.filters.items():
+            if parse_qualified_name(key) == table:
+                return normalize_row_filter(condition)
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict that :meth:`from_dict` accepts (for XCom and DAG params)."""
+        return _to_plain(self)
+
+    # -- loading ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str | None = None) -> MigrationConfig:
+        problems: list[Problem] = []
+        built = _build(cls, data, "", problems)
+        if problems or built is None:
+            raise ConfigError(problems, source=source)
+        return typing.cast(MigrationConfig, built)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> MigrationConfig:
+        import yaml
+
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([Problem("(file)", f"cannot read {path}: {exc.strerror}", "check the path")],
+                              source=str(path)) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError([Problem("(file)", f"is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+                                       "fix the YAML syntax")], source=str(path)) from None
+        if not isinstance(data, Mapping):
+            raise ConfigError([Problem("(file)", "does not hold a mapping of fields",
+                                       "start the file with fields such as 'name:', 'source:', 'destination:'")],
+                              source=str(path))
+        return cls.from_dict(data, source=str(path))
+
+
+def load_config(config: MigrationConfig | Mapping[str, Any] | str | Path) -> MigrationConfig:
+    """Accept what operators accept as ``config=``: a MigrationConfig, a dict, or a path to a YAML file."""
+    if isinstance(config, MigrationConfig):
+        return config
+    if isinstance(config, Mapping):
+        return MigrationConfig.from_dict(config)
+    if isinstance(config, (str, Path)):
+        text = str(config)
+        if "\n" not in text and text.strip().endswith((".yaml", ".yml")):
+            return MigrationConfig.from_yaml(text.strip())
+        raise ConfigError([Problem("config", f"{text[:80]!r} is not a path to a .yaml/.yml file",
+                                   "pass a MigrationConfig, a dict, or the path of a YAML file")])
+    raise ConfigError([Problem("config", f"cannot use a {type(config).__name__} as a migration config",
+                               "pass a MigrationConfig, a dict, or the path of a YAML file")])
+
+
+# -- generic dict -> dataclass building with type checks ---------------------------------------------------------
+
+
+class _Invalid:
+    pass
+
+
+_INVALID = _Invalid()
+
+
+def _type_label(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_label(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_label(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if is_dataclass(tp):
+        return "a mapping of fields"
+    if tp is type(None):
+        return "null"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any, path: str, problems: list[Problem]) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value in allowed:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"use one of: {', '.join(map(str, allowed))}"
+        problems.append(Problem(path, f"{value!r} is not allowed", hint))
+        return _INVALID
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            trial: list[Problem] = []
+            result = _coerce(option, value, path, trial)
+            if not trial:
+                return result
+        non_none = [o for o in options if o is not type(None)]
+        if len(non_none) == 1:
+            return _coerce(non_none[0], value, path, problems)
+        problems.append(Problem(path, f"expected {_type_label(tp)}, got {type(value).__name__} {value!r}",
+                                "fix the value's type"))
+        return _INVALID
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            example = "[a, b]"
+            problems.append(Problem(path, f"expected {_type_label(tp)}, got {type(value).__name__} {value!r}",
+                                    f"write a YAML list such as {example}"))
+            return _INVALID
+        (item_tp,) = get_args(tp)
+        items = [_coerce(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return _INVALID if any(i is _INVALID for i in items) else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            problems.append(Problem(path, f"expected a mapping, got {type(value).__name__} {value!r}",
+                                    "write key: value pairs"))
+            return _INVALID
+        key_tp, val_tp = get_args(tp)
+        out = {}
+        bad = False
+        for k, v in value.items():
+            ck = _coerce(key_tp, k, f"{path}[{k!r}]", problems)
+            cv = _coerce(val_tp, v, f"{path}[{k!r}]", problems)
+            bad = bad or ck is _INVALID or cv is _INVALID
+            out[ck] = cv
+        return _INVALID if bad else out
+    if is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        built = _build(typing.cast(type, tp), value, path, problems)
+        return _INVALID if built is None else built
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    problems.append(Problem(path, f"expected {_type_label(tp)}, got {type(value).__name__} {value!r}",
+                            f"write {_type_label(tp)}"))
+    return _INVALID
+
+
+def _join(path: str, name: str) -> str:
+    if not path:
+        return name
+    return f"{path}{name}" if name.startswith("[") else f"{path}.{name}"
+
+
+def _build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
+    """Build dataclass ``cls`` from a mapping, adding every problem found (with full field paths) to ``problems``."""
+    if not isinstance(data, Mapping):
+        problems.append(Problem(path or "(config)", f"expected a mapping of fields, got {type(data).__name__}",
+                                "write key: value pairs"))
+        return None
+    hints = get_type_hints(cls)
+    init_fields = [f for f in fields(cls) if f.init and not f.name.startswith("_")]
+    known = [f.name for f in init_fields]
+    start = len(problems)
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known fields here: {', '.join(known)}"
+            problems.append(Problem(_join(path, str(key)), "is not a known field", hint))
+    values: dict[str, Any] = {}
+    for f in init_fields:
+        if f.name in data:
+            value = _coerce(hints[f.name], data[f.name], _join(path, f.name), problems)
+            if value is not _INVALID:
+                values[f.name] = value
+        elif f.default is MISSING and f.default_factory is MISSING:
+            problems.append(Problem(_join(path, f.name), "is required", f"add '{f.name}:' to the config"))
+    own = typing.cast(Any, cls)._validate(values)
+    problems.extend(Problem(_join(path, p.field), p.message, p.fix) for p in own)
+    if len(problems) > start:
+        return None
+    return cls(**values)
+
+
+def _to_plain(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj) if not f.name.startswith("_")}
+    if isinstance(obj, list):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+__all__ = [
+    "CutoverSettings",
+    "Endpoint",
+    "FullLoadSettings",
+    "FullLoadThrottle",
+    "IncrementalSettings",
+    "IncrementalThrottle",
+    "MIGRATION_TYPES",
+    "MigrationConfig",
+    "NameMapping",
+    "ObjectSelection",
+    "PrecheckSettings",
+    "RdsSettings",
+    "RetryWindows",
+    "Throttling",
+    "load_config",
+    "parse_size",
+]

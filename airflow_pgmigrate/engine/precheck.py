@@ -1,0 +1,637 @@
+"""The precheck: every check that applies to the chosen migration types, gathered into one report.
+
+Each item returns one or more :class:`CheckResult` (passed, warning, failed, skipped) with a detail and a fix. Nothing
+here changes either database, except recording security-group rules the RDS check added (so they can be removed).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from airflow_pgmigrate.engine import catalog
+from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
+from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, is_selected, parse_qualified_name
+from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
+
+if TYPE_CHECKING:
+    from airflow_pgmigrate.config import MigrationConfig
+    from airflow_pgmigrate.engine.rds import RdsInspector
+
+MIN_SOURCE_VERSION = 100004
+
+#: Every precheck item, in report order. Names are stable: configs skip items by name.
+CHECK_NAMES: tuple[str, ...] = (
+    "source_connection",
+    "destination_connection",
+    "source_version",
+    "version_match",
+    "wal_level",
+    "replication_capacity",
+    "source_privileges",
+    "destination_privileges",
+    "selected_objects",
+    "row_filters",
+    "name_mapping",
+    "primary_keys",
+    "c_functions",
+    "name_conflicts",
+    "extensions",
+    "destination_space",
+    "long_transactions",
+    "prepared_transactions",
+    "rds_instance",
+    "rds_logical_replication",
+    "rds_public_access",
+    "rds_security_group",
+)
+RDS_CHECKS = ("rds_instance", "rds_logical_replication", "rds_public_access", "rds_security_group")
+
+
+def _q(name: QualifiedName) -> str:
+    """A qualified name quoted for SQL text shown to people (fixes), never executed by us."""
+    return sql.Identifier(name.schema, name.name).as_string(None)
+
+
+def _qi(name: str) -> str:
+    return sql.Identifier(name).as_string(None)
+
+
+def _size(num: int) -> str:
+    value = float(num)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{num} B"
+
+
+def _listing(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@dataclass
+class PrecheckContext:
+    """What the checks share: the config, both connections and what has been read of the source catalog."""
+
+    config: MigrationConfig
+    source: ConnectionInfo
+    destination: ConnectionInfo
+    src: psycopg.Connection | None = None
+    dst: psycopg.Connection | None = None
+    tables: list[catalog.TableInfo] = field(default_factory=list)
+    selected: list[catalog.TableInfo] = field(default_factory=list)
+    source_version: int = 0
+    destination_version: int = 0
+
+    @property
+    def types(self) -> list[str]:
+        return list(self.config.migration_types)
+
+    @property
+    def mapper(self) -> NameMapper:
+        return NameMapper(self.config.mapping)
+
+    def scope_schemas(self) -> list[str]:
+        """Schemas whose non-table objects migrate with the schema: the listed ones, or all when nothing is listed."""
+        selection = self.config.objects
+        if selection.selects_everything:
+            assert self.src is not None
+            return [s for s in catalog.list_schemas(self.src) if not s.startswith("pg_")]
+        return sorted(set(selection.schemas) | {t.name.schema for t in self.selected})
+
+
+Check = Callable[[PrecheckContext], list[CheckResult]]
+
+
+# -- connectivity and server settings ------------------------------------------------------------------------------
+
+
+def _connection_fix(side: str, info: ConnectionInfo, conn_id: str) -> str:
+    return (f"check host, port, database, login and password of the Airflow connection {conn_id!r} ({info.describe()}); "
+            f"TLS settings go in its extras (sslmode, sslrootcert, sslcert, sslkey); the {side} server's pg_hba.conf "
+            f"and firewall (or security group) must admit the Airflow workers")
+
+
+def check_source_version(ctx: PrecheckContext) -> list[CheckResult]:
+    v = ctx.source_version
+    if v < MIN_SOURCE_VERSION:
+        return [failed("source_version", f"source runs PostgreSQL {catalog.format_version(v)}; 10.4 or later is needed",
+                       "upgrade the source to PostgreSQL 10.4 or later (on Amazon RDS: Modify > DB engine version)")]
+    return [passed("source_version", f"source runs PostgreSQL {catalog.format_version(v)}")]
+
+
+def check_version_match(ctx: PrecheckContext) -> list[CheckResult]:
+    s, d = ctx.source_version // 10000, ctx.destination_version // 10000
+    text = (f"source PostgreSQL {catalog.format_version(ctx.source_version)}, destination "
+            f"{catalog.format_version(ctx.destination_version)}")
+    if s == d:
+        return [passed("version_match", text)]
+    if d < s:
+        return [warning("version_match", f"{text}: the destination is older than the source",
+                        "use a destination of the same or a newer major version; objects using newer features "
+                        "may fail to migrate")]
+    return [warning("version_match", f"{text}: major versions differ",
+                    "rehearse the migration on a test destination of this version before the real one")]
+
+
+def check_wal_level(ctx: PrecheckContext) -> list[CheckResult]:
+    assert ctx.src is not None
+    level = catalog.setting(ctx.src, "wal_level")
+    if level == "logical":
+        return [passed("wal_level", "wal_level = logical")]
+    return [failed("wal_level", f"wal_level = {level}; incremental migration needs logical",
+                   "on Amazon RDS set rds.logical_replication = 1 in the instance's parameter group and reboot; "
+                   "elsewhere run ALTER SYSTEM SET wal_level = logical; and restart the server")]
+
+
+def check_replication_capacity(ctx: PrecheckContext) -> list[CheckResult]:
+    assert ctx.src is not None
+    row = ctx.src.execute(
+        """
+        SELECT current_setting('max_replication_slots')::int,
+               (SELECT count(*) FROM pg_replication_slots),
+               (SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s),
+               current_setting('max_wal_senders')::int,
+               (SELECT count(*) FROM pg_stat_replication)
+        """,
+        (ctx.config.slot_name,),
+    ).fetchone()
+    assert row is not None
+    max_slots, used_slots, ours, max_senders, used_senders = row
+    problems = []
+    if not ours and used_slots >= max_slots:
+        problems.append(f"all {max_slots} replication slots are in use")
+    if used_senders >= max_senders:
+        problems.append(f"all {max_senders} WAL senders are in use")
+    detail = (f"replication slots {used_slots}/{max_slots} used, WAL senders {used_senders}/{max_senders} used"
+              + (f"; slot {ctx.config.slot_name} exists and will be reused" if ours else ""))
+    if problems:
+        return [failed("replication_capacity", "; ".join(problems) + f" ({detail})",
+                       "raise max_replication_slots / max_wal_senders (parameter group on RDS) and restart, or drop "
+                       "unused slots: SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                       "WHERE NOT active AND slot_name = '...';")]
+    return [passed("replication_capacity", detail)]
+
+
+# -- privileges ---------------------------------------------------------------------------------------------------
+
+
+def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
+    assert ctx.src is not None
+    user = ctx.source.user
+    missing: list[str] = []
+    fixes: list[str] = []
+    row = ctx.src.execute(
+        """
+        SELECT r.rolsuper, r.rolreplication,
+               EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname IN ('rds_superuser', 'rds_replication')
+                       AND pg_has_role(current_user, g.oid, 'member')),
+               has_schema_privilege('pg_catalog', 'USAGE'),
+               has_database_privilege(current_database(), 'CREATE')
+          FROM pg_roles r WHERE r.rolname = current_user
+        """
+    ).fetchone()
+    assert row is not None
+    is_super, can_replicate, rds_role, catalog_usage, db_create = row
+    if not catalog_usage:
+        missing.append("USAGE on schema pg_catalog")
+        fixes.append(f"GRANT USAGE ON SCHEMA pg_catalog TO {_qi(user)};")
+    schemas = sorted({t.name.schema for t in ctx.selected})
+    for schema in schemas:
+        ok = ctx.src.execute("SELECT has_schema_privilege(%s, 'USAGE')", (schema,)).fetchone()
+        if ok and not ok[0]:
+            missing.append(f"USAGE on schema {schema}")
+            fixes.append(f"GRANT USAGE ON SCHEMA {_qi(schema)} TO {_qi(user)};")
+    if ctx.config.wants("full") or ctx.config.wants("incremental"):
+        no_select = [t for t in ctx.selected
+                     if not ctx.src.execute("SELECT has_table_privilege(%s::oid, 'SELECT')", (t.oid,)).fetchone()[0]]  # type: ignore[index]
+        if no_select:
+            missing.append("SELECT on " + _listing([str(t.name) for t in no_select]))
+            fixes += [f"GRANT SELECT ON {_q(t.name)} TO {_qi(user)};" for t in no_select]
+    if ctx.config.wants("incremental") and not is_super:
+        if not (can_replicate or rds_role):
+            missing.append("the REPLICATION attribute (or rds_replication / rds_superuser on Amazon RDS)")
+            fixes.append(f"ALTER ROLE {_qi(user)} REPLICATION;  -- on Amazon RDS: GRANT rds_replication TO {_qi(user)};")
+        # Creating the publication needs CREATE on the database and ownership of every published table.
+        if not db_create:
+            missing.append("CREATE on the database (to create the publication)")
+            fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.source.dbname)} TO {_qi(user)};")
+        not_owned = [t for t in ctx.selected if not ctx.src.execute(
+            "SELECT pg_has_role(current_user, %s, 'USAGE')", (t.owner,)).fetchone()[0]]  # type: ignore[index]
+        if not_owned:
+            missing.append("ownership of " + _listing([str(t.name) for t in not_owned]) + " (to publish them)")
+            owners = sorted({t.owner for t in not_owned})
+            fixes += [f"GRANT {_qi(o)} TO {_qi(user)};" for o in owners]
+    if missing:
+        return [failed("source_privileges", f"source account {user!r} lacks: " + "; ".join(missing),
+                       "\n".join(fixes), objects=missing)]
+    what = "superuser" if is_super else "required privileges"
+    return [passed("source_privileges", f"source account {user!r} has the {what} for {', '.join(ctx.types)}")]
+
+
+def check_destination_privileges(ctx: PrecheckContext) -> list[CheckResult]:
+    assert ctx.dst is not None
+    user = ctx.destination.user
+    row = ctx.dst.execute(
+        "SELECT rolsuper, has_database_privilege(current_database(), 'CREATE') FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    assert row is not None
+    is_super, db_create = row
+    if is_super:
+        return [passed("destination_privileges", f"destination account {user!r} is a superuser")]
+    targets = sorted({ctx.mapper.schema(t.name.schema) for t in ctx.selected} | {ctx.config.state_schema})
+    rows = ctx.dst.execute(
+        """
+        SELECT n.nspname, has_schema_privilege(n.oid, 'CREATE'), has_schema_privilege(n.oid, 'USAGE'),
+               pg_has_role(current_user, n.nspowner, 'USAGE'), pg_get_userbyid(n.nspowner)
+          FROM pg_namespace n WHERE n.nspname = ANY(%s)
+        """,
+        (targets,),
+    ).fetchall()
+    existing = {r[0]: r[1:] for r in rows}
+    missing: list[str] = []
+    fixes: list[str] = []
+    for schema in targets:
+        if schema not in existing:
+            if not db_create:
+                missing.append(f"CREATE on the database (to create schema {schema})")
+                fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.destination.dbname)} TO {_qi(user)};")
+            continue
+        create, usage, owner, owner_name = existing[schema]
+        if not (create and usage):
+            missing.append(f"CREATE and USAGE on schema {schema}")
+            fixes.append(f"GRANT CREATE, USAGE ON SCHEMA {_qi(schema)} TO {_qi(user)};")
+        if not owner and schema != ctx.config.state_schema:
+            missing.append(f"ownership of schema {schema} (owned by {owner_name})")
+            fixes.append(f"ALTER SCHEMA {_qi(schema)} OWNER TO {_qi(user)};")
+    fixes = list(dict.fromkeys(fixes))
+    if missing:
+        return [failed("destination_privileges", f"destination account {user!r} lacks: " + "; ".join(missing),
+                       "\n".join(fixes), objects=missing)]
+    return [passed("destination_privileges",
+                   f"destination account {user!r} can create and own objects in {', '.join(targets)}")]
+
+
+# -- the config against the real source ---------------------------------------------------------------------------
+
+
+def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
+    config = ctx.config
+    by_name = {t.name: t for t in ctx.tables}
+    selected_names = {t.name for t in ctx.selected}
+    problems: list[str] = []
+    warnings: list[str] = []
+    assert ctx.src is not None
+    schemas = set(catalog.list_schemas(ctx.src))
+    for schema in config.objects.schemas:
+        if schema not in schemas:
+            close = difflib.get_close_matches(schema, sorted(schemas), n=1)
+            problems.append(f"schema {schema} does not exist" + (f" (did you mean {close[0]}?)" if close else ""))
+    keys = [str(t.name) for t in ctx.tables]
+    for key in config.objects.tables:
+        name = parse_qualified_name(key)
+        if name not in by_name:
+            close = difflib.get_close_matches(str(name), keys, n=1, cutoff=0.6)
+            problems.append(f"table {name} does not exist" + (f" (did you mean {close[0]}?)" if close else ""))
+    for key, cols in config.objects.columns.items():
+        name = parse_qualified_name(key)
+        table = by_name.get(name)
+        if table is None:
+            problems.append(f"columns are selected for {name}, which does not exist")
+            continue
+        if name not in selected_names:
+            warnings.append(f"columns are selected for {name}, which is not selected")
+        unknown = [c for c in cols if c not in table.column_names]
+        if unknown:
+            problems.append(f"{name} has no column {', '.join(unknown)}")
+        key_cols = table.key_columns or []
+        if (config.wants("incremental") or config.conflicting_tables == "ignore") and key_cols:
+            left_out = [c for c in key_cols if c not in cols]
+            if left_out:
+                problems.append(f"the column selection of {name} leaves out key column(s) {', '.join(left_out)}")
+    for section, mapping in (("mapping.tables", config.mapping.tables), ("mapping.columns", config.mapping.columns),
+                             ("filters", config.filters)):
+        for key in mapping:
+            name = parse_qualified_name(key)
+            if name not in by_name:
+                problems.append(f"{section} names {name}, which does not exist")
+            elif name not in selected_names:
+                warnings.append(f"{section} names {name}, which is not selected")
+    for key, renames in config.mapping.columns.items():
+        table = by_name.get(parse_qualified_name(key))
+        if table is not None:
+            unknown = [c for c in renames if c not in table.column_names]
+            if unknown:
+                problems.append(f"mapping.columns renames {', '.join(unknown)} of {table.name}, which it does not have")
+    results: list[CheckResult] = []
+    if not ctx.selected:
+        problems.insert(0, "the selection matches no table of the source")
+    if problems:
+        results.append(failed("selected_objects", "; ".join(problems),
+                              "correct objects / mapping / filters in the migration config (names are exact and "
+                              "case-sensitive; quote a part holding a dot: \"my.schema\".orders)", objects=problems))
+    if warnings:
+        results.append(warning("selected_objects", "; ".join(warnings),
+                               "select these tables, or remove the entries that name them", objects=warnings))
+    if not results:
+        size = sum(t.size_bytes for t in ctx.selected)
+        results.append(passed("selected_objects", f"{len(ctx.selected)} table(s) selected, {_size(size)}"))
+    return results
+
+
+def check_row_filters(ctx: PrecheckContext) -> list[CheckResult]:
+    assert ctx.src is not None
+    if not ctx.config.filters:
+        return [passed("row_filters", "no row filters")]
+    by_name = {t.name: t for t in ctx.tables}
+    bad: list[str] = []
+    for key in ctx.config.filters:
+        name = parse_qualified_name(key)
+        if name not in by_name:
+            continue  # reported by selected_objects
+        condition = ctx.config.row_filter(name)
+        query = sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
+            sql.Identifier(name.schema, name.name), sql.SQL(condition))  # type: ignore[arg-type]
+        try:
+            with ctx.src.transaction(force_rollback=True):
+                ctx.src.execute("SET TRANSACTION READ ONLY")
+                ctx.src.execute(query)
+        except psycopg.Error as exc:
+            message = (exc.diag.message_primary or str(exc)).strip()
+            bad.append(f"{name}: {message}")
+    if bad:
+        return [failed("row_filters", "invalid row filter(s): " + "; ".join(bad),
+                       "fix the conditions in filters: each must be valid over the table's own columns", objects=bad)]
+    return [passed("row_filters", f"{len(ctx.config.filters)} row filter(s) are valid over their tables")]
+
+
+def check_name_mapping(ctx: PrecheckContext) -> list[CheckResult]:
+    mapper = ctx.mapper
+    targets: dict[QualifiedName, QualifiedName] = {}
+    problems: list[str] = []
+    column_selection = {parse_qualified_name(k): v for k, v in ctx.config.objects.columns.items()}
+    for table in ctx.selected:
+        target = mapper.table(table.name)
+        if target in targets:
+            problems.append(f"{table.name} and {targets[target]} both map to {target}")
+        targets[target] = table.name
+        for part in (target.schema, target.name):
+            if len(part.encode()) > 63:
+                problems.append(f"{table.name} maps to a name longer than 63 bytes: {part}")
+        seen: dict[str, str] = {}
+        for col in column_selection.get(table.name) or table.column_names:
+            dst = mapper.column(table.name, col)
+            if dst in seen:
+                problems.append(f"columns {seen[dst]} and {col} of {table.name} both map to {dst}")
+            seen[dst] = col
+    if problems:
+        return [failed("name_mapping", "; ".join(problems),
+                       "rename one of each pair with mapping.tables / mapping.columns, or change mapping.name_case",
+                       objects=problems)]
+    renamed = sum(1 for t in ctx.selected if mapper.table(t.name) != t.name)
+    return [passed("name_mapping", f"destination names are distinct ({renamed} table(s) renamed)")]
+
+
+# -- objects that cannot migrate as they are -----------------------------------------------------------------------
+
+
+def check_primary_keys(ctx: PrecheckContext) -> list[CheckResult]:
+    if not (ctx.config.wants("full") or ctx.config.wants("incremental")):
+        return [skipped("primary_keys", "only schema migration is selected")]
+    incremental = ctx.config.wants("incremental")
+    no_key: list[catalog.TableInfo] = []
+    full_identity: list[catalog.TableInfo] = []
+    wrong_identity: list[tuple[catalog.TableInfo, str]] = []
+    for t in ctx.selected:
+        if t.relkind == "p":
+            continue  # rows live in the partitions, which are checked themselves
+        if t.primary_key:
+            continue
+        if t.unique_not_null:
+            if incremental and t.replica_identity not in ("i", "f"):
+                wrong_identity.append((t, next(iter(t.unique_not_null))))
+            continue
+        if t.replica_identity == "f":
+            full_identity.append(t)
+        else:
+            no_key.append(t)
+    results: list[CheckResult] = []
+    if no_key:
+        names = [str(t.name) for t in no_key]
+        fix = "\n".join(f"ALTER TABLE {_q(t.name)} ADD PRIMARY KEY (...);" for t in no_key)
+        if incremental:
+            fix += ("\n-- or, if no key can be added (slower, and identical rows cannot be told apart):\n"
+                    + "\n".join(f"ALTER TABLE {_q(t.name)} REPLICA IDENTITY FULL;" for t in no_key))
+        results.append(failed("primary_keys",
+                              f"{len(no_key)} table(s) have no primary key and no unique constraint on NOT NULL "
+                              f"columns: {_listing(names)}; rows could be duplicated"
+                              + ("; their UPDATE and DELETE would fail on the source once published" if incremental
+                                 else ""), fix, objects=names))
+    if wrong_identity:
+        names = [str(t.name) for t, _ in wrong_identity]
+        results.append(failed("primary_keys",
+                              f"{len(wrong_identity)} table(s) have a unique NOT NULL index but no primary key, and "
+                              f"their replica identity does not use it: {_listing(names)}",
+                              "\n".join(f"ALTER TABLE {_q(t.name)} REPLICA IDENTITY USING INDEX {_qi(idx)};"
+                                        for t, idx in wrong_identity), objects=names))
+    if full_identity:
+        names = [str(t.name) for t in full_identity]
+        results.append(warning("primary_keys",
+                               f"{len(full_identity)} table(s) have no key and rely on REPLICA IDENTITY FULL: "
+                               f"{_listing(names)}; changes to them apply slower and identical rows cannot be told "
+                               "apart", "add a primary key where possible", objects=names))
+    if not results:
+        results.append(passed("primary_keys", f"all {len(ctx.selected)} selected table(s) have a usable key"))
+    return results
+
+
+def check_c_functions(ctx: PrecheckContext) -> list[CheckResult]:
+    assert ctx.src is not None
+    functions = catalog.c_functions(ctx.src, ctx.scope_schemas())
+    if functions:
+        return [warning("c_functions", f"{len(functions)} function(s) written in C will not be migrated: "
+                        f"{_listing(functions)}",
+                        "recreate them on the destination by hand (install the shared library there first), or "
+                        "exclude the objects that use them", objects=functions)]
+    return [passed("c_functions", "no functions written in C in the migrated schemas")]
+
+
+def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
+    assert ctx.dst is not None
+    targets = {ctx.mapper.table(t.name): t.name for t in ctx.selected}
+    existing = catalog.existing_relations(ctx.dst, list(targets))
+    creates = ctx.config.wants("schema") or ctx.config.wants("full")
+    if not creates:
+        missing = [str(t) for t in targets if existing.get(t) not in ("table", "partitioned table")]
+        if missing:
+            return [failed("name_conflicts",
+                           f"incremental migration without schema migration needs the destination tables, missing: "
+                           f"{_listing(missing)}", "create them first, or add schema to migration_types",
+                           objects=missing)]
+        return [passed("name_conflicts", f"all {len(targets)} destination table(s) exist")]
+    if not existing:
+        return [passed("name_conflicts", f"none of the {len(targets)} destination name(s) exists yet")]
+    names = [f"{name} ({kind})" for name, kind in sorted(existing.items())]
+    if ctx.config.conflicting_tables == "ignore":
+        return [warning("name_conflicts",
+                        f"{len(existing)} destination object(s) already exist and will be kept: {_listing(names)}; "
+                        "the full load skips rows that clash, incremental sync overwrites them",
+                        "make sure this is intended (conflicting_tables: ignore)", objects=names)]
+    return [failed("name_conflicts", f"{len(existing)} object(s) already exist in the destination: {_listing(names)}",
+                   "drop or rename them in the destination, map the tables to other names (mapping.tables), "
+                   "or set conflicting_tables: ignore to keep them", objects=names)]
+
+
+def check_extensions(ctx: PrecheckContext) -> list[CheckResult]:
+    assert ctx.src is not None and ctx.dst is not None
+    used = {k: v for k, v in catalog.installed_extensions(ctx.src).items() if k != "plpgsql"}
+    available = catalog.available_extensions(ctx.dst)
+    installed = catalog.installed_extensions(ctx.dst)
+    missing = sorted(name for name in used if name not in available and name not in installed)
+    if missing:
+        return [failed("extensions", f"extension(s) used on the source cannot be created on the destination: "
+                       f"{', '.join(missing)}",
+                       "install them on the destination server (on a managed service: enable them in its console), "
+                       "or exclude the objects that need them", objects=missing)]
+    older = sorted(f"{name} {ver}" for name, ver in used.items()
+                   if name in available and ver not in available[name] and name not in installed)
+    if older:
+        return [warning("extensions", f"the destination lacks the source's version of: {', '.join(older)}",
+                        "the destination's default version will be created; check it is compatible", objects=older)]
+    return [passed("extensions", f"{len(used)} extension(s) used on the source are available on the destination")]
+
+
+def check_destination_space(ctx: PrecheckContext) -> list[CheckResult]:
+    size = sum(t.size_bytes for t in ctx.selected)
+    return [skipped("destination_space",
+                    f"the selected source data takes {_size(size)} with indexes; PostgreSQL does not report free "
+                    f"disk space over SQL: make sure the destination has at least that much free")]
+
+
+def check_long_transactions(ctx: PrecheckContext) -> list[CheckResult]:
+    assert ctx.src is not None
+    limit = ctx.config.precheck.long_transaction_seconds
+    sessions = catalog.long_transactions(ctx.src, limit)
+    if not sessions:
+        return [passed("long_transactions", f"no source transaction open longer than {limit} s")]
+    names = [f"pid {s['pid']} ({s['user']}@{s['database']}, {s['state']}, {s['seconds']} s"
+             + (", has written" if s["writes"] else "") + ")" for s in sessions]
+    return [warning("long_transactions",
+                    f"{len(sessions)} transaction(s) open longer than {limit} s: {_listing(names)}; creating the "
+                    f"replication slot waits for writing transactions to end",
+                    "let them finish, or end them: " + " ".join(f"SELECT pg_terminate_backend({s['pid']});"
+                                                                for s in sessions), objects=names)]
+
+
+def check_prepared_transactions(ctx: PrecheckContext) -> list[CheckResult]:
+    assert ctx.src is not None
+    prepared = catalog.prepared_transactions(ctx.src)
+    if not prepared:
+        return [passed("prepared_transactions", "no prepared transactions on the source")]
+    gids = [f"{p['gid']} ({p['database']}, {p['seconds']} s)" for p in prepared]
+    return [failed("prepared_transactions",
+                   f"{len(prepared)} prepared transaction(s) on the source: {_listing(gids)}; creating the "
+                   "replication slot waits until they are committed or rolled back",
+                   "\n".join(f"COMMIT PREPARED '{p['gid']}';  -- or ROLLBACK PREPARED '{p['gid']}';" for p in prepared),
+                   objects=[p["gid"] for p in prepared])]
+
+
+#: Item -> (function, migration types it applies to, needs source, needs destination).
+_CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
+    "source_version": (check_source_version, ("schema", "full", "incremental"), True, False),
+    "version_match": (check_version_match, ("schema", "full", "incremental"), True, True),
+    "wal_level": (check_wal_level, ("incremental",), True, False),
+    "replication_capacity": (check_replication_capacity, ("incremental",), True, False),
+    "source_privileges": (check_source_privileges, ("schema", "full", "incremental"), True, False),
+    "destination_privileges": (check_destination_privileges, ("schema", "full", "incremental"), False, True),
+    "selected_objects": (check_selected_objects, ("schema", "full", "incremental"), True, False),
+    "row_filters": (check_row_filters, ("full", "incremental"), True, False),
+    "name_mapping": (check_name_mapping, ("schema", "full", "incremental"), True, False),
+    "primary_keys": (check_primary_keys, ("schema", "full", "incremental"), True, False),
+    "c_functions": (check_c_functions, ("schema",), True, False),
+    "name_conflicts": (check_name_conflicts, ("schema", "full", "incremental"), True, True),
+    "extensions": (check_extensions, ("schema",), True, True),
+    "destination_space": (check_destination_space, ("full",), True, False),
+    "long_transactions": (check_long_transactions, ("incremental",), True, False),
+    "prepared_transactions": (check_prepared_transactions, ("incremental",), True, False),
+}
+
+
+def run_precheck(
+    config: MigrationConfig,
+    source: ConnectionInfo,
+    destination: ConnectionInfo,
+    *,
+    rds: RdsInspector | None = None,
+    skip: Iterable[str] = (),
+    record_rules: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> PrecheckReport:
+    """Run every item that applies to the config's migration types; never raises for a failed item."""
+    skip_set = set(config.precheck.skip) | set(skip)
+    report = PrecheckReport(migration=config.name)
+    ctx = PrecheckContext(config, source, destination)
+
+    def add(results: list[CheckResult]) -> None:
+        report.results.extend(results)
+
+    try:
+        for side, info, conn_id in (("source", source, config.source.conn_id),
+                                    ("destination", destination, config.destination.conn_id)):
+            name = f"{side}_connection"
+            try:
+                conn = connect(info)
+            except ConnectFailed as exc:
+                add([failed(name, str(exc), _connection_fix(side, info, conn_id))])
+                continue
+            version = catalog.server_version_num(conn)
+            ssl = "TLS" if conn.pgconn.ssl_in_use else "no TLS"
+            add([passed(name, f"connected to {info.describe()} ({ssl}), PostgreSQL {catalog.format_version(version)}")])
+            if side == "source":
+                ctx.src, ctx.source_version = conn, version
+            else:
+                ctx.dst, ctx.destination_version = conn, version
+
+        if ctx.src is not None:
+            ctx.tables = catalog.list_tables(ctx.src)
+            ctx.selected = [t for t in ctx.tables if is_selected(t.name, config.objects)]
+
+        for name, (func, applies, needs_src, needs_dst) in _CHECKS.items():
+            if name in skip_set:
+                add([skipped(name, "skipped by configuration")])
+            elif not any(config.wants(t) for t in applies):
+                add([skipped(name, f"applies to {', '.join(applies)} migration, not selected")])
+            elif (needs_src and ctx.src is None) or (needs_dst and ctx.dst is None):
+                add([skipped(name, "cannot run: a connection failed")])
+            else:
+                try:
+                    add(func(ctx))
+                except psycopg.Error as exc:
+                    add([failed(name, f"the check itself failed: {(exc.diag.message_primary or str(exc)).strip()}",
+                                "grant the account read access to the catalog views, or skip this item")])
+
+        if config.rds is not None:
+            if rds is None:
+                add([failed("rds_instance", "rds is configured but no AWS client was given to the precheck",
+                            "configure rds.aws_conn_id or AWS credentials for the workers")])
+            else:
+                outcome = rds.check(config.rds, config.name, need_logical_replication=config.wants("incremental"))
+                add([skipped(r.name, "skipped by configuration") if r.name in skip_set else r
+                     for r in outcome.results])
+                report.added_ingress_rules = [r.to_dict() for r in outcome.added_rules]
+                if report.added_ingress_rules and record_rules is not None:
+                    record_rules(report.added_ingress_rules)
+    finally:
+        for conn in (ctx.src, ctx.dst):
+            if conn is not None:
+                conn.close()
+    return report
+
+
+__all__ = ["CHECK_NAMES", "PrecheckContext", "RDS_CHECKS", "run_precheck"]
