@@ -660,7 +660,15 @@ def _build(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
                 values[f.name] = value
         elif f.default is MISSING and f.default_factory is MISSING:
             problems.append(Problem(_join(path, f.name), "is required", f"add '{f.name}:' to the config"))
-    own = typing.cast(Any, cls)._validate(values)
+    # Validate with the defaults of fields left out, so cross-field rules also see them (as __post_init__ will).
+    checked = dict(values)
+    for f in init_fields:
+        if f.name not in data:
+            if f.default is not MISSING:
+                checked[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                checked[f.name] = f.default_factory()
+    own = typing.cast(Any, cls)._validate(checked)
     problems.extend(Problem(_join(path, p.field), p.message, p.fix) for p in own)
     if len(problems) > start:
         return None

@@ -30,6 +30,7 @@ SOURCE_SETTINGS: dict[str, Any] = {
     "wal_level": "logical",
     "max_replication_slots": 16,
     "max_wal_senders": 16,
+    "max_prepared_transactions": 10,
 }
 #: Settings that make a throwaway server fast (never for real data).
 FAST_SETTINGS: dict[str, Any] = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}

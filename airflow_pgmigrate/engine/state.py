@@ -1,0 +1,51 @@
+"""The migration's durable state, kept in the destination in a schema of the product's own.
+
+One row per (migration, key) holding a JSON value. Later steps (full load, incremental sync, cutover) read what
+earlier ones recorded, across task retries and worker restarts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+
+
+class MigrationState:
+    """Key-value state of one migration in ``<schema>.migration_state`` on the destination."""
+
+    def __init__(self, destination: ConnectionInfo, schema: str, migration: str) -> None:
+        self.destination = destination
+        self.schema = schema
+        self.migration = migration
+        self._table = sql.Identifier(schema, "migration_state")
+
+    def _ensure(self, conn: Any) -> None:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (migration text NOT NULL, key text NOT NULL, value jsonb NOT NULL, "
+            "updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (migration, key))").format(self._table))
+
+    def put(self, key: str, value: Any) -> None:
+        with connect(self.destination) as conn:
+            self._ensure(conn)
+            conn.execute(sql.SQL(
+                "INSERT INTO {} (migration, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (migration, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+            ).format(self._table), (self.migration, key, Jsonb(value)))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with connect(self.destination) as conn:
+            exists = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(self.schema, "migration_state")
+                                                              .as_string(conn),)).fetchone()
+            if not exists or exists[0] is None:
+                return default
+            row = conn.execute(sql.SQL("SELECT value FROM {} WHERE migration = %s AND key = %s").format(self._table),
+                               (self.migration, key)).fetchone()
+            return default if row is None else row[0]
+
+
+__all__ = ["MigrationState"]

@@ -1,0 +1,1 @@
+"""Operators: thin Airflow adapters around the migration engine, one module per step."""
