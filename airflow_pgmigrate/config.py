@@ -399,7 +399,7 @@ class MigrationConfig(_Validated):
     name: str
     source: Endpoint
     destination: Endpoint
-    migration_types: list[MigrationType] = field(default_factory=lambda: list(MIGRATION_TYPES))
+    migration_types: list[MigrationType] = field(default_factory=lambda: ["schema", "full", "incremental"])
     objects: ObjectSelection = field(default_factory=ObjectSelection)
     mapping: NameMapping = field(default_factory=NameMapping)
     #: Row filter per table: ``{"public.orders": "created_at >= '2024-01-01'"}`` (one SQL condition, no subquery).
@@ -422,7 +422,8 @@ class MigrationConfig(_Validated):
         if isinstance(name, str) and not NAME_RE.match(name):
             _problem(errors, "name", f"{name!r} may hold only lower-case letters, digits and _, starting with a letter",
                      "it becomes the DAG id and the replication slot name: use something like shop_to_apsara")
-        prefix = values.get("incremental").slot_prefix if values.get("incremental") else "pgmigrate_"
+        incremental = values.get("incremental")
+        prefix = incremental.slot_prefix if isinstance(incremental, IncrementalSettings) else "pgmigrate_"
         if isinstance(name, str) and len(prefix) + len(name) > MAX_IDENTIFIER_BYTES:
             _problem(errors, "name", f"slot name {prefix + name!r} is longer than {MAX_IDENTIFIER_BYTES} bytes",
                      "shorten the name or incremental.slot_prefix")
@@ -606,7 +607,7 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[Problem]) -> Any:
             out[ck] = cv
         return _INVALID if bad else out
     if is_dataclass(tp):
-        if isinstance(value, tp):
+        if isinstance(value, typing.cast(type, tp)):
             return value
         built = _build(typing.cast(type, tp), value, path, problems)
         return _INVALID if built is None else built

@@ -88,7 +88,7 @@ def list_tables(conn: psycopg.Connection) -> list[TableInfo]:
            AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                            AND d.objid = c.oid AND d.deptype = 'e')
          ORDER BY n.nspname, c.relname
-        """
+        """  # noqa: S608 - the only interpolation is a constant
     ).fetchall()
     tables = {
         oid: TableInfo(QualifiedName(schema, name), oid, relkind, owner, is_part, ident, None,
@@ -133,7 +133,8 @@ def list_tables(conn: psycopg.Connection) -> list[TableInfo]:
 
 
 def list_schemas(conn: psycopg.Connection) -> list[str]:
-    rows = conn.execute(f"SELECT n.nspname FROM pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER} ORDER BY 1").fetchall()
+    query = f"SELECT n.nspname FROM pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER} ORDER BY 1"  # noqa: S608 - constant
+    rows = conn.execute(query).fetchall()
     return [r[0] for r in rows]
 
 
@@ -180,7 +181,7 @@ def existing_relations(conn: psycopg.Connection, names: list[QualifiedName]) -> 
         """,
         ([n.schema for n in names], [n.name for n in names]),
     ).fetchall()
-    return {QualifiedName(s, t): kinds.get(k, k) for s, t, k in rows}
+    return {QualifiedName(s, t): str(kinds.get(k, k)) for s, t, k in rows}
 
 
 def long_transactions(conn: psycopg.Connection, min_seconds: int) -> list[dict[str, Any]]:

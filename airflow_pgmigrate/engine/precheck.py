@@ -505,7 +505,10 @@ def check_extensions(ctx: PrecheckContext) -> list[CheckResult]:
     if older:
         return [warning("extensions", f"the destination lacks the source's version of: {', '.join(older)}",
                         "the destination's default version will be created; check it is compatible", objects=older)]
-    return [passed("extensions", f"{len(used)} extension(s) used on the source are available on the destination")]
+    if not used:
+        return [passed("extensions", "the source uses no extension besides plpgsql")]
+    return [passed("extensions", f"the {len(used)} extension(s) the source uses are available on the destination: "
+                   f"{', '.join(sorted(used))}")]
 
 
 def check_destination_space(ctx: PrecheckContext) -> list[CheckResult]:
@@ -628,9 +631,9 @@ def run_precheck(
                 if report.added_ingress_rules and record_rules is not None:
                     record_rules(report.added_ingress_rules)
     finally:
-        for conn in (ctx.src, ctx.dst):
-            if conn is not None:
-                conn.close()
+        for opened in (ctx.src, ctx.dst):
+            if opened is not None:
+                opened.close()
     return report
 
 

@@ -82,6 +82,13 @@ class PrecheckReport:
             "added_ingress_rules": list(self.added_ingress_rules),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrecheckReport:
+        """Rebuild a report from :meth:`to_dict` output (for example an XCom value)."""
+        results = [CheckResult(r["name"], r["status"], r["detail"], r.get("fix", ""), list(r.get("objects", [])))
+                   for r in data.get("results", [])]
+        return cls(data["migration"], results, list(data.get("added_ingress_rules", [])))
+
     def format_table(self, width: int = 100) -> str:
         """A fixed-width table: one row per item, then the detail and fix of each failure and warning."""
         rows = sorted(self.results, key=lambda r: _ORDER[r.status])

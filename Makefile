@@ -1,0 +1,32 @@
+# airflow-pgmigrate: every target sets up what it needs (virtualenv and installs) on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: venv lint test test-fast demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check airflow_pgmigrate tests dags demo bench
+	$(BIN)/mypy
+
+# The whole suite: lint, type check, unit tests, and integration tests against real PostgreSQL servers and Airflow.
+test: lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m "not integration"
+
+# A migration on local servers, driven through Airflow (see README.md).
+demo: venv
+	$(BIN)/python demo/run_demo.py
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,108 @@
+"""The demo: a migration of a small shop database between two local PostgreSQL servers, driven through Airflow.
+
+Starts a source (wal_level=logical) and a destination on free loopback ports, loads demo/sample.sql, writes a
+migration config, and runs the migration DAG with Airflow's ``dag.test()`` on a throwaway metadata DB. Prints the
+precheck report. ``--keep`` leaves the servers running and prints how to reach them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".demo"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keep", action="store_true", help="leave the servers running at the end")
+    args = parser.parse_args()
+
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    WORK.chmod(0o755)
+    airflow_home = WORK / "airflow"
+    configs = WORK / "migrations"
+    configs.mkdir(parents=True)
+    os.environ.update({
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "PGMIGRATE_CONFIG_FOLDER": str(configs),
+    })
+
+    from airflow_pgmigrate.testing.local_postgres import SOURCE_SETTINGS, LocalPostgres
+
+    major = int(os.environ["PGMIGRATE_DEMO_PG"]) if os.environ.get("PGMIGRATE_DEMO_PG") else None
+    print("demo: starting a source and a destination PostgreSQL server ...", flush=True)
+    source = LocalPostgres(WORK / "source", major=major, settings=SOURCE_SETTINGS).start()
+    destination = LocalPostgres(WORK / "destination", major=major).start()
+    try:
+        print(f"demo: source PostgreSQL {source.major} on port {source.port}, "
+              f"destination PostgreSQL {destination.major} on port {destination.port}", flush=True)
+        source.create_database("shop")
+        destination.create_database("shop")
+        started = time.monotonic()
+        source.execute((ROOT / "demo" / "sample.sql").read_text(), "shop")
+        rows = source.execute("SELECT (SELECT count(*) FROM public.orders) + (SELECT count(*) FROM public.order_items)"
+                              " + (SELECT count(*) FROM public.customers)", "shop")[0][0]
+        print(f"demo: loaded the sample shop database rows={rows} seconds={time.monotonic() - started:.1f}", flush=True)
+
+        os.environ["AIRFLOW_CONN_DEMO_SOURCE"] = source.uri("shop")
+        os.environ["AIRFLOW_CONN_DEMO_DESTINATION"] = destination.uri("shop")
+        (configs / "demo.yaml").write_text(
+            "name: demo_shop\n"
+            "source: {conn_id: demo_source}\n"
+            "destination: {conn_id: demo_destination}\n"
+            "migration_types: [schema, full, incremental]\n"
+            "objects: {schemas: [public, reporting]}\n"
+            "cutover: {approval: automatic}\n"
+        )
+        print("demo: preparing Airflow's metadata database ...", flush=True)
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+        return run_dag()
+    finally:
+        if args.keep:
+            print(f"demo: servers left running: {source.uri('shop')} and {destination.uri('shop')}")
+        else:
+            source.stop()
+            destination.stop()
+
+
+def run_dag() -> int:
+    import logging
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from airflow_pgmigrate.engine.results import PrecheckReport
+
+    logging.getLogger("airflow").setLevel(logging.WARNING)
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    if bag.import_errors:
+        print(f"demo: DAG import errors: {bag.import_errors}")
+        return 1
+    dag = bag.dags["pgmigrate_demo_shop"]
+    print(f"demo: running DAG {dag.dag_id} with tasks {', '.join(t.task_id for t in dag.tasks)} ...", flush=True)
+    dag_run = dag.test()
+    with create_session() as session:
+        row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag.dag_id, task_ids="precheck",
+                                                 key="return_value")).first()
+        report = None if row is None else XComModel.deserialize_value(row)
+    print()
+    if report is not None:
+        print(PrecheckReport.from_dict(report).format_table())
+    print()
+    print(f"demo: DAG run {dag_run.run_id} ended {dag_run.state}")
+    return 0 if dag_run.state == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

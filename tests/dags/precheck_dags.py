@@ -1,0 +1,12 @@
+"""DAGs for the integration tests: the migration template over connections the test rig points at fresh databases."""
+
+from __future__ import annotations
+
+from airflow_pgmigrate.config import MigrationConfig
+from airflow_pgmigrate.templates.migration_dag import build_migration_dag
+
+precheck_only = build_migration_dag(
+    MigrationConfig.from_dict(
+        {"name": "it_precheck", "source": {"conn_id": "pgm_source"}, "destination": {"conn_id": "pgm_destination"}}
+    )
+)
