@@ -29,7 +29,7 @@ ApprovalMode = Literal["manual", "automatic"]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 MAX_IDENTIFIER_BYTES = 63
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
@@ -386,6 +386,9 @@ class PrecheckSettings(_Validated):
                 close = difflib.get_close_matches(name, CHECK_NAMES, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"known checks: {', '.join(CHECK_NAMES)}"
                 _problem(errors, f"skip[{i}]", f"{name!r} is not a precheck item", hint)
+            elif name.endswith("_connection"):
+                _problem(errors, f"skip[{i}]", f"{name!r} cannot be skipped: every other item needs the connection",
+                         "remove it from precheck.skip")
         seconds = values.get("long_transaction_seconds")
         if isinstance(seconds, int) and seconds < 1:
             _problem(errors, "long_transaction_seconds", f"must be at least 1, got {seconds}", "300 is the default")

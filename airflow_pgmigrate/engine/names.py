@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,17 +77,28 @@ def parse_qualified_name(text: str) -> QualifiedName:
     return QualifiedName(parts[0], parts[1])
 
 
+class TableSelector:
+    """A selection compiled once: listed tables and schemas in sets, patterns as regular expressions."""
+
+    def __init__(self, selection: ObjectSelection) -> None:
+        self.everything = selection.selects_everything
+        self.schemas = set(selection.schemas)
+        self.tables = {parse_qualified_name(t) for t in selection.tables}
+        self.include = [re.compile(fnmatch.translate(p)) for p in selection.include]
+        self.exclude = [re.compile(fnmatch.translate(p)) for p in selection.exclude]
+
+    def __call__(self, table: QualifiedName) -> bool:
+        key = table.key
+        if any(p.match(key) for p in self.exclude):
+            return False
+        if self.everything or table.schema in self.schemas or table in self.tables:
+            return True
+        return any(p.match(key) for p in self.include)
+
+
 def is_selected(table: QualifiedName, selection: ObjectSelection) -> bool:
     """Whether a source table is selected: listed (or in a listed schema, or matching an include), not excluded."""
-    if any(fnmatch.fnmatchcase(table.key, pattern) for pattern in selection.exclude):
-        return False
-    if selection.selects_everything:
-        return True
-    if table.schema in selection.schemas:
-        return True
-    if any(parse_qualified_name(t) == table for t in selection.tables):
-        return True
-    return any(fnmatch.fnmatchcase(table.key, pattern) for pattern in selection.include)
+    return TableSelector(selection)(table)
 
 
 def _apply_case(name: str, case: str) -> str:
@@ -123,4 +135,4 @@ class NameMapper:
         return _apply_case(column, self.mapping.name_case)
 
 
-__all__ = ["NameMapper", "QualifiedName", "is_selected", "parse_qualified_name"]
+__all__ = ["NameMapper", "QualifiedName", "TableSelector", "is_selected", "parse_qualified_name"]

@@ -16,7 +16,7 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
-from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, is_selected, parse_qualified_name
+from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
 
 if TYPE_CHECKING:
@@ -204,14 +204,16 @@ def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
         missing.append("USAGE on schema pg_catalog")
         fixes.append(f"GRANT USAGE ON SCHEMA pg_catalog TO {_qi(user)};")
     schemas = sorted({t.name.schema for t in ctx.selected})
-    for schema in schemas:
-        ok = ctx.src.execute("SELECT has_schema_privilege(%s, 'USAGE')", (schema,)).fetchone()
-        if ok and not ok[0]:
-            missing.append(f"USAGE on schema {schema}")
-            fixes.append(f"GRANT USAGE ON SCHEMA {_qi(schema)} TO {_qi(user)};")
+    no_usage = [r[0] for r in ctx.src.execute(
+        "SELECT s FROM unnest(%s::text[]) AS s WHERE NOT has_schema_privilege(s, 'USAGE') ORDER BY 1", (schemas,))]
+    for schema in no_usage:
+        missing.append(f"USAGE on schema {schema}")
+        fixes.append(f"GRANT USAGE ON SCHEMA {_qi(schema)} TO {_qi(user)};")
+    by_oid = {t.oid: t for t in ctx.selected}
     if ctx.config.wants("full") or ctx.config.wants("incremental"):
-        no_select = [t for t in ctx.selected
-                     if not ctx.src.execute("SELECT has_table_privilege(%s::oid, 'SELECT')", (t.oid,)).fetchone()[0]]  # type: ignore[index]
+        no_select = [by_oid[r[0]] for r in ctx.src.execute(
+            "SELECT o FROM unnest(%s::oid[]) AS o WHERE NOT has_table_privilege(o, 'SELECT')", (list(by_oid),))]
+        no_select.sort(key=lambda t: t.name)
         if no_select:
             missing.append("SELECT on " + _listing([str(t.name) for t in no_select]))
             fixes += [f"GRANT SELECT ON {_q(t.name)} TO {_qi(user)};" for t in no_select]
@@ -223,8 +225,10 @@ def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
         if not db_create:
             missing.append("CREATE on the database (to create the publication)")
             fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.source.dbname)} TO {_qi(user)};")
-        not_owned = [t for t in ctx.selected if not ctx.src.execute(
-            "SELECT pg_has_role(current_user, %s, 'USAGE')", (t.owner,)).fetchone()[0]]  # type: ignore[index]
+        owners = sorted({t.owner for t in ctx.selected})
+        foreign = {r[0] for r in ctx.src.execute(
+            "SELECT o FROM unnest(%s::text[]) AS o WHERE NOT pg_has_role(current_user, o, 'USAGE')", (owners,))}
+        not_owned = [t for t in ctx.selected if t.owner in foreign]
         if not_owned:
             missing.append("ownership of " + _listing([str(t.name) for t in not_owned]) + " (to publish them)")
             owners = sorted({t.owner for t in not_owned})
@@ -603,7 +607,8 @@ def run_precheck(
 
         if ctx.src is not None:
             ctx.tables = catalog.list_tables(ctx.src)
-            ctx.selected = [t for t in ctx.tables if is_selected(t.name, config.objects)]
+            selector = TableSelector(config.objects)
+            ctx.selected = [t for t in ctx.tables if selector(t.name)]
 
         for name, (func, applies, needs_src, needs_dst) in _CHECKS.items():
             if name in skip_set:

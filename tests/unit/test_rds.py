@@ -1,0 +1,404 @@
+"""The RDS precheck items against a real moto server (boto3 over HTTP, no in-process mock decorator)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from airflow_pgmigrate.config import RdsSettings
+from airflow_pgmigrate.engine.rds import IngressRule, RdsCheckOutcome, RdsInspector, parse_engine_version
+from airflow_pgmigrate.engine.results import CheckResult
+from airflow_pgmigrate.hooks.rds import rds_clients
+
+MIGRATION = "orders_to_aurora"
+WORKER = "203.0.113.0/24"
+ITEMS = ("rds_instance", "rds_logical_replication", "rds_public_access", "rds_security_group")
+
+
+@pytest.fixture
+def clients(aws_env: str) -> tuple[Any, Any]:
+    import boto3
+
+    return boto3.client("rds"), boto3.client("ec2")
+
+
+def make_sg(ec2: Any, rules: list[dict[str, Any]] | None = None) -> str:
+    """A VPC security group with the given ingress permissions (default: none)."""
+    vpc_id = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    sg_id = ec2.create_security_group(GroupName=f"db-{uuid.uuid4().hex[:8]}", Description="db", VpcId=vpc_id)["GroupId"]
+    if rules:
+        ec2.authorize_security_group_ingress(GroupId=sg_id, IpPermissions=rules)
+    return str(sg_id)
+
+
+def tcp(cidr: str, port: int = 5432, to_port: int | None = None) -> dict[str, Any]:
+    key, cidr_key = ("Ipv6Ranges", "CidrIpv6") if ":" in cidr else ("IpRanges", "CidrIp")
+    return {"IpProtocol": "tcp", "FromPort": port, "ToPort": to_port or port, key: [{cidr_key: cidr}]}
+
+
+def make_instance(rds: Any, ident: str, sg_id: str, *, engine: str = "postgres", version: str = "15.4",
+                  public: bool = True, logical: str | None = "1", group: str | None = "pgmigrate-pg15") -> None:
+    """A DB instance; with ``group`` a custom parameter group holding rds.logical_replication=``logical``."""
+    kwargs: dict[str, Any] = {}
+    if group:
+        rds.create_db_parameter_group(DBParameterGroupName=group, DBParameterGroupFamily="postgres15",
+                                      Description="custom")
+        if logical is not None:
+            rds.modify_db_parameter_group(DBParameterGroupName=group, Parameters=[{
+                "ParameterName": "rds.logical_replication", "ParameterValue": logical,
+                "ApplyMethod": "pending-reboot"}])
+        kwargs["DBParameterGroupName"] = group
+    rds.create_db_instance(DBInstanceIdentifier=ident, DBInstanceClass="db.t3.micro", Engine=engine,
+                           EngineVersion=version, AllocatedStorage=20, MasterUsername="admin_user",
+                           MasterUserPassword="secret-password-1", PubliclyAccessible=public,
+                           VpcSecurityGroupIds=[sg_id], **kwargs)
+
+
+def run(clients: tuple[Any, Any], *, need_logical: bool = True, **settings: Any) -> RdsCheckOutcome:
+    settings.setdefault("db_instance_identifier", "srcdb")
+    settings.setdefault("worker_cidrs", [WORKER])
+    outcome = RdsInspector(*clients).check(RdsSettings(**settings), MIGRATION, need_logical_replication=need_logical)
+    assert [r.name for r in outcome.results] == list(ITEMS)
+    return outcome
+
+
+def item(outcome: RdsCheckOutcome, name: str) -> CheckResult:
+    return next(r for r in outcome.results if r.name == name)
+
+
+def ingress_cidrs(ec2: Any, sg_id: str) -> list[tuple[str, int, int, str]]:
+    group = ec2.describe_security_groups(GroupIds=[sg_id])["SecurityGroups"][0]
+    return [(p["IpProtocol"], p.get("FromPort", -1), p.get("ToPort", -1), r.get("CidrIp") or r.get("CidrIpv6"))
+            for p in group["IpPermissions"] for r in p.get("IpRanges", []) + p.get("Ipv6Ranges", [])]
+
+
+# --------------------------------------------------------------------------- rds_instance
+
+
+def test_everything_passes(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
+    outcome = run(clients)
+    assert {r.name: r.status for r in outcome.results} == dict.fromkeys(ITEMS, "passed")
+    assert outcome.added_rules == []
+    assert outcome.endpoint is not None and outcome.endpoint[1] == 5432
+    assert "srcdb" in outcome.endpoint[0]
+    assert "15.4" in item(outcome, "rds_instance").detail
+    assert "pgmigrate-pg15" in item(outcome, "rds_logical_replication").detail
+
+
+def test_instance_missing(clients: tuple[Any, Any]) -> None:
+    outcome = run(clients, db_instance_identifier="nosuchdb", region="us-east-1")
+    inst = item(outcome, "rds_instance")
+    assert inst.status == "failed"
+    assert "nosuchdb" in inst.detail and "us-east-1" in inst.detail
+    assert inst.objects == ["nosuchdb"]
+    for name in ITEMS[1:]:
+        assert item(outcome, name).status == "skipped"
+        assert "not found" in item(outcome, name).detail
+    assert outcome.endpoint is None and outcome.added_rules == []
+
+
+def test_engine_not_postgres(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER, 3306)]), engine="mysql", version="8.0.35", group=None)
+    outcome = run(clients)
+    inst = item(outcome, "rds_instance")
+    assert inst.status == "failed"
+    assert "'mysql'" in inst.detail and "not postgres" in inst.detail
+    assert item(outcome, "rds_logical_replication").status == "skipped"
+    assert outcome.endpoint is not None and outcome.endpoint[1] == 3306
+
+
+def test_engine_version_too_old(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]), version="9.6.22")
+    outcome = run(clients)
+    inst = item(outcome, "rds_instance")
+    assert inst.status == "failed"
+    assert "9.6.22" in inst.detail and "10.4" in inst.detail
+    assert "aws rds modify-db-instance --db-instance-identifier srcdb --engine-version" in inst.fix
+
+
+def test_engine_version_comparison_is_numeric() -> None:
+    versions = ["15.4", "10.21", "9.6.22", "10.4", "16.1-R2"]
+    assert sorted(versions, key=parse_engine_version) == ["9.6.22", "10.4", "10.21", "15.4", "16.1-R2"]
+    assert parse_engine_version("10.21") > parse_engine_version("10.4") > parse_engine_version("9.6.22")
+
+
+def test_instance_not_available_is_a_warning(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
+    rds.stop_db_instance(DBInstanceIdentifier="srcdb")
+    inst = item(run(clients), "rds_instance")
+    assert inst.status == "warning"
+    assert "'stopped'" in inst.detail
+    assert "db-instance-available" in inst.fix
+
+
+# --------------------------------------------------------------------------- rds_logical_replication
+
+
+def test_logical_replication_off_in_default_group(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]), group=None)
+    result = item(run(clients), "rds_logical_replication")
+    assert result.status == "failed"
+    assert "not set" in result.detail and "default.postgres15" in result.detail
+    assert "cannot be modified" in result.fix
+    assert "aws rds create-db-parameter-group" in result.fix
+    assert "ParameterName=rds.logical_replication,ParameterValue=1,ApplyMethod=pending-reboot" in result.fix
+    assert "--db-parameter-group-name srcdb-pgmigrate" in result.fix
+    assert "aws rds reboot-db-instance --db-instance-identifier srcdb" in result.fix
+    assert "default.postgres15" in result.objects
+
+
+def test_logical_replication_zero_in_custom_group(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]), logical="0")
+    result = item(run(clients), "rds_logical_replication")
+    assert result.status == "failed"
+    assert "'0'" in result.detail
+    assert ("aws rds modify-db-parameter-group --db-parameter-group-name pgmigrate-pg15 --parameters "
+            "ParameterName=rds.logical_replication,ParameterValue=1,ApplyMethod=pending-reboot") in result.fix
+    assert "aws rds reboot-db-instance --db-instance-identifier srcdb" in result.fix
+    assert "create-db-parameter-group" not in result.fix
+
+
+def test_logical_replication_pending_reboot(clients: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto always reports ParameterApplyStatus in-sync: patch its (in-process) model to report pending-reboot."""
+    from moto.rds.models import DBInstance
+
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
+    original: Any = DBInstance.__dict__["db_parameter_group_status_list"]
+
+    def status_list(self: Any) -> Any:
+        groups = original.fget(self)
+        if self.db_instance_identifier == "srcdb":
+            for group in groups:
+                group.ParameterApplyStatus = "pending-reboot"
+        return groups
+
+    monkeypatch.setattr(DBInstance, "db_parameter_group_status_list", property(status_list))
+    reported = rds.describe_db_instances(DBInstanceIdentifier="srcdb")["DBInstances"][0]["DBParameterGroups"]
+    assert reported[0]["ParameterApplyStatus"] == "pending-reboot"
+
+    result = item(run(clients), "rds_logical_replication")
+    assert result.status == "failed"
+    assert "set but pending a reboot" in result.detail
+    assert "aws rds reboot-db-instance --db-instance-identifier srcdb" in result.fix
+    assert "modify-db-parameter-group" not in result.fix
+
+
+def test_logical_replication_skipped_without_incremental(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]), group=None)
+    result = item(run(clients, need_logical=False), "rds_logical_replication")
+    assert result.status == "skipped"
+    assert result.detail == "incremental migration not selected"
+
+
+def test_parameters_are_read_across_pages(clients: tuple[Any, Any]) -> None:
+    """describe_db_parameters is paginated: the parameter may sit on a later page."""
+    from botocore.stub import Stubber
+
+    rds, ec2 = clients
+    stubber = Stubber(rds)
+    stubber.add_response("describe_db_parameters", {
+        "Parameters": [{"ParameterName": "work_mem", "ParameterValue": "4096"}], "Marker": "page2"},
+        {"DBParameterGroupName": "g"})
+    stubber.add_response("describe_db_parameters", {
+        "Parameters": [{"ParameterName": "rds.logical_replication", "ParameterValue": "1"}]},
+        {"DBParameterGroupName": "g", "Marker": "page2"})
+    with stubber:
+        assert RdsInspector(rds, ec2)._parameter_value("g", "rds.logical_replication") == "1"
+    stubber.assert_no_pending_responses()
+
+
+# --------------------------------------------------------------------------- rds_public_access
+
+
+def test_not_publicly_accessible(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]), public=False)
+    result = item(run(clients), "rds_public_access")
+    assert result.status == "failed"
+    assert "not publicly accessible" in result.detail
+    assert "aws rds modify-db-instance --db-instance-identifier srcdb --publicly-accessible --apply-immediately" \
+        in result.fix
+
+
+def test_private_connection_does_not_need_public_access(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]), public=False)
+    result = item(run(clients, connect_over_internet=False), "rds_public_access")
+    assert result.status == "passed"
+    assert "workers connect privately" in result.detail
+
+
+# --------------------------------------------------------------------------- rds_security_group
+
+
+def test_cidr_missing_fails_with_the_command(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    sg_id = make_sg(ec2, [tcp("198.51.100.0/24")])
+    make_instance(rds, "srcdb", sg_id)
+    outcome = run(clients, worker_cidrs=[WORKER, "198.51.100.7/32"])
+    result = item(outcome, "rds_security_group")
+    assert result.status == "failed"
+    assert WORKER in result.detail and "198.51.100.7/32" not in result.detail and sg_id in result.detail
+    assert (f"aws ec2 authorize-security-group-ingress --group-id {sg_id} "
+            f"--ip-permissions 'IpProtocol=tcp,FromPort=5432,ToPort=5432,IpRanges=[{{CidrIp={WORKER}}}]'") in result.fix
+    assert result.objects == [WORKER, sg_id]
+    assert outcome.added_rules == []
+    assert ingress_cidrs(ec2, sg_id) == [("tcp", 5432, 5432, "198.51.100.0/24")]
+
+
+def test_cidr_missing_rule_added_then_removed(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    sg_id = make_sg(ec2)
+    make_instance(rds, "srcdb", sg_id)
+    outcome = run(clients, manage_security_group=True)
+    result = item(outcome, "rds_security_group")
+    assert result.status == "passed"
+    assert "added" in result.detail and "removed at the end of the migration" in result.detail
+    expected = IngressRule(group_id=sg_id, cidr=WORKER, port=5432, description=f"airflow-pgmigrate {MIGRATION}")
+    assert outcome.added_rules == [expected]
+    assert IngressRule.from_dict(json.loads(json.dumps(expected.to_dict()))) == expected
+
+    group = ec2.describe_security_groups(GroupIds=[sg_id])["SecurityGroups"][0]
+    assert ingress_cidrs(ec2, sg_id) == [("tcp", 5432, 5432, WORKER)]
+    assert group["IpPermissions"][0]["IpRanges"][0]["Description"] == f"airflow-pgmigrate {MIGRATION}"
+    # A second precheck now finds the rule and adds nothing.
+    again = run(clients, manage_security_group=True)
+    assert item(again, "rds_security_group").status == "passed" and again.added_rules == []
+
+    inspector = RdsInspector(*clients)
+    assert inspector.remove_ingress_rules(outcome.added_rules) == [expected]
+    assert ingress_cidrs(ec2, sg_id) == []
+    assert inspector.remove_ingress_rules(outcome.added_rules) == []
+    assert item(run(clients), "rds_security_group").status == "failed"
+
+
+def test_wider_rule_admits_the_cidr(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp("10.0.0.0/16", 5000, 6000)]))
+    result = item(run(clients, worker_cidrs=["10.0.1.0/24", "10.0.2.9/32"]), "rds_security_group")
+    assert result.status == "passed"
+    assert "10.0.1.0/24" in result.detail
+
+
+def test_narrower_rule_does_not_admit(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp("10.0.1.0/24")]))
+    result = item(run(clients, worker_cidrs=["10.0.0.0/16"]), "rds_security_group")
+    assert result.status == "failed"
+    assert "10.0.0.0/16" in result.detail
+
+
+def test_rule_on_another_port_does_not_admit(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER, 5433)]))
+    result = item(run(clients), "rds_security_group")
+    assert result.status == "failed"
+    assert "port 5432" in result.detail
+
+
+def test_all_traffic_rule_admits(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]))
+    assert item(run(clients), "rds_security_group").status == "passed"
+
+
+def test_ipv6_cidr(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp("2001:db8::/32")]))
+    assert item(run(clients, worker_cidrs=["2001:db8:1::/48"]), "rds_security_group").status == "passed"
+    result = item(run(clients, worker_cidrs=["2001:db9::/48"]), "rds_security_group")
+    assert result.status == "failed"
+    assert "Ipv6Ranges=[{CidrIpv6=2001:db9::/48}]" in result.fix
+
+
+def test_no_worker_cidrs_is_a_warning(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
+    result = item(run(clients, worker_cidrs=[]), "rds_security_group")
+    assert result.status == "warning"
+    assert result.detail == "no worker CIDR blocks configured, cannot verify the security group"
+    assert result.fix == "list rds.worker_cidrs"
+
+
+# --------------------------------------------------------------------------- rds_clients
+
+
+def test_rds_clients_from_the_environment(aws_env: str) -> None:
+    rds, ec2 = rds_clients(RdsSettings(db_instance_identifier="srcdb"))
+    assert rds.meta.endpoint_url == aws_env and ec2.meta.endpoint_url == aws_env
+    assert rds.meta.region_name == "us-east-1"
+    sg_id = make_sg(ec2)
+    make_instance(rds, "srcdb", sg_id)
+    assert rds.describe_db_instances()["DBInstances"][0]["DBInstanceIdentifier"] == "srcdb"
+    assert ec2.describe_security_groups(GroupIds=[sg_id])["SecurityGroups"][0]["GroupId"] == sg_id
+
+
+def test_rds_clients_from_an_airflow_connection(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the amazon provider, login/password/extras of the connection feed plain boto3."""
+    from airflow.sdk import BaseHook
+
+    class Conn:
+        def __init__(self) -> None:
+            self.login = "AKIDFROMCONN"
+            self.password = "secret-from-conn"
+            self.extra_dejson = {"region_name": "eu-west-1", "endpoint_url": aws_env}
+
+    seen: list[str] = []
+
+    def get_connection(cls: Any, conn_id: str) -> Conn:
+        seen.append(conn_id)
+        return Conn()
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(get_connection))
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    rds, ec2 = rds_clients(RdsSettings(db_instance_identifier="srcdb", aws_conn_id="aws_test"))
+    assert seen == ["aws_test"]
+    assert rds.meta.region_name == "eu-west-1" and rds.meta.endpoint_url == aws_env
+    assert rds._request_signer._credentials.access_key == "AKIDFROMCONN"
+    assert rds.describe_db_instances()["DBInstances"] == []
+    assert ec2.describe_vpcs()["Vpcs"]
+    rds2, _ = rds_clients(RdsSettings(db_instance_identifier="srcdb", aws_conn_id="aws_test", region="ap-south-1"))
+    assert rds2.meta.region_name == "ap-south-1"
+
+
+def test_rds_clients_prefer_the_amazon_provider(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With apache-airflow-providers-amazon installed, AwsBaseHook builds the clients (faked here: not installed)."""
+    import sys
+    import types
+
+    import boto3
+
+    made: list[tuple[str | None, str | None, str]] = []
+
+    class AwsBaseHook:
+        def __init__(self, aws_conn_id: str | None = None, region_name: str | None = None) -> None:
+            self.aws_conn_id, self.region_name = aws_conn_id, region_name
+
+        def get_client_type(self, client_type: str) -> Any:
+            made.append((self.aws_conn_id, self.region_name, client_type))
+            return boto3.session.Session(region_name=self.region_name).client(client_type)  # type: ignore[call-overload]
+
+    names = ["airflow.providers.amazon", "airflow.providers.amazon.aws", "airflow.providers.amazon.aws.hooks",
+             "airflow.providers.amazon.aws.hooks.base_aws"]
+    for name in names:
+        module = types.ModuleType(name)
+        module.__path__ = []  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, name, module)
+    sys.modules[names[-1]].AwsBaseHook = AwsBaseHook  # type: ignore[attr-defined]
+
+    rds, ec2 = rds_clients(RdsSettings(db_instance_identifier="srcdb", aws_conn_id="aws_prod", region="us-east-1"))
+    assert made == [("aws_prod", "us-east-1", "rds"), ("aws_prod", "us-east-1", "ec2")]
+    assert rds.describe_db_instances()["DBInstances"] == [] and ec2.meta.service_model.service_name == "ec2"
