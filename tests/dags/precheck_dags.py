@@ -10,3 +10,15 @@ precheck_only = build_migration_dag(
         {"name": "it_precheck", "source": {"conn_id": "pgm_source"}, "destination": {"conn_id": "pgm_destination"}}
     )
 )
+
+precheck_with_rds = build_migration_dag(
+    MigrationConfig.from_dict(
+        {
+            "name": "it_precheck_rds",
+            "source": {"conn_id": "pgm_source"},
+            "destination": {"conn_id": "pgm_destination"},
+            "rds": {"db_instance_identifier": "shop-prod", "region": "us-east-1",
+                    "worker_cidrs": ["203.0.113.0/24"], "manage_security_group": True},
+        }
+    )
+)

@@ -53,3 +53,31 @@ def test_precheck_task_fails_with_one_report(migration_env, airflow_db):
     report = _xcom(dag_run, "precheck", key="precheck_report")
     failed = sorted(r["name"] for r in report["results"] if r["status"] == "failed")
     assert failed == ["name_conflicts", "primary_keys"]
+
+
+def test_precheck_with_rds_adds_the_ingress_rule_and_records_it(migration_env, airflow_db, aws_env):
+    import boto3
+
+    from airflow_pgmigrate.engine.rds import IngressRule, RdsInspector
+    from tests.unit.test_rds import ingress_cidrs, make_instance, make_sg
+
+    rds, ec2 = boto3.client("rds"), boto3.client("ec2")
+    sg_id = make_sg(ec2)
+    make_instance(rds, "shop-prod", sg_id)
+    migration_env.src("CREATE TABLE public.orders (id bigint PRIMARY KEY)")
+
+    dag_run = _run("pgmigrate_it_precheck_rds")
+
+    assert dag_run.state == "success"
+    report = _xcom(dag_run, "precheck")
+    statuses = {r["name"]: r["status"] for r in report["results"]}
+    assert [statuses[n] for n in ("rds_instance", "rds_logical_replication", "rds_public_access",
+                                  "rds_security_group")] == ["passed"] * 4
+    assert ("tcp", 5432, 5432, "203.0.113.0/24") in ingress_cidrs(ec2, sg_id)
+    # The rule is recorded in the migration's durable state, so the end of the migration can remove it.
+    (recorded,) = migration_env.dst("SELECT value FROM pgmigrate.migration_state "
+                                    "WHERE migration = 'it_precheck_rds' AND key = 'added_ingress_rules'")[0]
+    assert recorded == report["added_ingress_rules"] and recorded[0]["group_id"] == sg_id
+    removed = RdsInspector(rds, ec2).remove_ingress_rules(IngressRule.from_dict(r) for r in recorded)
+    assert len(removed) == 1
+    assert ingress_cidrs(ec2, sg_id) == []
