@@ -292,6 +292,30 @@ class RetryWindows(_Validated):
 
 
 @dataclass
+class SchemaSettings(_Validated):
+    """Schema migration: who owns the objects in the destination, and how post-data is built."""
+
+    #: Source role -> destination role. Empty: every object belongs to the destination account.
+    owner_mapping: dict[str, str] = field(default_factory=dict)
+    #: Migrate GRANTs for roles that exist in the destination (after owner_mapping); needs owner_mapping or roles
+    #: with the same names on both sides.
+    migrate_grants: bool = False
+    #: Connections building indexes and constraints in parallel in the post-data phase.
+    index_jobs: int = 2
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        jobs = values.get("index_jobs")
+        if isinstance(jobs, int) and not 1 <= jobs <= 32:
+            _problem(errors, "index_jobs", f"must be between 1 and 32, got {jobs}", "2 is the default")
+        for src, dst in (values.get("owner_mapping") or {}).items():
+            _check_identifier(errors, f"owner_mapping[{src!r}]", src, "source role name")
+            _check_identifier(errors, f"owner_mapping[{src!r}]", dst, "destination role name")
+        return errors
+
+
+@dataclass
 class FullLoadSettings(_Validated):
     #: Tables (or table parts) copied at the same time.
     parallel_jobs: int = 4
@@ -408,6 +432,7 @@ class MigrationConfig(_Validated):
     #: Row filter per table: ``{"public.orders": "created_at >= '2024-01-01'"}`` (one SQL condition, no subquery).
     filters: dict[str, str] = field(default_factory=dict)
     conflicting_tables: ConflictMode = "error"
+    schema_migration: SchemaSettings = field(default_factory=SchemaSettings)
     throttling: Throttling = field(default_factory=Throttling)
     retry: RetryWindows = field(default_factory=RetryWindows)
     full_load: FullLoadSettings = field(default_factory=FullLoadSettings)
@@ -703,6 +728,7 @@ __all__ = [
     "PrecheckSettings",
     "RdsSettings",
     "RetryWindows",
+    "SchemaSettings",
     "Throttling",
     "load_config",
     "parse_size",
