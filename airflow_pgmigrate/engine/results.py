@@ -27,8 +27,8 @@ class CheckResult:
         return asdict(self)
 
 
-def passed(name: str, detail: str) -> CheckResult:
-    return CheckResult(name, "passed", detail)
+def passed(name: str, detail: str, objects: list[str] | None = None) -> CheckResult:
+    return CheckResult(name, "passed", detail, "", list(objects or []))
 
 
 def warning(name: str, detail: str, fix: str = "", objects: list[str] | None = None) -> CheckResult:

@@ -39,13 +39,17 @@ class MigrationState:
 
     def get(self, key: str, default: Any = None) -> Any:
         with connect(self.destination) as conn:
-            exists = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(self.schema, "migration_state")
-                                                              .as_string(conn),)).fetchone()
-            if not exists or exists[0] is None:
-                return default
-            row = conn.execute(sql.SQL("SELECT value FROM {} WHERE migration = %s AND key = %s").format(self._table),
-                               (self.migration, key)).fetchone()
-            return default if row is None else row[0]
+            return self.read(conn, key, default)
+
+    def read(self, conn: Any, key: str, default: Any = None) -> Any:
+        """Read a key through an open destination connection (no table yet: the default)."""
+        exists = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(self.schema, "migration_state")
+                                                          .as_string(conn),)).fetchone()
+        if not exists or exists[0] is None:
+            return default
+        row = conn.execute(sql.SQL("SELECT value FROM {} WHERE migration = %s AND key = %s").format(self._table),
+                           (self.migration, key)).fetchone()
+        return default if row is None else row[0]
 
 
 __all__ = ["MigrationState"]

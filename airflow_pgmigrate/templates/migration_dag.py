@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, chain
 
 from airflow_pgmigrate.config import MigrationConfig
 from airflow_pgmigrate.exceptions import ConfigError
 from airflow_pgmigrate.operators.precheck import PrecheckOperator
+from airflow_pgmigrate.operators.schema import SchemaMigrateOperator
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +19,18 @@ DEFAULT_TAGS = ["pgmigrate"]
 
 
 def add_migration_tasks(config: MigrationConfig, dag: DAG) -> dict[str, Any]:
-    """Add the migration's steps to ``dag`` (task id -> task); the steps a config's migration types need."""
+    """Add the migration's steps to ``dag`` (task id -> task), in the DTS order, only those its types need:
+    precheck -> schema_pre_data -> schema_post_data."""
     plain = config.to_dict()
+    tasks: dict[str, Any] = {}
     with dag:
-        precheck = PrecheckOperator(task_id="precheck", config=plain)
-    return {"precheck": precheck}
+        tasks["precheck"] = PrecheckOperator(task_id="precheck", config=plain)
+        if config.wants("schema"):
+            tasks["schema_pre_data"] = SchemaMigrateOperator(task_id="schema_pre_data", config=plain, phase="pre_data")
+            tasks["schema_post_data"] = SchemaMigrateOperator(task_id="schema_post_data", config=plain,
+                                                              phase="post_data")
+        chain(*tasks.values())
+    return tasks
 
 
 def build_migration_dag(config: MigrationConfig, **dag_kwargs: Any) -> DAG:

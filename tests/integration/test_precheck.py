@@ -318,3 +318,17 @@ def test_source_older_than_10_4_fails(migration_env):
                           source_version=90624)
     (item,) = check_source_version(ctx)
     assert item.status == "failed" and "PostgreSQL 9.6.24" in item.detail
+
+
+def test_pg_dump_is_found_for_the_source_version(migration_env, monkeypatch):
+    migration_env.src(SHOP)
+    report = migration_env.precheck()
+    assert report.statuses()["pg_dump"] == "passed"
+    assert f"reads the source's PostgreSQL {migration_env.source.major}" in report.result("pg_dump").detail
+    # A machine whose pg_dump binaries are all older than the source cannot migrate the schema.
+    from airflow_pgmigrate.engine import pgdump
+
+    monkeypatch.setattr(pgdump, "available_pg_dumps", lambda: [pgdump.PgDump(pgdump.Path("/old/pg_dump"), 9)])
+    report = migration_env.precheck()
+    (item,) = results_of(report, "pg_dump", "failed")
+    assert f"no pg_dump of version {migration_env.source.major} or later" in item.detail

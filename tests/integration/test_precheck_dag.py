@@ -49,7 +49,8 @@ def test_precheck_task_fails_with_one_report(migration_env, airflow_db):
     migration_env.dst("CREATE TABLE public.orders (id bigint PRIMARY KEY)")
     dag_run = _run("pgmigrate_it_precheck")
     assert dag_run.state == "failed"
-    assert _states(dag_run) == {"precheck": "failed"}
+    assert _states(dag_run) == {"precheck": "failed", "schema_pre_data": "upstream_failed",
+                                "schema_post_data": "upstream_failed"}
     report = _xcom(dag_run, "precheck", key="precheck_report")
     failed = sorted(r["name"] for r in report["results"] if r["status"] == "failed")
     assert failed == ["name_conflicts", "primary_keys"]
@@ -81,3 +82,27 @@ def test_precheck_with_rds_adds_the_ingress_rule_and_records_it(migration_env, a
     removed = RdsInspector(rds, ec2).remove_ingress_rules(IngressRule.from_dict(r) for r in recorded)
     assert len(removed) == 1
     assert ingress_cidrs(ec2, sg_id) == []
+
+
+def test_schema_phases_run_through_airflow(migration_env, airflow_db):
+    migration_env.src("CREATE TABLE public.customers (id bigint PRIMARY KEY, name text);"
+                      "CREATE TABLE public.orders (id bigint PRIMARY KEY, customer_id bigint REFERENCES "
+                      "public.customers (id), amount numeric CHECK (amount > 0));"
+                      "CREATE INDEX orders_amount ON public.orders (amount);"
+                      "CREATE VIEW public.big AS SELECT id, amount FROM public.orders WHERE amount > 10;")
+    dag_run = _run("pgmigrate_it_schema")
+    assert dag_run.state == "success"
+    assert _states(dag_run) == {"precheck": "success", "schema_pre_data": "success", "schema_post_data": "success"}
+    pre = _xcom(dag_run, "schema_pre_data")
+    post = _xcom(dag_run, "schema_post_data")
+    assert pre["created"]["table"] == 2 and pre["created"]["view"] == 1
+    assert post["created"] == {"constraint": 2, "fk constraint": 1, "index": 1}
+    assert migration_env.dst("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                             "WHERE conrelid = 'public.orders_v2'::regclass AND contype = 'c'") == \
+        [("CHECK ((total > (0)::numeric))",)]
+    assert migration_env.dst("SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.big'::regclass "
+                             "AND attname = 'amount'")[0][0] == 1
+    # Run again: the state says this migration created the objects, so nothing fails and nothing changes.
+    again = _run("pgmigrate_it_schema")
+    assert again.state == "success"
+    assert _xcom(again, "schema_pre_data")["created_total"] == 0

@@ -76,4 +76,6 @@ def test_example_dags_parse_without_errors(monkeypatch):
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
     assert {"pgmigrate_example_shop", "pgmigrate_adhoc_precheck"} <= set(bag.dag_ids)
-    assert [t.task_id for t in bag.dags["pgmigrate_example_shop"].tasks] == ["precheck"]
+    dag = bag.dags["pgmigrate_example_shop"]
+    assert [t.task_id for t in dag.tasks] == ["precheck", "schema_pre_data", "schema_post_data"]
+    assert dag.task_dict["schema_post_data"].upstream_task_ids == {"schema_pre_data"}

@@ -22,3 +22,15 @@ precheck_with_rds = build_migration_dag(
         }
     )
 )
+
+schema_only = build_migration_dag(
+    MigrationConfig.from_dict(
+        {
+            "name": "it_schema",
+            "source": {"conn_id": "pgm_source"},
+            "destination": {"conn_id": "pgm_destination"},
+            "migration_types": ["schema"],
+            "mapping": {"tables": {"public.orders": "orders_v2"}, "columns": {"public.orders": {"amount": "total"}}},
+        }
+    )
+)
