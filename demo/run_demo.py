@@ -92,13 +92,25 @@ def run_dag() -> int:
     dag = bag.dags["pgmigrate_demo_shop"]
     print(f"demo: running DAG {dag.dag_id} with tasks {', '.join(t.task_id for t in dag.tasks)} ...", flush=True)
     dag_run = dag.test()
-    with create_session() as session:
-        row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag.dag_id, task_ids="precheck",
-                                                 key="return_value")).first()
-        report = None if row is None else XComModel.deserialize_value(row)
+
+    def xcom(task_id: str) -> dict | None:
+        with create_session() as session:
+            row = session.scalars(XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag.dag_id, task_ids=task_id,
+                                                     key="return_value")).first()
+            return None if row is None else XComModel.deserialize_value(row)
+
     print()
+    report = xcom("precheck")
     if report is not None:
         print(PrecheckReport.from_dict(report).format_table())
+        print()
+    for phase in ("schema_pre_data", "schema_post_data"):
+        schema = xcom(phase)
+        if schema is not None:
+            created = ", ".join(f"{kind}={count}" for kind, count in schema["created"].items())
+            print(f"{phase}: created {schema['created_total']} object(s) in {schema['seconds']} s ({created}); "
+                  f"skipped={len(schema['skipped'])} differing={len(schema['differing'])} "
+                  f"review={len(schema['review'])} refreshed={len(schema['refreshed'])}")
     print()
     print(f"demo: DAG run {dag_run.run_id} ended {dag_run.state}")
     return 0 if dag_run.state == "success" else 1
