@@ -665,6 +665,36 @@ class RoleMapper:
         mapped = self.mapping.get(role, role)
         return mapped if mapped in self.existing else None
 
+    def _grant(self, stmt: Any, report: SchemaReport, what: str) -> bool:
+        """Map the roles of a GRANT / REVOKE or ALTER DEFAULT PRIVILEGES in place; False when nothing of it applies."""
+        if type(stmt).__name__ == "AlterDefaultPrivilegesStmt":
+            for option in stmt.options or ():
+                if option.defname != "roles":
+                    continue
+                specs = [r for r in option.arg or () if getattr(r, "rolename", None)]
+                missing = [r.rolename for r in specs if self.target(r.rolename) is None]
+                if missing:
+                    report.skip(what, f"default privileges of roles missing in the destination: {', '.join(missing)}")
+                    return False
+                for spec in specs:
+                    spec.rolename = self.target(spec.rolename)
+            stmt = stmt.action
+        grantees: list[Any] = []
+        dropped: list[str] = []
+        for grantee in stmt.grantees or ():
+            role = getattr(grantee, "rolename", None)
+            target = self.target(role) if role else None
+            if role and target is None:
+                dropped.append(role)
+                continue
+            if role:
+                grantee.rolename = target
+            grantees.append(grantee)
+        if dropped:
+            report.skip(what, f"grants to roles missing in the destination: {', '.join(dropped)}")
+        stmt.grantees = tuple(grantees)
+        return bool(grantees)
+
     def apply(self, text: str, report: SchemaReport, what: str) -> str:
         from pglast import parse_sql
         from pglast.parser import ParseError
@@ -676,32 +706,37 @@ class RoleMapper:
             return text
         kept: list[str] = []
         changed = False
+        skipping_grantor = False  # between SET SESSION AUTHORIZATION of a missing role and its RESET
         for raw in statements:
             stmt: Any = raw.stmt
             kind = type(stmt).__name__
             role_specs: list[Any] = []
+            if kind == "VariableSetStmt" and stmt.name == "session_authorization":
+                # pg_dump wraps grants whose grantor is not the owner in SET / RESET SESSION AUTHORIZATION.
+                changed = True
+                if stmt.kind.name == "VAR_SET_VALUE" and stmt.args:
+                    grantor = stmt.args[0].val.sval
+                    target = self.target(grantor)
+                    if target is None:
+                        skipping_grantor = True
+                        report.skip(what, f"grants made by a role missing in the destination: {grantor}")
+                        continue
+                    stmt.args[0].val.sval = target
+                elif skipping_grantor:
+                    skipping_grantor = False
+                    continue
+                kept.append(RawStream()(stmt))
+                continue
+            if skipping_grantor:
+                continue
             if kind == "AlterOwnerStmt":
                 role_specs = [stmt.newowner]
             elif kind == "AlterTableStmt" and all(c.subtype.name == "AT_ChangeOwner" for c in stmt.cmds or ()):
                 role_specs = [c.newowner for c in stmt.cmds]
-            elif kind in ("GrantStmt", "GrantRoleStmt"):
-                if not self.migrate_grants:
-                    changed = True
-                    continue
-                grantees = [g for g in stmt.grantees or () if getattr(g, "rolename", None) is None
-                            or self.target(g.rolename) is not None]
-                dropped = [g.rolename for g in stmt.grantees or () if g not in grantees]
-                if dropped:
-                    report.skip(what, f"grants to roles missing in the destination: {', '.join(dropped)}")
-                if not grantees:
-                    changed = True
-                    continue
-                for g in grantees:
-                    if getattr(g, "rolename", None):
-                        g.rolename = self.target(g.rolename)
-                stmt.grantees = tuple(grantees)
-                kept.append(RawStream()(stmt))
+            elif kind in ("GrantStmt", "GrantRoleStmt", "AlterDefaultPrivilegesStmt"):
                 changed = True
+                if self.migrate_grants and self._grant(stmt, report, what):
+                    kept.append(RawStream()(stmt))
                 continue
             if role_specs:
                 targets = [self.target(r.rolename) if getattr(r, "rolename", None) else None for r in role_specs]

@@ -23,11 +23,25 @@ class MigrationState:
         self.migration = migration
         self._table = sql.Identifier(schema, "migration_state")
 
+    @property
+    def chunks_table(self) -> sql.Identifier:
+        """One row per full-load chunk committed, written in the same transaction as the chunk's rows."""
+        return sql.Identifier(self.schema, "full_load_chunks")
+
+    def ensure(self, conn: Any) -> None:
+        """Create the state schema and tables if missing."""
+        self._ensure(conn)
+
     def _ensure(self, conn: Any) -> None:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
         conn.execute(sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (migration text NOT NULL, key text NOT NULL, value jsonb NOT NULL, "
             "updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (migration, key))").format(self._table))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (migration text NOT NULL, chunk_id text NOT NULL, table_name text NOT "
+            "NULL, rows bigint NOT NULL, bytes bigint NOT NULL, seconds double precision NOT NULL, skipped_rows "
+            "bigint NOT NULL DEFAULT 0, done_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (migration, "
+            "chunk_id))").format(self.chunks_table))
 
     def put(self, key: str, value: Any) -> None:
         with connect(self.destination) as conn:

@@ -1,0 +1,630 @@
+"""Full load: a consistent, parallel, resumable, throttled copy of the selected tables.
+
+Consistency. With incremental migration the load creates the publication, then the logical replication slot,
+exporting the slot's snapshot; every chunk is copied inside that snapshot (``SET TRANSACTION SNAPSHOT``). The copy
+plus the changes the slot returns after its consistent point equal the source: no gap, no duplicate. The exporting
+connection stays open and idle until the last chunk committed.
+
+Speed. ``COPY (SELECT ...) TO STDOUT (FORMAT binary)`` streams into ``COPY ... FROM STDIN (FORMAT binary)``; bytes
+pass straight through (text COPY only where a type has no binary form or the two sides' types differ). Tables are
+copied largest first by ``full_load.parallel_jobs`` workers; a table larger than ``split_tables_larger_than`` is split
+into ctid ranges (TID range scans, PostgreSQL 14+) or integer key ranges.
+
+Resumability. Each chunk commits in the destination together with its row in ``<state>.full_load_chunks``. A retry
+skips committed chunks. When the original snapshot is gone (the worker died), every table with an unfinished chunk is
+emptied and copied again whole under a new snapshot, taken from a temporary slot at LSN B; the table's start LSN
+becomes B, so incremental sync applies its changes only after B (the slot still holds them from the original
+consistent point A for the tables that finished). See docs/full_load.md.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from airflow_pgmigrate.engine import catalog
+from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
+from airflow_pgmigrate.engine.schema import read_source_schema
+from airflow_pgmigrate.engine.state import MigrationState
+from airflow_pgmigrate.engine.throttle import BinaryRowCounter, Throttle, count_text_rows
+from airflow_pgmigrate.exceptions import PgMigrateError
+
+if TYPE_CHECKING:
+    from airflow_pgmigrate.config import MigrationConfig
+
+MAX_PARTS = 64
+LO_PIECE = 1024 * 1024
+
+
+class FullLoadError(PgMigrateError):
+    """The full load failed; committed chunks stay and a retry continues from them."""
+
+
+@dataclass
+class Chunk:
+    id: str
+    table: str
+    part: int
+    parts: int
+    #: Extra condition selecting this part of the table (None: the whole table).
+    where: str | None = None
+
+
+@dataclass
+class TablePlan:
+    source: str
+    target: str
+    columns: list[str]
+    target_columns: list[str]
+    row_filter: str | None
+    size_bytes: int
+    estimated_rows: int
+    binary: bool
+    #: Copy through a staging table and skip rows whose key already exists (conflicting_tables: ignore).
+    staging: bool
+    key_columns: list[str]
+    chunks: list[Chunk] = field(default_factory=list)
+
+    @property
+    def source_name(self) -> QualifiedName:
+        return parse_qualified_name(self.source)
+
+    @property
+    def target_name(self) -> QualifiedName:
+        return parse_qualified_name(self.target)
+
+
+@dataclass
+class ChunkResult:
+    chunk: Chunk
+    rows: int
+    bytes: int
+    seconds: float
+    skipped_rows: int = 0
+
+
+def _ident(name: QualifiedName) -> sql.Identifier:
+    return sql.Identifier(name.schema, name.name)
+
+
+# -- planning ----------------------------------------------------------------------------------------------------
+
+
+def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.Connection) -> list[TablePlan]:
+    """The tables to copy (partitions rather than their partitioned parents), largest first, with their chunks."""
+    schema = read_source_schema(src, config)
+    mapper = NameMapper(config.mapping)
+    column_selection = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
+    version = catalog.server_version_num(src)
+    plans: list[TablePlan] = []
+    for name in sorted(schema.selected):
+        table = schema.tables[name]
+        if table.relkind != "r":
+            continue
+        generated = {r[0] for r in src.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
+            "AND attgenerated <> ''", (table.oid,))}
+        wanted = column_selection.get(name)
+        columns = [c for c in table.column_names if c not in generated and (wanted is None or c in wanted)]
+        target = mapper.table(name)
+        target_columns = [mapper.column(name, c) for c in columns]
+        binary = _binary_ok(src, dst, table.oid, columns, target, target_columns)
+        staging = False
+        if config.conflicting_tables == "ignore":
+            row = dst.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_ident(target))).fetchone()
+            staging = bool(row and row[0])
+        plan = TablePlan(str(name), str(target), columns, target_columns, config.row_filter(name),
+                         table.size_bytes, table.estimated_rows, binary, staging,
+                         [mapper.column(name, c) for c in (table.key_columns or [])])
+        plan.chunks = _chunks(src, table, config.full_load.split_bytes, version)
+        plans.append(plan)
+    plans.sort(key=lambda p: p.size_bytes, reverse=True)
+    return plans
+
+
+def _binary_ok(src: psycopg.Connection, dst: psycopg.Connection, oid: int, columns: list[str],
+               target: QualifiedName, target_columns: list[str]) -> bool:
+    """Binary COPY needs binary send/receive for every type and identical types on both sides."""
+    rows = src.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod),
+               (SELECT bool_and(b.typsend <> 0 AND b.typreceive <> 0)
+                  FROM pg_type b WHERE b.oid IN (t.oid, t.typelem, t.typbasetype))
+          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+         WHERE a.attrelid = %s AND a.attname = ANY(%s)
+        """,
+        (oid, columns),
+    ).fetchall()
+    source_types = {name: typ for name, typ, _ in rows}
+    if not all(ok for _, _, ok in rows):
+        return False
+    target_rows = dst.execute(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+        (_ident(target).as_string(dst),),
+    ).fetchall()
+    target_types: dict[str, str] = dict(target_rows)
+    return all(target_types.get(t) == source_types.get(s) for s, t in zip(columns, target_columns, strict=True))
+
+
+def _chunks(src: psycopg.Connection, table: catalog.TableInfo, split_bytes: int, version: int) -> list[Chunk]:
+    key = str(table.name)
+    size = table.size_bytes
+    parts = min(MAX_PARTS, math.ceil(size / split_bytes)) if size > split_bytes else 1
+    if parts > 1 and version >= 140000:
+        pages = max(1, size // 8192)
+        # relation size includes indexes and TOAST in size_bytes; ranges only need to cover the heap's pages.
+        heap = src.execute("SELECT pg_relation_size(%s) / current_setting('block_size')::int", (table.oid,))
+        row = heap.fetchone()
+        pages = int(row[0]) if row and row[0] else pages
+        step = max(1, math.ceil(pages / parts))
+        bounds = list(range(0, pages, step))
+        chunks = []
+        for i, start in enumerate(bounds):
+            lower = f"ctid >= '({start},0)'::tid"
+            condition = lower if i == len(bounds) - 1 else f"{lower} AND ctid < '({start + step},0)'::tid"
+            chunks.append(Chunk(f"{key}#{i + 1}", key, i + 1, len(bounds), condition if i else
+                                (f"ctid < '({step},0)'::tid" if len(bounds) > 1 else None)))
+        return chunks
+    if parts > 1 and table.key_columns and len(table.key_columns) == 1:
+        column = table.key_columns[0]
+        kind = next((c.type for c in table.columns if c.name == column), "")
+        if kind in ("integer", "bigint", "smallint"):
+            row = src.execute(sql.SQL("SELECT min({c}), max({c}) FROM {t}").format(
+                c=sql.Identifier(column), t=_ident(table.name))).fetchone()
+            if row and row[0] is not None:
+                low, high = int(row[0]), int(row[1])
+                step = max(1, math.ceil((high - low + 1) / parts))
+                ident = sql.Identifier(column).as_string(None)
+                chunks = []
+                starts = list(range(low, high + 1, step))
+                for i, start in enumerate(starts):
+                    conds = []
+                    if i:
+                        conds.append(f"{ident} >= {start}")
+                    if i < len(starts) - 1:
+                        conds.append(f"{ident} < {start + step}")
+                    chunks.append(Chunk(f"{key}#{i + 1}", key, i + 1, len(starts), " AND ".join(conds) or None))
+                return chunks
+    return [Chunk(f"{key}#1", key, 1, 1, None)]
+
+
+# -- the run -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SnapshotSource:
+    """An exported snapshot and the connection that keeps it alive."""
+
+    name: str
+    lsn: str | None
+    conn: psycopg.Connection
+    temporary_slot: str | None = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class FullLoad:
+    """One full load of one migration. ``run()`` returns the report (a JSON-able dict)."""
+
+    def __init__(self, config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
+                 log: Callable[[str], None] = lambda message: None,
+                 metric: Callable[[str, float, dict[str, str]], None] = lambda name, value, tags: None,
+                 jobs: int | None = None) -> None:
+        self.config = config
+        self.source = source
+        self.destination = destination
+        self.log = log
+        self.metric = metric
+        self.jobs = jobs or config.full_load.parallel_jobs
+        self.state = MigrationState(destination, config.state_schema, config.name)
+        caps = config.throttling.full_load
+        self.throttle = Throttle(mb_per_second=caps.mb_per_second, rows_per_second=caps.rows_per_second,
+                                 queries_per_second=caps.queries_per_second)
+        self._lock = threading.Lock()
+        self._copied_bytes = 0
+        self._planned_bytes = 0
+        self._started = 0.0
+        self._stop = threading.Event()
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    def _done_chunks(self, conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
+        rows = conn.execute(sql.SQL(
+            "SELECT chunk_id, table_name, rows, bytes, seconds, skipped_rows FROM {} WHERE migration = %s"
+        ).format(self.state.chunks_table), (self.config.name,)).fetchall()
+        return {r[0]: {"table": r[1], "rows": r[2], "bytes": r[3], "seconds": r[4], "skipped_rows": r[5]}
+                for r in rows}
+
+    # -- slot, publication, snapshot -----------------------------------------------------------------------------
+
+    def _slot_exists(self, conn: psycopg.Connection, slot: str) -> bool:
+        return conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone() is not None
+
+    def _ensure_publication(self, conn: psycopg.Connection, plans: list[TablePlan]) -> None:
+        name = sql.Identifier(self.config.publication_name)
+        tables = sql.SQL(", ").join(_ident(p.source_name) for p in plans)
+        exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
+                              (self.config.publication_name,)).fetchone()
+        if exists:
+            conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(name, tables))
+        else:
+            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(name, tables))
+        self.log(f"full_load publication={self.config.publication_name} tables={len(plans)}")
+
+    def _create_slot(self, slot: str, *, temporary: bool, version: int) -> SnapshotSource:
+        """Create a logical slot on a replication connection, exporting its snapshot; the connection stays open."""
+        conn = connect(self.source, replication=True)
+        watchdog = self._watch_slot_creation()
+        try:
+            if version >= 150000:
+                command = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput (SNAPSHOT 'export')").format(
+                    sql.Identifier(slot), sql.SQL("TEMPORARY " if temporary else ""))
+            else:
+                command = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput EXPORT_SNAPSHOT").format(
+                    sql.Identifier(slot), sql.SQL("TEMPORARY " if temporary else ""))
+            row = conn.execute(command).fetchone()
+        except psycopg.Error:
+            conn.close()
+            raise
+        finally:
+            watchdog.set()
+        assert row is not None
+        self.log(f"full_load slot={slot} temporary={temporary} consistent_lsn={row[1]} snapshot={row[2]}")
+        return SnapshotSource(str(row[2]), str(row[1]), conn, slot if temporary else None)
+
+    def _watch_slot_creation(self) -> threading.Event:
+        """While the slot waits for running transactions, name the sessions it waits for every 10 s."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(10):
+                try:
+                    with connect(self.source) as conn:
+                        rows = conn.execute(
+                            "SELECT pid, usename, state, extract(epoch FROM now() - xact_start)::int FROM "
+                            "pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() "
+                            "ORDER BY xact_start").fetchall()
+                except psycopg.Error:
+                    continue
+                for pid, user, state, seconds in rows:
+                    self.log(f"full_load waiting for the slot: transaction pid={pid} user={user} state={state} "
+                             f"open_s={seconds} must end first (SELECT pg_terminate_backend({pid}) ends it)")
+
+        threading.Thread(target=watch, daemon=True, name="slot-watchdog").start()
+        return done
+
+    def _plain_snapshot(self) -> SnapshotSource:
+        """A snapshot without a slot (full load without incremental sync)."""
+        conn = connect(self.source, autocommit=False)
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        row = conn.execute("SELECT pg_export_snapshot(), pg_current_wal_insert_lsn()::text").fetchone()
+        assert row is not None
+        return SnapshotSource(str(row[0]), str(row[1]), conn)
+
+    # -- copying -------------------------------------------------------------------------------------------------
+
+    def _copy_chunk(self, plan: TablePlan, chunk: Chunk, snapshot: str, src: psycopg.Connection,
+                    dst: psycopg.Connection) -> ChunkResult:
+        started = time.monotonic()
+        fmt = sql.SQL("(FORMAT binary)" if plan.binary else "(FORMAT text)")
+        conditions = [c for c in (plan.row_filter, chunk.where) if c]
+        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(sql.SQL(f"({c})") for c in conditions) \
+            if conditions else sql.SQL("")
+        select = sql.SQL("SELECT {cols} FROM ONLY {table}{where}").format(
+            cols=sql.SQL(", ").join(map(sql.Identifier, plan.columns)), table=_ident(plan.source_name), where=where)
+        copy_out = sql.SQL("COPY ({}) TO STDOUT {}").format(select, fmt)
+        target = _ident(plan.target_name)
+        target_cols = sql.SQL(", ").join(map(sql.Identifier, plan.target_columns))
+        counter = BinaryRowCounter() if plan.binary else None
+        counted = 0
+        copied = 0
+        self.throttle.before_query()
+        src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        with dst.transaction():
+            if plan.staging:
+                dst.execute(sql.SQL("CREATE TEMP TABLE pgmigrate_stage ON COMMIT DROP AS SELECT {} FROM {} "
+                                    "WITH NO DATA").format(target_cols, target))
+                into = sql.SQL("COPY pgmigrate_stage FROM STDIN {}").format(fmt)
+            else:
+                into = sql.SQL("COPY {} ({}) FROM STDIN {}").format(target, target_cols, fmt)
+            write_cursor = dst.cursor()
+            with src.cursor().copy(copy_out) as reader, write_cursor.copy(into) as writer:
+                while True:
+                    if self._stop.is_set():
+                        raise FullLoadError("stopped: another chunk failed")
+                    data = reader.read()
+                    if not data:
+                        break
+                    size = len(data)
+                    self.throttle.on_bytes(size)
+                    if self.throttle.counts_rows:
+                        rows = counter.feed(data) if counter is not None else count_text_rows(data)
+                        counted += rows
+                        self.throttle.on_rows(rows)
+                    writer.write(data)
+                    copied += size
+                    with self._lock:
+                        self._copied_bytes += size
+            skipped = 0
+            if plan.staging:
+                total = dst.execute("SELECT count(*) FROM pgmigrate_stage").fetchone()[0]  # type: ignore[index]
+                key_match = sql.SQL(" AND ").join(
+                    sql.SQL("t.{k} IS NOT DISTINCT FROM s.{k}").format(k=sql.Identifier(k)) for k in plan.key_columns)
+                if plan.key_columns:
+                    cur = dst.execute(sql.SQL(
+                        "INSERT INTO {t} ({c}) SELECT {c} FROM pgmigrate_stage s WHERE NOT EXISTS "
+                        "(SELECT 1 FROM {t} t WHERE {m})").format(t=target, c=target_cols, m=key_match))
+                else:
+                    cur = dst.execute(sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM pgmigrate_stage s").format(
+                        t=target, c=target_cols))
+                rows = cur.rowcount
+                skipped = int(total) - rows
+            else:
+                rows = max(0, write_cursor.rowcount)
+            seconds = time.monotonic() - started
+            dst.execute(sql.SQL(
+                "INSERT INTO {} (migration, chunk_id, table_name, rows, bytes, seconds, skipped_rows) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)").format(self.state.chunks_table),
+                (self.config.name, chunk.id, chunk.table, rows, copied, seconds, skipped))
+        src.commit()
+        if counter is not None and self.throttle.counts_rows:
+            self.throttle.on_rows(max(0, rows - counted))
+        return ChunkResult(chunk, rows, copied, seconds, skipped)
+
+    def _worker(self, queue: list[tuple[TablePlan, Chunk]], snapshot: str,
+                on_done: Callable[[TablePlan, ChunkResult], None]) -> None:
+        src = connect(self.source, autocommit=False)
+        src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        src.read_only = True
+        dst = connect(self.destination, autocommit=True)
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    if not queue:
+                        return
+                    plan, chunk = queue.pop(0)
+                try:
+                    result = self._copy_chunk(plan, chunk, snapshot, src, dst)
+                except psycopg.Error as exc:
+                    self._stop.set()
+                    message = (exc.diag.message_primary or str(exc)).strip()
+                    raise FullLoadError(f"copying {chunk.id} into {plan.target} failed: {message}") from None
+                on_done(plan, result)
+        finally:
+            src.close()
+            dst.close()
+
+    def _copy_all(self, plans: list[TablePlan], todo: list[tuple[TablePlan, Chunk]], snapshot: str,
+                  results: dict[str, ChunkResult]) -> None:
+        if not todo:
+            return
+        remaining = {p.source: sum(1 for q, _ in todo if q.source == p.source) for p in plans}
+        total_tables = sum(1 for v in remaining.values() if v)
+        done_tables = 0
+        self._planned_bytes = sum(p.size_bytes // max(1, len(p.chunks)) for p, _ in todo)
+
+        def on_done(plan: TablePlan, result: ChunkResult) -> None:
+            nonlocal done_tables
+            with self._lock:
+                results[result.chunk.id] = result
+                remaining[plan.source] -= 1
+                if remaining[plan.source] == 0:
+                    done_tables += 1
+                elapsed = max(1e-6, time.monotonic() - self._started)
+                rate = self._copied_bytes / elapsed
+                left = max(0, self._planned_bytes - self._copied_bytes)
+                eta = left / rate if rate > 0 else 0.0
+            mb = result.bytes / 1048576
+            self.log(f"full_load table={plan.source} chunk={result.chunk.part}/{result.chunk.parts} "
+                     f"rows={result.rows} MB={mb:.1f} MB/s={mb / max(result.seconds, 1e-6):.1f} "
+                     f"skipped={result.skipped_rows} tables_done={done_tables}/{total_tables} ETA={eta:.0f}s")
+            tags = {"migration": self.config.name, "table": plan.source}
+            self.metric("pgmigrate.full_load.rows", result.rows, tags)
+            self.metric("pgmigrate.full_load.bytes", result.bytes, tags)
+
+        queue = list(todo)
+        workers = max(1, min(self.jobs, len(queue)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy") as pool:
+            futures = [pool.submit(self._worker, queue, snapshot, on_done) for _ in range(workers)]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
+            if errors:
+                self._stop.set()
+                wait(futures)
+                raise errors[0]  # type: ignore[misc]
+
+    # -- sequences and large objects -----------------------------------------------------------------------------
+
+    def _copy_sequences(self, snapshot: str) -> list[dict[str, Any]]:
+        with connect(self.source, autocommit=False) as src:
+            src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            schema = read_source_schema(src, self.config)
+            names = {QualifiedName(s, n) for kind, s, n in schema.needed if kind == "SEQUENCE" and s}
+            names |= {seq for seq, owner in schema.sequence_owners.items() if owner in schema.selected}
+            values = []
+            for name in sorted(names):
+                row = src.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(_ident(name))).fetchone()
+                if row is not None:
+                    values.append((name, int(row[0]), bool(row[1])))
+            src.rollback()
+        mapper = NameMapper(self.config.mapping)
+        out = []
+        with connect(self.destination) as dst:
+            for name, value, called in values:
+                target = QualifiedName(mapper.schema(name.schema), name.name)
+                ident = _ident(target).as_string(dst)
+                if dst.execute("SELECT to_regclass(%s)", (ident,)).fetchone()[0] is None:  # type: ignore[index]
+                    continue
+                dst.execute("SELECT setval(%s::regclass, %s, %s)", (ident, value, called))
+                out.append({"sequence": str(target), "value": value, "is_called": called})
+        if out:
+            self.log(f"full_load sequences={len(out)} set from the snapshot")
+        return out
+
+    def _copy_large_objects(self, snapshot: str) -> int:
+        copied = 0
+        with connect(self.source, autocommit=False) as src, connect(self.destination, autocommit=False) as dst:
+            src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            oids = [r[0] for r in src.execute("SELECT oid FROM pg_largeobject_metadata ORDER BY oid")]
+            for oid in oids:
+                if dst.execute("SELECT 1 FROM pg_largeobject_metadata WHERE oid = %s", (oid,)).fetchone():
+                    dst.execute("SELECT lo_unlink(%s)", (oid,))
+                dst.execute("SELECT lo_create(%s)", (oid,))
+                offset = 0
+                while True:
+                    row = src.execute("SELECT lo_get(%s, %s, %s)", (oid, offset, LO_PIECE)).fetchone()
+                    piece = bytes(row[0]) if row and row[0] is not None else b""
+                    if not piece:
+                        break
+                    self.throttle.on_bytes(len(piece))
+                    dst.execute("SELECT lo_put(%s, %s, %s)", (oid, offset, piece))
+                    offset += len(piece)
+                dst.commit()
+                copied += 1
+            src.rollback()
+        if copied:
+            self.log(f"full_load large_objects={copied} copied")
+        return copied
+
+    # -- entry point ---------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self._started = time.monotonic()
+        config = self.config
+        incremental = config.wants("incremental")
+        slot = config.slot_name
+        with connect(self.source) as src, connect(self.destination) as dst:
+            version = catalog.server_version_num(src)
+            self.state.ensure(dst)
+            previous = self.state.read(dst, "full_load") or {}
+            plans = plan_tables(config, src, dst) if not previous.get("plan") else \
+                [_plan_from_dict(p) for p in previous["plan"]]
+            done = self._done_chunks(dst)
+            slot_there = self._slot_exists(src, slot) if incremental else False
+            if previous.get("completed") and (slot_there or not incremental):
+                self.log(f"full_load already completed for migration={config.name}: nothing to do")
+                return {**previous, "resumed": False, "already_completed": True}
+            fresh = not previous.get("consistent_lsn") or (incremental and not slot_there)
+            if fresh and (previous or done):
+                # The slot is gone (or the plan was never recorded): the whole load starts over.
+                self.log("full_load starting over: the earlier attempt's slot or snapshot cannot be used")
+                plans = plan_tables(config, src, dst)
+                self._truncate(dst, plans)
+                dst.execute(sql.SQL("DELETE FROM {} WHERE migration = %s").format(self.state.chunks_table),
+                            (config.name,))
+                done = {}
+            if incremental and fresh:
+                self._ensure_publication(src, plans)
+        record: dict[str, Any] = {
+            "migration": config.name,
+            "slot": slot if incremental else None,
+            "publication": config.publication_name if incremental else None,
+            "plan": [asdict(p) for p in plans],
+            "table_start_lsn": dict(previous.get("table_start_lsn") or {}),
+        }
+        results: dict[str, ChunkResult] = {}
+        resumed = bool(done) and not fresh
+        if fresh:
+            snapshot = self._create_slot(slot, temporary=False, version=version) if incremental \
+                else self._plain_snapshot()
+            record["consistent_lsn"] = snapshot.lsn
+            record["table_start_lsn"] = {p.source: snapshot.lsn for p in plans}
+            record["snapshot"] = self._snapshot_description(snapshot.name)
+            self.state.put("full_load", record)
+            todo = [(p, c) for p in plans for c in p.chunks]
+        else:
+            record["consistent_lsn"] = previous["consistent_lsn"]
+            record["snapshot"] = previous.get("snapshot")
+            unfinished = [p for p in plans if any(c.id not in done for c in p.chunks)]
+            self.log(f"full_load resuming: chunks_done={len(done)} tables_to_redo={len(unfinished)} "
+                     f"(their earlier snapshot is gone: each is emptied and copied again whole)")
+            with connect(self.destination) as dst:
+                self._truncate(dst, unfinished)
+                for p in unfinished:
+                    dst.execute(sql.SQL("DELETE FROM {} WHERE migration = %s AND table_name = %s").format(
+                        self.state.chunks_table), (config.name, p.source))
+            snapshot = self._create_slot(f"{slot}_resume", temporary=True, version=version) if incremental \
+                else self._plain_snapshot()
+            for p in unfinished:
+                record["table_start_lsn"][p.source] = snapshot.lsn
+            self.state.put("full_load", record)
+            todo = [(p, c) for p in unfinished for c in p.chunks]
+        try:
+            self._copy_all(plans, todo, snapshot.name, results)
+            sequences = self._copy_sequences(snapshot.name)
+            large_objects = self._copy_large_objects(snapshot.name)
+        finally:
+            snapshot.close()  # the exporting connection outlives every copy worker
+        with connect(self.destination) as dst:
+            all_done = self._done_chunks(dst)
+        tables = {}
+        for p in plans:
+            chunk_rows = [all_done[c.id] for c in p.chunks if c.id in all_done]
+            tables[p.source] = {"target": p.target, "rows": sum(c["rows"] for c in chunk_rows),
+                                "bytes": sum(c["bytes"] for c in chunk_rows),
+                                "skipped_rows": sum(c["skipped_rows"] for c in chunk_rows),
+                                "chunks": len(p.chunks), "binary": p.binary}
+        seconds = time.monotonic() - self._started
+        copied = sum(r.bytes for r in results.values())
+        record.update({
+            "completed": True,
+            "resumed": resumed,
+            "tables": tables,
+            "rows": sum(t["rows"] for t in tables.values()),
+            "bytes": sum(t["bytes"] for t in tables.values()),
+            "skipped_rows": sum(t["skipped_rows"] for t in tables.values()),
+            "chunks_copied_now": len(results),
+            "sequences": sequences,
+            "large_objects": large_objects,
+            "seconds": round(seconds, 3),
+            "mb_per_second": round(copied / 1048576 / max(seconds, 1e-6), 2),
+        })
+        self.state.put("full_load", record)
+        self.log(f"full_load done tables={len(tables)} rows={record['rows']} MB={record['bytes'] / 1048576:.1f} "
+                 f"seconds={seconds:.1f} MB/s={record['mb_per_second']} consistent_lsn={record['consistent_lsn']}")
+        return record
+
+    def _snapshot_description(self, snapshot: str) -> dict[str, Any]:
+        """What the snapshot sees, for verification: ``pg_current_snapshot()`` inside it."""
+        with connect(self.source, autocommit=False) as src:
+            src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            function = "pg_current_snapshot()" if catalog.server_version_num(src) >= 130000 \
+                else "txid_current_snapshot()"
+            row = src.execute(f"SELECT {function}::text").fetchone()  # noqa: S608 - a constant
+            src.rollback()
+        return {"name": snapshot, "visible": row[0] if row else None}
+
+    def _truncate(self, dst: psycopg.Connection, plans: list[TablePlan]) -> None:
+        for p in plans:
+            if p.staging:
+                continue  # pre-existing rows stay (conflicting_tables: ignore); the copy skips clashes
+            dst.execute(sql.SQL("TRUNCATE {}").format(_ident(p.target_name)))
+
+
+def _plan_from_dict(data: dict[str, Any]) -> TablePlan:
+    chunks = [Chunk(**c) for c in data.pop("chunks", [])]
+    return TablePlan(**data, chunks=chunks)
+
+
+def run_full_load(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,
+                  **kwargs: Any) -> dict[str, Any]:
+    """Run (or resume) the full load of a migration; see :class:`FullLoad`."""
+    return FullLoad(config, source, destination, **kwargs).run()
+
+
+__all__ = ["Chunk", "FullLoad", "FullLoadError", "TablePlan", "plan_tables", "run_full_load"]
