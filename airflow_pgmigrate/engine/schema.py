@@ -665,6 +665,11 @@ class RoleMapper:
         mapped = self.mapping.get(role, role)
         return mapped if mapped in self.existing else None
 
+    @staticmethod
+    def _skip(report: SchemaReport, what: str, reason: str) -> None:
+        if {"object": what, "reason": reason} not in report.skipped:  # pg_dump writes one statement per grantee
+            report.skip(what, reason)
+
     def _grant(self, stmt: Any, report: SchemaReport, what: str) -> bool:
         """Map the roles of a GRANT / REVOKE or ALTER DEFAULT PRIVILEGES in place; False when nothing of it applies."""
         if type(stmt).__name__ == "AlterDefaultPrivilegesStmt":
@@ -674,7 +679,8 @@ class RoleMapper:
                 specs = [r for r in option.arg or () if getattr(r, "rolename", None)]
                 missing = [r.rolename for r in specs if self.target(r.rolename) is None]
                 if missing:
-                    report.skip(what, f"default privileges of roles missing in the destination: {', '.join(missing)}")
+                    self._skip(report, what, f"default privileges of roles missing in the destination: "
+                                             f"{', '.join(missing)}")
                     return False
                 for spec in specs:
                     spec.rolename = self.target(spec.rolename)
@@ -691,7 +697,7 @@ class RoleMapper:
                 grantee.rolename = target
             grantees.append(grantee)
         if dropped:
-            report.skip(what, f"grants to roles missing in the destination: {', '.join(dropped)}")
+            self._skip(report, what, f"grants to roles missing in the destination: {', '.join(dropped)}")
         stmt.grantees = tuple(grantees)
         return bool(grantees)
 
@@ -719,7 +725,7 @@ class RoleMapper:
                     target = self.target(grantor)
                     if target is None:
                         skipping_grantor = True
-                        report.skip(what, f"grants made by a role missing in the destination: {grantor}")
+                        self._skip(report, what, f"grants made by a role missing in the destination: {grantor}")
                         continue
                     stmt.args[0].val.sval = target
                 elif skipping_grantor:

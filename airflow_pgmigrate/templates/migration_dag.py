@@ -10,6 +10,7 @@ from airflow.sdk import DAG, Param, chain
 
 from airflow_pgmigrate.config import MigrationConfig
 from airflow_pgmigrate.exceptions import ConfigError
+from airflow_pgmigrate.operators.full_load import FullLoadOperator
 from airflow_pgmigrate.operators.precheck import PrecheckOperator
 from airflow_pgmigrate.operators.schema import SchemaMigrateOperator
 
@@ -20,13 +21,16 @@ DEFAULT_TAGS = ["pgmigrate"]
 
 def add_migration_tasks(config: MigrationConfig, dag: DAG) -> dict[str, Any]:
     """Add the migration's steps to ``dag`` (task id -> task), in the DTS order, only those its types need:
-    precheck -> schema_pre_data -> schema_post_data."""
+    precheck -> schema_pre_data -> full_load -> schema_post_data."""
     plain = config.to_dict()
     tasks: dict[str, Any] = {}
     with dag:
         tasks["precheck"] = PrecheckOperator(task_id="precheck", config=plain)
         if config.wants("schema"):
             tasks["schema_pre_data"] = SchemaMigrateOperator(task_id="schema_pre_data", config=plain, phase="pre_data")
+        if config.wants("full"):
+            tasks["full_load"] = FullLoadOperator(task_id="full_load", config=plain, retries=2)
+        if config.wants("schema"):
             tasks["schema_post_data"] = SchemaMigrateOperator(task_id="schema_post_data", config=plain,
                                                               phase="post_data")
         chain(*tasks.values())

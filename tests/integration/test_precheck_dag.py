@@ -50,7 +50,7 @@ def test_precheck_task_fails_with_one_report(migration_env, airflow_db):
     dag_run = _run("pgmigrate_it_precheck")
     assert dag_run.state == "failed"
     assert _states(dag_run) == {"precheck": "failed", "schema_pre_data": "upstream_failed",
-                                "schema_post_data": "upstream_failed"}
+                                "full_load": "upstream_failed", "schema_post_data": "upstream_failed"}
     report = _xcom(dag_run, "precheck", key="precheck_report")
     failed = sorted(r["name"] for r in report["results"] if r["status"] == "failed")
     assert failed == ["name_conflicts", "primary_keys"]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import psycopg
+import pytest
 
 from airflow_pgmigrate.engine.schema import actual_definitions, expected_definitions, migrate_schema
 from airflow_pgmigrate.engine.state import MigrationState
@@ -49,6 +48,7 @@ SELECT 'T ' || t.typname, pg_get_userbyid(t.typowner) FROM pg_type t
 
 
 def owners(rows: list[tuple[str, str]]) -> dict[str, str]:
+    """{"kind name": owner} from the OWNERS query."""
     return dict(rows)
 
 
@@ -167,12 +167,30 @@ def test_grants_migrate_to_roles_that_exist_on_the_destination(granting_source):
     assert as_role(env, "reader", "reader-pw", "SELECT count(*) FROM sales.t") == [(0,)]
     # ghost exists only on the source: its grants are left out and reported; the grant to reader alongside stays.
     skipped = [s for s in pre["skipped"] + post["skipped"] if "ghost" in s["reason"]]
-    assert len(skipped) == 2, pre["skipped"]
+    assert sorted(s["object"] for s in skipped) == ["acl sales.TABLE t", "acl sales.TABLE w"], skipped
     assert all(s["reason"] == "grants to roles missing in the destination: ghost" for s in skipped)
-    assert any("sales" in s["object"] and "w" in s["object"] for s in skipped)
     assert not any("reader" in s["reason"] for s in pre["skipped"] + post["skipped"])
     # The tables are still owned by the destination account (no owner_mapping).
     assert set(owners(env.dst(OWNERS)).values()) == {"postgres"}
+
+
+def test_grants_made_by_a_role_missing_on_the_destination_are_left_out(granting_source):
+    """pg_dump writes a grant of another grantor than the owner as SET SESSION AUTHORIZATION grantor; GRANT ...:
+    with ghost missing on the destination, its grants are reported, not a reason to fail the phase."""
+    env = granting_source
+    env.src("GRANT USAGE ON SCHEMA sales TO ghost; GRANT SELECT ON sales.t TO ghost WITH GRANT OPTION")
+    env.source.execute("SET ROLE ghost; GRANT SELECT ON sales.t TO reader", env.source_db)
+    assert env.src("SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = 'sales.t'::regclass "
+                   "AND a.grantor = 'ghost'::regrole") == [(1,)]
+    config = env.config(objects={"schemas": ["sales"]}, schema_migration={"migrate_grants": True})
+    pre, _ = migrate(env, config)
+    reasons = {s["reason"] for s in pre["skipped"]}
+    assert "grants made by a role missing in the destination: ghost" in reasons, pre["skipped"]
+    assert pre["created"]["table"] == 2
+    # reader's own grant from the owner migrated; the one through ghost could not.
+    assert privilege(env, "reader", "sales.t", "SELECT")
+    assert env.dst("SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = 'sales.t'::regclass "
+                   "AND a.grantee = 'reader'::regrole") == [(1,)]
 
 
 def test_grants_are_not_migrated_by_default(granting_source):
@@ -201,6 +219,54 @@ def test_grants_with_owner_mapping(migration_env):
     assert env.dst("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'sales.t'::regclass") == [("app_rw",)]
     assert privilege(env, "reader", "sales.t", "SELECT")
     assert privilege(env, "app_rw", "sales.t", "DELETE")
+
+
+DEFAULT_PRIVILEGES = """
+CREATE SCHEMA sales AUTHORIZATION app_owner;
+CREATE TABLE sales.t (id int PRIMARY KEY);
+ALTER TABLE sales.t OWNER TO app_owner;
+ALTER DEFAULT PRIVILEGES FOR ROLE app_owner IN SCHEMA sales GRANT SELECT ON TABLES TO reader, ghost;
+"""
+
+
+def test_default_privileges_follow_the_owner_mapping(migration_env):
+    env = migration_env
+    for role in ("app_owner", "reader", "ghost"):
+        env.create_role(env.source, role, f"{role}-pw")
+    env.create_role(env.destination, "app_rw", "app-rw-pw")
+    env.create_role(env.destination, "reader", "reader-pw")
+    env.destination.execute("DROP ROLE IF EXISTS ghost")
+    env.src(DEFAULT_PRIVILEGES)
+    config = env.config(objects={"schemas": ["sales"]},
+                        schema_migration={"owner_mapping": {"app_owner": "app_rw"}, "migrate_grants": True})
+    _, post = migrate(env, config)
+    assert env.dst("SELECT defaclrole::regrole::text, defaclnamespace::regnamespace::text FROM pg_default_acl") == \
+        [("app_rw", "sales")]
+    assert {s["reason"] for s in post["skipped"]} == {"grants to roles missing in the destination: ghost"}
+    # A table app_rw creates later in sales is readable by reader, as on the source.
+    as_role(env, "app_rw", "app-rw-pw", "CREATE TABLE sales.later (id int)")
+    assert privilege(env, "reader", "sales.later", "SELECT")
+
+
+def test_default_privileges_of_a_missing_role_are_left_out(migration_env):
+    env = migration_env
+    for role in ("app_owner", "reader", "ghost"):
+        env.create_role(env.source, role, f"{role}-pw")
+    env.create_role(env.destination, "reader", "reader-pw")
+    env.src(DEFAULT_PRIVILEGES)
+    config = env.config(objects={"schemas": ["sales"]}, schema_migration={"migrate_grants": True})
+    _, post = migrate(env, config)
+    assert env.dst("SELECT count(*) FROM pg_default_acl") == [(0,)]
+    assert [s["reason"] for s in post["skipped"]] == \
+        ["default privileges of roles missing in the destination: app_owner"]
+
+
+@pytest.mark.xfail(strict=True, reason="column-level grants (ACL entries 'COLUMN t.c') are not kept by plan_entries")
+def test_column_grants_migrate(granting_source):
+    env = granting_source
+    env.src("ALTER TABLE sales.w ADD COLUMN note text; GRANT UPDATE (note) ON sales.w TO reader")
+    migrate(env, env.config(objects={"schemas": ["sales"]}, schema_migration={"migrate_grants": True}))
+    assert env.dst("SELECT has_column_privilege('reader', 'sales.w', 'note', 'UPDATE')") == [(True,)]
 
 
 def test_verification_without_role_options(owned_source):
