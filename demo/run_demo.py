@@ -104,6 +104,11 @@ def run_dag() -> int:
     if report is not None:
         print(PrecheckReport.from_dict(report).format_table())
         print()
+    load = xcom("full_load")
+    if load is not None:
+        print(f"full_load: {load['rows']} rows, {load['bytes'] / 1048576:.1f} MB in {load['seconds']} s "
+              f"({load['mb_per_second']} MB/s), {len(load['tables'])} tables, consistent LSN "
+              f"{load['consistent_lsn']}, slot {load['slot']}")
     for phase in ("schema_pre_data", "schema_post_data"):
         schema = xcom(phase)
         if schema is not None:
