@@ -528,6 +528,10 @@ class FullLoad:
                             (config.name,))
                 done = {}
             if incremental and fresh:
+                if slot_there:
+                    # Created by an attempt that died before recording it: its snapshot is gone, start afresh.
+                    src.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                    self.log(f"full_load dropped slot={slot} left by an attempt that recorded nothing")
                 self._ensure_publication(src, plans)
         record: dict[str, Any] = {
             "migration": config.name,

@@ -42,6 +42,8 @@ class RewriteResult:
     changed: bool
     #: References that could not be renamed safely (the object may not work in the destination).
     unsafe: list[str] = field(default_factory=list)
+    #: Statements left out because they concern columns the selection leaves out.
+    removed: list[str] = field(default_factory=list)
 
 
 def _children(node: Any) -> Iterator[tuple[str, Any]]:
@@ -89,12 +91,16 @@ class DefinitionRewriter:
     """
 
     def __init__(self, mapper: NameMapper, columns: dict[QualifiedName, list[str]],
-                 relkinds: dict[QualifiedName, str]) -> None:
+                 relkinds: dict[QualifiedName, str],
+                 dropped: dict[QualifiedName, set[str]] | None = None) -> None:
         self.mapper = mapper
         self.columns = columns
         self.relkinds = relkinds
+        #: Source table -> columns the selection leaves out (not created in the destination).
+        self.dropped = {t: cols for t, cols in (dropped or {}).items() if cols}
         mapping = mapper.mapping
-        self.identity = not (mapping.schemas or mapping.tables or mapping.columns) and mapping.name_case == "keep"
+        self.identity = (not (mapping.schemas or mapping.tables or mapping.columns) and mapping.name_case == "keep"
+                         and not self.dropped)
         self.renamed_words = self._renamed_words()
 
     # -- name functions ------------------------------------------------------------------------------------------
@@ -138,11 +144,18 @@ class DefinitionRewriter:
         except ParseError as exc:
             raise RewriteError(f"cannot parse definition: {exc.args[0]}") from None
         unsafe: list[str] = []
+        removed: list[str] = []
         out: list[str] = []
         changed = False
         for raw in statements:
             stmt: Any = raw.stmt
             before = RawStream()(stmt)
+            if self.dropped:
+                left_out = self._left_out_columns(stmt)
+                if left_out:
+                    removed.append(f"{before[:80]} (uses column(s) left out: {', '.join(sorted(left_out))})")
+                    changed = True
+                    continue
             self._rewrite_statement(stmt, unsafe)
             after = RawStream()(stmt)
             if after != before:
@@ -150,7 +163,68 @@ class DefinitionRewriter:
             out.append(after)
         if not changed:
             return RewriteResult(sql, False, unsafe)
-        return RewriteResult(";\n".join(out) + ";\n", True, unsafe)
+        return RewriteResult(";\n".join(out) + ";\n" if out else "", True, unsafe, removed)
+
+    # -- column selection ------------------------------------------------------------------------------------------
+
+    def _left_out_columns(self, stmt: Any) -> set[str]:
+        """Columns left out by the selection that a statement needs; CREATE TABLE is pruned instead."""
+        kind = type(stmt).__name__
+        if kind == "CommentStmt" and stmt.objtype.name == "OBJECT_COLUMN":
+            names = _strings(stmt.object)
+            if len(names) == 3:
+                return {names[2]} & self.dropped.get(QualifiedName(names[0], names[1]), set())
+            return set()
+        if kind == "AlterSeqStmt":
+            for option in stmt.options or ():
+                if option.defname == "owned_by" and len(option.arg or ()) == 3:
+                    s, t, c = _strings(option.arg)
+                    return {c} & self.dropped.get(QualifiedName(s, t), set())
+            return set()
+        table = self._table_of(stmt)
+        dropped = self.dropped.get(table) if table is not None else None
+        if not dropped:
+            return set()
+        if kind == "CreateStmt":
+            self._prune_create(stmt, dropped)
+            return set()
+        return self._mentioned_columns(stmt) & dropped
+
+    def _mentioned_columns(self, node: Any) -> set[str]:
+        names: set[str] = set()
+        for child in _walk(node):
+            kind = type(child).__name__
+            if kind == "ColumnRef":
+                fields = [getattr(f, "sval", None) for f in child.fields or ()]
+                if fields and fields[-1]:
+                    names.add(fields[-1])
+            elif kind in ("IndexElem", "PartitionElem", "ColumnDef", "StatsElem"):
+                name = getattr(child, "name", None) or getattr(child, "colname", None)
+                if name:
+                    names.add(name)
+            elif kind == "AlterTableCmd" and child.name and child.subtype.name in _COLUMN_SUBTYPES:
+                names.add(child.name)
+            elif kind == "Constraint":
+                for attr in ("keys", "including", "fk_attrs"):
+                    names.update(_strings(getattr(child, attr, None)))
+            elif kind == "CreateTrigStmt":
+                names.update(_strings(child.columns))
+        return names
+
+    def _prune_create(self, stmt: Any, dropped: set[str]) -> None:
+        from pglast import ast
+
+        kept = []
+        for elt in stmt.tableElts or ():
+            if isinstance(elt, ast.ColumnDef) and elt.colname in dropped:
+                continue
+            if isinstance(elt, ast.Constraint) and self._mentioned_columns(elt) & dropped:
+                continue
+            if isinstance(elt, ast.ColumnDef):
+                elt.constraints = tuple(c for c in elt.constraints or ()
+                                        if not (self._mentioned_columns(c) & dropped)) or None
+            kept.append(elt)
+        stmt.tableElts = tuple(kept)
 
     def unsafe_function_body(self, sql: str) -> list[str]:
         """Renamed names that a function or procedure body mentions (bodies are not rewritten)."""

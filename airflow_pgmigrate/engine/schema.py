@@ -25,7 +25,7 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
-from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector
+from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgdump import DumpEntry, PgDump, find_pg_dump, run_pg_dump, split_dump
 from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError
 from airflow_pgmigrate.exceptions import PgMigrateError
@@ -122,6 +122,16 @@ class SourceSchema:
     major: int
     #: Installed extensions (but plpgsql) -> the schema they live in.
     extensions: dict[str, str] = field(default_factory=dict)
+
+    def left_out_columns(self, config: MigrationConfig) -> dict[QualifiedName, set[str]]:
+        """Source table -> columns that ``objects.columns`` leaves out (they are not created)."""
+        out: dict[QualifiedName, set[str]] = {}
+        for key, wanted in config.objects.columns.items():
+            name = parse_qualified_name(key)
+            table = self.tables.get(name)
+            if table is not None:
+                out[name] = set(table.column_names) - set(wanted)
+        return out
 
     def wanted_extensions(self, everything: bool) -> list[tuple[str, str]]:
         """Extensions the destination needs: all with a whole-database selection, else those in migrated schemas
@@ -333,6 +343,11 @@ def _entry_table(entry: DumpEntry, src: SourceSchema) -> QualifiedName | None:
         if kind == "IndexStmt" or name in src.tables:
             return name
         return None
+    if kind == "GrantStmt" and stmt.objtype.name == "OBJECT_TABLE" and len(stmt.objects or ()) == 1:
+        rv = stmt.objects[0]
+        if hasattr(rv, "relname"):
+            name = QualifiedName(rv.schemaname or schema, rv.relname)
+            return name if name in src.tables or src.relkinds.get(name) in ("v", "m") else None
     if kind == "AlterSeqStmt":
         for option in stmt.options or ():
             if option.defname == "owned_by" and len(option.arg or ()) == 3:
@@ -366,6 +381,7 @@ def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationC
     errors: list[str] = []
     kept_keys: set[tuple[str, str | None, str]] = set()
     kept_schemas: set[str] = set()
+    wanted_extensions = {name for name, _ in src.wanted_extensions(config.objects.selects_everything)}
     for entry in entries:
         if entry.type in SKIPPED_TYPES:
             report.skip(str(entry), SKIPPED_TYPES[entry.type])
@@ -379,7 +395,8 @@ def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationC
             target = _comment_target(entry)
             if target is None or not ({target, ("TABLE", target[1], target[2])} & kept_keys):
                 continue
-        elif table is not None and (table in src.tables or entry.type in TABLE_BOUND_TYPES):
+        elif table is not None and (table in src.tables or entry.type in TABLE_BOUND_TYPES
+                                    or src.relkinds.get(table) in ("v", "m")):
             if src.relkinds.get(table) in ("v", "m"):
                 if not src.view_kept(table):
                     continue
@@ -403,7 +420,7 @@ def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationC
         elif entry.type == "SCHEMA":
             pass  # decided once the other entries are known
         elif entry.type == "EXTENSION":
-            if not (config.objects.selects_everything or ("EXTENSION", None, entry.name) in src.needed):
+            if entry.name not in wanted_extensions:
                 continue
         else:
             if entry.schema not in src.whole_schemas and key not in src.needed:
@@ -418,6 +435,10 @@ def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationC
             continue
         for problem in result.unsafe:
             report.review.append({"object": str(entry), "reason": problem})
+        for statement in result.removed:
+            report.skip(str(entry), f"left out with the columns the selection leaves out: {statement}")
+        if not result.sql.strip():
+            continue
         if entry.type in ("FUNCTION", "PROCEDURE", "AGGREGATE"):
             words = rewriter.unsafe_function_body(entry.sql)
             if words:
@@ -788,7 +809,7 @@ def migrate_schema(
     if phase == "pre_data":
         entries = _with_extensions(entries, src.wanted_extensions(config.objects.selects_everything))
     log(f"schema phase={phase} pg_dump={dump.major} entries={len(entries)} schemas={','.join(schemas)}")
-    rewriter = DefinitionRewriter(NameMapper(config.mapping), src.columns, src.relkinds)
+    rewriter = DefinitionRewriter(NameMapper(config.mapping), src.columns, src.relkinds, src.left_out_columns(config))
     plan, errors = plan_entries(entries, src, config, rewriter, report)
     if errors:
         raise SchemaMigrationError("schema migration cannot start, nothing was changed:\n- " + "\n- ".join(errors),
@@ -987,7 +1008,7 @@ def expected_definitions(config: MigrationConfig, source: ConnectionInfo) -> lis
     dump = find_pg_dump(src.major)
     schemas = sorted(src.whole_schemas | {t.schema for t in src.selected}
                      | {s for _, s, _ in src.needed if s is not None})
-    rewriter = DefinitionRewriter(NameMapper(config.mapping), src.columns, src.relkinds)
+    rewriter = DefinitionRewriter(NameMapper(config.mapping), src.columns, src.relkinds, src.left_out_columns(config))
     out: list[str] = []
     for phase in PHASES:
         _, entries = split_dump(run_pg_dump(dump, source, _dump_args(phase, config, schemas)))

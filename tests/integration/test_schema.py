@@ -228,3 +228,21 @@ def test_a_failing_pre_data_phase_leaves_the_destination_as_it_was(migration_env
     assert "rolled back" in str(info.value)
     assert migration_env.dst("SELECT to_regclass('sales.customers'), to_regnamespace('\"Inventory\"')") == \
         [(None, None)]
+
+
+def test_column_selection_creates_only_the_selected_columns(migration_env):
+    migration_env.src("CREATE TABLE public.people (id int PRIMARY KEY, name text NOT NULL, ssn text UNIQUE, "
+                      "age int CHECK (age > 0), CONSTRAINT ssn_len CHECK (length(ssn) = 9));"
+                      "CREATE INDEX people_ssn ON public.people (lower(ssn));"
+                      "COMMENT ON COLUMN public.people.ssn IS 'secret'; COMMENT ON COLUMN public.people.name IS 'n';")
+    config = migration_env.config(objects={"columns": {"public.people": ["id", "name", "age"]}})
+    destination = migration_env.destination_info()
+    pre = migrate_schema(config, migration_env.source_info(), destination, "pre_data")
+    post = migrate_schema(config, migration_env.source_info(), destination, "post_data")
+    assert migration_env.dst("SELECT attname FROM pg_attribute WHERE attrelid = 'public.people'::regclass "
+                             "AND attnum > 0 ORDER BY attnum") == [("id",), ("name",), ("age",)]
+    assert migration_env.dst("SELECT conname FROM pg_constraint WHERE conrelid = 'public.people'::regclass "
+                             "ORDER BY 1") == [("people_age_check",), ("people_pkey",)]
+    assert migration_env.dst("SELECT to_regclass('public.people_ssn')") == [(None,)]
+    left_out = [s["object"] for s in pre.skipped + post.skipped if "left out" in s["reason"]]
+    assert "comment public.COLUMN people.ssn" in left_out and "index public.people_ssn" in left_out

@@ -261,7 +261,6 @@ def test_default_privileges_of_a_missing_role_are_left_out(migration_env):
         ["default privileges of roles missing in the destination: app_owner"]
 
 
-@pytest.mark.xfail(strict=True, reason="column-level grants (ACL entries 'COLUMN t.c') are not kept by plan_entries")
 def test_column_grants_migrate(granting_source):
     env = granting_source
     env.src("ALTER TABLE sales.w ADD COLUMN note text; GRANT UPDATE (note) ON sales.w TO reader")
