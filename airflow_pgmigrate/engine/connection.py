@@ -13,7 +13,8 @@ import psycopg
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 #: Settings pinned on every session so that text values (and decoded changes) look the same on both sides.
-SESSION_OPTIONS = "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC"
+SESSION_OPTIONS = ("-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC "
+                   "-c bytea_output=hex")
 TLS_KEYS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl", "sslcompression")
 
 

@@ -328,8 +328,6 @@ class FullLoad:
         target = _ident(plan.target_name)
         target_cols = sql.SQL(", ").join(map(sql.Identifier, plan.target_columns))
         counter = BinaryRowCounter() if plan.binary else None
-        counted = 0
-        copied = 0
         self.throttle.before_query()
         src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         with dst.transaction():
@@ -339,24 +337,7 @@ class FullLoad:
                 into = sql.SQL("COPY pgmigrate_stage FROM STDIN {}").format(fmt)
             else:
                 into = sql.SQL("COPY {} ({}) FROM STDIN {}").format(target, target_cols, fmt)
-            write_cursor = dst.cursor()
-            with src.cursor().copy(copy_out) as reader, write_cursor.copy(into) as writer:
-                while True:
-                    if self._stop.is_set():
-                        raise FullLoadError("stopped: another chunk failed")
-                    data = reader.read()
-                    if not data:
-                        break
-                    size = len(data)
-                    self.throttle.on_bytes(size)
-                    if self.throttle.counts_rows:
-                        rows = counter.feed(data) if counter is not None else count_text_rows(data)
-                        counted += rows
-                        self.throttle.on_rows(rows)
-                    writer.write(data)
-                    copied += size
-                    with self._lock:
-                        self._copied_bytes += size
+            copied, counted, copy_rows = self._stream(src, dst, copy_out, into, counter)
             skipped = 0
             if plan.staging:
                 total = dst.execute("SELECT count(*) FROM pgmigrate_stage").fetchone()[0]  # type: ignore[index]
@@ -372,7 +353,7 @@ class FullLoad:
                 rows = cur.rowcount
                 skipped = int(total) - rows
             else:
-                rows = max(0, write_cursor.rowcount)
+                rows = copy_rows
             seconds = time.monotonic() - started
             dst.execute(sql.SQL(
                 "INSERT INTO {} (migration, chunk_id, table_name, rows, bytes, seconds, skipped_rows) "
@@ -382,6 +363,97 @@ class FullLoad:
         if counter is not None and self.throttle.counts_rows:
             self.throttle.on_rows(max(0, rows - counted))
         return ChunkResult(chunk, rows, copied, seconds, skipped)
+
+    def _stream(self, src: psycopg.Connection, dst: psycopg.Connection, copy_out: sql.Composable,
+                into: sql.Composable, counter: BinaryRowCounter | None) -> tuple[int, int, int]:
+        """Pass COPY data from source to destination through libpq directly, in 256 kB writes.
+
+        Returns (bytes, rows counted for throttling, rows the destination reported).
+        """
+        from psycopg import errors, pq
+
+        spq, dpq = src.pgconn, dst.pgconn
+        spq.send_query(copy_out.as_bytes(src))
+        result = spq.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_OUT:
+            self._drain(spq)
+            raise errors.error_from_result(result, encoding="utf-8") if result is not None else FullLoadError(
+                "COPY TO did not start")
+        dpq.send_query(into.as_bytes(dst))
+        result = dpq.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_IN:
+            self._drain(dpq)
+            self._cancel(spq)
+            raise errors.error_from_result(result, encoding="utf-8") if result is not None else FullLoadError(
+                "COPY FROM did not start")
+        copied = counted = 0
+        buffer = bytearray()
+        throttle = self.throttle
+        try:
+            while True:
+                size, data = spq.get_copy_data(0)
+                if size == -1:
+                    break
+                if size == -2:
+                    raise FullLoadError(f"reading from the source failed: {spq.get_error_message()}")
+                buffer += data
+                if len(buffer) >= 262144:
+                    counted += self._flush(dpq, buffer, counter, throttle)
+                    copied += len(buffer)
+                    buffer = bytearray()
+                    if self._stop.is_set():
+                        raise FullLoadError("stopped: another chunk failed")
+            if buffer:
+                counted += self._flush(dpq, buffer, counter, throttle)
+                copied += len(buffer)
+        except BaseException:
+            dpq.put_copy_end(b"copy aborted")
+            self._drain(dpq)
+            self._cancel(spq)
+            raise
+        end = self._drain(spq)
+        if end is not None and end.status != pq.ExecStatus.COMMAND_OK:
+            dpq.put_copy_end(b"source failed")
+            self._drain(dpq)
+            raise errors.error_from_result(end, encoding="utf-8")
+        dpq.put_copy_end()
+        done = self._drain(dpq)
+        if done is None or done.status != pq.ExecStatus.COMMAND_OK:
+            raise errors.error_from_result(done, encoding="utf-8") if done is not None else FullLoadError(
+                "COPY FROM did not finish")
+        return copied, counted, int(done.command_tuples or 0)
+
+    def _flush(self, dpq: Any, buffer: bytearray, counter: BinaryRowCounter | None, throttle: Throttle) -> int:
+        rows = 0
+        throttle.on_bytes(len(buffer))
+        if throttle.counts_rows:
+            rows = counter.feed(buffer) if counter is not None else count_text_rows(buffer)
+            throttle.on_rows(rows)
+        if dpq.put_copy_data(buffer) != 1:
+            raise FullLoadError(f"writing to the destination failed: {dpq.get_error_message()}")
+        self._copied_bytes += len(buffer)  # progress only: an approximate count is enough
+        return rows
+
+    @staticmethod
+    def _drain(conn: Any) -> Any:
+        """Read results until none is left; return the last (with its status)."""
+        last = None
+        while (result := conn.get_result()) is not None:
+            last = result
+        return last
+
+    @staticmethod
+    def _cancel(conn: Any) -> None:
+        try:
+            conn.get_cancel().cancel()
+        except Exception:  # noqa: BLE001 - cancelling is best effort; draining follows
+            pass
+        while True:
+            size, _ = conn.get_copy_data(0)
+            if size < 0:
+                break
+        while conn.get_result() is not None:
+            pass
 
     def _worker(self, queue: list[tuple[TablePlan, Chunk]], snapshot: str,
                 on_done: Callable[[TablePlan, ChunkResult], None]) -> None:

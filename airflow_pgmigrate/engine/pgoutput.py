@@ -1,0 +1,278 @@
+"""Decoding the pgoutput logical replication protocol (versions 1 and 2) into plain Python objects.
+
+Message formats: PostgreSQL's "Logical Replication Message Formats". Values arrive in text form (we never ask for
+binary), so each column is None (NULL), UNCHANGED (an unchanged TOASTed value the server did not send) or bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class _Unchanged:
+    """An unchanged TOASTed column: keep the destination's value."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = _Unchanged()
+Value = bytes | None | _Unchanged
+
+
+def lsn_to_int(lsn: str) -> int:
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def int_to_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def pg_time(micros: int) -> datetime:
+    return PG_EPOCH + timedelta(microseconds=micros)
+
+
+@dataclass
+class Column:
+    name: str
+    type_oid: int
+    typmod: int
+    key: bool
+
+
+@dataclass
+class Relation:
+    oid: int
+    schema: str
+    name: str
+    replica_identity: str
+    columns: list[Column]
+
+
+@dataclass
+class Begin:
+    commit_lsn: int
+    commit_time: int
+    xid: int
+
+
+@dataclass
+class Commit:
+    commit_lsn: int
+    end_lsn: int
+    commit_time: int
+
+
+@dataclass
+class Change:
+    """INSERT ('I'), UPDATE ('U') or DELETE ('D') of one row. ``xid`` is set inside streamed transactions."""
+
+    kind: str
+    relation: int
+    new: list[Value] | None
+    #: The old key ('K') or the whole old row ('O', REPLICA IDENTITY FULL); None when the key did not change.
+    old: list[Value] | None
+    old_kind: str | None = None
+    xid: int | None = None
+
+
+@dataclass
+class Truncate:
+    relations: list[int]
+    cascade: bool
+    restart_identity: bool
+    xid: int | None = None
+
+
+@dataclass
+class StreamStart:
+    xid: int
+    first: bool
+
+
+@dataclass
+class StreamStop:
+    pass
+
+
+@dataclass
+class StreamCommit:
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    commit_time: int
+
+
+@dataclass
+class StreamAbort:
+    xid: int
+    subxid: int
+
+
+@dataclass
+class Other:
+    """Origin, Type and logical decoding messages: carried but not applied."""
+
+    tag: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Decoder:
+    """Stateless apart from protocol flags: ``decode(payload)`` turns one pgoutput message into an object."""
+
+    def __init__(self) -> None:
+        self.in_stream = False
+
+    def decode(self, data: bytes | memoryview) -> Any:
+        buf = memoryview(data)
+        tag = chr(buf[0])
+        reader = _Reader(buf, 1)
+        if tag == "B":
+            return Begin(reader.int64(), reader.int64(), reader.int32())
+        if tag == "C":
+            reader.int8()
+            return Commit(reader.int64(), reader.int64(), reader.int64())
+        if tag in "SEcA":
+            return self._stream_message(tag, reader)
+        xid: int | None = reader.int32() if self.in_stream and tag in "RYIUDTM" else None
+        if tag == "R":
+            oid = reader.int32()
+            schema, name = reader.string(), reader.string()
+            identity = chr(reader.int8())
+            columns = []
+            for _ in range(reader.int16()):
+                flags = reader.int8()
+                columns.append(Column(reader.string(), reader.int32(), reader.int32(), bool(flags & 1)))
+            return Relation(oid, schema, name, identity, columns)
+        if tag == "I":
+            relation = reader.int32()
+            reader.byte()  # 'N'
+            return Change("I", relation, reader.tuple(), None, None, xid)
+        if tag == "U":
+            relation = reader.int32()
+            marker = chr(reader.byte())
+            old, old_kind = None, None
+            if marker in "KO":
+                old, old_kind = reader.tuple(), marker
+                marker = chr(reader.byte())
+            return Change("U", relation, reader.tuple(), old, old_kind, xid)
+        if tag == "D":
+            relation = reader.int32()
+            marker = chr(reader.byte())
+            return Change("D", relation, None, reader.tuple(), marker, xid)
+        if tag == "T":
+            count = reader.int32()
+            options = reader.int8()
+            return Truncate([reader.int32() for _ in range(count)], bool(options & 1), bool(options & 2), xid)
+        if tag == "O":
+            return Other("origin", {"lsn": reader.int64(), "name": reader.string()})
+        if tag == "Y":
+            return Other("type", {"oid": reader.int32(), "schema": reader.string(), "name": reader.string()})
+        if tag == "M":
+            flags = reader.int8()
+            lsn = reader.int64()
+            prefix = reader.string()
+            length = reader.int32()
+            return Other("message", {"transactional": bool(flags & 1), "lsn": lsn, "prefix": prefix,
+                                     "content": bytes(reader.take(length))})
+        return Other(tag)
+
+
+    def _stream_message(self, tag: str, reader: _Reader) -> Any:
+        if tag == "S":
+            self.in_stream = True
+            return StreamStart(reader.int32(), reader.int8() == 1)
+        if tag == "E":
+            self.in_stream = False
+            return StreamStop()
+        if tag == "c":
+            xid = reader.int32()
+            reader.int8()
+            return StreamCommit(xid, reader.int64(), reader.int64(), reader.int64())
+        return StreamAbort(reader.int32(), reader.int32())
+
+
+class _Reader:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: memoryview, pos: int) -> None:
+        self.buf = buf
+        self.pos = pos
+
+    def take(self, n: int) -> memoryview:
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def byte(self) -> int:
+        value = self.buf[self.pos]
+        self.pos += 1
+        return value
+
+    def int8(self) -> int:
+        return self.byte()
+
+    def int16(self) -> int:
+        value: int = struct.unpack_from("!h", self.buf, self.pos)[0]
+        self.pos += 2
+        return value
+
+    def int32(self) -> int:
+        value: int = struct.unpack_from("!i", self.buf, self.pos)[0]
+        self.pos += 4
+        return value
+
+    def int64(self) -> int:
+        value: int = struct.unpack_from("!q", self.buf, self.pos)[0]
+        self.pos += 8
+        return value
+
+    def string(self) -> str:
+        end = self.pos
+        buf = self.buf
+        while buf[end] != 0:
+            end += 1
+        value = bytes(buf[self.pos:end]).decode()
+        self.pos = end + 1
+        return value
+
+    def tuple(self) -> list[Value]:
+        count = self.int16()
+        values: list[Value] = []
+        for _ in range(count):
+            kind = chr(self.byte())
+            if kind == "n":
+                values.append(None)
+            elif kind == "u":
+                values.append(UNCHANGED)
+            else:  # 't' text (or 'b' binary, never requested)
+                length = self.int32()
+                values.append(bytes(self.take(length)))
+        return values
+
+
+__all__ = [
+    "UNCHANGED",
+    "Begin",
+    "Change",
+    "Column",
+    "Commit",
+    "Decoder",
+    "Other",
+    "Relation",
+    "StreamAbort",
+    "StreamCommit",
+    "StreamStart",
+    "StreamStop",
+    "Truncate",
+    "Value",
+    "int_to_lsn",
+    "lsn_to_int",
+    "pg_time",
+]

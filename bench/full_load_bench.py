@@ -1,0 +1,416 @@
+"""Full load speed against the anchors, measured in one run on the same two servers.
+
+Builds a dataset on a throwaway source (``pgbench -i -s <scale>``, a wide table of text, jsonb, numeric, timestamptz,
+bytea and int[] columns, and ~20 KB TOASTed rows; about 1.5-2 GB at scale 100), then copies it three ways, each into a
+fresh database on the same throwaway destination:
+
+a. ours: schema pre_data (not timed), the full load (timed, in a child process whose peak memory is read), post_data
+   (timed: indexes and constraints); full_load.parallel_jobs=2, schema_migration.index_jobs=2;
+b. psql_pipe: ``psql COPY TO STDOUT (FORMAT binary) | psql COPY FROM STDIN``, two tables at a time, largest first
+   (timed), then ``pg_restore -j2 --section=post-data`` (timed);
+c. pg_dump_restore: ``pg_dump -Fd -j2`` (default compression) then ``pg_restore -j2`` (timed together).
+
+MB/s figures all use the same basis: the source's table data size (sum of ``pg_table_size`` of the user tables).
+Ratios are the anchor's time divided by ours: higher means ours is faster. Absolute figures swing with machine load;
+compare the ratios. Run on demand::
+
+    .venv/bin/python bench/full_load_bench.py --scale 100
+    .venv/bin/python bench/full_load_bench.py --scale 100 --workdir /tmp/flbench          # keep the servers' data
+    .venv/bin/python bench/full_load_bench.py --scale 100 --workdir /tmp/flbench --reuse  # rerun, no rebuild
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+from airflow_pgmigrate.config import MigrationConfig
+from airflow_pgmigrate.engine.connection import ConnectionInfo
+from airflow_pgmigrate.engine.full_load import run_full_load
+from airflow_pgmigrate.engine.schema import migrate_schema
+from airflow_pgmigrate.testing.local_postgres import SOURCE_SETTINGS, LocalPostgres
+
+SOURCE_DB = "bench"
+MIGRATION = "bench"
+MB = 1048576
+TOAST_PIECES = 640  # 640 md5 hex strings of 32 characters: ~20 KB per row, random hex that pglz barely shrinks
+USER_TABLES = """
+    SELECT n.nspname, c.relname, pg_table_size(c.oid)
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+     ORDER BY 3 DESC, 1, 2
+"""
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# -- helpers --------------------------------------------------------------------------------------------------------
+
+
+def client_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({"PGCONNECT_TIMEOUT": "10", "LC_ALL": "C.UTF-8"})
+    return env
+
+
+def redact(text: str, server: LocalPostgres) -> str:
+    return text.replace(server.password, "***")
+
+
+def run_tool(args: list[str], server: LocalPostgres, what: str, env: dict[str, str] | None = None) -> None:
+    result = subprocess.run(args, env=env or client_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"{what} failed (exit {result.returncode}): {redact(result.stderr.strip(), server)[-2000:]}")
+
+
+def tool(server: LocalPostgres, name: str) -> str:
+    return str(server.bindir / name)
+
+
+def user_tables(server: LocalPostgres, db: str) -> list[tuple[str, str, int]]:
+    return [(str(s), str(t), int(b)) for s, t, b in server.execute(USER_TABLES, db)]
+
+
+def qualified(schema: str, table: str) -> str:
+    return sql.Identifier(schema, table).as_string(None)
+
+
+def fresh_database(server: LocalPostgres, db: str) -> None:
+    server.drop_database(db)
+    server.create_database(db)
+
+
+def checkpoint(*servers: LocalPostgres) -> None:
+    for server in servers:
+        server.execute("CHECKPOINT")
+
+
+# -- dataset --------------------------------------------------------------------------------------------------------
+
+
+def build_dataset(source: LocalPostgres, scale: int) -> None:
+    fresh_database(source, SOURCE_DB)
+    started = time.monotonic()
+    env = {**client_env(), "PGPASSWORD": source.password}
+    run_tool([tool(source, "pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1", "-p", str(source.port),
+              "-U", "postgres", SOURCE_DB], source, "pgbench -i", env)
+    wide_rows = max(10_000, 1_000_000 * scale // 100)
+    toast_rows = max(500, 20_000 * scale // 100)
+    source.execute("""
+        CREATE TABLE public.bench_wide (
+            id bigint PRIMARY KEY, label text, doc jsonb, amount numeric, created timestamptz, digest bytea,
+            scores int[])""", SOURCE_DB)
+    source.execute(f"""
+        INSERT INTO public.bench_wide
+        SELECT g, repeat(md5(g::text), 3),
+               jsonb_build_object('id', g, 'name', 'item ' || g, 'tags', jsonb_build_array('a', 'b', g % 7),
+                                  'price', round((random() * 1000)::numeric, 2), 'active', g % 2 = 0),
+               round((random() * 1000000)::numeric, 4), timestamptz '2024-01-01 00:00:00+00' + g * interval '1 s',
+               decode(md5(g::text) || md5((g + 1)::text), 'hex'), ARRAY[g, g * 2, g % 100, g % 7, 42]
+          FROM generate_series(1, {wide_rows}) g""", SOURCE_DB)
+    source.execute("CREATE TABLE public.bench_toast (id int PRIMARY KEY, body text)", SOURCE_DB)
+    source.execute(f"""
+        INSERT INTO public.bench_toast
+        SELECT g, (SELECT string_agg(md5(random()::text || s::text || g::text), '')
+                     FROM generate_series(1, {TOAST_PIECES}) s)
+          FROM generate_series(1, {toast_rows}) g""", SOURCE_DB)
+    source.execute("VACUUM ANALYZE", SOURCE_DB)
+    checkpoint(source)
+    print(f"bench: dataset built scale={scale} wide_rows={wide_rows} toast_rows={toast_rows} "
+          f"seconds={time.monotonic() - started:.1f}", flush=True)
+
+
+def count_rows(server: LocalPostgres, db: str, tables: list[tuple[str, str, int]]) -> dict[str, int]:
+    out = {}
+    for schema, table, _ in tables:
+        row = server.execute(f"SELECT count(*) FROM {qualified(schema, table)}", db)
+        out[f"{schema}.{table}"] = int(row[0][0])
+    return out
+
+
+def verify(name: str, destination: LocalPostgres, db: str, tables: list[tuple[str, str, int]],
+           expected: dict[str, int]) -> bool:
+    actual = count_rows(destination, db, tables)
+    wrong = {t: (expected[t], actual[t]) for t in expected if actual[t] != expected[t]}
+    if wrong:
+        print(f"bench: verify run={name} MISMATCH (source, destination) {wrong}", flush=True)
+        return False
+    print(f"bench: verify run={name} ok tables={len(actual)} rows={sum(actual.values())}", flush=True)
+    return True
+
+
+# -- a. ours --------------------------------------------------------------------------------------------------------
+
+
+def _full_load_child(config: dict[str, Any], source: ConnectionInfo, destination: ConnectionInfo, verbose: bool,
+                     conn: Any) -> None:
+    """Runs in a spawned process: the full load alone, so that its peak memory is this process's."""
+    try:
+        log = (lambda message: print(f"  {message}", flush=True)) if verbose else (lambda message: None)
+        started = time.monotonic()
+        report = run_full_load(MigrationConfig.from_dict(config), source, destination, log=log)
+        seconds = time.monotonic() - started
+        conn.send({"seconds": seconds, "rows": report["rows"], "bytes": report["bytes"],
+                   "engine_seconds": report["seconds"], "engine_mb_per_second": report["mb_per_second"],
+                   "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+    except BaseException as exc:  # noqa: B036 - reported to the parent, which raises
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        conn.close()
+
+
+def run_ours(source: LocalPostgres, destination: LocalPostgres, db: str, jobs: int, with_slot: bool,
+             verbose: bool) -> dict[str, Any]:
+    types = ["schema", "full", "incremental"] if with_slot else ["schema", "full"]
+    config_dict = {"name": MIGRATION, "source": {"conn_id": "bench_source"},
+                   "destination": {"conn_id": "bench_destination"}, "migration_types": types,
+                   "full_load": {"parallel_jobs": jobs}, "schema_migration": {"index_jobs": jobs}}
+    config = MigrationConfig.from_dict(config_dict)
+    src, dst = source.info(SOURCE_DB), destination.info(db)
+    log = (lambda message: print(f"  {message}", flush=True)) if verbose else (lambda message: None)
+    migrate_schema(config, src, dst, "pre_data", log=log)
+    checkpoint(source, destination)
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_full_load_child, args=(config_dict, src, dst, verbose, sender),
+                            name="full-load-bench")
+    started = time.monotonic()
+    child.start()
+    sender.close()
+    try:
+        result = receiver.recv()
+        child.join()
+    except (EOFError, KeyboardInterrupt):
+        if child.is_alive():
+            child.terminate()
+            child.join(10)
+        raise
+    wall = time.monotonic() - started
+    if "error" in result:
+        raise BenchError(f"our full load failed: {redact(result['error'], source)}")
+    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.monotonic()
+    migrate_schema(config, src, dst, "post_data", log=log)
+    post = time.monotonic() - started
+    if with_slot:
+        source.execute("SELECT pg_drop_replication_slot(%s)", SOURCE_DB, (config.slot_name,))
+        source.execute(f"DROP PUBLICATION IF EXISTS {qualified_name(config.publication_name)}", SOURCE_DB)
+    return {"copy_s": result["seconds"], "post_data_s": post, "total_s": result["seconds"] + post,
+            "child_wall_s": wall, "spawn_overhead_s": wall - result["seconds"], "rows": result["rows"],
+            "copied_MB": result["bytes"] / MB, "engine_mb_per_second": result["engine_mb_per_second"],
+            "peak_worker_MB": result["maxrss_kb"] / 1024, "rusage_children_max_MB": children_kb / 1024,
+            "with_slot": with_slot}
+
+
+def qualified_name(name: str) -> str:
+    return sql.Identifier(name).as_string(None)
+
+
+# -- b. psql pipe ---------------------------------------------------------------------------------------------------
+
+
+def _pipe_table(source: LocalPostgres, destination: LocalPostgres, db: str, schema: str, table: str) -> None:
+    name = qualified(schema, table)
+    psql = tool(source, "psql")
+    env = client_env()
+    out = subprocess.Popen([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", source.uri(SOURCE_DB),
+                            "-c", f"COPY {name} TO STDOUT (FORMAT binary)"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    into = subprocess.Popen([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", destination.uri(db),
+                             "-c", f"COPY {name} FROM STDIN (FORMAT binary)"],
+                            stdin=out.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert out.stdout is not None
+    out.stdout.close()
+    _, into_err = into.communicate()
+    out_err = out.stderr.read() if out.stderr else b""
+    out.wait()
+    if out.returncode or into.returncode:
+        message = (out_err + into_err).decode(errors="replace").strip()
+        raise BenchError(f"psql pipe of {name} failed: {redact(message, source)}")
+
+
+def run_pipe(source: LocalPostgres, destination: LocalPostgres, db: str, workdir: Path, jobs: int,
+             tables: list[tuple[str, str, int]]) -> dict[str, Any]:
+    env = client_env()
+    dump = subprocess.Popen([tool(source, "pg_dump"), "--schema-only", "--section=pre-data", "-d",
+                             source.uri(SOURCE_DB)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    load = subprocess.run([tool(source, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", destination.uri(db)],
+                          stdin=dump.stdout, capture_output=True, env=env)
+    assert dump.stdout is not None
+    dump.stdout.close()
+    dump_err = dump.stderr.read() if dump.stderr else b""
+    dump.wait()
+    if dump.returncode or load.returncode:
+        raise BenchError("pre-data for the pipe failed: "
+                         + redact((dump_err + load.stderr).decode(errors="replace").strip(), source))
+    post_file = workdir / "post-data.dump"
+    run_tool([tool(source, "pg_dump"), "-Fc", "--schema-only", "--section=post-data", "-f", str(post_file),
+              "-d", source.uri(SOURCE_DB)], source, "pg_dump post-data")
+    checkpoint(source, destination)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="pipe") as pool:  # FIFO: largest first
+        futures = [pool.submit(_pipe_table, source, destination, db, s, t) for s, t, _ in tables]
+        for future in futures:
+            future.result()
+    copy = time.monotonic() - started
+    started = time.monotonic()
+    run_tool([tool(source, "pg_restore"), f"-j{jobs}", "--section=post-data", "-d", destination.uri(db),
+              str(post_file)], source, "pg_restore post-data")
+    post = time.monotonic() - started
+    post_file.unlink(missing_ok=True)
+    return {"copy_s": copy, "post_data_s": post, "total_s": copy + post}
+
+
+# -- c. pg_dump | pg_restore ----------------------------------------------------------------------------------------
+
+
+def run_dump_restore(source: LocalPostgres, destination: LocalPostgres, db: str, workdir: Path,
+                     jobs: int) -> dict[str, Any]:
+    folder = workdir / "dump-dir"
+    shutil.rmtree(folder, ignore_errors=True)
+    checkpoint(source, destination)
+    started = time.monotonic()
+    run_tool([tool(source, "pg_dump"), "-Fd", f"-j{jobs}", "-f", str(folder), "-d", source.uri(SOURCE_DB)],
+             source, "pg_dump -Fd")
+    dumped = time.monotonic() - started
+    run_tool([tool(source, "pg_restore"), f"-j{jobs}", "-d", destination.uri(db), str(folder)],
+             source, "pg_restore")
+    total = time.monotonic() - started
+    dump_mb = sum(f.stat().st_size for f in folder.iterdir()) / MB
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"dump_s": dumped, "restore_s": total - dumped, "total_s": total, "dump_MB": dump_mb}
+
+
+# -- main -----------------------------------------------------------------------------------------------------------
+
+
+def line(name: str, figures: dict[str, Any], data_mb: float) -> str:
+    rate = data_mb / figures["total_s"]
+    figures["MB_per_s"] = rate
+    if "copy_s" in figures:
+        return (f"bench: run={name} copy_s={figures['copy_s']:.2f} post_data_s={figures['post_data_s']:.2f} "
+                f"total_s={figures['total_s']:.2f} MB/s={rate:.1f} (copy+post)")
+    return (f"bench: run={name} dump_s={figures['dump_s']:.2f} restore_s={figures['restore_s']:.2f} "
+            f"total_s={figures['total_s']:.2f} MB/s={rate:.1f} (dump+restore)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=100, help="pgbench scale; 100 gives about 1.5-2 GB")
+    parser.add_argument("--workdir", help="keep the servers here (stopped, data kept) instead of a temporary folder")
+    parser.add_argument("--reuse", action="store_true", help="reuse the dataset in --workdir when built at --scale")
+    parser.add_argument("--with-slot", action="store_true",
+                        help="ours with migration_types incremental too: the timed load includes slot creation")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel jobs of every run (default 2)")
+    parser.add_argument("--major", type=int, help="PostgreSQL major version of both servers (default: the lowest)")
+    parser.add_argument("--verbose", action="store_true", help="print the engine's log lines")
+    args = parser.parse_args()
+    if args.reuse and not args.workdir:
+        parser.error("--reuse needs --workdir")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (cmd &)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    keep = bool(args.workdir)
+    if keep:
+        base = Path(args.workdir).resolve()
+        base.mkdir(parents=True, exist_ok=True)
+    else:
+        base = Path(tempfile.mkdtemp(prefix="pgmigrate-flbench-"))
+    base.chmod(0o755)  # the servers run as an unprivileged user when we are root
+    source = LocalPostgres(base / "source", major=args.major, settings=SOURCE_SETTINGS)
+    destination = LocalPostgres(base / "destination", major=args.major)
+    marker = base / "dataset.json"
+    failed = False
+    try:
+        source.start()
+        destination.start()
+        print(f"bench: servers PostgreSQL {source.major} source_port={source.port} "
+              f"destination_port={destination.port} workdir={base}", flush=True)
+        built = json.loads(marker.read_text()) if marker.exists() else {}
+        if args.reuse and built.get("scale") == args.scale:
+            print(f"bench: reusing the dataset of scale {args.scale} in {base}", flush=True)
+        else:
+            marker.unlink(missing_ok=True)
+            build_dataset(source, args.scale)
+            marker.write_text(json.dumps({"scale": args.scale}))
+        source.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                       "WHERE slot_name = %s", SOURCE_DB, (f"pgmigrate_{MIGRATION}",))
+        tables = user_tables(source, SOURCE_DB)
+        data_mb = sum(size for _, _, size in tables) / MB
+        expected = count_rows(source, SOURCE_DB, tables)
+        print(f"bench: dataset tables={len(tables)} rows={sum(expected.values())} table_data_MB={data_mb:.1f} "
+              f"(the MB basis of every MB/s)", flush=True)
+        for schema, table, size in tables:
+            print(f"bench:   table={schema}.{table} MB={size / MB:.1f} rows={expected[f'{schema}.{table}']}")
+
+        results: dict[str, dict[str, Any]] = {}
+        runs = [("ours", lambda db: run_ours(source, destination, db, args.jobs, args.with_slot, args.verbose)),
+                ("psql_pipe", lambda db: run_pipe(source, destination, db, base, args.jobs, tables)),
+                ("pg_dump_restore", lambda db: run_dump_restore(source, destination, db, base, args.jobs))]
+        for name, run in runs:
+            db = f"bench_{name}"
+            fresh_database(destination, db)
+            results[name] = run(db)
+            print(line(name, results[name], data_mb), flush=True)
+            results[name]["verified"] = verify(name, destination, db, tables, expected)
+            failed = failed or not results[name]["verified"]
+            destination.drop_database(db)
+
+        ours, pipe, dump = results["ours"], results["psql_pipe"], results["pg_dump_restore"]
+        ratios = {"ours_vs_psql_pipe": pipe["total_s"] / ours["total_s"],
+                  "ours_vs_pg_dump_restore": dump["total_s"] / ours["total_s"],
+                  "copy_only_ours_vs_psql_pipe": pipe["copy_s"] / ours["copy_s"],
+                  "post_data_ours_vs_pg_restore": pipe["post_data_s"] / ours["post_data_s"]}
+        print(f"bench: ours_vs_psql_pipe={ratios['ours_vs_psql_pipe']:.2f}x "
+              f"ours_vs_pg_dump_restore={ratios['ours_vs_pg_dump_restore']:.2f}x "
+              f"peak_worker_MB={ours['peak_worker_MB']:.0f} "
+              f"(copy only {ratios['copy_only_ours_vs_psql_pipe']:.2f}x, "
+              f"post-data {ratios['post_data_ours_vs_pg_restore']:.2f}x; higher = ours faster)")
+        rounded = {k: {f: round(v, 3) if isinstance(v, float) else v for f, v in r.items()}
+                   for k, r in results.items()}
+        print("bench-json: " + json.dumps({
+            "postgres": source.major, "scale": args.scale, "jobs": args.jobs, "cores": os.cpu_count(),
+            "table_data_MB": round(data_mb, 1), "tables": len(tables), "rows": sum(expected.values()),
+            "runs": rounded, "ratios": {k: round(v, 3) for k, v in ratios.items()},
+            "peak_worker_MB": round(ours["peak_worker_MB"], 1)}), flush=True)
+    except KeyboardInterrupt:
+        print("bench: interrupted, stopping the servers", file=sys.stderr, flush=True)
+        failed = True
+    except BenchError as exc:
+        print(f"bench: FAILED {exc}", file=sys.stderr, flush=True)
+        failed = True
+    finally:
+        if keep:
+            source.stop()
+            destination.stop()
+            print(f"bench: servers stopped, data kept in {base}", flush=True)
+        else:
+            source.destroy()
+            destination.destroy()
+            shutil.rmtree(base, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
