@@ -320,7 +320,7 @@ class FullLoadSettings(_Validated):
     #: Tables (or table parts) copied at the same time.
     parallel_jobs: int = 4
     #: A table larger than this is split into ranges copied in parallel: bytes, or "512MB", "10GB".
-    split_tables_larger_than: int | str = "1GB"
+    split_tables_larger_than: int | str = "256MB"
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:

