@@ -31,6 +31,9 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
+        "sensors": [
+            {"integration-name": "PgMigrate", "python-modules": ["airflow_pgmigrate.sensors.incremental"]},
+        ],
         "hooks": [
             {
                 "integration-name": "PgMigrate",

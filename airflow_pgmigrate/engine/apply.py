@@ -307,7 +307,7 @@ class Applier:
             sets = [(n, change.new[i]) for i, n in cols if change.new[i] is not UNCHANGED]
             cur = self.conn.execute(sql.SQL("UPDATE {t} SET {s} WHERE {w}").format(
                 t=t.ident, s=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(n)) for n, _ in sets),
-                w=where[0]), [v for _, v in sets] + where[1])
+                w=where[0]), [_text(v) for _, v in sets] + where[1])
             if cur.rowcount == 0 and t.upsert:
                 if any(change.new[i] is UNCHANGED for i, _ in cols):
                     raise ApplyError(f"a row of {t.source} entered the destination's selection with unchanged "

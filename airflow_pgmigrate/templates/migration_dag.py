@@ -13,6 +13,7 @@ from airflow_pgmigrate.exceptions import ConfigError
 from airflow_pgmigrate.operators.full_load import FullLoadOperator
 from airflow_pgmigrate.operators.precheck import PrecheckOperator
 from airflow_pgmigrate.operators.schema import SchemaMigrateOperator
+from airflow_pgmigrate.sensors.incremental import IncrementalSyncSensor
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ DEFAULT_TAGS = ["pgmigrate"]
 
 def add_migration_tasks(config: MigrationConfig, dag: DAG) -> dict[str, Any]:
     """Add the migration's steps to ``dag`` (task id -> task), in the DTS order, only those its types need:
-    precheck -> schema_pre_data -> full_load -> schema_post_data."""
+    precheck -> schema_pre_data -> full_load -> schema_post_data -> incremental_sync."""
     plain = config.to_dict()
     tasks: dict[str, Any] = {}
     with dag:
@@ -33,6 +34,9 @@ def add_migration_tasks(config: MigrationConfig, dag: DAG) -> dict[str, Any]:
         if config.wants("schema"):
             tasks["schema_post_data"] = SchemaMigrateOperator(task_id="schema_post_data", config=plain,
                                                               phase="post_data")
+        if config.wants("incremental"):
+            tasks["incremental_sync"] = IncrementalSyncSensor(task_id="incremental_sync", config=plain,
+                                                              retries=3)
         chain(*tasks.values())
     return tasks
 

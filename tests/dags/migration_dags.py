@@ -34,3 +34,18 @@ schema_only = build_migration_dag(
         }
     )
 )
+
+whole_migration = build_migration_dag(
+    MigrationConfig.from_dict(
+        {
+            "name": "it_whole",
+            "source": {"conn_id": "pgm_source"},
+            "destination": {"conn_id": "pgm_destination"},
+            "mapping": {"tables": {"public.orders": "orders_v2"}},
+        }
+    )
+)
+for _task in whole_migration.tasks:
+    if _task.task_id == "incremental_sync":
+        _task.poke_interval = 0.5
+        _task.window_seconds = 5

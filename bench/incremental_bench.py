@@ -1,0 +1,529 @@
+"""Change apply speed against native logical replication, measured in one run on the same two servers.
+
+Builds a source with ``pgbench -i -s <scale>`` (``pgbench_history`` gets a ``hid bigserial`` primary key so that it can
+be replicated with a key), then brings two copies of the four pgbench tables up to date on the same destination server:
+
+a. ours: database ``ours``; schema pre_data, full load, post_data (none timed; the full load creates our slot and
+   publication), then one untimed catch-up so that our slot stands at the current end of the WAL;
+b. native: database ``native``; ``pg_dump --schema-only`` of the four tables piped into psql, ``CREATE PUBLICATION`` on
+   the source, ``CREATE SUBSCRIPTION ... WITH (copy_data = true)``, wait for the initial sync (all tables ``r``) and
+   for the slot to confirm the current end of the WAL, then ``ALTER SUBSCRIPTION ... DISABLE``.
+
+With both stopped, ONE backlog is built: ``pgbench -c <clients> -j 2 -T <seconds> -n`` on the source; the source's
+``pg_current_wal_insert_lsn()`` right after it is the target of both catch-ups, which run one after the other (never
+competing for the cores):
+
+a. ours (timed): ``run_incremental(window_seconds=<very large>, stop_when_caught_up=True, target_lsn=<target>)``
+   repeated until caught up, in a spawned child process whose peak memory (ru_maxrss) is read;
+b. native (timed): ``ALTER SUBSCRIPTION ... ENABLE``, then poll every 0.2 s until the subscription slot's
+   ``confirmed_flush_lsn`` on the source reaches the target.
+
+Both copies are then checked against the source (row count and an md5 over the rows in key order, per table). The
+ratio ``ours_vs_native`` is our transactions/s divided by native's: higher means ours is faster. Absolute figures swing
+with machine load; compare the ratio. Run on demand::
+
+    .venv/bin/python bench/incremental_bench.py --scale 100 --seconds 60 --clients 4
+    .venv/bin/python bench/incremental_bench.py --workdir /tmp/incbench          # keep the servers' data
+    .venv/bin/python bench/incremental_bench.py --workdir /tmp/incbench --reuse  # rerun, no pgbench -i
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+from airflow_pgmigrate.config import MigrationConfig
+from airflow_pgmigrate.engine.connection import ConnectionInfo
+from airflow_pgmigrate.engine.full_load import run_full_load
+from airflow_pgmigrate.engine.incremental import release, run_incremental
+from airflow_pgmigrate.engine.schema import migrate_schema
+from airflow_pgmigrate.testing.local_postgres import SOURCE_SETTINGS, LocalPostgres
+
+SOURCE_DB = "bench"
+OURS_DB = "ours"
+NATIVE_DB = "native"
+MIGRATION = "bench_incremental"
+NATIVE = "bench_native"  # the subscription, its slot and its publication
+MB = 1048576
+#: The four pgbench tables and the key each is ordered by for the checksum.
+TABLES = {"public.pgbench_accounts": "aid", "public.pgbench_branches": "bid", "public.pgbench_tellers": "tid",
+          "public.pgbench_history": "hid"}
+#: A tpcb-like pgbench transaction: three updates and one insert.
+CHANGES_PER_TXN = 4
+WINDOW_SECONDS = 7 * 24 * 3600.0
+MAX_CALLS = 100
+POLL_SECONDS = 0.2
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# -- helpers --------------------------------------------------------------------------------------------------------
+
+
+def client_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({"PGCONNECT_TIMEOUT": "10", "LC_ALL": "C.UTF-8"})
+    return env
+
+
+def redact(text: str, server: LocalPostgres) -> str:
+    return text.replace(server.password, "***")
+
+
+def tool(server: LocalPostgres, name: str) -> str:
+    return str(server.bindir / name)
+
+
+def run_tool(args: list[str], server: LocalPostgres, what: str,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, env=env or client_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"{what} failed (exit {result.returncode}): {redact(result.stderr.strip(), server)[-2000:]}")
+    return result
+
+
+def pgbench_args(source: LocalPostgres) -> list[str]:
+    return [tool(source, "pgbench"), "-h", "127.0.0.1", "-p", str(source.port), "-U", "postgres"]
+
+
+def qualified(key: str) -> str:
+    schema, table = key.split(".", 1)
+    return sql.Identifier(schema, table).as_string(None)
+
+
+def ident(name: str) -> str:
+    return sql.Identifier(name).as_string(None)
+
+
+def current_lsn(source: LocalPostgres) -> str:
+    return str(source.execute("SELECT pg_current_wal_insert_lsn()::text", SOURCE_DB)[0][0])
+
+
+def lsn_diff(source: LocalPostgres, a: str, b: str) -> int:
+    return int(source.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint", SOURCE_DB, (a, b))[0][0])
+
+
+def checkpoint(*servers: LocalPostgres) -> None:
+    for server in servers:
+        server.execute("CHECKPOINT")
+
+
+def fresh_database(server: LocalPostgres, db: str) -> None:
+    server.drop_database(db)
+    server.create_database(db)
+
+
+def log_fn(verbose: bool) -> Any:
+    return (lambda message: print(f"  {message}", flush=True)) if verbose else (lambda message: None)
+
+
+def make_config() -> dict[str, Any]:
+    return {"name": MIGRATION, "source": {"conn_id": "bench_source"}, "destination": {"conn_id": "bench_destination"},
+            "migration_types": ["schema", "full", "incremental"], "objects": {"tables": list(TABLES)}}
+
+
+# -- dataset and leftovers ------------------------------------------------------------------------------------------
+
+
+def build_dataset(source: LocalPostgres, scale: int) -> None:
+    source.drop_database(SOURCE_DB)
+    source.create_database(SOURCE_DB)
+    started = time.monotonic()
+    env = {**client_env(), "PGPASSWORD": source.password}
+    run_tool([*pgbench_args(source), "-i", "-q", "-s", str(scale), SOURCE_DB], source, "pgbench -i", env)
+    source.execute("ALTER TABLE public.pgbench_history ADD COLUMN hid bigserial PRIMARY KEY", SOURCE_DB)
+    source.execute("VACUUM ANALYZE", SOURCE_DB)
+    checkpoint(source)
+    print(f"bench: dataset built scale={scale} seconds={time.monotonic() - started:.1f}", flush=True)
+
+
+def drop_native(source: LocalPostgres, destination: LocalPostgres) -> None:
+    """Drop the native subscription (and its slot on the source) and publication, wherever they are left."""
+    rows = destination.execute("SELECT d.datname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid "
+                               "WHERE s.subname = %s", "postgres", (NATIVE,))
+    for (db,) in rows:
+        try:
+            destination.execute(f"DROP SUBSCRIPTION {ident(NATIVE)}", db)  # also drops its slot on the source
+        except Exception as exc:  # noqa: BLE001 - fall back to detaching the slot, dropped below
+            print(f"bench: DROP SUBSCRIPTION failed ({redact(str(exc).strip(), source)}), detaching its slot",
+                  flush=True)
+            destination.execute(f"ALTER SUBSCRIPTION {ident(NATIVE)} DISABLE", db)
+            destination.execute(f"ALTER SUBSCRIPTION {ident(NATIVE)} SET (slot_name = NONE)", db)
+            destination.execute(f"DROP SUBSCRIPTION {ident(NATIVE)}", db)
+    if source.execute("SELECT 1 FROM pg_database WHERE datname = %s", "postgres", (SOURCE_DB,)):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            slot = source.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", SOURCE_DB,
+                                  (NATIVE,))
+            if not slot:
+                break
+            if slot[0][0] is None:
+                source.execute("SELECT pg_drop_replication_slot(%s)", SOURCE_DB, (NATIVE,))
+                break
+            source.execute("SELECT pg_terminate_backend(%s)", SOURCE_DB, (slot[0][0],))
+            time.sleep(0.5)
+        source.execute(f"DROP PUBLICATION IF EXISTS {ident(NATIVE)}", SOURCE_DB)
+
+
+def drop_ours(source: LocalPostgres, verbose: bool) -> None:
+    if source.execute("SELECT 1 FROM pg_database WHERE datname = %s", "postgres", (SOURCE_DB,)):
+        release(MigrationConfig.from_dict(make_config()), source.info(SOURCE_DB),
+                log=log_fn(True) if verbose else (lambda message: None))
+
+
+# -- a. ours --------------------------------------------------------------------------------------------------------
+
+
+def setup_ours(source: LocalPostgres, destination: LocalPostgres, verbose: bool) -> dict[str, Any]:
+    config = MigrationConfig.from_dict(make_config())
+    src, dst = source.info(SOURCE_DB), destination.info(OURS_DB)
+    log = log_fn(verbose)
+    started = time.monotonic()
+    migrate_schema(config, src, dst, "pre_data", log=log)
+    report = run_full_load(config, src, dst, log=log)
+    migrate_schema(config, src, dst, "post_data", log=log)
+    seconds = time.monotonic() - started
+    print(f"bench: ours set up (schema + full load + post-data, not timed) rows={report['rows']} "
+          f"seconds={seconds:.1f}", flush=True)
+    return {"setup_s": seconds, "rows": report["rows"]}
+
+
+def catch_up_ours_untimed(source: LocalPostgres, destination: LocalPostgres, verbose: bool) -> None:
+    """Bring our slot to the current end of the WAL, so that the timed catch-up applies the backlog only."""
+    config = MigrationConfig.from_dict(make_config())
+    for _ in range(MAX_CALLS):
+        result = run_incremental(config, source.info(SOURCE_DB), destination.info(OURS_DB),
+                                 window_seconds=WINDOW_SECONDS, stop_when_caught_up=True, log=log_fn(verbose))
+        if result.caught_up:
+            return
+    raise BenchError("our pre-backlog catch-up never reported caught_up")
+
+
+def _catch_up_child(config: dict[str, Any], source: ConnectionInfo, destination: ConnectionInfo, target_lsn: str,
+                    verbose: bool, conn: Any) -> None:
+    """Runs in a spawned process: the catch-up alone, so that its peak memory is this process's."""
+    try:
+        log = log_fn(verbose)
+        migration = MigrationConfig.from_dict(config)
+        calls: list[dict[str, Any]] = []
+        started = time.monotonic()
+        caught_up = False
+        while not caught_up and len(calls) < MAX_CALLS:
+            result = run_incremental(migration, source, destination, window_seconds=WINDOW_SECONDS,
+                                     stop_when_caught_up=True, target_lsn=target_lsn, log=log)
+            calls.append(result.to_dict())
+            caught_up = result.caught_up
+        seconds = time.monotonic() - started
+        conn.send({"seconds": seconds, "caught_up": caught_up, "calls": len(calls),
+                   "transactions": sum(c["transactions"] for c in calls),
+                   "changes": sum(c["changes"] for c in calls),
+                   "skipped_transactions": sum(c["skipped_transactions"] for c in calls),
+                   "engine_seconds": sum(c["seconds"] for c in calls), "applied_lsn": calls[-1]["applied_lsn"],
+                   "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+    except BaseException as exc:  # noqa: B036 - reported to the parent, which raises
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        conn.close()
+
+
+def time_ours(source: LocalPostgres, destination: LocalPostgres, target_lsn: str, verbose: bool) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_catch_up_child,
+                            args=(make_config(), source.info(SOURCE_DB), destination.info(OURS_DB), target_lsn,
+                                  verbose, sender), name="incremental-bench")
+    started = time.monotonic()
+    child.start()
+    sender.close()
+    try:
+        result = receiver.recv()
+        child.join()
+    except (EOFError, KeyboardInterrupt):
+        if child.is_alive():
+            child.terminate()
+            child.join(10)
+        raise
+    wall = time.monotonic() - started
+    if "error" in result:
+        raise BenchError(f"our catch-up failed: {redact(result['error'], source)}")
+    if not result["caught_up"]:
+        raise BenchError(f"our catch-up did not catch up in {result['calls']} calls: {result}")
+    result["child_wall_s"] = wall
+    result["peak_MB"] = result.pop("maxrss_kb") / 1024
+    return result
+
+
+# -- b. native ------------------------------------------------------------------------------------------------------
+
+
+def setup_native(source: LocalPostgres, destination: LocalPostgres, timeout: float) -> dict[str, Any]:
+    env = client_env()
+    started = time.monotonic()
+    dump_args = [tool(source, "pg_dump"), "--schema-only", "--no-publications", "--no-subscriptions"]
+    for key in TABLES:
+        dump_args += ["-t", qualified(key)]
+    dump = subprocess.Popen([*dump_args, "-d", source.uri(SOURCE_DB)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    load = subprocess.run([tool(source, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
+                           destination.uri(NATIVE_DB)], stdin=dump.stdout, capture_output=True, env=env)
+    assert dump.stdout is not None
+    dump.stdout.close()
+    dump_err = dump.stderr.read() if dump.stderr else b""
+    dump.wait()
+    if dump.returncode or load.returncode:
+        raise BenchError("schema for the native subscription failed: "
+                         + redact((dump_err + load.stderr).decode(errors="replace").strip(), source))
+    tables = ", ".join(qualified(key) for key in TABLES)
+    source.execute(f"CREATE PUBLICATION {ident(NATIVE)} FOR TABLE {tables}", SOURCE_DB)
+    destination.execute(sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true)").format(
+        sql.Identifier(NATIVE), sql.Literal(source.uri(SOURCE_DB)), sql.Identifier(NATIVE)).as_string(None),
+        NATIVE_DB)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = destination.execute(
+            "SELECT r.srsubstate::text, count(*) FROM pg_subscription_rel r JOIN pg_subscription s "
+            "ON s.oid = r.srsubid WHERE s.subname = %s GROUP BY 1", NATIVE_DB, (NATIVE,))
+        counts = {str(state): int(n) for state, n in states}
+        if counts.get("r", 0) == len(TABLES) and len(counts) == 1:
+            break
+        if time.monotonic() > deadline:
+            raise BenchError(f"the native initial sync did not finish in {timeout:.0f} s: states {counts}")
+        time.sleep(POLL_SECONDS)
+    synced = time.monotonic() - started
+    # Let the slot confirm the current end of the WAL, so that the timed catch-up applies the backlog only.
+    wait_confirmed(source, current_lsn(source), timeout)
+    destination.execute(f"ALTER SUBSCRIPTION {ident(NATIVE)} DISABLE", NATIVE_DB)
+    while source.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active", SOURCE_DB, (NATIVE,)):
+        if time.monotonic() > deadline:
+            raise BenchError("the native slot stayed active after ALTER SUBSCRIPTION DISABLE")
+        time.sleep(POLL_SECONDS)
+    print(f"bench: native set up (schema + initial sync, not timed) seconds={synced:.1f}", flush=True)
+    return {"setup_s": synced}
+
+
+def wait_confirmed(source: LocalPostgres, target_lsn: str, timeout: float) -> float:
+    """Seconds until the native slot's confirmed_flush_lsn reaches ``target_lsn`` (polled every 0.2 s)."""
+    started = time.monotonic()
+    while True:
+        row = source.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn, confirmed_flush_lsn::text "
+                             "FROM pg_replication_slots WHERE slot_name = %s", SOURCE_DB, (target_lsn, NATIVE))
+        if not row:
+            raise BenchError(f"the native slot {NATIVE} does not exist on the source")
+        if row[0][0]:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise BenchError(f"native did not reach {target_lsn} in {timeout:.0f} s (confirmed {row[0][1]})")
+        time.sleep(POLL_SECONDS)
+
+
+def time_native(source: LocalPostgres, destination: LocalPostgres, target_lsn: str, timeout: float) -> dict[str, Any]:
+    started = time.monotonic()
+    destination.execute(f"ALTER SUBSCRIPTION {ident(NATIVE)} ENABLE", NATIVE_DB)
+    wait_confirmed(source, target_lsn, timeout)
+    return {"seconds": time.monotonic() - started}
+
+
+# -- backlog and verification ---------------------------------------------------------------------------------------
+
+
+def build_backlog(source: LocalPostgres, clients: int, seconds: int) -> dict[str, Any]:
+    env = {**client_env(), "PGPASSWORD": source.password}
+    before = current_lsn(source)
+    started = time.monotonic()
+    result = run_tool([*pgbench_args(source), "-c", str(clients), "-j", str(min(2, clients)), "-T", str(seconds),
+                       "-n", SOURCE_DB], source, "pgbench", env)
+    wall = time.monotonic() - started
+    target = current_lsn(source)
+    match = re.search(r"number of transactions actually processed:\s*(\d+)", result.stdout)
+    if not match:
+        raise BenchError(f"pgbench printed no transaction count: {result.stdout[-1000:]}")
+    tps = re.search(r"tps = ([\d.]+)", result.stdout)
+    return {"transactions": int(match.group(1)), "changes_estimate": CHANGES_PER_TXN * int(match.group(1)),
+            "pgbench_tps": float(tps.group(1)) if tps else None, "pgbench_wall_s": wall, "start_lsn": before,
+            "target_lsn": target, "wal_MB": lsn_diff(source, target, before) / MB}
+
+
+def table_fingerprints(server: LocalPostgres, db: str, columns: dict[str, list[str]]) -> dict[str, tuple[int, str]]:
+    out = {}
+    for key, key_column in TABLES.items():
+        row_expr = "ROW(" + ", ".join(ident(c) for c in columns[key]) + ")::text"
+        row = server.execute(f"SELECT count(*), md5(coalesce(string_agg(md5({row_expr}), '' ORDER BY "
+                             f"{ident(key_column)}), '')) FROM {qualified(key)}", db)
+        out[key] = (int(row[0][0]), str(row[0][1]))
+    return out
+
+
+def source_columns(source: LocalPostgres) -> dict[str, list[str]]:
+    columns = {}
+    for key in TABLES:
+        rows = source.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                              "AND NOT attisdropped ORDER BY attnum", SOURCE_DB, (qualified(key),))
+        columns[key] = [str(r[0]) for r in rows]
+    return columns
+
+
+def verify(source: LocalPostgres, destination: LocalPostgres) -> dict[str, bool]:
+    columns = source_columns(source)
+    expected = table_fingerprints(source, SOURCE_DB, columns)
+    verdict = {}
+    for name, db in (("ours", OURS_DB), ("native", NATIVE_DB)):
+        actual = table_fingerprints(destination, db, columns)
+        wrong = {t: {"source": expected[t], name: actual[t]} for t in TABLES if actual[t] != expected[t]}
+        if wrong:
+            print(f"bench: verify run={name} MISMATCH (rows, md5) {wrong}", flush=True)
+        else:
+            print(f"bench: verify run={name} ok tables={len(actual)} rows={sum(n for n, _ in actual.values())} "
+                  f"(counts and md5 match the source)", flush=True)
+        verdict[name] = not wrong
+    return verdict
+
+
+# -- main -----------------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=100, help="pgbench scale of the source (default 100)")
+    parser.add_argument("--seconds", type=int, default=60, help="pgbench -T of the backlog (default 60)")
+    parser.add_argument("--clients", type=int, default=4, help="pgbench -c of the backlog (default 4)")
+    parser.add_argument("--workdir", help="keep the servers here (stopped, data kept) instead of a temporary folder")
+    parser.add_argument("--reuse", action="store_true", help="reuse the source dataset in --workdir when built at "
+                        "--scale (pgbench_history is emptied)")
+    parser.add_argument("--major", type=int, help="PostgreSQL major version of both servers (default: the lowest)")
+    parser.add_argument("--timeout", type=float, help="seconds a native sync or catch-up may take "
+                        "(default max(600, 30 x --seconds))")
+    parser.add_argument("--verbose", action="store_true", help="print the engine's log lines")
+    args = parser.parse_args()
+    if args.reuse and not args.workdir:
+        parser.error("--reuse needs --workdir")
+    timeout = args.timeout or max(600.0, 30.0 * args.seconds)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (cmd &)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    keep = bool(args.workdir)
+    if keep:
+        base = Path(args.workdir).resolve()
+        base.mkdir(parents=True, exist_ok=True)
+    else:
+        base = Path(tempfile.mkdtemp(prefix="pgmigrate-incbench-"))
+    base.chmod(0o755)  # the servers run as an unprivileged user when we are root
+    source = LocalPostgres(base / "source", major=args.major, settings=SOURCE_SETTINGS)
+    destination = LocalPostgres(base / "destination", major=args.major)
+    marker = base / "dataset.json"
+    failed = False
+    started_servers = False
+    try:
+        source.start()
+        destination.start()
+        started_servers = True
+        print(f"bench: servers PostgreSQL {source.major} source_port={source.port} "
+              f"destination_port={destination.port} workdir={base}", flush=True)
+        drop_native(source, destination)
+        drop_ours(source, args.verbose)
+        built = json.loads(marker.read_text()) if marker.exists() else {}
+        if args.reuse and built.get("scale") == args.scale:
+            source.execute("TRUNCATE public.pgbench_history", SOURCE_DB)
+            print(f"bench: reusing the dataset of scale {args.scale} in {base}", flush=True)
+        else:
+            marker.unlink(missing_ok=True)
+            build_dataset(source, args.scale)
+            marker.write_text(json.dumps({"scale": args.scale}))
+        fresh_database(destination, OURS_DB)
+        fresh_database(destination, NATIVE_DB)
+
+        ours_setup = setup_ours(source, destination, args.verbose)
+        native_setup = setup_native(source, destination, timeout)
+        catch_up_ours_untimed(source, destination, args.verbose)
+
+        checkpoint(source, destination)
+        backlog = build_backlog(source, args.clients, args.seconds)
+        txns = backlog["transactions"]
+        print(f"bench: backlog transactions={txns} changes~={backlog['changes_estimate']} "
+              f"wal_MB={backlog['wal_MB']:.1f} (pgbench -c {args.clients} -j {min(2, args.clients)} "
+              f"-T {args.seconds}: tps={backlog['pgbench_tps']}) target_lsn={backlog['target_lsn']}", flush=True)
+
+        checkpoint(source, destination)
+        ours = time_ours(source, destination, backlog["target_lsn"], args.verbose)
+        ours["txn_per_s"] = ours["transactions"] / ours["seconds"]
+        ours["changes_per_s"] = ours["changes"] / ours["seconds"]
+        ours.update(setup=ours_setup)
+        print(f"bench: run=ours seconds={ours['seconds']:.2f} txn/s={ours['txn_per_s']:.0f} "
+              f"changes/s={ours['changes_per_s']:.0f} peak_MB={ours['peak_MB']:.0f} "
+              f"(transactions={ours['transactions']} changes={ours['changes']} calls={ours['calls']} "
+              f"child_wall_s={ours['child_wall_s']:.2f})", flush=True)
+        if ours["transactions"] != txns:
+            print(f"bench: note: ours applied {ours['transactions']} transactions, pgbench reported {txns}",
+                  flush=True)
+
+        checkpoint(source, destination)
+        native = time_native(source, destination, backlog["target_lsn"], timeout)
+        native["txn_per_s"] = txns / native["seconds"]
+        native["changes_per_s"] = backlog["changes_estimate"] / native["seconds"]
+        native.update(setup=native_setup)
+        print(f"bench: run=native seconds={native['seconds']:.2f} txn/s={native['txn_per_s']:.0f} "
+              f"(changes/s~={native['changes_per_s']:.0f})", flush=True)
+        ratio = ours["txn_per_s"] / native["txn_per_s"]
+        print(f"bench: ours_vs_native={ratio:.2f}x (transactions/s; higher = ours faster)", flush=True)
+
+        verified = verify(source, destination)
+        failed = not all(verified.values())
+
+        def rounded(figures: dict[str, Any]) -> dict[str, Any]:
+            return {k: (round(v, 3) if isinstance(v, float) else rounded(v) if isinstance(v, dict) else v)
+                    for k, v in figures.items()}
+
+        print("bench-json: " + json.dumps({
+            "postgres": source.major, "scale": args.scale, "seconds": args.seconds, "clients": args.clients,
+            "cores": os.cpu_count(), "backlog": rounded(backlog), "runs": {"ours": rounded(ours),
+                                                                             "native": rounded(native)},
+            "ours_vs_native": round(ratio, 3), "peak_MB": round(ours["peak_MB"], 1), "verified": verified}),
+            flush=True)
+    except KeyboardInterrupt:
+        print("bench: interrupted, stopping the servers", file=sys.stderr, flush=True)
+        failed = True
+    except BenchError as exc:
+        print(f"bench: FAILED {exc}", file=sys.stderr, flush=True)
+        failed = True
+    finally:
+        if started_servers:
+            try:
+                drop_native(source, destination)
+                drop_ours(source, args.verbose)
+                if not failed:
+                    destination.drop_database(OURS_DB)
+                    destination.drop_database(NATIVE_DB)
+            except Exception as exc:  # noqa: BLE001 - the servers are stopped below either way
+                print(f"bench: cleanup failed: {redact(str(exc), source)}", file=sys.stderr, flush=True)
+        if keep:
+            source.stop()
+            destination.stop()
+            print(f"bench: servers stopped, data kept in {base}", flush=True)
+        else:
+            source.destroy()
+            destination.destroy()
+            shutil.rmtree(base, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
