@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -66,13 +67,82 @@ def main() -> int:
         )
         print("demo: preparing Airflow's metadata database ...", flush=True)
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-        return run_dag()
+        writer = WriteLoad(source.info("shop"))  # runs during the whole migration, full load included
+        writer.start()
+        try:
+            code = run_dag()
+        finally:
+            writer.stop()
+        print(f"demo: the write load committed {writer.transactions} transactions on the source during the run")
+        return code or verify(configs / "demo.yaml", source, destination)
     finally:
         if args.keep:
             print(f"demo: servers left running: {source.uri('shop')} and {destination.uri('shop')}")
         else:
             source.stop()
             destination.stop()
+
+
+class WriteLoad(threading.Thread):
+    """Orders placed, paid and cancelled on the source while the migration runs."""
+
+    def __init__(self, info) -> None:  # noqa: ANN001 - a ConnectionInfo
+        super().__init__(daemon=True)
+        self.info = info
+        self.transactions = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        import random
+
+        import psycopg
+
+        rnd = random.Random(7)
+        with psycopg.connect(**self.info.connect_kwargs(), autocommit=True) as conn:
+            while not self._stop_event.is_set():
+                with conn.transaction():
+                    order = conn.execute("INSERT INTO public.orders (customer_id) VALUES (%s) RETURNING id",
+                                         (rnd.randint(1, 2000),)).fetchone()[0]
+                    conn.execute("INSERT INTO public.order_items VALUES (%s, %s, %s)",
+                                 (order, f"SKU-{rnd.randint(1, 500)}", rnd.randint(1, 5)))
+                    conn.execute("UPDATE public.orders SET status = 'paid' WHERE id = %s", (rnd.randint(1, order),))
+                    conn.execute("UPDATE public.products SET price = price + 0.01 WHERE sku = %s",
+                                 (f"SKU-{rnd.randint(1, 500)}",))
+                self.transactions += 1
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def verify(config_path: Path, source, destination) -> int:  # noqa: ANN001 - LocalPostgres servers
+    """Catch up the last changes, then compare every table's rows on both sides."""
+    from airflow_pgmigrate.config import MigrationConfig
+    from airflow_pgmigrate.engine.incremental import run_incremental
+
+    config = MigrationConfig.from_yaml(config_path)
+    for _ in range(10):
+        result = run_incremental(config, source.info("shop"), destination.info("shop"), window_seconds=30)
+        if result.caught_up:
+            break
+    print(f"demo: incremental sync caught up applied_lsn={result.applied_lsn} lag_bytes={result.lag_bytes}")
+    tables = [r[0] for r in source.execute(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname IN ('public', 'reporting') "
+        "ORDER BY 1", "shop")]
+    different = []
+    for table in tables:
+        query = f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {table} t"
+        here, there = source.execute(query, "shop")[0], destination.execute(query, "shop")[0]
+        print(f"demo: verify table={table} rows={here[0]} source_md5={here[1][:12]} destination_md5={there[1][:12]} "
+              f"{'equal' if here == there else 'DIFFERENT'}")
+        if here != there:
+            different.append(table)
+    if different:
+        print(f"demo: verification FAILED for {', '.join(different)}")
+        return 1
+    print(f"demo: verified: all {len(tables)} tables are equal on both sides")
+    return 0
 
 
 def run_dag() -> int:
