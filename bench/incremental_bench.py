@@ -239,7 +239,8 @@ def _catch_up_child(config: dict[str, Any], source: ConnectionInfo, destination:
                    "changes": sum(c["changes"] for c in calls),
                    "skipped_transactions": sum(c["skipped_transactions"] for c in calls),
                    "engine_seconds": sum(c["seconds"] for c in calls), "applied_lsn": calls[-1]["applied_lsn"],
-                   "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+                   "cpu_s": (usage := resource.getrusage(resource.RUSAGE_SELF)).ru_utime + usage.ru_stime,
+                   "maxrss_kb": usage.ru_maxrss})
     except BaseException as exc:  # noqa: B036 - reported to the parent, which raises
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
     finally:
@@ -470,7 +471,8 @@ def main() -> int:
         print(f"bench: run=ours seconds={ours['seconds']:.2f} txn/s={ours['txn_per_s']:.0f} "
               f"changes/s={ours['changes_per_s']:.0f} peak_MB={ours['peak_MB']:.0f} "
               f"(transactions={ours['transactions']} changes={ours['changes']} calls={ours['calls']} "
-              f"child_wall_s={ours['child_wall_s']:.2f})", flush=True)
+              f"child_wall_s={ours['child_wall_s']:.2f} child_cpu_s={ours['cpu_s']:.2f} "
+              f"loadavg={os.getloadavg()[0]:.2f})", flush=True)
         if ours["transactions"] != txns:
             print(f"bench: note: ours applied {ours['transactions']} transactions, pgbench reported {txns}",
                   flush=True)

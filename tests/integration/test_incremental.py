@@ -244,3 +244,48 @@ def test_kill_9_of_the_applier_mid_batch_then_a_new_poke_is_exact(migration_env)
     assert result.caught_up
     assert migration_env.dst("SELECT sum(v), count(*) FROM public.acc") == [(3000, 1000)]
     assert_equal(migration_env, ["public.acc"])
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_server_restart_mid_stream_then_resume_is_exact(migration_env, side):
+    migration_env.src("CREATE TABLE public.acc (id int PRIMARY KEY, v bigint NOT NULL);"
+                      "INSERT INTO public.acc SELECT g, 0 FROM generate_series(1, 500) g")
+    config = start_migration(migration_env)
+    with psycopg.connect(**migration_env.source_info().connect_kwargs(), autocommit=True) as conn:
+        for i in range(4000):
+            conn.execute("UPDATE public.acc SET v = v + 1 WHERE id = %s", (1 + i % 500,))
+    errors: list[BaseException] = []
+
+    def apply() -> None:
+        try:
+            run_incremental(config, migration_env.source_info(), migration_env.destination_info(), window_seconds=10)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            errors.append(exc)
+
+    worker = threading.Thread(target=apply)
+    worker.start()
+    time.sleep(0.3)
+    server = migration_env.source if side == "source" else migration_env.destination
+    server.stop("fast")
+    server.start()
+    worker.join()
+    result = catch_up(migration_env, config)
+    assert result.caught_up
+    assert migration_env.dst("SELECT sum(v), count(*) FROM public.acc") == [(4000, 500)]
+    assert_equal(migration_env, ["public.acc"])
+
+
+def test_pgbench_workload_during_sync_ends_equal(migration_env):
+    bindir = migration_env.source.bindir
+    env = {**os.environ, "PGPASSWORD": migration_env.source.password}
+    base = ["-h", "127.0.0.1", "-p", str(migration_env.source.port), "-U", "postgres", migration_env.source_db]
+    subprocess.run([str(bindir / "pgbench"), "-i", "-s", "1", "-q", *base], check=True, env=env,
+                   capture_output=True)
+    migration_env.src("ALTER TABLE pgbench_history ADD COLUMN hid bigserial PRIMARY KEY")
+    config = start_migration(migration_env)
+    subprocess.run([str(bindir / "pgbench"), "-n", "-c", "2", "-T", "4", *base], check=True, env=env,
+                   capture_output=True)
+    result = catch_up(migration_env, config)
+    assert result.transactions > 100
+    assert_equal(migration_env, ["public.pgbench_accounts", "public.pgbench_branches", "public.pgbench_tellers",
+                                 "public.pgbench_history"])
