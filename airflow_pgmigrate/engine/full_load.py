@@ -37,6 +37,7 @@ from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
 from airflow_pgmigrate.engine.pgdump import available_clients, client_env
 from airflow_pgmigrate.engine.schema import read_source_schema
+from airflow_pgmigrate.engine.sequences import sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.throttle import BinaryRowCounter, Throttle, count_text_rows
 from airflow_pgmigrate.exceptions import PgMigrateError
@@ -592,31 +593,7 @@ class FullLoad:
     # -- sequences and large objects -----------------------------------------------------------------------------
 
     def _copy_sequences(self, snapshot: str) -> list[dict[str, Any]]:
-        with connect(self.source, autocommit=False) as src:
-            src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            schema = read_source_schema(src, self.config)
-            names = {QualifiedName(s, n) for kind, s, n in schema.needed if kind == "SEQUENCE" and s}
-            names |= {seq for seq, owner in schema.sequence_owners.items() if owner in schema.selected}
-            values = []
-            for name in sorted(names):
-                row = src.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(_ident(name))).fetchone()
-                if row is not None:
-                    values.append((name, int(row[0]), bool(row[1])))
-            src.rollback()
-        mapper = NameMapper(self.config.mapping)
-        out = []
-        with connect(self.destination) as dst:
-            for name, value, called in values:
-                target = QualifiedName(mapper.schema(name.schema), name.name)
-                ident = _ident(target).as_string(dst)
-                if dst.execute("SELECT to_regclass(%s)", (ident,)).fetchone()[0] is None:  # type: ignore[index]
-                    continue
-                dst.execute("SELECT setval(%s::regclass, %s, %s)", (ident, value, called))
-                out.append({"sequence": str(target), "value": value, "is_called": called})
-        if out:
-            self.log(f"full_load sequences={len(out)} set from the snapshot")
-        return out
+        return sync_sequences(self.config, self.source, self.destination, snapshot=snapshot, log=self.log)
 
     def _copy_large_objects(self, snapshot: str) -> int:
         copied = 0

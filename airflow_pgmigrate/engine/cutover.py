@@ -1,0 +1,141 @@
+"""Cutover: stop writes on the source, drain, set sequences, verify, release, report.
+
+1. Freeze (when ``cutover.freeze_source``): the source database is set read-only for new transactions and the
+   sessions still connected to it are ended, so no write can slip in. Otherwise the approval is the user's word that
+   writes stopped, and verification still reads a snapshot so a late write cannot produce a false "equal".
+2. Drain: changes are applied until the applied LSN reaches the source's WAL position at the freeze.
+3. Every destination sequence is set from the source (+ ``cutover.sequence_offset``).
+4. Verify every table; a difference stops the cutover unless ``cutover.allow_differences``.
+5. Release the slot and the publication; remove the security-group rule the precheck added, if any.
+6. Record the report (times of each step, downtime window, rows, LSNs, verification) in the migration state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+
+from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.incremental import release, run_incremental
+from airflow_pgmigrate.engine.sequences import sync_sequences
+from airflow_pgmigrate.engine.state import MigrationState
+from airflow_pgmigrate.engine.verify import compare, verify_migration
+from airflow_pgmigrate.exceptions import PgMigrateError
+
+if TYPE_CHECKING:
+    from airflow_pgmigrate.config import MigrationConfig
+
+
+class CutoverError(PgMigrateError):
+    """The cutover stopped before finishing; the report says where and what to do."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def freeze_source(source: ConnectionInfo, log: Callable[[str], None]) -> int:
+    """Set the source database read-only for new transactions and end the sessions still using it."""
+    with connect(source) as src:
+        src.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+            sql.Identifier(source.dbname)))
+        ended = src.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchone()
+    count = int(ended[0]) if ended else 0
+    log(f"cutover froze source database={source.dbname} sessions_ended={count}")
+    return count
+
+
+def unfreeze_command(source: ConnectionInfo) -> str:
+    return sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only;").format(
+        sql.Identifier(source.dbname)).as_string(None)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
+                remove_rules: Callable[[list[dict[str, Any]]], list[Any]] | None = None,
+                log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    state = MigrationState(destination, config.state_schema, config.name)
+    report: dict[str, Any] = {"migration": config.name, "started_at": _now(), "steps": []}
+    started = time.monotonic()
+
+    def step(name: str, t0: float, **detail: Any) -> None:
+        entry = {"step": name, "seconds": round(time.monotonic() - t0, 3), **detail}
+        report["steps"].append(entry)
+        log(f"cutover step={name} seconds={entry['seconds']} " + " ".join(f"{k}={v}" for k, v in detail.items()))
+
+    frozen = config.cutover.freeze_source
+    t0 = time.monotonic()
+    if frozen:
+        report["sessions_ended"] = freeze_source(source, log)
+        report["frozen_at"] = _now()
+    step("freeze" if frozen else "writes_stopped_by_user", t0)
+    downtime_start = time.monotonic()
+
+    t0 = time.monotonic()
+    with connect(source) as src:
+        freeze_lsn = src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
+    report["freeze_lsn"] = freeze_lsn
+    transactions = 0
+    for _ in range(100):
+        result = run_incremental(config, source, destination, window_seconds=300, target_lsn=freeze_lsn, log=log)
+        transactions += result.transactions
+        if result.caught_up:
+            break
+    else:
+        raise CutoverError(f"the destination did not catch up with the source's LSN {freeze_lsn}", report)
+    report["applied_lsn"] = result.applied_lsn
+    step("drain", t0, transactions=transactions, applied_lsn=result.applied_lsn)
+
+    t0 = time.monotonic()
+    report["sequences"] = sync_sequences(config, source, destination, offset=config.cutover.sequence_offset,
+                                         log=log)
+    step("sequences", t0, count=len(report["sequences"]))
+
+    t0 = time.monotonic()
+    verification = compare(config, source, destination, log=log) if frozen else \
+        verify_migration(config, source, destination, log=log)
+    report["verification"] = verification
+    step("verify", t0, equal=verification["equal"], differences=verification["differences"])
+    if not verification["equal"] and not config.cutover.allow_differences:
+        report["status"] = "stopped: verification found differences"
+        state.put("cutover", report)
+        tables = [f"{t['table']} (missing {t['missing_count']}, extra {t['extra_count']}, different "
+                  f"{t['different_count']}: {', '.join((t['missing'] + t['extra'] + t['different'])[:5])})"
+                  for t in verification["tables"] if not t["equal"]]
+        raise CutoverError("cutover stopped: the destination differs from the source in " + "; ".join(tables)
+                           + ". The slot is kept: fix the cause, then run the cutover again (or set "
+                           "cutover.allow_differences)", report)
+
+    t0 = time.monotonic()
+    report["released"] = release(config, source, log=log)
+    rules = state.get("added_ingress_rules") or []
+    if rules and remove_rules is not None:
+        report["removed_ingress_rules"] = [getattr(r, "to_dict", lambda r=r: r)() for r in remove_rules(rules)]
+    step("release", t0, **report["released"])
+
+    report["downtime_seconds"] = round(time.monotonic() - downtime_start, 3) if frozen else None
+    report["seconds"] = round(time.monotonic() - started, 3)
+    report["finished_at"] = _now()
+    report["rows_verified"] = verification["rows"]
+    report["status"] = "completed"
+    report["next_steps"] = [
+        f"switch the application's connection string to the destination ({destination.describe()})",
+    ]
+    if frozen:
+        report["next_steps"].append(f"to roll back, unfreeze the source: {unfreeze_command(source)}")
+    state.put("cutover", report)
+    log(f"cutover done seconds={report['seconds']} downtime_s={report['downtime_seconds']} "
+        f"rows_verified={report['rows_verified']} equal={verification['equal']}")
+    return report
+
+
+__all__ = ["CutoverError", "freeze_source", "run_cutover", "unfreeze_command"]

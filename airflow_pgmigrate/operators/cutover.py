@@ -1,0 +1,72 @@
+"""CutoverOperator (freeze, drain, sequences, verify, release, report) and ReleaseOperator (abort)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_pgmigrate.engine.cutover import CutoverError, run_cutover
+from airflow_pgmigrate.engine.incremental import release
+from airflow_pgmigrate.engine.state import MigrationState
+from airflow_pgmigrate.operators.base import MigrationBaseOperator
+
+
+def _rule_remover(operator: MigrationBaseOperator) -> Any:
+    config = operator.migration
+    if config.rds is None:
+        return None
+
+    def remove(rules: list[dict[str, Any]]) -> list[Any]:
+        from airflow_pgmigrate.engine.rds import IngressRule, RdsInspector
+        from airflow_pgmigrate.hooks.rds import rds_clients
+
+        assert config.rds is not None
+        return RdsInspector(*rds_clients(config.rds)).remove_ingress_rules(IngressRule.from_dict(r) for r in rules)
+
+    return remove
+
+
+class CutoverOperator(MigrationBaseOperator):
+    """Switch the migration over once approved: freeze the source (if configured) or take the approval as the word
+    that writes stopped, drain the remaining changes, set sequences, verify every table, release the slot and
+    publication (and the security-group rule the precheck added), and return the cutover report.
+
+    A verification difference fails the task (the slot is kept) unless ``cutover.allow_differences``.
+    """
+
+    template_fields: Sequence[str] = ("config",)
+    ui_color = "#f5b7b1"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            report = run_cutover(self.migration, self.source_info, self.destination_info,
+                                 remove_rules=_rule_remover(self), log=lambda message: self.log.info("%s", message))
+        except CutoverError as exc:
+            context["ti"].xcom_push(key="cutover_report", value=exc.report)
+            raise AirflowFailException(str(exc)) from None
+        for line in report["next_steps"]:
+            self.log.info("cutover next step: %s", line)
+        return report
+
+
+class ReleaseOperator(MigrationBaseOperator):
+    """Abort: drop the slot and the publication, remove the security-group rule; the destination stays as it is."""
+
+    template_fields: Sequence[str] = ("config",)
+    ui_color = "#d7dbdd"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        config = self.migration
+        dropped = release(config, self.source_info, log=lambda message: self.log.info("%s", message))
+        removed: list[Any] = []
+        remover = _rule_remover(self)
+        rules = MigrationState(self.destination_info, config.state_schema, config.name).get("added_ingress_rules")
+        if remover is not None and rules:
+            removed = [r.to_dict() for r in remover(rules)]
+        return {**dropped, "removed_ingress_rules": removed}
+
+
+__all__ = ["CutoverOperator", "ReleaseOperator"]
