@@ -245,7 +245,12 @@ class IncrementalSync:
     # -- the loop -----------------------------------------------------------------------------------------------
 
     def run(self, *, window_seconds: float = 60.0, stop_when_caught_up: bool = True,
-            target_lsn: str | None = None) -> SyncResult:
+            target_lsn: str | None = None, stop_before_lsn: str | None = None,
+            take_lock: bool = True) -> SyncResult:
+        """Stream and apply for up to ``window_seconds``; stop once caught up with ``target_lsn`` (default: the
+        source's WAL position now). With ``stop_before_lsn``, apply every transaction committed before that LSN and
+        none after (verification brings the destination exactly to a snapshot this way). ``take_lock=False`` when
+        the caller holds the migration's applier lock already."""
         config = self.config
         started = time.monotonic()
         slot = config.slot_name
@@ -259,12 +264,16 @@ class IncrementalSync:
                                 "the new primary and restart the migration from a fresh full load")
             target = lsn_to_int(target_lsn) if target_lsn else lsn_to_int(
                 src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
+        stop_at = lsn_to_int(stop_before_lsn) if stop_before_lsn else None
+        if stop_at is not None:
+            target = stop_at
         lock_conn = connect(self.destination)
-        locked = lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
-                                   (f"pgmigrate:{config.name}",)).fetchone()
-        if not locked or not locked[0]:
-            lock_conn.close()
-            raise SyncError(f"another applier of migration {config.name} is running on the destination")
+        if take_lock:
+            locked = lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                                       (f"pgmigrate:{config.name}",)).fetchone()
+            if not locked or not locked[0]:
+                lock_conn.close()
+                raise SyncError(f"another applier of migration {config.name} is running on the destination")
         dst = connect(self.destination, autocommit=False)
         repl = connect(self.source, replication=True)
         spills: dict[int, _Spill] = {}
@@ -356,6 +365,10 @@ class IncrementalSync:
                         spills.setdefault(stream_xid, _Spill())
                     continue
                 if isinstance(item, Begin):
+                    if stop_at is not None and item.commit_lsn >= stop_at:
+                        flush()
+                        result.caught_up = True
+                        break  # committed at or after the stop point: left for later
                     txn = _Txn(item, skip=item.commit_lsn < applied)
                     continue
                 if isinstance(item, StreamStart):
@@ -383,6 +396,10 @@ class IncrementalSync:
                         batch = self.new_batch()
                     continue
                 if isinstance(item, (Commit, StreamCommit)):
+                    if isinstance(item, StreamCommit) and stop_at is not None and item.commit_lsn >= stop_at:
+                        flush()
+                        result.caught_up = True
+                        break
                     if isinstance(item, StreamCommit):
                         spill = spills.pop(item.xid, None)
                         txn = _Txn(Begin(item.commit_lsn, item.commit_time, item.xid),
@@ -544,6 +561,7 @@ def release(config: MigrationConfig, source: ConnectionInfo, *, log: Callable[[s
     """Drop the migration's slot and publication on the source (after cutover, or on abort)."""
     dropped = {"slot": False, "publication": False}
     with connect(source) as src:
+        src.execute("SET default_transaction_read_only = off")  # the cutover may have frozen the database
         row = src.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
                           (config.slot_name,)).fetchone()
         if row is not None:
