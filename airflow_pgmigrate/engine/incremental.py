@@ -306,7 +306,8 @@ class IncrementalSync:
             deadline = started + window_seconds
 
             def flush() -> None:
-                nonlocal batch, applied, batch_last_end, batch_commit_time, oldest_unapplied
+                nonlocal batch, applied, batch_last_end, batch_commit_time, oldest_unapplied, batch_started
+                batch_started = 0.0  # the next transaction opens a new batch window
                 if not batch:
                     return
                 self._apply_batch(dst, applier, batch, batch_last_end, batch_commit_time)
@@ -424,7 +425,7 @@ class IncrementalSync:
                         result.transactions += 1
                         if oldest_unapplied is None:
                             oldest_unapplied = item.commit_time
-                        if not batch_started or not batch:
+                        if not batch_started:
                             batch_started = time.monotonic()
                         batch_last_end = end_lsn
                         batch_commit_time = item.commit_time
