@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv lint test test-fast demo clean
+.PHONY: venv lint test test-fast demo demo-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test-fast: venv
 # A migration on local servers, driven through Airflow (see README.md).
 demo: venv
 	$(BIN)/python demo/run_demo.py
+
+# The same migration with Airflow's UI on http://localhost:8080: answer the cutover question in the browser.
+demo-ui: venv
+	$(BIN)/python demo/run_demo.py --ui
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,9 @@ WORK = ROOT / ".demo"
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="leave the servers running at the end")
+    parser.add_argument("--ui", action="store_true",
+                        help="run Airflow with its UI (airflow standalone) instead: trigger the DAG and answer the "
+                             "cutover question in the browser; Ctrl-C stops everything")
     args = parser.parse_args()
 
     shutil.rmtree(WORK, ignore_errors=True)
@@ -63,8 +66,10 @@ def main() -> int:
             "destination: {conn_id: demo_destination}\n"
             "migration_types: [schema, full, incremental]\n"
             "objects: {schemas: [public, reporting]}\n"
-            "cutover: {approval: automatic}\n"
+            f"cutover: {{approval: {'manual' if args.ui else 'automatic'}, freeze_source: true}}\n"
         )
+        if args.ui:
+            return run_ui(source)
         print("demo: preparing Airflow's metadata database ...", flush=True)
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
         writer = WriteLoad(source.info("shop"))  # runs during the whole migration, full load included
@@ -100,16 +105,23 @@ class WriteLoad(threading.Thread):
         rnd = random.Random(7)
         with psycopg.connect(**self.info.connect_kwargs(), autocommit=True) as conn:
             while not self._stop_event.is_set():
-                with conn.transaction():
-                    order = conn.execute("INSERT INTO public.orders (customer_id) VALUES (%s) RETURNING id",
-                                         (rnd.randint(1, 2000),)).fetchone()[0]
-                    conn.execute("INSERT INTO public.order_items VALUES (%s, %s, %s)",
-                                 (order, f"SKU-{rnd.randint(1, 500)}", rnd.randint(1, 5)))
-                    conn.execute("UPDATE public.orders SET status = 'paid' WHERE id = %s", (rnd.randint(1, order),))
-                    conn.execute("UPDATE public.products SET price = price + 0.01 WHERE sku = %s",
-                                 (f"SKU-{rnd.randint(1, 500)}",))
+                try:
+                    self._one(conn, rnd)
+                except psycopg.Error:
+                    return  # the cutover froze the source and ended this session: writes stopped
                 self.transactions += 1
                 time.sleep(0.01)
+
+    @staticmethod
+    def _one(conn, rnd) -> None:  # noqa: ANN001
+        with conn.transaction():
+            order = conn.execute("INSERT INTO public.orders (customer_id) VALUES (%s) RETURNING id",
+                                 (rnd.randint(1, 2000),)).fetchone()[0]
+            conn.execute("INSERT INTO public.order_items VALUES (%s, %s, %s)",
+                         (order, f"SKU-{rnd.randint(1, 500)}", rnd.randint(1, 5)))
+            conn.execute("UPDATE public.orders SET status = 'paid' WHERE id = %s", (rnd.randint(1, order),))
+            conn.execute("UPDATE public.products SET price = price + 0.01 WHERE sku = %s",
+                         (f"SKU-{rnd.randint(1, 500)}",))
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -122,11 +134,13 @@ def verify(config_path: Path, source, destination) -> int:  # noqa: ANN001 - Loc
     from airflow_pgmigrate.engine.incremental import run_incremental
 
     config = MigrationConfig.from_yaml(config_path)
-    for _ in range(10):
-        result = run_incremental(config, source.info("shop"), destination.info("shop"), window_seconds=30)
-        if result.caught_up:
-            break
-    print(f"demo: incremental sync caught up applied_lsn={result.applied_lsn} lag_bytes={result.lag_bytes}")
+    slot = source.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", "shop", (config.slot_name,))
+    if slot:  # no cutover happened: catch up first
+        for _ in range(10):
+            result = run_incremental(config, source.info("shop"), destination.info("shop"), window_seconds=30)
+            if result.caught_up:
+                break
+        print(f"demo: incremental sync caught up applied_lsn={result.applied_lsn} lag_bytes={result.lag_bytes}")
     tables = [r[0] for r in source.execute(
         "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname IN ('public', 'reporting') "
         "ORDER BY 1", "shop")]
@@ -142,6 +156,23 @@ def verify(config_path: Path, source, destination) -> int:  # noqa: ANN001 - Loc
         print(f"demo: verification FAILED for {', '.join(different)}")
         return 1
     print(f"demo: verified: all {len(tables)} tables are equal on both sides")
+    return 0
+
+
+def run_ui(source) -> int:  # noqa: ANN001 - a LocalPostgres server
+    """Airflow with its UI on http://localhost:8080; a write load runs until Ctrl-C."""
+    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
+    writer = WriteLoad(source.info("shop"))
+    writer.start()
+    print("demo: starting Airflow (airflow standalone) on http://localhost:8080 ...\n"
+          "demo: trigger pgmigrate_demo_shop, watch the lag in the incremental_sync log, then answer the cutover "
+          "question under Browse > Required actions. Ctrl-C stops Airflow and the servers.", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "airflow", "standalone"], check=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.stop()
     return 0
 
 
@@ -179,6 +210,15 @@ def run_dag() -> int:
         print(f"full_load: {load['rows']} rows, {load['bytes'] / 1048576:.1f} MB in {load['seconds']} s "
               f"({load['mb_per_second']} MB/s), {len(load['tables'])} tables, consistent LSN "
               f"{load['consistent_lsn']}, slot {load['slot']}")
+    cut = xcom("cutover")
+    if cut is not None:
+        print(f"cutover: {cut['status']} in {cut['seconds']} s, downtime {cut['downtime_seconds']} s, freeze LSN "
+              f"{cut['freeze_lsn']}, applied LSN {cut['applied_lsn']}, {len(cut['sequences'])} sequences set, "
+              f"{cut['rows_verified']} rows verified, equal={cut['verification']['equal']}")
+        for step in cut["steps"]:
+            print(f"  step {step['step']}: {step['seconds']} s")
+        for line in cut["next_steps"]:
+            print(f"  next: {line}")
     for phase in ("schema_pre_data", "schema_post_data"):
         schema = xcom(phase)
         if schema is not None:

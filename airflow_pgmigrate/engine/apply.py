@@ -140,7 +140,8 @@ class Batch:
             self.steps.append(Sequential(table, change))
             return
         ops = self._open.get(rel)
-        if ops is None:
+        if ops is None or ops.table is not table:
+            # A new relation description (columns, replica identity) starts a new group: rows are keyed by it.
             ops = SetOps(table)
             self._open[rel] = ops
             self.steps.append(ops)
@@ -164,6 +165,14 @@ class Applier:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self._staging: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
+
+    def staging_mark(self) -> dict[tuple[str, tuple[str, ...]], sql.Identifier]:
+        """The staging tables known now (before a savepoint)."""
+        return dict(self._staging)
+
+    def staging_rolled_back(self, mark: dict[tuple[str, tuple[str, ...]], sql.Identifier]) -> None:
+        """A rollback to the savepoint undid the staging tables created after ``mark``: forget them."""
+        self._staging = mark
 
     # -- set-based ---------------------------------------------------------------------------------------------
 
@@ -298,21 +307,28 @@ class Applier:
     def apply_change(self, t: TableTarget, change: Change) -> None:
         """Apply one change with plain statements (exact source order)."""
         cols = t.columns
+        # A row without a key is found again by its ctid for the row filter check.
+        by_ctid = bool(t.row_filter) and not t.key
+        returning = sql.SQL(" RETURNING ctid::text" if by_ctid else "")
+        written: list[str] = []
         if change.kind == "I":
             assert change.new is not None
-            self._insert(t, [(n, change.new[i]) for i, n in cols], overwrite=t.upsert)
+            written += self._insert(t, [(n, change.new[i]) for i, n in cols], overwrite=t.upsert, returning=returning)
         elif change.kind == "U":
             assert change.new is not None
             where = self._where(t, change.old if change.old is not None else change.new)
             sets = [(n, change.new[i]) for i, n in cols if change.new[i] is not UNCHANGED]
-            cur = self.conn.execute(sql.SQL("UPDATE {t} SET {s} WHERE {w}").format(
+            cur = self.conn.execute(sql.SQL("UPDATE {t} SET {s} WHERE {w}{r}").format(
                 t=t.ident, s=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(n)) for n, _ in sets),
-                w=where[0]), [_text(v) for _, v in sets] + where[1])
+                w=where[0], r=returning), [_text(v) for _, v in sets] + where[1])
             if cur.rowcount == 0 and t.upsert:
                 if any(change.new[i] is UNCHANGED for i, _ in cols):
                     raise ApplyError(f"a row of {t.source} entered the destination's selection with unchanged "
                                      "TOASTed values the source did not send; set REPLICA IDENTITY FULL on it")
-                self._insert(t, [(n, change.new[i]) for i, n in cols], overwrite=False)
+                written += self._insert(t, [(n, change.new[i]) for i, n in cols], overwrite=False,
+                                        returning=returning)
+            elif by_ctid:
+                written += [r[0] for r in cur.fetchall()]
         else:
             assert change.old is not None
             where = self._where(t, change.old)
@@ -321,8 +337,12 @@ class Applier:
             where = self._where(t, change.new)
             self.conn.execute(sql.SQL("DELETE FROM {t} WHERE {w} AND NOT coalesce(({f}), false)").format(
                 t=t.ident, w=where[0], f=sql.SQL(t.row_filter)), where[1])
+        for ctid in written:
+            self.conn.execute(sql.SQL("DELETE FROM {t} WHERE ctid = %s::tid AND NOT coalesce(({f}), false)").format(
+                t=t.ident, f=sql.SQL(t.row_filter or "true")), [ctid])
 
-    def _insert(self, t: TableTarget, values: list[tuple[str, Value]], *, overwrite: bool) -> None:
+    def _insert(self, t: TableTarget, values: list[tuple[str, Value]], *, overwrite: bool,
+                returning: sql.Composable | None = None) -> list[str]:
         names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in values)
         marks = sql.SQL(", ").join(sql.Placeholder() for _ in values)
         conflict: sql.Composable
@@ -335,8 +355,10 @@ class Applier:
                 sql.SQL(", ").join(map(sql.Identifier, t.key_names)), action)
         else:
             conflict = sql.SQL("")
-        self.conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({}){}").format(t.ident, names, marks, conflict),
-                          [_text(v) for _, v in values])
+        cur = self.conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({}){}{}").format(
+                                    t.ident, names, marks, conflict, returning or sql.SQL("")),
+                                [_text(v) for _, v in values])
+        return [r[0] for r in cur.fetchall()] if cur.description else []
 
     def _where(self, t: TableTarget, values: list[Value]) -> tuple[sql.Composable, list[Any]]:
         if t.key:

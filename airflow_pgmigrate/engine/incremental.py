@@ -186,7 +186,7 @@ class IncrementalSync:
         expected = {mapper.column(name, c) for c in (wanted or [c.name for c in rel.columns])}
         dropped = [c for c in existing if c not in expected and (wanted is None or c in
                                                                  {mapper.column(name, w) for w in wanted})]
-        if dropped and wanted is None:
+        if dropped and wanted is None and not self._added_on_source_later(name, mapper, dropped):
             raise SyncError(f"DDL on the source: {name} no longer has column(s) {', '.join(dropped)} that the "
                             f"destination table {target} has (dropped after the full load?). Incremental sync "
                             "stopped: apply the same change on the destination, then resume")
@@ -207,6 +207,15 @@ class IncrementalSync:
         upsert = bool(row_filter) or self.config.conflicting_tables == "ignore"
         return TableTarget(name, target, columns, key, key_names, upsert, row_filter,
                            start_lsns.get(name.key, start_lsns.get(str(name), 0)))
+
+    def _added_on_source_later(self, name: QualifiedName, mapper: NameMapper, columns: list[str]) -> bool:
+        """Whether the source table has ``columns`` (destination names) now: the relation described changes made
+        before they were added (and the destination got them as the DDL message asked), not a dropped column."""
+        with connect(self.source) as src:
+            now = {mapper.column(name, r[0]) for r in src.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
+                "AND NOT attisdropped AND attgenerated = ''", (sql.Identifier(name.schema, name.name).as_string(src),))}
+        return all(c in now for c in columns)
 
     # -- replication protocol ------------------------------------------------------------------------------------
 
@@ -282,7 +291,10 @@ class IncrementalSync:
                 applied = self._ensure_progress(dst)
                 full_load = self.state.read(dst, "full_load") or {}
             start_lsns = {k: lsn_to_int(v) for k, v in (full_load.get("table_start_lsn") or {}).items() if v}
-            self._selector = TableSelector(config.objects)
+            # The full load's tables (partitions of a selected partitioned table included) are the publication's.
+            planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
+            selector = TableSelector(config.objects)
+            self._selector = lambda name: name in planned or selector(name)
             self._start_lsns = start_lsns
             self._replica_role = self._set_replica_role(dst)
             result = SyncResult(applied_lsn=int_to_lsn(applied), target_lsn=int_to_lsn(target))
@@ -518,15 +530,20 @@ class IncrementalSync:
 
     def _apply_partial(self, dst: psycopg.Connection, applier: Applier, batch: Batch) -> None:
         """Part of a transaction too large to hold: written, not committed (its commit records progress)."""
-        self.throttle.on_bytes(batch.bytes)
-        self.throttle.on_rows(batch.changes)
-        applier.apply(batch)
+        self._write(dst, applier, batch)
 
     def _apply_batch(self, dst: psycopg.Connection, applier: Applier, batch: Batch, end_lsn: int,
                      commit_time: int | None) -> None:
+        self._write(dst, applier, batch)
+        self._record_progress(dst, end_lsn, commit_time)
+        dst.commit()
+
+    def _write(self, dst: psycopg.Connection, applier: Applier, batch: Batch) -> None:
+        """Write a batch set-based inside a savepoint; on failure, roll back to it and replay one by one."""
         self.throttle.on_bytes(batch.bytes)
         self.throttle.on_rows(batch.changes)
         savepoint = "pgm_batch"
+        staging = applier.staging_mark()
         try:
             dst.execute(f"SAVEPOINT {savepoint}")
             applier.apply(batch)
@@ -537,10 +554,10 @@ class IncrementalSync:
         except psycopg.Error as exc:
             # Set-based writes can trip over transient unique conflicts: replay the batch in source order.
             dst.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+            applier.staging_rolled_back(staging)  # staging tables created since the savepoint are gone
             self.log(f"incremental batch replayed one change at a time after: {str(exc).strip()[:200]}")
             applier.replay(batch)
-        self._record_progress(dst, end_lsn, commit_time)
-        dst.commit()
+            dst.execute(f"RELEASE SAVEPOINT {savepoint}")
 
     def new_batch(self) -> Batch:
         return Batch(collapse=self._replica_role)

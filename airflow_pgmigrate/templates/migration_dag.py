@@ -6,23 +6,26 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, chain
+from airflow.sdk import DAG, Param, TriggerRule, chain
 
 from airflow_pgmigrate.config import MigrationConfig
 from airflow_pgmigrate.exceptions import ConfigError
+from airflow_pgmigrate.operators.cutover import CutoverDecisionOperator, CutoverOperator, ReleaseOperator
 from airflow_pgmigrate.operators.full_load import FullLoadOperator
 from airflow_pgmigrate.operators.precheck import PrecheckOperator
 from airflow_pgmigrate.operators.schema import SchemaMigrateOperator
-from airflow_pgmigrate.sensors.incremental import IncrementalSyncSensor
+from airflow_pgmigrate.sensors.incremental import IncrementalSyncSensor, SyncWhileWaitingSensor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TAGS = ["pgmigrate"]
+#: How many times the cutover question can be answered "Keep syncing" before only Cut over and Abort remain.
+APPROVAL_ROUNDS = 3
 
 
 def add_migration_tasks(config: MigrationConfig, dag: DAG) -> dict[str, Any]:
     """Add the migration's steps to ``dag`` (task id -> task), in the DTS order, only those its types need:
-    precheck -> schema_pre_data -> full_load -> schema_post_data -> incremental_sync."""
+    precheck -> schema_pre_data -> full_load -> schema_post_data -> incremental_sync -> cutover (approval)."""
     plain = config.to_dict()
     tasks: dict[str, Any] = {}
     with dag:
@@ -38,6 +41,66 @@ def add_migration_tasks(config: MigrationConfig, dag: DAG) -> dict[str, Any]:
             tasks["incremental_sync"] = IncrementalSyncSensor(task_id="incremental_sync", config=plain,
                                                               retries=3)
         chain(*tasks.values())
+        if config.wants("incremental"):
+            tasks.update(_cutover_tasks(config, plain, tasks["incremental_sync"]))
+    return tasks
+
+
+def _cutover_tasks(config: MigrationConfig, plain: dict[str, Any], synced: Any) -> dict[str, Any]:
+    """Cutover after incremental sync is "not delayed": automatic, or asked in the Airflow UI.
+
+    The question offers Cut over, Keep syncing (ask again after another wait, up to APPROVAL_ROUNDS times) and
+    Abort (release the slot and the publication, leave the destination as it is). While it waits, a sensor beside it
+    keeps the destination in step with the source.
+    """
+    tasks: dict[str, Any] = {}
+    cutover = CutoverOperator(task_id="cutover", config=plain, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    tasks["cutover"] = cutover
+    if config.cutover.approval == "automatic":
+        synced >> cutover
+        return tasks
+    from airflow.providers.standard.operators.hitl import HITLBranchOperator
+
+    release = ReleaseOperator(task_id="release", config=plain, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    tasks["release"] = release
+    previous = synced
+    for round_ in range(1, APPROVAL_ROUNDS + 1):
+        last = round_ == APPROVAL_ROUNDS
+        ask_id = f"cutover_approval_{round_}"
+        options = ["Cut over", "Abort"] if last else ["Cut over", "Keep syncing", "Abort"]
+        go, stop, keep_id = f"cut_over_{round_}", f"abort_{round_}", f"keep_{round_}"
+        mapping = {"Cut over": go, "Abort": stop}
+        if not last:
+            mapping["Keep syncing"] = keep_id
+        ask = HITLBranchOperator(
+            task_id=ask_id,
+            subject=f"Cut over migration {config.name}?",
+            body=(f"Incremental sync of **{config.name}** is not delayed (lag under "
+                  f"{config.incremental.max_lag_seconds} s). Latest lag: "
+                  "{{ ti.xcom_pull(task_ids='" + previous.task_id + "') }}\n\n"
+                  + ("Cutting over freezes the source database, drains, sets sequences and verifies every table."
+                     if config.cutover.freeze_source else
+                     "**Stop writes on the source before answering Cut over**: the answer is your word that writes "
+                     "stopped. The cutover then drains, sets sequences and verifies every table.")),
+            options=options,
+            options_mapping=mapping,
+        )
+        waiting = SyncWhileWaitingSensor(task_id=f"sync_while_waiting_{round_}", config=plain,
+                                         round_number=round_, poke_interval=5)
+        previous >> [ask, waiting]
+        to_cutover = CutoverDecisionOperator(task_id=go, config=plain, decision="cut over", round_number=round_)
+        to_release = CutoverDecisionOperator(task_id=stop, config=plain, decision="abort", round_number=round_)
+        ask >> [to_cutover, to_release]
+        to_cutover >> cutover  # the sensor beside the question stops by itself once the answer is recorded
+        to_release >> release
+        tasks.update({ask_id: ask, waiting.task_id: waiting, go: to_cutover, stop: to_release})
+        if not last:
+            decided = CutoverDecisionOperator(task_id=keep_id, config=plain, decision="keep syncing",
+                                              round_number=round_)
+            keep = IncrementalSyncSensor(task_id=f"keep_syncing_{round_}", config=plain, retries=3)
+            ask >> decided >> keep
+            tasks.update({keep_id: decided, keep.task_id: keep})
+            previous = keep
     return tasks
 
 

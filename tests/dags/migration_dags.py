@@ -49,3 +49,35 @@ for _task in whole_migration.tasks:
     if _task.task_id == "incremental_sync":
         _task.poke_interval = 0.5
         _task.window_seconds = 5
+
+
+def _fast(dag):
+    """Short pokes for tests."""
+    for task in dag.tasks:
+        if hasattr(task, "window_seconds"):
+            task.poke_interval = 0.5
+            task.window_seconds = 3
+    return dag
+
+
+cutover_automatic = _fast(build_migration_dag(
+    MigrationConfig.from_dict(
+        {
+            "name": "it_cut_auto",
+            "source": {"conn_id": "pgm_source"},
+            "destination": {"conn_id": "pgm_destination"},
+            "cutover": {"approval": "automatic", "freeze_source": True, "sequence_offset": 10},
+        }
+    )
+))
+
+cutover_manual = _fast(build_migration_dag(
+    MigrationConfig.from_dict(
+        {
+            "name": "it_cut_manual",
+            "source": {"conn_id": "pgm_source"},
+            "destination": {"conn_id": "pgm_destination"},
+            "cutover": {"approval": "manual", "freeze_source": True},
+        }
+    )
+))

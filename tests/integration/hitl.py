@@ -1,0 +1,76 @@
+"""Answering the cutover question in tests, as the Airflow UI would: a thread that writes the answer."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+_DEBUG = bool(os.environ.get("PGMIGRATE_HITL_DEBUG"))
+
+
+def prepare_orm() -> None:
+    """Load every ORM model in the main thread first: a responder thread doing it concurrently with dag.test()
+    deadlocks on import locks and mapper configuration."""
+    from airflow.models import import_all_models
+
+    import_all_models()
+    import airflow.models.dagrun  # noqa: F401
+    import airflow.models.hitl  # noqa: F401
+    import airflow.models.trigger  # noqa: F401
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()
+
+
+class Responder(threading.Thread):
+    """Answers HITL tasks of one DAG: ``answers`` maps task id -> the option to choose."""
+
+    def __init__(self, dag_id: str, answers: dict[str, str], timeout: float = 240.0) -> None:
+        super().__init__(daemon=True)
+        self.dag_id = dag_id
+        self.answers = dict(answers)
+        self.answered: list[str] = []
+        self.timeout = timeout
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        from airflow.models.dagrun import DagRun
+        from airflow.models.hitl import HITLDetail
+        from airflow.models.taskinstance import TaskInstance as TI
+        from airflow.models.trigger import handle_event_submit
+        from airflow.sdk import timezone
+        from airflow.triggers.base import TriggerEvent
+        from airflow.utils.session import create_session
+        from airflow.utils.state import DagRunState, TaskInstanceState
+        from sqlalchemy import select
+
+        deadline = time.monotonic() + self.timeout
+        while not self._halt.is_set() and time.monotonic() < deadline and self.answers:
+            with create_session() as session:
+                rows = session.execute(
+                    select(TI).join(DagRun, (DagRun.dag_id == TI.dag_id) & (DagRun.run_id == TI.run_id))
+                    .where(TI.dag_id == self.dag_id, TI.task_id.in_(list(self.answers)),
+                           TI.state == TaskInstanceState.AWAITING_INPUT, DagRun.state == DagRunState.RUNNING)
+                ).scalars().all()
+                for ti in rows:
+                    detail = session.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
+                    if detail is None or detail.responded_at is not None:
+                        continue
+                    choice = self.answers.pop(ti.task_id)
+                    detail.chosen_options = [choice]
+                    detail.params_input = {}
+                    detail.responded_at = timezone.utcnow()
+                    detail.responded_by = {"id": "pytest", "name": "pytest"}
+                    handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti,
+                                        session=session)
+                    self.answered.append(f"{ti.task_id}={choice}")
+            if _DEBUG:
+                with create_session() as session:
+                    states = session.execute(select(TI.task_id, TI.state).where(TI.dag_id == self.dag_id)).all()
+                print("responder sees", sorted((t, str(st)) for t, st in states if st is not None), flush=True)
+            time.sleep(0.5)
