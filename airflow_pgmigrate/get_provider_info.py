@@ -25,9 +25,11 @@ def get_provider_info() -> dict[str, Any]:
                 "integration-name": "PgMigrate",
                 "python-modules": [
                     "airflow_pgmigrate.operators.base",
+                    "airflow_pgmigrate.operators.cutover",
                     "airflow_pgmigrate.operators.full_load",
                     "airflow_pgmigrate.operators.precheck",
                     "airflow_pgmigrate.operators.schema",
+                    "airflow_pgmigrate.operators.verify",
                 ],
             }
         ],

@@ -44,6 +44,14 @@ class MigrationTaskMixin:
     def destination_info(self) -> ConnectionInfo:
         return self.destination_hook.connection_info
 
+    def skip_unless_wanted(self, migration_type: str) -> None:
+        """Skip this task when the migration does not include ``migration_type`` (configs given at run time)."""
+        if not self.migration.wants(migration_type):
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"migration {self.migration.name} does not include {migration_type} "
+                                       "migration")
+
 
 class MigrationBaseOperator(MigrationTaskMixin, BaseOperator):
     """Base of the migration operators.

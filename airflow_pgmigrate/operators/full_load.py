@@ -30,6 +30,7 @@ class FullLoadOperator(MigrationBaseOperator):
         self.parallel_jobs = parallel_jobs
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self.skip_unless_wanted("full")
         report = run_full_load(self.migration, self.source_info, self.destination_info, jobs=self.parallel_jobs,
                                log=lambda message: self.log.info("%s", message), metric=self._metric)
         summary = {k: v for k, v in report.items() if k != "plan"}

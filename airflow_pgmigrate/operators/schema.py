@@ -34,6 +34,7 @@ class SchemaMigrateOperator(MigrationBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         if self.phase not in PHASES:
             raise SchemaMigrationError(f"phase must be one of {', '.join(PHASES)}, got {self.phase!r}")
+        self.skip_unless_wanted("schema")
         config = self.migration
         state = MigrationState(self.destination_info, config.state_schema, config.name)
         try:

@@ -38,6 +38,7 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
         self.window_seconds = window_seconds
 
     def poke(self, context: Context) -> PokeReturnValue:
+        self.skip_unless_wanted("incremental")
         config = self.migration
         try:
             result = run_incremental(config, self.source_info, self.destination_info,

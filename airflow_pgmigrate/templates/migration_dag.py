@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, TriggerRule, chain
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain
 
 from airflow_pgmigrate.config import MigrationConfig
 from airflow_pgmigrate.exceptions import ConfigError
@@ -26,23 +26,34 @@ APPROVAL_ROUNDS = 3
 def add_migration_tasks(config: MigrationConfig, dag: DAG) -> dict[str, Any]:
     """Add the migration's steps to ``dag`` (task id -> task), in the DTS order, only those its types need:
     precheck -> schema_pre_data -> full_load -> schema_post_data -> incremental_sync -> cutover (approval)."""
+    with dag:
+        return _migration_tasks(config)
+
+
+def migration_task_group(config: MigrationConfig, group_id: str | None = None) -> TaskGroup:
+    """The migration's steps as a TaskGroup, for your own DAG (call it inside ``with DAG(...)``)."""
+    with TaskGroup(group_id=group_id or f"pgmigrate_{config.name}") as group:
+        _migration_tasks(config)
+    return group
+
+
+def _migration_tasks(config: MigrationConfig) -> dict[str, Any]:
     plain = config.to_dict()
     tasks: dict[str, Any] = {}
-    with dag:
-        tasks["precheck"] = PrecheckOperator(task_id="precheck", config=plain)
-        if config.wants("schema"):
-            tasks["schema_pre_data"] = SchemaMigrateOperator(task_id="schema_pre_data", config=plain, phase="pre_data")
-        if config.wants("full"):
-            tasks["full_load"] = FullLoadOperator(task_id="full_load", config=plain, retries=2)
-        if config.wants("schema"):
-            tasks["schema_post_data"] = SchemaMigrateOperator(task_id="schema_post_data", config=plain,
-                                                              phase="post_data")
-        if config.wants("incremental"):
-            tasks["incremental_sync"] = IncrementalSyncSensor(task_id="incremental_sync", config=plain,
-                                                              retries=3)
-        chain(*tasks.values())
-        if config.wants("incremental"):
-            tasks.update(_cutover_tasks(config, plain, tasks["incremental_sync"]))
+    tasks["precheck"] = PrecheckOperator(task_id="precheck", config=plain)
+    if config.wants("schema"):
+        tasks["schema_pre_data"] = SchemaMigrateOperator(task_id="schema_pre_data", config=plain, phase="pre_data")
+    if config.wants("full"):
+        tasks["full_load"] = FullLoadOperator(task_id="full_load", config=plain, retries=2)
+    if config.wants("schema"):
+        tasks["schema_post_data"] = SchemaMigrateOperator(task_id="schema_post_data", config=plain,
+                                                          phase="post_data")
+    if config.wants("incremental"):
+        tasks["incremental_sync"] = IncrementalSyncSensor(task_id="incremental_sync", config=plain,
+                                                          retries=3)
+    chain(*tasks.values())
+    if config.wants("incremental"):
+        tasks.update(_cutover_tasks(config, plain, tasks["incremental_sync"]))
     return tasks
 
 
@@ -121,6 +132,31 @@ def build_migration_dag(config: MigrationConfig, **dag_kwargs: Any) -> DAG:
     return dag
 
 
+def build_migration_dag_from_file(path: str | Path, **dag_kwargs: Any) -> DAG:
+    """One DAG from one config file; a broken config raises, so Airflow shows an import error naming the file and
+    every bad field. Use it in a small DAG file per migration."""
+    return build_migration_dag(MigrationConfig.from_yaml(path), **dag_kwargs)
+
+
+def broken_config_dag(file: str | Path, error: ConfigError) -> DAG:
+    """A stand-in DAG for a config file that does not validate: its description and its only task show the error.
+
+    The folder template uses it so that one broken file neither hides the other migrations' DAGs nor goes unseen.
+    """
+    stem = "".join(c if c.isalnum() else "_" for c in Path(file).stem.lower())
+    message = str(error)
+    with DAG(dag_id=f"pgmigrate_invalid_{stem}", schedule=None, catchup=False, tags=[*DEFAULT_TAGS, "invalid"],
+             doc_md=f"**The migration config `{file}` is invalid**\n\n```\n{message}\n```") as dag:
+        from airflow.providers.standard.operators.python import PythonOperator
+
+        PythonOperator(task_id="invalid_config", python_callable=_raise_config_error, op_args=[message])
+    return dag
+
+
+def _raise_config_error(message: str) -> None:
+    raise ConfigError([], source=message)
+
+
 def dags_from_folder(folder: str | Path, **dag_kwargs: Any) -> tuple[dict[str, DAG], dict[str, ConfigError]]:
     """Build one DAG per ``*.yaml``/``*.yml`` file in ``folder``: (dag id -> DAG, file -> its config error)."""
     dags: dict[str, DAG] = {}
@@ -139,6 +175,42 @@ def dags_from_folder(folder: str | Path, **dag_kwargs: Any) -> tuple[dict[str, D
             continue
         dags[config.dag_id] = build_migration_dag(config, **dag_kwargs)
     return dags, errors
+
+
+def build_adhoc_dag(dag_id: str = "pgmigrate_adhoc") -> DAG:
+    """A DAG whose trigger form takes a migration config (JSON): precheck, schema, full load, schema post-data and
+    incremental sync until "not delayed". Steps the config's types do not want skip themselves. It stops before the
+    cutover on purpose: cut over from a config-file DAG, where the question is asked in the UI."""
+    config = "{{ params.config }}"
+    with DAG(
+        dag_id=dag_id,
+        schedule=None,
+        catchup=False,
+        tags=DEFAULT_TAGS,
+        render_template_as_native_obj=True,
+        doc_md=build_adhoc_dag.__doc__,
+        params={"config": _config_param()},
+    ) as dag:
+        after = TriggerRule.NONE_FAILED  # a step the config does not want is skipped; the next one still runs
+        chain(
+            PrecheckOperator(task_id="precheck", config=config),
+            SchemaMigrateOperator(task_id="schema_pre_data", config=config, phase="pre_data", trigger_rule=after),
+            FullLoadOperator(task_id="full_load", config=config, retries=2, trigger_rule=after),
+            SchemaMigrateOperator(task_id="schema_post_data", config=config, phase="post_data", trigger_rule=after),
+            IncrementalSyncSensor(task_id="incremental_sync", config=config, retries=3, trigger_rule=after),
+        )
+    return dag
+
+
+def _config_param() -> Param:
+    return Param(
+        {"name": "example", "source": {"conn_id": "pgmigrate_source"},
+         "destination": {"conn_id": "pgmigrate_destination"}},
+        type="object",
+        title="Migration config",
+        description="The migration config as JSON: name, source, destination and the optional sections "
+        "(see docs/configuration.md).",
+    )
 
 
 def build_adhoc_precheck_dag(dag_id: str = "pgmigrate_adhoc_precheck") -> DAG:
@@ -164,4 +236,5 @@ def build_adhoc_precheck_dag(dag_id: str = "pgmigrate_adhoc_precheck") -> DAG:
     return dag
 
 
-__all__ = ["add_migration_tasks", "build_adhoc_precheck_dag", "build_migration_dag", "dags_from_folder"]
+__all__ = ["add_migration_tasks", "broken_config_dag", "build_adhoc_dag", "build_adhoc_precheck_dag",
+           "build_migration_dag", "build_migration_dag_from_file", "dags_from_folder", "migration_task_group"]
