@@ -75,10 +75,10 @@ def test_example_dags_parse_without_errors(monkeypatch):
     monkeypatch.delenv("PGMIGRATE_CONFIG_FOLDER", raising=False)
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
-    assert {"pgmigrate_example_shop", "pgmigrate_adhoc_precheck"} <= set(bag.dag_ids)
+    assert {"pgmigrate_example_shop", "pgmigrate_adhoc_precheck", "pgmigrate_adhoc"} <= set(bag.dag_ids)
     dag = bag.dags["pgmigrate_example_shop"]
-    assert [t.task_id for t in dag.tasks] == ["precheck", "schema_pre_data", "full_load", "schema_post_data",
-                                             "incremental_sync"]
+    assert [t.task_id for t in dag.tasks][:6] == ["precheck", "schema_pre_data", "full_load", "schema_post_data",
+                                                 "incremental_sync", "cutover"]
     assert dag.task_dict["incremental_sync"].mode == "reschedule"
     assert dag.task_dict["full_load"].upstream_task_ids == {"schema_pre_data"}
     assert dag.task_dict["schema_post_data"].upstream_task_ids == {"full_load"}
