@@ -7,7 +7,8 @@ from airflow_pgmigrate.templates.migration_dag import build_migration_dag
 
 precheck_only = build_migration_dag(
     MigrationConfig.from_dict(
-        {"name": "it_precheck", "source": {"conn_id": "pgm_source"}, "destination": {"conn_id": "pgm_destination"}}
+        {"name": "it_precheck", "source": {"conn_id": "pgm_source"}, "destination": {"conn_id": "pgm_destination"},
+         "cutover": {"approval": "automatic"}}
     )
 )
 
@@ -19,6 +20,7 @@ precheck_with_rds = build_migration_dag(
             "destination": {"conn_id": "pgm_destination"},
             "rds": {"db_instance_identifier": "shop-prod", "region": "us-east-1",
                     "worker_cidrs": ["203.0.113.0/24"], "manage_security_group": True},
+            "migration_types": ["schema", "full"],
         }
     )
 )
@@ -42,13 +44,10 @@ whole_migration = build_migration_dag(
             "source": {"conn_id": "pgm_source"},
             "destination": {"conn_id": "pgm_destination"},
             "mapping": {"tables": {"public.orders": "orders_v2"}},
+            "cutover": {"approval": "automatic"},
         }
     )
 )
-for _task in whole_migration.tasks:
-    if _task.task_id == "incremental_sync":
-        _task.poke_interval = 0.5
-        _task.window_seconds = 5
 
 
 def _fast(dag):
@@ -81,3 +80,6 @@ cutover_manual = _fast(build_migration_dag(
         }
     )
 ))
+
+for _dag in (precheck_only, precheck_with_rds, schema_only, whole_migration):
+    _fast(_dag)
