@@ -393,13 +393,11 @@ class FullLoad:
             self._drain(spq)
             raise errors.error_from_result(result, encoding="utf-8") if result is not None else FullLoadError(
                 "COPY TO did not start")
-        dpq.send_query(into.as_bytes(dst))
-        result = dpq.get_result()
-        if result is None or result.status != pq.ExecStatus.COPY_IN:
-            self._drain(dpq)
+        try:
+            self._start_copy_in(dst, into)
+        except BaseException:
             self._cancel(spq)
-            raise errors.error_from_result(result, encoding="utf-8") if result is not None else FullLoadError(
-                "COPY FROM did not start")
+            raise
         copied = counted = 0
         buffer = bytearray()
         throttle = self.throttle
@@ -430,12 +428,30 @@ class FullLoad:
             dpq.put_copy_end(b"source failed")
             self._drain(dpq)
             raise errors.error_from_result(end, encoding="utf-8")
+        return copied, counted, self._finish_copy_in(dpq)
+
+    def _start_copy_in(self, dst: psycopg.Connection, into: sql.Composable) -> None:
+        """Send ``COPY ... FROM STDIN`` on the destination and check that it started."""
+        from psycopg import errors, pq
+
+        dpq = dst.pgconn
+        dpq.send_query(into.as_bytes(dst))
+        result = dpq.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_IN:
+            self._drain(dpq)
+            raise errors.error_from_result(result, encoding="utf-8") if result is not None else FullLoadError(
+                "COPY FROM did not start")
+
+    def _finish_copy_in(self, dpq: Any) -> int:
+        """End the destination's COPY; return the rows it reports."""
+        from psycopg import errors, pq
+
         dpq.put_copy_end()
         done = self._drain(dpq)
         if done is None or done.status != pq.ExecStatus.COMMAND_OK:
             raise errors.error_from_result(done, encoding="utf-8") if done is not None else FullLoadError(
                 "COPY FROM did not finish")
-        return copied, counted, int(done.command_tuples or 0)
+        return int(done.command_tuples or 0)
 
     def _stream_psql(self, snapshot: str, dst: psycopg.Connection, copy_out: sql.Composable, into: sql.Composable,
                      counter: BinaryRowCounter | None) -> tuple[int, int, int]:
@@ -444,7 +460,6 @@ class FullLoad:
         psql imports the snapshot in its own transaction; its output is the COPY data alone (``-q`` prints no
         command tags). Python only moves 256 kB blocks.
         """
-        from psycopg import errors, pq
 
         info = self.source
         assert self._psql is not None
@@ -454,12 +469,7 @@ class FullLoad:
                    "-c", f"SET TRANSACTION SNAPSHOT {sql.Literal(snapshot).as_string(None)}",
                    "-c", copy_out.as_string(None), "-c", "COMMIT"]
         dpq = dst.pgconn
-        dpq.send_query(into.as_bytes(dst))
-        result = dpq.get_result()
-        if result is None or result.status != pq.ExecStatus.COPY_IN:
-            self._drain(dpq)
-            raise errors.error_from_result(result, encoding="utf-8") if result is not None else FullLoadError(
-                "COPY FROM did not start")
+        self._start_copy_in(dst, into)
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env(info),
                                 bufsize=0)
         assert proc.stdout is not None and proc.stderr is not None
@@ -490,12 +500,7 @@ class FullLoad:
             dpq.put_copy_end(b"copy aborted")
             self._drain(dpq)
             raise
-        dpq.put_copy_end()
-        done = self._drain(dpq)
-        if done is None or done.status != pq.ExecStatus.COMMAND_OK:
-            raise errors.error_from_result(done, encoding="utf-8") if done is not None else FullLoadError(
-                "COPY FROM did not finish")
-        return copied, counted, int(done.command_tuples or 0)
+        return copied, counted, self._finish_copy_in(dpq)
 
     def _flush(self, dpq: Any, buffer: bytearray, counter: BinaryRowCounter | None, throttle: Throttle) -> int:
         rows = 0

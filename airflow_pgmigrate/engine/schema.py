@@ -906,21 +906,30 @@ def _record(report: SchemaReport, item: PlannedEntry) -> None:
     report.objects.append(str(item.entry))
 
 
-def _run_in_one_transaction(destination: ConnectionInfo, preamble: str, todo: list[PlannedEntry],
-                            report: SchemaReport, log: Callable[[str], None]) -> None:
+def _in_one_transaction(destination: ConnectionInfo, preamble: str, items: list[PlannedEntry],
+                        report: SchemaReport) -> None:
+    """Execute entries in one destination transaction: all of them, or (on the first error) none."""
     with connect(destination, autocommit=False) as conn:
         conn.execute(preamble)
         try:
-            for item in todo:
+            for item in items:
                 _execute_entry(conn, item)
                 _record(report, item)
-        except SchemaMigrationError as exc:
+        except SchemaMigrationError:
             conn.rollback()
-            report.created.clear()
-            report.objects.clear()
-            raise SchemaMigrationError(f"{exc}\nthe phase was rolled back: the destination is as it was",
-                                       report.to_dict()) from None
+            raise
         conn.commit()
+
+
+def _run_in_one_transaction(destination: ConnectionInfo, preamble: str, todo: list[PlannedEntry],
+                            report: SchemaReport, log: Callable[[str], None]) -> None:
+    try:
+        _in_one_transaction(destination, preamble, todo, report)
+    except SchemaMigrationError as exc:
+        report.created.clear()
+        report.objects.clear()
+        raise SchemaMigrationError(f"{exc}\nthe phase was rolled back: the destination is as it was",
+                                   report.to_dict()) from None
     for kind, count in sorted(report.created.items()):
         log(f"schema created type={kind} count={count}")
 
@@ -965,17 +974,11 @@ def _run_post_data(destination: ConnectionInfo, preamble: str, todo: list[Planne
         if error:
             raise SchemaMigrationError(error, report.to_dict())
         _record(report, item)
-    with connect(destination, autocommit=False) as conn:
-        conn.execute(preamble)
-        try:
-            for item in rest:
-                _execute_entry(conn, item)
-                _record(report, item)
-        except SchemaMigrationError as exc:
-            conn.rollback()
-            raise SchemaMigrationError(f"{exc}\ntriggers, foreign keys and the rest were rolled back",
-                                       report.to_dict()) from None
-        conn.commit()
+    try:
+        _in_one_transaction(destination, preamble, rest, report)
+    except SchemaMigrationError as exc:
+        raise SchemaMigrationError(f"{exc}\ntriggers, foreign keys and the rest were rolled back",
+                                   report.to_dict()) from None
 
 
 def _refresh_materialized_views(destination: ConnectionInfo, src: SourceSchema, config: MigrationConfig,
