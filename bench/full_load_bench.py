@@ -23,19 +23,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from common import (
+    MB,
+    BenchError,
+    checkpoint,
+    client_env,
+    fresh_database,
+    ident,
+    install_signal_handlers,
+    log_fn,
+    pgbench_args,
+    pgbench_env,
+    pipe_schema,
+    redact,
+    run_in_child,
+    run_tool,
+    stop_servers,
+    tool,
+    workdir_base,
+)
 from psycopg import sql
 
 from airflow_pgmigrate.config import MigrationConfig
@@ -46,7 +62,6 @@ from airflow_pgmigrate.testing.local_postgres import SOURCE_SETTINGS, LocalPostg
 
 SOURCE_DB = "bench"
 MIGRATION = "bench"
-MB = 1048576
 TOAST_PIECES = 640  # 640 md5 hex strings of 32 characters: ~20 KB per row, random hex that pglz barely shrinks
 USER_TABLES = """
     SELECT n.nspname, c.relname, pg_table_size(c.oid)
@@ -57,35 +72,7 @@ USER_TABLES = """
 """
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 # -- helpers --------------------------------------------------------------------------------------------------------
-
-
-def client_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update({"PGCONNECT_TIMEOUT": "10", "LC_ALL": "C.UTF-8"})
-    return env
-
-
-def redact(text: str, server: LocalPostgres) -> str:
-    return text.replace(server.password, "***")
-
-
-def run_tool(args: list[str], server: LocalPostgres, what: str, env: dict[str, str] | None = None) -> None:
-    result = subprocess.run(args, env=env or client_env(), capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BenchError(f"{what} failed (exit {result.returncode}): {redact(result.stderr.strip(), server)[-2000:]}")
-
-
-def tool(server: LocalPostgres, name: str) -> str:
-    return str(server.bindir / name)
 
 
 def user_tables(server: LocalPostgres, db: str) -> list[tuple[str, str, int]]:
@@ -96,25 +83,14 @@ def qualified(schema: str, table: str) -> str:
     return sql.Identifier(schema, table).as_string(None)
 
 
-def fresh_database(server: LocalPostgres, db: str) -> None:
-    server.drop_database(db)
-    server.create_database(db)
-
-
-def checkpoint(*servers: LocalPostgres) -> None:
-    for server in servers:
-        server.execute("CHECKPOINT")
-
-
 # -- dataset --------------------------------------------------------------------------------------------------------
 
 
 def build_dataset(source: LocalPostgres, scale: int) -> None:
     fresh_database(source, SOURCE_DB)
     started = time.monotonic()
-    env = {**client_env(), "PGPASSWORD": source.password}
-    run_tool([tool(source, "pgbench"), "-i", "-q", "-s", str(scale), "-h", "127.0.0.1", "-p", str(source.port),
-              "-U", "postgres", SOURCE_DB], source, "pgbench -i", env)
+    run_tool([*pgbench_args(source), "-i", "-q", "-s", str(scale), SOURCE_DB], source, "pgbench -i",
+             pgbench_env(source))
     wide_rows = max(10_000, 1_000_000 * scale // 100)
     toast_rows = max(500, 20_000 * scale // 100)
     source.execute("""
@@ -167,7 +143,7 @@ def _full_load_child(config: dict[str, Any], source: ConnectionInfo, destination
                      conn: Any) -> None:
     """Runs in a spawned process: the full load alone, so that its peak memory is this process's."""
     try:
-        log = (lambda message: print(f"  {message}", flush=True)) if verbose else (lambda message: None)
+        log = log_fn(verbose)
         started = time.monotonic()
         report = run_full_load(MigrationConfig.from_dict(config), source, destination, log=log)
         seconds = time.monotonic() - started
@@ -188,25 +164,10 @@ def run_ours(source: LocalPostgres, destination: LocalPostgres, db: str, jobs: i
                    "full_load": {"parallel_jobs": jobs}, "schema_migration": {"index_jobs": jobs}}
     config = MigrationConfig.from_dict(config_dict)
     src, dst = source.info(SOURCE_DB), destination.info(db)
-    log = (lambda message: print(f"  {message}", flush=True)) if verbose else (lambda message: None)
+    log = log_fn(verbose)
     migrate_schema(config, src, dst, "pre_data", log=log)
     checkpoint(source, destination)
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_full_load_child, args=(config_dict, src, dst, verbose, sender),
-                            name="full-load-bench")
-    started = time.monotonic()
-    child.start()
-    sender.close()
-    try:
-        result = receiver.recv()
-        child.join()
-    except (EOFError, KeyboardInterrupt):
-        if child.is_alive():
-            child.terminate()
-            child.join(10)
-        raise
-    wall = time.monotonic() - started
+    result, wall = run_in_child(_full_load_child, (config_dict, src, dst, verbose), "full-load-bench")
     if "error" in result:
         raise BenchError(f"our full load failed: {redact(result['error'], source)}")
     children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -215,16 +176,12 @@ def run_ours(source: LocalPostgres, destination: LocalPostgres, db: str, jobs: i
     post = time.monotonic() - started
     if with_slot:
         source.execute("SELECT pg_drop_replication_slot(%s)", SOURCE_DB, (config.slot_name,))
-        source.execute(f"DROP PUBLICATION IF EXISTS {qualified_name(config.publication_name)}", SOURCE_DB)
+        source.execute(f"DROP PUBLICATION IF EXISTS {ident(config.publication_name)}", SOURCE_DB)
     return {"copy_s": result["seconds"], "post_data_s": post, "total_s": result["seconds"] + post,
             "child_wall_s": wall, "spawn_overhead_s": wall - result["seconds"], "rows": result["rows"],
             "copied_MB": result["bytes"] / MB, "engine_mb_per_second": result["engine_mb_per_second"],
             "peak_worker_MB": result["maxrss_kb"] / 1024, "rusage_children_max_MB": children_kb / 1024,
             "with_slot": with_slot}
-
-
-def qualified_name(name: str) -> str:
-    return sql.Identifier(name).as_string(None)
 
 
 # -- b. psql pipe ---------------------------------------------------------------------------------------------------
@@ -252,18 +209,8 @@ def _pipe_table(source: LocalPostgres, destination: LocalPostgres, db: str, sche
 
 def run_pipe(source: LocalPostgres, destination: LocalPostgres, db: str, workdir: Path, jobs: int,
              tables: list[tuple[str, str, int]]) -> dict[str, Any]:
-    env = client_env()
-    dump = subprocess.Popen([tool(source, "pg_dump"), "--schema-only", "--section=pre-data", "-d",
-                             source.uri(SOURCE_DB)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    load = subprocess.run([tool(source, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", destination.uri(db)],
-                          stdin=dump.stdout, capture_output=True, env=env)
-    assert dump.stdout is not None
-    dump.stdout.close()
-    dump_err = dump.stderr.read() if dump.stderr else b""
-    dump.wait()
-    if dump.returncode or load.returncode:
-        raise BenchError("pre-data for the pipe failed: "
-                         + redact((dump_err + load.stderr).decode(errors="replace").strip(), source))
+    pipe_schema(source, [tool(source, "pg_dump"), "--schema-only", "--section=pre-data", "-d", source.uri(SOURCE_DB)],
+                destination.uri(db), "pre-data for the pipe")
     post_file = workdir / "post-data.dump"
     run_tool([tool(source, "pg_dump"), "-Fc", "--schema-only", "--section=post-data", "-f", str(post_file),
               "-d", source.uri(SOURCE_DB)], source, "pg_dump post-data")
@@ -328,16 +275,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.reuse and not args.workdir:
         parser.error("--reuse needs --workdir")
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (cmd &)
-    signal.signal(signal.SIGTERM, _interrupt)
+    install_signal_handlers()
 
-    keep = bool(args.workdir)
-    if keep:
-        base = Path(args.workdir).resolve()
-        base.mkdir(parents=True, exist_ok=True)
-    else:
-        base = Path(tempfile.mkdtemp(prefix="pgmigrate-flbench-"))
-    base.chmod(0o755)  # the servers run as an unprivileged user when we are root
+    base, keep = workdir_base(args.workdir, "pgmigrate-flbench-")
     source = LocalPostgres(base / "source", major=args.major, settings=SOURCE_SETTINGS)
     destination = LocalPostgres(base / "destination", major=args.major)
     marker = base / "dataset.json"
@@ -401,14 +341,7 @@ def main() -> int:
         print(f"bench: FAILED {exc}", file=sys.stderr, flush=True)
         failed = True
     finally:
-        if keep:
-            source.stop()
-            destination.stop()
-            print(f"bench: servers stopped, data kept in {base}", flush=True)
-        else:
-            source.destroy()
-            destination.destroy()
-            shutil.rmtree(base, ignore_errors=True)
+        stop_servers(base, keep, source, destination)
     return 1 if failed else 0
 
 

@@ -31,19 +31,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import re
 import resource
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+from common import (
+    MB,
+    BenchError,
+    checkpoint,
+    fresh_database,
+    ident,
+    install_signal_handlers,
+    log_fn,
+    pgbench_args,
+    pgbench_env,
+    pipe_schema,
+    redact,
+    run_in_child,
+    run_tool,
+    stop_servers,
+    tool,
+    workdir_base,
+)
 from psycopg import sql
 
 from airflow_pgmigrate.config import MigrationConfig
@@ -58,7 +70,6 @@ OURS_DB = "ours"
 NATIVE_DB = "native"
 MIGRATION = "bench_incremental"
 NATIVE = "bench_native"  # the subscription, its slot and its publication
-MB = 1048576
 #: The four pgbench tables and the key each is ordered by for the checksum.
 TABLES = {"public.pgbench_accounts": "aid", "public.pgbench_branches": "bid", "public.pgbench_tellers": "tid",
           "public.pgbench_history": "hid"}
@@ -69,50 +80,12 @@ MAX_CALLS = 100
 POLL_SECONDS = 0.2
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 # -- helpers --------------------------------------------------------------------------------------------------------
-
-
-def client_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update({"PGCONNECT_TIMEOUT": "10", "LC_ALL": "C.UTF-8"})
-    return env
-
-
-def redact(text: str, server: LocalPostgres) -> str:
-    return text.replace(server.password, "***")
-
-
-def tool(server: LocalPostgres, name: str) -> str:
-    return str(server.bindir / name)
-
-
-def run_tool(args: list[str], server: LocalPostgres, what: str,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(args, env=env or client_env(), capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BenchError(f"{what} failed (exit {result.returncode}): {redact(result.stderr.strip(), server)[-2000:]}")
-    return result
-
-
-def pgbench_args(source: LocalPostgres) -> list[str]:
-    return [tool(source, "pgbench"), "-h", "127.0.0.1", "-p", str(source.port), "-U", "postgres"]
 
 
 def qualified(key: str) -> str:
     schema, table = key.split(".", 1)
     return sql.Identifier(schema, table).as_string(None)
-
-
-def ident(name: str) -> str:
-    return sql.Identifier(name).as_string(None)
 
 
 def current_lsn(source: LocalPostgres) -> str:
@@ -121,20 +94,6 @@ def current_lsn(source: LocalPostgres) -> str:
 
 def lsn_diff(source: LocalPostgres, a: str, b: str) -> int:
     return int(source.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint", SOURCE_DB, (a, b))[0][0])
-
-
-def checkpoint(*servers: LocalPostgres) -> None:
-    for server in servers:
-        server.execute("CHECKPOINT")
-
-
-def fresh_database(server: LocalPostgres, db: str) -> None:
-    server.drop_database(db)
-    server.create_database(db)
-
-
-def log_fn(verbose: bool) -> Any:
-    return (lambda message: print(f"  {message}", flush=True)) if verbose else (lambda message: None)
 
 
 def make_config() -> dict[str, Any]:
@@ -146,11 +105,10 @@ def make_config() -> dict[str, Any]:
 
 
 def build_dataset(source: LocalPostgres, scale: int) -> None:
-    source.drop_database(SOURCE_DB)
-    source.create_database(SOURCE_DB)
+    fresh_database(source, SOURCE_DB)
     started = time.monotonic()
-    env = {**client_env(), "PGPASSWORD": source.password}
-    run_tool([*pgbench_args(source), "-i", "-q", "-s", str(scale), SOURCE_DB], source, "pgbench -i", env)
+    run_tool([*pgbench_args(source), "-i", "-q", "-s", str(scale), SOURCE_DB], source, "pgbench -i",
+             pgbench_env(source))
     source.execute("ALTER TABLE public.pgbench_history ADD COLUMN hid bigserial PRIMARY KEY", SOURCE_DB)
     source.execute("VACUUM ANALYZE", SOURCE_DB)
     checkpoint(source)
@@ -187,8 +145,7 @@ def drop_native(source: LocalPostgres, destination: LocalPostgres) -> None:
 
 def drop_ours(source: LocalPostgres, verbose: bool) -> None:
     if source.execute("SELECT 1 FROM pg_database WHERE datname = %s", "postgres", (SOURCE_DB,)):
-        release(MigrationConfig.from_dict(make_config()), source.info(SOURCE_DB),
-                log=log_fn(True) if verbose else (lambda message: None))
+        release(MigrationConfig.from_dict(make_config()), source.info(SOURCE_DB), log=log_fn(verbose))
 
 
 # -- a. ours --------------------------------------------------------------------------------------------------------
@@ -248,23 +205,8 @@ def _catch_up_child(config: dict[str, Any], source: ConnectionInfo, destination:
 
 
 def time_ours(source: LocalPostgres, destination: LocalPostgres, target_lsn: str, verbose: bool) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_catch_up_child,
-                            args=(make_config(), source.info(SOURCE_DB), destination.info(OURS_DB), target_lsn,
-                                  verbose, sender), name="incremental-bench")
-    started = time.monotonic()
-    child.start()
-    sender.close()
-    try:
-        result = receiver.recv()
-        child.join()
-    except (EOFError, KeyboardInterrupt):
-        if child.is_alive():
-            child.terminate()
-            child.join(10)
-        raise
-    wall = time.monotonic() - started
+    result, wall = run_in_child(_catch_up_child, (make_config(), source.info(SOURCE_DB), destination.info(OURS_DB),
+                                                  target_lsn, verbose), "incremental-bench")
     if "error" in result:
         raise BenchError(f"our catch-up failed: {redact(result['error'], source)}")
     if not result["caught_up"]:
@@ -278,22 +220,12 @@ def time_ours(source: LocalPostgres, destination: LocalPostgres, target_lsn: str
 
 
 def setup_native(source: LocalPostgres, destination: LocalPostgres, timeout: float) -> dict[str, Any]:
-    env = client_env()
     started = time.monotonic()
     dump_args = [tool(source, "pg_dump"), "--schema-only", "--no-publications", "--no-subscriptions"]
     for key in TABLES:
         dump_args += ["-t", qualified(key)]
-    dump = subprocess.Popen([*dump_args, "-d", source.uri(SOURCE_DB)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-    load = subprocess.run([tool(source, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d",
-                           destination.uri(NATIVE_DB)], stdin=dump.stdout, capture_output=True, env=env)
-    assert dump.stdout is not None
-    dump.stdout.close()
-    dump_err = dump.stderr.read() if dump.stderr else b""
-    dump.wait()
-    if dump.returncode or load.returncode:
-        raise BenchError("schema for the native subscription failed: "
-                         + redact((dump_err + load.stderr).decode(errors="replace").strip(), source))
+    pipe_schema(source, [*dump_args, "-d", source.uri(SOURCE_DB)], destination.uri(NATIVE_DB),
+                "schema for the native subscription")
     tables = ", ".join(qualified(key) for key in TABLES)
     source.execute(f"CREATE PUBLICATION {ident(NATIVE)} FOR TABLE {tables}", SOURCE_DB)
     destination.execute(sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true)").format(
@@ -348,7 +280,7 @@ def time_native(source: LocalPostgres, destination: LocalPostgres, target_lsn: s
 
 
 def build_backlog(source: LocalPostgres, clients: int, seconds: int) -> dict[str, Any]:
-    env = {**client_env(), "PGPASSWORD": source.password}
+    env = pgbench_env(source)
     before = current_lsn(source)
     started = time.monotonic()
     result = run_tool([*pgbench_args(source), "-c", str(clients), "-j", str(min(2, clients)), "-T", str(seconds),
@@ -418,16 +350,9 @@ def main() -> int:
     if args.reuse and not args.workdir:
         parser.error("--reuse needs --workdir")
     timeout = args.timeout or max(600.0, 30.0 * args.seconds)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (cmd &)
-    signal.signal(signal.SIGTERM, _interrupt)
+    install_signal_handlers()
 
-    keep = bool(args.workdir)
-    if keep:
-        base = Path(args.workdir).resolve()
-        base.mkdir(parents=True, exist_ok=True)
-    else:
-        base = Path(tempfile.mkdtemp(prefix="pgmigrate-incbench-"))
-    base.chmod(0o755)  # the servers run as an unprivileged user when we are root
+    base, keep = workdir_base(args.workdir, "pgmigrate-incbench-")
     source = LocalPostgres(base / "source", major=args.major, settings=SOURCE_SETTINGS)
     destination = LocalPostgres(base / "destination", major=args.major)
     marker = base / "dataset.json"
@@ -516,14 +441,7 @@ def main() -> int:
                     destination.drop_database(NATIVE_DB)
             except Exception as exc:  # noqa: BLE001 - the servers are stopped below either way
                 print(f"bench: cleanup failed: {redact(str(exc), source)}", file=sys.stderr, flush=True)
-        if keep:
-            source.stop()
-            destination.stop()
-            print(f"bench: servers stopped, data kept in {base}", flush=True)
-        else:
-            source.destroy()
-            destination.destroy()
-            shutil.rmtree(base, ignore_errors=True)
+        stop_servers(base, keep, source, destination)
     return 1 if failed else 0
 
 

@@ -1,0 +1,148 @@
+"""Helpers shared by the benchmarks: client programs, servers, cleanup."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+from airflow_pgmigrate.testing.local_postgres import LocalPostgres
+
+MB = 1048576
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (cmd &)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+# -- client programs ------------------------------------------------------------------------------------------------
+
+
+def client_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({"PGCONNECT_TIMEOUT": "10", "LC_ALL": "C.UTF-8"})
+    return env
+
+
+def redact(text: str, server: LocalPostgres) -> str:
+    return text.replace(server.password, "***")
+
+
+def tool(server: LocalPostgres, name: str) -> str:
+    return str(server.bindir / name)
+
+
+def run_tool(args: list[str], server: LocalPostgres, what: str,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, env=env or client_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchError(f"{what} failed (exit {result.returncode}): {redact(result.stderr.strip(), server)[-2000:]}")
+    return result
+
+
+def pgbench_args(source: LocalPostgres) -> list[str]:
+    return [tool(source, "pgbench"), "-h", "127.0.0.1", "-p", str(source.port), "-U", "postgres"]
+
+
+def pgbench_env(source: LocalPostgres) -> dict[str, str]:
+    return {**client_env(), "PGPASSWORD": source.password}
+
+
+def pipe_schema(source: LocalPostgres, dump_args: list[str], destination_uri: str, what: str) -> None:
+    """``pg_dump <dump_args>`` piped into psql on ``destination_uri``; BenchError ``<what> failed`` if either fails."""
+    env = client_env()
+    dump = subprocess.Popen(dump_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    load = subprocess.run([tool(source, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", destination_uri],
+                          stdin=dump.stdout, capture_output=True, env=env)
+    assert dump.stdout is not None
+    dump.stdout.close()
+    dump_err = dump.stderr.read() if dump.stderr else b""
+    dump.wait()
+    if dump.returncode or load.returncode:
+        raise BenchError(f"{what} failed: "
+                         + redact((dump_err + load.stderr).decode(errors="replace").strip(), source))
+
+
+def ident(name: str) -> str:
+    return sql.Identifier(name).as_string(None)
+
+
+def log_fn(verbose: bool) -> Callable[[str], None]:
+    return (lambda message: print(f"  {message}", flush=True)) if verbose else (lambda message: None)
+
+
+def run_in_child(target: Callable[..., None], args: tuple[Any, ...], name: str) -> tuple[dict[str, Any], float]:
+    """Run ``target(*args, conn)`` in a spawned process; return what it sent over ``conn`` and the wall seconds."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=target, args=(*args, sender), name=name)
+    started = time.monotonic()
+    child.start()
+    sender.close()
+    try:
+        result = receiver.recv()
+        child.join()
+    except (EOFError, KeyboardInterrupt):
+        if child.is_alive():
+            child.terminate()
+            child.join(10)
+        raise
+    return result, time.monotonic() - started
+
+
+# -- servers --------------------------------------------------------------------------------------------------------
+
+
+def checkpoint(*servers: LocalPostgres) -> None:
+    for server in servers:
+        server.execute("CHECKPOINT")
+
+
+def fresh_database(server: LocalPostgres, db: str) -> None:
+    server.drop_database(db)
+    server.create_database(db)
+
+
+def workdir_base(workdir: str | None, prefix: str) -> tuple[Path, bool]:
+    """The folder of the servers and whether to keep it: ``workdir`` if given, else a new temporary folder."""
+    keep = bool(workdir)
+    if workdir:
+        base = Path(workdir).resolve()
+        base.mkdir(parents=True, exist_ok=True)
+    else:
+        base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)  # the servers run as an unprivileged user when we are root
+    return base, keep
+
+
+# -- cleanup --------------------------------------------------------------------------------------------------------
+
+
+def stop_servers(base: Path, keep: bool, *servers: LocalPostgres) -> None:
+    """Stop the servers and keep their data (``keep``), or destroy them and remove ``base``."""
+    if keep:
+        for server in servers:
+            server.stop()
+        print(f"bench: servers stopped, data kept in {base}", flush=True)
+    else:
+        for server in servers:
+            server.destroy()
+        shutil.rmtree(base, ignore_errors=True)
