@@ -58,7 +58,10 @@ class TableTarget:
         return sql.Identifier(self.target.schema, self.target.name)
 
     def key_of(self, values: list[Value]) -> tuple[Value, ...]:
-        return tuple(values[i] for i in self.key)
+        key = self.key
+        if len(key) == 1:
+            return (values[key[0]],)
+        return tuple([values[i] for i in key])
 
 
 @dataclass
