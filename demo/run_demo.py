@@ -162,6 +162,9 @@ def verify(config_path: Path, source, destination) -> int:  # noqa: ANN001 - Loc
 def run_ui(source) -> int:  # noqa: ANN001 - a LocalPostgres server
     """Airflow with its UI on http://localhost:8080; a write load runs until Ctrl-C."""
     os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
+    os.environ["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "False"
+    # airflow standalone starts its components as `airflow ...` commands: the virtualenv's bin must be on PATH.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     writer = WriteLoad(source.info("shop"))
     writer.start()
     print("demo: starting Airflow (airflow standalone) on http://localhost:8080 ...\n"
