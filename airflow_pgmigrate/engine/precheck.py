@@ -52,7 +52,6 @@ CHECK_NAMES: tuple[str, ...] = (
     "rds_public_access",
     "rds_security_group",
 )
-RDS_CHECKS = ("rds_instance", "rds_logical_replication", "rds_public_access", "rds_security_group")
 
 
 def _q(name: QualifiedName) -> str:
@@ -668,4 +667,4 @@ def run_precheck(
     return report
 
 
-__all__ = ["CHECK_NAMES", "PrecheckContext", "RDS_CHECKS", "run_precheck"]
+__all__ = ["CHECK_NAMES", "PrecheckContext", "run_precheck"]

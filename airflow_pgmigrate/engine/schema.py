@@ -26,7 +26,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
-from airflow_pgmigrate.engine.pgdump import DumpEntry, PgDump, find_pg_dump, run_pg_dump, split_dump
+from airflow_pgmigrate.engine.pgdump import DumpEntry, find_pg_dump, run_pg_dump, split_dump
 from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -1033,10 +1033,5 @@ def actual_definitions(config: MigrationConfig, destination: ConnectionInfo, sch
     return sorted(out)
 
 
-def pg_dump_for(source_major: int) -> PgDump:
-    """The pg_dump the schema migration would use for a source of this major version."""
-    return find_pg_dump(source_major)
-
-
 __all__ = ["PHASES", "SchemaMigrationError", "SchemaReport", "actual_definitions", "expected_definitions",
-           "migrate_schema", "normalize_sql", "pg_dump_for", "read_source_schema"]
+           "migrate_schema", "normalize_sql", "read_source_schema"]

@@ -222,15 +222,7 @@ def build_adhoc_precheck_dag(dag_id: str = "pgmigrate_adhoc_precheck") -> DAG:
         tags=DEFAULT_TAGS,
         render_template_as_native_obj=True,
         doc_md="Run the precheck of a migration given in the trigger form (see docs/configuration.md).",
-        params={
-            "config": Param(
-                {"name": "example", "source": {"conn_id": "pgmigrate_source"},
-                 "destination": {"conn_id": "pgmigrate_destination"}},
-                type="object",
-                title="Migration config",
-                description="The migration config as JSON: name, source, destination and the optional sections.",
-            )
-        },
+        params={"config": _config_param()},
     ) as dag:
         PrecheckOperator(task_id="precheck", config="{{ params.config }}")
     return dag
