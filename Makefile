@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv lint test test-fast demo demo-ui clean
+.PHONY: venv lint test test-fast test-faults demo demo-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ lint: venv
 # The whole suite: lint, type check, unit tests, and integration tests against real PostgreSQL servers and Airflow.
 test: lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# Only the fault-injection, abuse and security suite (also part of `make test`).
+test-faults: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m hardening
 
 test-fast: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m "not integration"
