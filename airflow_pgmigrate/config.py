@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from airflow_pgmigrate.engine.names import QualifiedName, parse_qualified_name
+from airflow_pgmigrate.engine.secrets import has_credentials
 from airflow_pgmigrate.engine.sqlfilter import normalize_row_filter
 from airflow_pgmigrate.exceptions import ConfigError, Problem
 
@@ -28,6 +29,8 @@ ConflictMode = Literal["error", "ignore"]
 ApprovalMode = Literal["manual", "automatic"]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+#: Airflow's rule for connection ids.
+CONN_ID_RE = re.compile(r"^[\w.-]+$")
 MAX_IDENTIFIER_BYTES = 63
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -47,6 +50,11 @@ def parse_size(value: int | str) -> int:
     number, unit = match.groups()
     factor = _SIZE_UNITS[(unit or "").lower()[:1]]
     return int(float(number) * factor)
+
+
+def _looks_like_a_uri(value: str) -> bool:
+    """A connection URI or libpq connection string where a name belongs (it may carry a password)."""
+    return "://" in value or has_credentials(value) or bool(re.search(r"\b(host|user|password)\s*=", value))
 
 
 def _problem(errors: list[Problem], name: str, message: str, fix: str = "") -> None:
@@ -98,8 +106,19 @@ class Endpoint(_Validated):
         conn_id = values.get("conn_id")
         if isinstance(conn_id, str) and not conn_id.strip():
             _problem(errors, "conn_id", "the connection id is empty", "name an Airflow connection of type postgres")
+        elif isinstance(conn_id, str) and _looks_like_a_uri(conn_id):
+            _problem(errors, "conn_id", "holds a connection URI (not shown: it may contain a password), not an "
+                     "Airflow connection id", "create an Airflow connection with these settings (its password stays "
+                     "in Airflow's secrets) and put its id here; never write a password into a migration config")
+        elif isinstance(conn_id, str) and not CONN_ID_RE.match(conn_id):
+            _problem(errors, "conn_id", f"{conn_id!r} is not an Airflow connection id",
+                     "connection ids hold letters, digits, '_', '.' and '-' only")
         database = values.get("database")
-        if isinstance(database, str):
+        if isinstance(database, str) and _looks_like_a_uri(database):
+            _problem(errors, "database", "holds a connection string (not shown: it may contain a password), not a "
+                     "database name", "write only the database name; the server and credentials come from the "
+                     "Airflow connection")
+        elif isinstance(database, str):
             _check_identifier(errors, "database", database, "database name")
         return errors
 
@@ -351,10 +370,17 @@ class IncrementalSettings(_Validated):
     #: Incremental sync counts as "not delayed" when the lag is under both thresholds.
     max_lag_seconds: float = 5.0
     max_lag_bytes: int | str = "16MB"
+    #: A publication created beforehand by the owner of the tables (for a source account that does not own them);
+    #: the migration checks that it covers the selected tables and never alters or drops it. Unset: the migration
+    #: creates its own publication ``<slot_prefix><name>`` and drops it at the end.
+    publication: str | None = None
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
         errors: list[Problem] = []
+        publication = values.get("publication")
+        if isinstance(publication, str):
+            _check_identifier(errors, "publication", publication, "publication name")
         prefix = values.get("slot_prefix")
         if isinstance(prefix, str) and not re.fullmatch(r"[a-z0-9_]*", prefix):
             _problem(errors, "slot_prefix", f"{prefix!r} may hold only lower-case letters, digits and _",
@@ -487,7 +513,13 @@ class MigrationConfig(_Validated):
 
     @property
     def publication_name(self) -> str:
-        return self.slot_name
+        """The publication incremental sync reads: the one named in the config, else the migration's own."""
+        return self.incremental.publication or self.slot_name
+
+    @property
+    def owns_publication(self) -> bool:
+        """Whether the migration creates (and at the end drops) its publication itself."""
+        return self.incremental.publication is None
 
     @property
     def dag_id(self) -> str:

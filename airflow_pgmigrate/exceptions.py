@@ -18,8 +18,11 @@ class Problem:
     fix: str = ""
 
     def __str__(self) -> str:
+        from airflow_pgmigrate.engine.secrets import redact
+
         text = f"{self.field}: {self.message}"
-        return f"{text} (fix: {self.fix})" if self.fix else text
+        # A value echoed back from the config may be a URI with credentials typed into the wrong field.
+        return redact(f"{text} (fix: {self.fix})" if self.fix else text)
 
 
 class ConfigError(PgMigrateError):

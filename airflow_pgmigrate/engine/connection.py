@@ -1,6 +1,7 @@
 """How the engine reaches a PostgreSQL server: connection settings (with TLS) and connecting with psycopg 3.
 
-The password never appears in ``repr``, ``describe()`` or any error this module raises.
+The password (and the TLS key's passphrase) never appears in ``repr``, ``describe()`` or any error this module
+raises; a failed TLS handshake names the connection setting to fix.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from typing import Any
 
 import psycopg
 
+from airflow_pgmigrate.engine.secrets import MASK, explain_failure
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 #: Settings pinned on every session so that text values (and decoded changes) look the same on both sides.
 SESSION_OPTIONS = ("-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC "
                    "-c bytea_output=hex")
 TLS_KEYS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl", "sslcompression")
+#: Parameters whose value is a secret: never shown.
+SECRET_PARAMS = ("sslpassword",)
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,16 @@ class ConnectionInfo:
     #: TLS and other libpq parameters (sslmode, sslrootcert, sslcert, sslkey, connect_timeout, ...).
     params: dict[str, str] = field(default_factory=dict)
     application_name: str = "airflow-pgmigrate"
+
+    def __repr__(self) -> str:
+        params = {k: (MASK if k in SECRET_PARAMS else v) for k, v in self.params.items()}
+        return (f"ConnectionInfo(host={self.host!r}, port={self.port}, dbname={self.dbname!r}, user={self.user!r}, "
+                f"password={MASK if self.password else None!r}, params={params!r})")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The values to redact from any text about this connection."""
+        return tuple(v for v in (self.password, *(self.params.get(k) for k in SECRET_PARAMS)) if v)
 
     def describe(self) -> str:
         """A printable identity without secrets: ``user@host:port/dbname``."""
@@ -68,10 +82,8 @@ def connect(info: ConnectionInfo, *, autocommit: bool = True, replication: bool 
     """Open a psycopg connection; turn failures into a message that names the server, never the password."""
     try:
         conn = psycopg.connect(**info.connect_kwargs(replication=replication), autocommit=autocommit)
-    except psycopg.OperationalError as exc:
-        message = str(exc).strip()
-        if info.password:
-            message = message.replace(info.password, "***")
+    except psycopg.Error as exc:
+        message = explain_failure(str(exc), info.secrets, info.params)
         raise ConnectFailed(f"cannot connect to {info.describe()}: {message}") from None
     if replication:
         # The replication protocol speaks only simple queries; auto-prepare would break on the 6th execution.
@@ -79,4 +91,4 @@ def connect(info: ConnectionInfo, *, autocommit: bool = True, replication: bool 
     return conn
 
 
-__all__ = ["ConnectFailed", "ConnectionInfo", "SESSION_OPTIONS", "connect"]
+__all__ = ["ConnectFailed", "ConnectionInfo", "SECRET_PARAMS", "SESSION_OPTIONS", "TLS_KEYS", "connect"]

@@ -141,6 +141,11 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
     ]
     if frozen:
         report["next_steps"].append(f"to roll back, unfreeze the source: {unfreeze_command(source)}")
+    if not config.owns_publication:
+        report["next_steps"].append(
+            f"the publication {config.publication_name} belongs to its owner and was kept: once the source is retired "
+            "or no longer needed for rollback, its owner runs " + sql.SQL("DROP PUBLICATION {};").format(
+                sql.Identifier(config.publication_name)).as_string(None))
     state.put("cutover", report)
     log(f"cutover done seconds={report['seconds']} downtime_s={report['downtime_seconds']} "
         f"rows_verified={report['rows_verified']} equal={verification['equal']}")

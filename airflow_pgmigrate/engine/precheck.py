@@ -36,6 +36,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "replication_capacity",
     "source_privileges",
     "destination_privileges",
+    "publication",
     "selected_objects",
     "row_filters",
     "name_mapping",
@@ -116,8 +117,31 @@ Check = Callable[[PrecheckContext], list[CheckResult]]
 
 def _connection_fix(side: str, info: ConnectionInfo, conn_id: str) -> str:
     return (f"check host, port, database, login and password of the Airflow connection {conn_id!r} ({info.describe()}); "
-            f"TLS settings go in its extras (sslmode, sslrootcert, sslcert, sslkey); the {side} server's pg_hba.conf "
+            f"TLS settings go in its extras (sslmode, sslrootcert, sslcert, sslkey, sslpassword); the {side} "
+            f"server's pg_hba.conf "
             f"and firewall (or security group) must admit the Airflow workers")
+
+
+#: Hosts whose traffic never leaves the machine: no TLS warning for them.
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _connection_result(name: str, info: ConnectionInfo, conn: psycopg.Connection, version: int) -> CheckResult:
+    """Connected: passed, or a warning when traffic to a remote server is unencrypted or the server unverified."""
+    tls = bool(conn.pgconn.ssl_in_use)
+    mode = info.params.get("sslmode", "prefer")
+    detail = (f"connected to {info.describe()} ({'TLS' if tls else 'no TLS'}), PostgreSQL "
+              f"{catalog.format_version(version)}")
+    remote = info.host not in _LOOPBACK and not info.host.startswith("/")
+    fix = ("set the Airflow connection's extras sslmode=verify-full and sslrootcert=<CA file of the server> "
+           "(docs/security.md)")
+    if remote and not tls:
+        return warning(name, f"{detail}: the connection is not encrypted, passwords and data cross the network in "
+                       "clear", fix)
+    if remote and mode not in ("verify-ca", "verify-full"):
+        return warning(name, f"{detail}: sslmode={mode} does not verify the server's certificate, so a machine in "
+                       "the middle could pose as the server", fix)
+    return passed(name, detail)
 
 
 def check_source_version(ctx: PrecheckContext) -> list[CheckResult]:
@@ -184,9 +208,59 @@ def check_replication_capacity(ctx: PrecheckContext) -> list[CheckResult]:
 # -- privileges ---------------------------------------------------------------------------------------------------
 
 
-def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
+def _grantee(user: str) -> str:
+    return _qi(user)
+
+
+def _migrated_sequences(ctx: PrecheckContext) -> list[tuple[QualifiedName, bool]]:
+    """Sequences the selected tables own or use in a default (read at full load and cutover): (name, readable)."""
     assert ctx.src is not None
+    oids = [t.oid for t in ctx.selected]
+    rows = ctx.src.execute(
+        """
+        SELECT n.nspname, s.relname, has_sequence_privilege(s.oid, 'SELECT')
+          FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
+         WHERE s.relkind = 'S' AND (
+               EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid
+                       AND d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(%(oids)s)
+                       AND d.deptype IN ('a', 'i'))
+            OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_attrdef ad ON ad.oid = d.objid
+                       WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass
+                       AND d.refobjid = s.oid AND ad.adrelid = ANY(%(oids)s)))
+         ORDER BY 1, 2
+        """,
+        {"oids": oids},
+    ).fetchall()
+    return [(QualifiedName(r[0], r[1]), bool(r[2])) for r in rows]
+
+
+def _unreadable_large_objects(ctx: PrecheckContext) -> list[int]:
+    """Large objects the source account may not read (the full load copies them all)."""
+    assert ctx.src is not None
+    if catalog.setting(ctx.src, "lo_compat_privileges") == "on":
+        return []
+    return [r[0] for r in ctx.src.execute(
+        """
+        SELECT m.oid::bigint FROM pg_largeobject_metadata m
+         WHERE NOT pg_has_role(current_user, m.lomowner, 'USAGE')
+           AND NOT EXISTS (SELECT 1 FROM aclexplode(m.lomacl) a WHERE a.privilege_type = 'SELECT'
+                           AND (a.grantee = 0 OR pg_has_role(current_user, a.grantee, 'USAGE')))
+         ORDER BY 1
+        """)]
+
+
+def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
+    """The source account's rights for each migration type; the fix holds one statement per missing grant.
+
+    schema: USAGE on the schemas and SELECT on every table of the schemas pg_dump reads (it locks each of them);
+    full: SELECT on the selected tables and their sequences, and on the large objects; incremental: the REPLICATION
+    attribute, and either a publication given by the config or the rights to create one (CREATE on the database,
+    ownership of the tables); cutover with ``freeze_source``: ownership of the database and pg_signal_backend.
+    """
+    assert ctx.src is not None
+    config = ctx.config
     user = ctx.source.user
+    to = _grantee(user)
     missing: list[str] = []
     fixes: list[str] = []
     row = ctx.src.execute(
@@ -195,63 +269,127 @@ def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
                EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname IN ('rds_superuser', 'rds_replication')
                        AND pg_has_role(current_user, g.oid, 'member')),
                has_schema_privilege('pg_catalog', 'USAGE'),
-               has_database_privilege(current_database(), 'CREATE')
+               has_database_privilege(current_database(), 'CREATE'),
+               pg_has_role(current_user, (SELECT datdba FROM pg_database WHERE datname = current_database()),
+                           'MEMBER'),
+               pg_has_role(current_user, 'pg_signal_backend', 'MEMBER')
           FROM pg_roles r WHERE r.rolname = current_user
         """
     ).fetchone()
     assert row is not None
-    is_super, can_replicate, rds_role, catalog_usage, db_create = row
+    is_super, can_replicate, rds_role, catalog_usage, db_create, db_owner, can_signal = row
     if not catalog_usage:
         missing.append("USAGE on schema pg_catalog")
-        fixes.append(f"GRANT USAGE ON SCHEMA pg_catalog TO {_qi(user)};")
-    schemas = sorted({t.name.schema for t in ctx.selected})
+        fixes.append(f"GRANT USAGE ON SCHEMA pg_catalog TO {to};")
+    dumped = set(ctx.scope_schemas()) if config.wants("schema") else set()
+    schemas = sorted({t.name.schema for t in ctx.selected} | dumped)
     no_usage = [r[0] for r in ctx.src.execute(
         "SELECT s FROM unnest(%s::text[]) AS s WHERE NOT has_schema_privilege(s, 'USAGE') ORDER BY 1", (schemas,))]
     for schema in no_usage:
         missing.append(f"USAGE on schema {schema}")
-        fixes.append(f"GRANT USAGE ON SCHEMA {_qi(schema)} TO {_qi(user)};")
-    by_oid = {t.oid: t for t in ctx.selected}
-    if ctx.config.wants("full") or ctx.config.wants("incremental"):
-        no_select = [by_oid[r[0]] for r in ctx.src.execute(
-            "SELECT o FROM unnest(%s::oid[]) AS o WHERE NOT has_table_privilege(o, 'SELECT')", (list(by_oid),))]
-        no_select.sort(key=lambda t: t.name)
-        if no_select:
-            missing.append("SELECT on " + _listing([str(t.name) for t in no_select]))
-            fixes += [f"GRANT SELECT ON {_q(t.name)} TO {_qi(user)};" for t in no_select]
-    if ctx.config.wants("incremental") and not is_super:
+        fixes.append(f"GRANT USAGE ON SCHEMA {_qi(schema)} TO {to};")
+    # Every type reads the selected tables; pg_dump also locks (so must be able to read) every table it dumps.
+    selected_names = {t.name for t in ctx.selected}
+    readable = [t for t in ctx.tables if t.name in selected_names or t.name.schema in dumped]
+    by_oid = {t.oid: t for t in readable}
+    no_select = [by_oid[r[0]] for r in ctx.src.execute(
+        "SELECT o FROM unnest(%s::oid[]) AS o WHERE NOT has_table_privilege(o, 'SELECT')", (list(by_oid),))]
+    no_select.sort(key=lambda t: t.name)
+    if no_select:
+        missing.append("SELECT on " + _listing([str(t.name) for t in no_select]))
+        fixes += [f"GRANT SELECT ON {_q(t.name)} TO {to};" for t in no_select]
+    if config.wants("full") or config.wants("incremental"):
+        sequences = [name for name, ok in _migrated_sequences(ctx) if not ok]
+        if sequences:
+            missing.append("SELECT on sequence " + _listing([str(s) for s in sequences])
+                           + " (to copy its value)")
+            fixes += [f"GRANT SELECT ON SEQUENCE {_q(s)} TO {to};" for s in sequences]
+    if config.wants("full"):
+        objects = _unreadable_large_objects(ctx)
+        if objects:
+            missing.append(f"SELECT on {len(objects)} large object(s): {_listing([str(o) for o in objects])}")
+            fixes += [f"GRANT SELECT ON LARGE OBJECT {o} TO {to};" for o in objects]
+    if config.wants("incremental") and not is_super:
         if not (can_replicate or rds_role):
             missing.append("the REPLICATION attribute (or rds_replication / rds_superuser on Amazon RDS)")
-            fixes.append(f"ALTER ROLE {_qi(user)} REPLICATION;  -- on Amazon RDS: GRANT rds_replication TO {_qi(user)};")
-        # Creating the publication needs CREATE on the database and ownership of every published table.
-        if not db_create:
-            missing.append("CREATE on the database (to create the publication)")
-            fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.source.dbname)} TO {_qi(user)};")
-        owners = sorted({t.owner for t in ctx.selected})
-        foreign = {r[0] for r in ctx.src.execute(
-            "SELECT o FROM unnest(%s::text[]) AS o WHERE NOT pg_has_role(current_user, o, 'USAGE')", (owners,))}
-        not_owned = [t for t in ctx.selected if t.owner in foreign]
-        if not_owned:
-            missing.append("ownership of " + _listing([str(t.name) for t in not_owned]) + " (to publish them)")
-            owners = sorted({t.owner for t in not_owned})
-            fixes += [f"GRANT {_qi(o)} TO {_qi(user)};" for o in owners]
+            fixes.append(f"ALTER ROLE {to} REPLICATION;  -- on Amazon RDS: GRANT rds_replication TO {to};")
+        if config.owns_publication:
+            # Creating the publication needs CREATE on the database and ownership of every published table.
+            owners = sorted({t.owner for t in ctx.selected})
+            foreign = {r[0] for r in ctx.src.execute(
+                "SELECT o FROM unnest(%s::text[]) AS o WHERE NOT pg_has_role(current_user, o, 'USAGE')", (owners,))}
+            not_owned = [t for t in ctx.selected if t.owner in foreign]
+            if not db_create or not_owned:
+                from airflow_pgmigrate.engine.publication import create_statement
+
+                if not db_create:
+                    missing.append("CREATE on the database (to create the publication)")
+                if not_owned:
+                    missing.append("ownership of " + _listing([str(t.name) for t in not_owned])
+                                   + " (to publish them)")
+                tables = [t.name for t in ctx.selected if not t.is_partition]
+                owner_list = ", ".join(sorted({t.owner for t in not_owned})) or "the tables"
+                fixes.append(f"-- either the owner ({owner_list}) creates the publication, and the config names it "
+                             f"(incremental.publication: {config.publication_name}):")
+                fixes.append(create_statement(config.publication_name, tables))
+                fixes.append("-- or the account gets the rights to create it:")
+                if not db_create:
+                    fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.source.dbname)} TO {to};")
+                fixes += [f"GRANT {_qi(o)} TO {to};" for o in sorted({t.owner for t in not_owned})]
+        if config.cutover.freeze_source and not (db_owner and (can_signal or rds_role)):
+            lacks = ([] if db_owner else ["ownership of the database (to set it read-only at cutover)"]) + \
+                    ([] if can_signal or rds_role else ["pg_signal_backend (to end sessions at cutover)"])
+            missing += lacks
+            if not db_owner:
+                fixes.append(f"ALTER DATABASE {_qi(ctx.source.dbname)} OWNER TO {to};  -- or set "
+                             "cutover.freeze_source: false and stop the application's writes yourself")
+            if not (can_signal or rds_role):
+                fixes.append(f"GRANT pg_signal_backend TO {to};")
     if missing:
         return [failed("source_privileges", f"source account {user!r} lacks: " + "; ".join(missing),
-                       "\n".join(fixes), objects=missing)]
+                       "\n".join(dict.fromkeys(fixes)), objects=missing)]
     what = "superuser" if is_super else "required privileges"
     return [passed("source_privileges", f"source account {user!r} has the {what} for {', '.join(ctx.types)}")]
 
 
+def check_publication(ctx: PrecheckContext) -> list[CheckResult]:
+    """The publication incremental sync reads: the migration's own (created at full load), or the config's."""
+    from airflow_pgmigrate.engine import publication
+
+    assert ctx.src is not None
+    config = ctx.config
+    name = config.publication_name
+    selected = [t.name for t in ctx.selected if not t.is_partition]
+    if config.owns_publication:
+        exists = ctx.src.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
+        return [passed("publication", f"the full load {'updates' if exists else 'creates'} publication {name} for "
+                       f"the {len(selected)} selected table(s); the cutover drops it")]
+    leaves = publication.leaf_tables(ctx.src, selected)
+    check = publication.check_publication(ctx.src, name, leaves)
+    if not check.ok:
+        return [failed("publication", "; ".join(check.problems()),
+                       "-- run as the owner of the tables (or a superuser) on the source:\n"
+                       + "\n".join(check.fixes(selected)), objects=[str(t) for t in check.missing_tables])]
+    return [passed("publication", f"publication {name} (owner {check.owner}) publishes the {len(leaves)} table(s) "
+                   "to copy with inserts, updates, deletes and truncates; the migration never alters or drops it")]
+
+
 def check_destination_privileges(ctx: PrecheckContext) -> list[CheckResult]:
+    """The destination account's rights: create (and own) the schemas and objects, give objects to the mapped
+    owners, create the extensions the source uses, and apply changes without firing triggers."""
     assert ctx.dst is not None
+    config = ctx.config
     user = ctx.destination.user
+    to = _grantee(user)
     row = ctx.dst.execute(
-        "SELECT rolsuper, has_database_privilege(current_database(), 'CREATE') FROM pg_roles WHERE rolname = current_user"
+        "SELECT rolsuper, has_database_privilege(current_database(), 'CREATE'), "
+        "current_setting('server_version_num')::int FROM pg_roles WHERE rolname = current_user"
     ).fetchone()
     assert row is not None
-    is_super, db_create = row
+    is_super, db_create, version = row
     if is_super:
         return [passed("destination_privileges", f"destination account {user!r} is a superuser")]
-    targets = sorted({ctx.mapper.schema(t.name.schema) for t in ctx.selected} | {ctx.config.state_schema})
+    targets = sorted({ctx.mapper.schema(t.name.schema) for t in ctx.selected} | {config.state_schema})
     rows = ctx.dst.execute(
         """
         SELECT n.nspname, has_schema_privilege(n.oid, 'CREATE'), has_schema_privilege(n.oid, 'USAGE'),
@@ -267,21 +405,78 @@ def check_destination_privileges(ctx: PrecheckContext) -> list[CheckResult]:
         if schema not in existing:
             if not db_create:
                 missing.append(f"CREATE on the database (to create schema {schema})")
-                fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.destination.dbname)} TO {_qi(user)};")
+                fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.destination.dbname)} TO {to};")
             continue
         create, usage, owner, owner_name = existing[schema]
         if not (create and usage):
             missing.append(f"CREATE and USAGE on schema {schema}")
-            fixes.append(f"GRANT CREATE, USAGE ON SCHEMA {_qi(schema)} TO {_qi(user)};")
-        if not owner and schema != ctx.config.state_schema:
+            fixes.append(f"GRANT CREATE, USAGE ON SCHEMA {_qi(schema)} TO {to};")
+        if not owner and schema != config.state_schema:
             missing.append(f"ownership of schema {schema} (owned by {owner_name})")
-            fixes.append(f"ALTER SCHEMA {_qi(schema)} OWNER TO {_qi(user)};")
-    fixes = list(dict.fromkeys(fixes))
+            fixes.append(f"ALTER SCHEMA {_qi(schema)} OWNER TO {to};")
+    if config.wants("schema"):
+        roles = sorted(set(config.schema_migration.owner_mapping.values()))
+        for role, member in ctx.dst.execute(
+                "SELECT r, pg_has_role(current_user, r, 'MEMBER') FROM unnest(%s::text[]) AS r "
+                "WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) ORDER BY 1", (roles,)).fetchall():
+            if not member:
+                missing.append(f"membership in role {role} (to make it the owner of migrated objects)")
+                fixes.append(f"GRANT {_qi(role)} TO {to};")
+        if version >= 130000 and ctx.src is not None:
+            used = sorted(k for k in catalog.installed_extensions(ctx.src) if k != "plpgsql")
+            for name in (r[0] for r in ctx.dst.execute(
+                    "SELECT DISTINCT v.name FROM pg_available_extension_versions v WHERE v.name = ANY(%s) "
+                    "AND v.superuser AND NOT v.trusted AND NOT EXISTS (SELECT 1 FROM pg_extension e "
+                    "WHERE e.extname = v.name) ORDER BY 1", (used,))):
+                missing.append(f"a superuser to create extension {name} (it is not trusted)")
+                fixes.append(f"CREATE EXTENSION IF NOT EXISTS {_qi(name)};  -- run by a superuser (on a managed "
+                             f"service: its admin account) in database {ctx.destination.dbname}")
+    if config.wants("full") or config.wants("incremental"):
+        # Tables and sequences that exist already (incremental only, conflicting_tables: ignore, or created by
+        # someone else) must be writable: the copy and the apply write rows, TRUNCATE them, and set sequences.
+        needed = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+        targets_t = sorted({ctx.mapper.table(t.name) for t in ctx.selected})
+        for schema, name, lacks in ctx.dst.execute(
+                """
+                SELECT n.nspname, c.relname, array(SELECT p FROM unnest(%s::text[]) AS p
+                                                   WHERE NOT has_table_privilege(c.oid, p))
+                  FROM unnest(%s::text[]) AS t(name) JOIN pg_class c ON c.oid = to_regclass(t.name)
+                  JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2
+                """, (list(needed), [_q(t) for t in targets_t])).fetchall():
+            if lacks:
+                table = QualifiedName(schema, name)
+                missing.append(f"{', '.join(lacks)} on {table}")
+                fixes.append(f"GRANT {', '.join(lacks)} ON {_q(table)} TO {to};")
+        if ctx.src is not None:
+            sequences = [_q(QualifiedName(ctx.mapper.schema(s.schema), s.name)) for s, _ in _migrated_sequences(ctx)]
+            for schema, name in ctx.dst.execute(
+                    "SELECT n.nspname, c.relname FROM unnest(%s::text[]) AS t(name) "
+                    "JOIN pg_class c ON c.oid = to_regclass(t.name) JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE NOT has_sequence_privilege(c.oid, 'UPDATE') ORDER BY 1, 2", (sequences,)).fetchall():
+                sequence = QualifiedName(schema, name)
+                missing.append(f"UPDATE on sequence {sequence} (for setval)")
+                fixes.append(f"GRANT UPDATE ON SEQUENCE {_q(sequence)} TO {to};")
+    results: list[CheckResult] = []
     if missing:
-        return [failed("destination_privileges", f"destination account {user!r} lacks: " + "; ".join(missing),
-                       "\n".join(fixes), objects=missing)]
-    return [passed("destination_privileges",
-                   f"destination account {user!r} can create and own objects in {', '.join(targets)}")]
+        results.append(failed("destination_privileges", f"destination account {user!r} lacks: " + "; ".join(missing),
+                              "\n".join(dict.fromkeys(fixes)), objects=missing))
+    else:
+        results.append(passed("destination_privileges",
+                              f"destination account {user!r} can create and own objects in {', '.join(targets)}"))
+    if config.wants("incremental"):
+        can_set = version >= 150000 and bool(ctx.dst.execute(
+            "SELECT has_parameter_privilege('session_replication_role', 'SET')").fetchone()[0])  # type: ignore[index]
+        if not can_set:
+            fix = (f"GRANT SET ON PARAMETER session_replication_role TO {to};  -- run by a superuser"
+                   if version >= 150000 else
+                   "on PostgreSQL before 15 only a superuser may set it (on Amazon RDS or ApsaraDB: the admin "
+                   "account's role); otherwise accept the slower apply")
+            results.append(warning("destination_privileges",
+                                   f"destination account {user!r} may not set session_replication_role: incremental "
+                                   "sync applies changes one at a time in source order, with the destination's "
+                                   "triggers firing and foreign keys checked (slower; triggers that write would "
+                                   "write twice)", fix, objects=["session_replication_role"]))
+    return results
 
 
 # -- the config against the real source ---------------------------------------------------------------------------
@@ -521,11 +716,11 @@ def check_extensions(ctx: PrecheckContext) -> list[CheckResult]:
 
 
 def check_pg_dump(ctx: PrecheckContext) -> list[CheckResult]:
-    from airflow_pgmigrate.engine.pgdump import PgDumpError, find_pg_dump
+    from airflow_pgmigrate.engine.pgdump import PgDumpError, find_pg_dump, tls_capable_pg_dump
 
     source_major, destination_major = ctx.source_version // 10000, ctx.destination_version // 10000
     try:
-        dump = find_pg_dump(source_major)
+        dump = tls_capable_pg_dump(find_pg_dump(source_major), ctx.source)
     except PgDumpError as exc:
         return [failed("pg_dump", str(exc),
                        f"install the PostgreSQL {source_major} (or newer) client programs on the Airflow workers "
@@ -582,6 +777,7 @@ _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "replication_capacity": (check_replication_capacity, ("incremental",), True, False),
     "source_privileges": (check_source_privileges, ("schema", "full", "incremental"), True, False),
     "destination_privileges": (check_destination_privileges, ("schema", "full", "incremental"), False, True),
+    "publication": (check_publication, ("incremental",), True, False),
     "selected_objects": (check_selected_objects, ("schema", "full", "incremental"), True, False),
     "row_filters": (check_row_filters, ("full", "incremental"), True, False),
     "name_mapping": (check_name_mapping, ("schema", "full", "incremental"), True, False),
@@ -623,8 +819,7 @@ def run_precheck(
                 add([failed(name, str(exc), _connection_fix(side, info, conn_id))])
                 continue
             version = catalog.server_version_num(conn)
-            ssl = "TLS" if conn.pgconn.ssl_in_use else "no TLS"
-            add([passed(name, f"connected to {info.describe()} ({ssl}), PostgreSQL {catalog.format_version(version)}")])
+            add([_connection_result(name, info, conn, version)])
             if side == "source":
                 ctx.src, ctx.source_version = conn, version
             else:

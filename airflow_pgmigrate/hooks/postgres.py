@@ -7,13 +7,22 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from airflow_pgmigrate.engine.connection import TLS_KEYS, ConnectionInfo
+from airflow_pgmigrate.engine.connection import SECRET_PARAMS, TLS_KEYS, ConnectionInfo
 from airflow_pgmigrate.exceptions import ConnectionConfigError
 
 POSTGRES_CONN_TYPES = ("postgres", "postgresql")
 #: Connection extras passed to libpq besides TLS.
 PASSTHROUGH_EXTRAS = (*TLS_KEYS, "connect_timeout", "options", "target_session_attrs", "keepalives",
-                      "keepalives_idle", "keepalives_interval", "keepalives_count", "gssencmode")
+                      "keepalives_idle", "keepalives_interval", "keepalives_count", "gssencmode", "passfile")
+
+
+def _mask(*secrets: str | None) -> None:
+    """Register secrets with Airflow's log masker (it masks the password, but not a value inside the extras)."""
+    from airflow.sdk.log import mask_secret
+
+    for secret in secrets:
+        if secret:
+            mask_secret(secret)
 
 
 class PostgresEndpointHook(BaseHook):
@@ -49,6 +58,7 @@ class PostgresEndpointHook(BaseHook):
                 f"connection {self.postgres_conn_id!r} names no database: set its 'schema' (database) field, or "
                 f"'database' in the migration config")
         params = {k: str(extra[k]) for k in PASSTHROUGH_EXTRAS if extra.get(k) not in (None, "")}
+        _mask(conn.password, *(params.get(k) for k in SECRET_PARAMS))
         return ConnectionInfo(host=conn.host, port=int(conn.port or 5432), dbname=database,
                               user=conn.login or "postgres", password=conn.password or None, params=params)
 
