@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from airflow_pgmigrate.engine.secrets import MASK, explain_failure
+from airflow_pgmigrate.engine.secrets import MASK, explain_failure, redact
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 #: Settings pinned on every session so that text values (and decoded changes) look the same on both sides.
@@ -37,8 +37,9 @@ class ConnectionInfo:
 
     def __repr__(self) -> str:
         params = {k: (MASK if k in SECRET_PARAMS else v) for k, v in self.params.items()}
-        return (f"ConnectionInfo(host={self.host!r}, port={self.port}, dbname={self.dbname!r}, user={self.user!r}, "
-                f"password={MASK if self.password else None!r}, params={params!r})")
+        return redact(f"ConnectionInfo(host={self.host!r}, port={self.port}, dbname={self.dbname!r}, "
+                      f"user={self.user!r}, password={MASK if self.password else None!r}, params={params!r})",
+                      self.secrets)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -48,7 +49,8 @@ class ConnectionInfo:
     def describe(self) -> str:
         """A printable identity without secrets: ``user@host:port/dbname``."""
         tls = f" sslmode={self.params['sslmode']}" if "sslmode" in self.params else ""
-        return f"{self.user}@{self.host}:{self.port}/{self.dbname}{tls}"
+        # Redacted too: a URI typed where a host or database name belongs must not come back with its password.
+        return redact(f"{self.user}@{self.host}:{self.port}/{self.dbname}{tls}", self.secrets)
 
     def with_database(self, dbname: str) -> ConnectionInfo:
         return replace(self, dbname=dbname)
