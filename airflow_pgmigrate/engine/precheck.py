@@ -335,7 +335,13 @@ def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
                 fixes.append("-- or the account gets the rights to create it:")
                 if not db_create:
                     fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.source.dbname)} TO {to};")
-                fixes += [f"GRANT {_qi(o)} TO {to};" for o in sorted({t.owner for t in not_owned})]
+                owner_roles = sorted({t.owner for t in not_owned})
+                supers = {r[0] for r in ctx.src.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolsuper AND rolname = ANY(%s)", (owner_roles,))}
+                fixes += [f"GRANT {_qi(o)} TO {to};" for o in owner_roles if o not in supers]
+                if supers:
+                    fixes.append(f"-- (tables owned by the superuser {', '.join(sorted(supers))} cannot be delegated "
+                                 "this way: use the publication)")
         if config.cutover.freeze_source and not (db_owner and (can_signal or rds_role)):
             lacks = ([] if db_owner else ["ownership of the database (to set it read-only at cutover)"]) + \
                     ([] if can_signal or rds_role else ["pg_signal_backend (to end sessions at cutover)"])
