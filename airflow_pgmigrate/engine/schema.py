@@ -28,6 +28,7 @@ from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgdump import DumpEntry, find_pg_dump, run_pg_dump, split_dump
 from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError
+from airflow_pgmigrate.engine.secrets import redact
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 if TYPE_CHECKING:
@@ -890,7 +891,7 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
             report.skip(str(item.entry), item.reason)
         else:
             item.reason = "exists already, differs"
-            report.differing.append({"object": str(item.entry), "expected": item.sql.strip()})
+            report.differing.append({"object": str(item.entry), "expected": redact(item.sql.strip())})
 
 
 def _execute_entry(conn: psycopg.Connection, item: PlannedEntry) -> None:
@@ -898,7 +899,8 @@ def _execute_entry(conn: psycopg.Connection, item: PlannedEntry) -> None:
         conn.execute(item.sql)
     except psycopg.Error as exc:
         message = (exc.diag.message_primary or str(exc)).strip()
-        raise SchemaMigrationError(f"creating {item.entry} failed: {message}\n{item.sql.strip()}") from None
+        # The statement may hold a secret (a user mapping's password option): redacted.
+        raise SchemaMigrationError(redact(f"creating {item.entry} failed: {message}\n{item.sql.strip()}")) from None
 
 
 def _record(report: SchemaReport, item: PlannedEntry) -> None:

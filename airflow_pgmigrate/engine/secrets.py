@@ -19,6 +19,8 @@ _URI_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*):
 #: ``password=...`` / ``sslpassword=...`` in a libpq connection string, a URI query or an environment listing.
 _SETTING = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*|\bPGPASSWORD\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&'\"]+)",
                       re.IGNORECASE)
+#: ``password 'secret'`` in SQL: a foreign server's or user mapping's OPTIONS, ``CREATE ROLE ... PASSWORD '...'``.
+_SQL_PASSWORD = re.compile(r"(?P<head>\bpassword\s+)(?P<secret>'(?:[^']|'')*')", re.IGNORECASE)
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
@@ -27,6 +29,7 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
         for form in {secret, quote(secret, safe=""), quote_plus(secret, safe="")}:
             text = text.replace(form, MASK)
     text = _URI_PASSWORD.sub(lambda m: f"{m.group('head')}:{MASK}@", text)
+    text = _SQL_PASSWORD.sub(lambda m: f"{m.group('head')}'{MASK}'", text)
     return _SETTING.sub(lambda m: f"{m.group('head')}{MASK}", text)
 
 

@@ -302,3 +302,21 @@ def test_client_programs_get_no_secret_in_argv(tmp_path):
     service = Path(env["PGSERVICEFILE"])
     assert env["PGSERVICE"] == "pgmigrate" and f"sslpassword={KEY_PASSPHRASE}" in service.read_text()
     assert stat.S_IMODE(service.stat().st_mode) == 0o600 and stat.S_IMODE(service.parent.stat().st_mode) == 0o700
+
+
+def test_redaction_of_every_credential_form():
+    """What the redaction step replaces, whether or not it knows the secret."""
+    from airflow_pgmigrate.engine.secrets import redact
+
+    cases = {
+        f"postgresql://bob:{quote(URI_PASSWORD, safe='')}@db:5432/shop": "postgresql://bob:***@db:5432/shop",
+        f"host=db password={WRONG_PASSWORD} user=bob": "host=db password=*** user=bob",
+        f"sslpassword='{KEY_PASSPHRASE}' sslmode=verify-full": "sslpassword=*** sslmode=verify-full",
+        f"PGPASSWORD={SOURCE_PASSWORD} psql": "PGPASSWORD=*** psql",
+        f"OPTIONS (user 'bob', password '{WRONG_PASSWORD}')": "OPTIONS (user 'bob', password '***')",
+        f"FATAL: role {DESTINATION_PASSWORD} does not exist": "FATAL: role *** does not exist",
+    }
+    for text, expected in cases.items():
+        assert redact(text, [DESTINATION_PASSWORD]) == expected
+    assert redact("connected to bob@db:5432/shop (TLS), http://host:8080/x") == \
+        "connected to bob@db:5432/shop (TLS), http://host:8080/x"
