@@ -319,8 +319,9 @@ class SchemaSettings(_Validated):
 class FullLoadSettings(_Validated):
     #: Tables (or table parts) copied at the same time.
     parallel_jobs: int = 4
-    #: A table larger than this is split into ranges copied in parallel: bytes, or "512MB", "10GB".
-    split_tables_larger_than: int | str = "256MB"
+    #: "auto": a table is split into ranges copied in parallel only when it alone would outlast the rest of the load
+    #: spread over the other jobs. A size (bytes, or "512MB", "10GB"): every table larger than it is split.
+    split_tables_larger_than: int | str = "auto"
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
@@ -330,17 +331,21 @@ class FullLoadSettings(_Validated):
             _problem(errors, "parallel_jobs", f"must be between 1 and 64, got {jobs}",
                      "about the number of cores of the smaller server is a good start")
         size = values.get("split_tables_larger_than")
-        if size is not None:
+        if size is not None and size != "auto":
             try:
                 if parse_size(size) < 1024 * 1024:
                     _problem(errors, "split_tables_larger_than", f"{size!r} is less than 1MB",
                              "use a size of at least 1MB, such as 1GB")
             except ValueError as exc:
-                _problem(errors, "split_tables_larger_than", str(exc), "write bytes or a size such as 512MB or 10GB")
+                _problem(errors, "split_tables_larger_than", str(exc),
+                         "write auto, bytes, or a size such as 512MB or 10GB")
         return errors
 
     @property
-    def split_bytes(self) -> int:
+    def split_bytes(self) -> int | None:
+        """The split size, or None for ``auto``."""
+        if self.split_tables_larger_than == "auto":
+            return None
         return parse_size(self.split_tables_larger_than)
 
 

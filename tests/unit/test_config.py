@@ -173,7 +173,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.mapping.name_case == "keep"
     assert config.filters == {}
     assert config.full_load.parallel_jobs == 4
-    assert config.full_load.split_bytes == 256 * 1024**2
+    assert config.full_load.split_bytes is None  # auto
     assert config.incremental.max_lag_seconds == 5.0
     assert config.cutover == CutoverSettings()
     assert config.cutover.approval == "manual"
