@@ -36,6 +36,7 @@ from airflow_pgmigrate.engine.pgoutput import (
     StreamStart,
     StreamStop,
     Truncate,
+    decode_row_change,
     int_to_lsn,
     lsn_to_int,
     pg_time,
@@ -55,6 +56,9 @@ BATCH_SECONDS = 1.0
 FEEDBACK_SECONDS = 1.0
 #: Changes of a streamed transaction kept in memory before spilling to disk.
 SPILL_BYTES = 32 * 1024 * 1024
+#: Message tags (as bytes of the payload): row changes, and what a streamed transaction spills until its commit.
+ROW_TAGS = frozenset(b"IUD")
+SPILLED_TAGS = frozenset(b"IUDT")
 
 
 class SyncError(PgMigrateError):
@@ -304,6 +308,9 @@ class IncrementalSync:
                       f"{int_to_lsn(applied)} ({', '.join(options)})"
             repl.execute(command)
             decoder = Decoder()
+            unpack_from = struct.unpack_from
+            tables = self.tables  # relation oid -> target (None: not migrated); a new Relation message resets one
+            txn_commit_lsn = 0
             applier = Applier(dst)
             batch = self.new_batch()
             batch_last_end = 0
@@ -352,25 +359,40 @@ class IncrementalSync:
                     if batch and txn is None:
                         flush()
                     continue
-                kind = message[:1]
-                if kind == b"k":
-                    wal_end, _, reply = struct.unpack("!QQB", message[1:18])
+                kind = message[0]
+                if kind == 107:  # 'k': keepalive
+                    wal_end, _, reply = unpack_from("!QQB", message, 1)
                     if txn is None and not batch and stream_xid is None and not spills:
                         position = max(position, wal_end)
                     if reply:
                         self._send_feedback(repl, received, applied)
                         last_feedback = time.monotonic()
                     continue
-                if kind != b"w":
+                if kind != 119:  # 'w': XLogData
                     continue
-                data_start, wal_end, _ = struct.unpack("!QQQ", message[1:25])
-                payload = message[25:]
-                received = max(received, data_start)
-                tag = payload[:1]
-                if stream_xid is not None and tag in (b"I", b"U", b"D", b"T"):
-                    spills.setdefault(stream_xid, _Spill()).add(payload)
+                data_start = unpack_from("!Q", message, 1)[0]
+                if data_start > received:
+                    received = data_start
+                tag = message[25]
+                if stream_xid is not None and tag in SPILLED_TAGS:
+                    spills.setdefault(stream_xid, _Spill()).add(message[25:])
                     continue
-                item = decoder.decode(payload)
+                if tag in ROW_TAGS:
+                    # The hot path: one row change of an ordinary transaction.
+                    if txn is None or txn.skip:
+                        continue
+                    change = decode_row_change(message, 25)
+                    rel = change.relation
+                    table = tables[rel] if rel in tables else self._target(rel, dst)
+                    if table is None or txn_commit_lsn < table.start_lsn:
+                        continue
+                    batch.add(change.relation, table, change, len(message) - 25)
+                    if batch.bytes >= BATCH_BYTES:
+                        # A large transaction: write what we have into the open destination transaction.
+                        self._apply_partial(dst, applier, batch)
+                        batch = self.new_batch()
+                    continue
+                item = decoder.decode(message, 25)
                 if isinstance(item, Relation):
                     self.relations[item.oid] = item
                     self.tables.pop(item.oid, None)
@@ -383,6 +405,7 @@ class IncrementalSync:
                         result.caught_up = True
                         break  # committed at or after the stop point: left for later
                     txn = _Txn(item, skip=item.commit_lsn < applied)
+                    txn_commit_lsn = item.commit_lsn
                     continue
                 if isinstance(item, StreamStart):
                     stream_xid = item.xid
@@ -402,7 +425,7 @@ class IncrementalSync:
                 if isinstance(item, (Change, Truncate)) and txn is not None:
                     if txn.skip:
                         continue
-                    self._add(batch, txn, item, len(payload), dst)
+                    self._add(batch, txn, item, len(message) - 25, dst)
                     if batch.bytes >= BATCH_BYTES:
                         # A large transaction: write what we have into the open destination transaction.
                         self._apply_partial(dst, applier, batch)
