@@ -9,9 +9,11 @@ dropped). Streamed in-progress transactions (protocol 2) spill to a temporary fi
 
 from __future__ import annotations
 
+import queue
 import select
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +127,87 @@ class _Spill:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+class _Writer:
+    """Writes on the destination in a thread of its own, in order, while the stream is read and decoded.
+
+    The destination's work (and the wait for it) overlaps decoding. Items: ``("commit", batch, end_lsn, time)``
+    writes a batch and commits it with its progress row; ``("partial", batch)`` writes part of a large transaction
+    into the open destination transaction; ``("progress", None, end_lsn, time)`` only moves the progress row. One
+    item waits while another is written, so memory stays bounded. ``applied`` is the end LSN of the last commit: the
+    only position ever reported to the source as flushed. The first error stops the writer; the reading thread
+    raises it at its next ``submit``, ``check`` or ``drain``.
+    """
+
+    def __init__(self, sync: IncrementalSync, dst: psycopg.Connection, applier: Applier, result: SyncResult,
+                 applied: int) -> None:
+        self._sync, self._dst, self._applier, self._result = sync, dst, applier, result
+        self.applied = applied
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=1)
+        self._pending = 0  # items submitted and not finished
+        self._done = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="pgmigrate-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def idle(self) -> bool:
+        return self._pending == 0
+
+    def submit(self, item: tuple[Any, ...]) -> None:
+        self.check()
+        with self._done:
+            self._pending += 1
+        self._queue.put(item)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def drain(self) -> None:
+        """Wait until everything submitted is written; raise the writer's error, if any."""
+        with self._done:
+            while self._pending:
+                self._done.wait()
+        self.check()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop after the item being written (the caller closes the connection afterwards)."""
+        if self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                return
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                if self.error is None:
+                    self._write(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, which raises it
+                self.error = exc
+            finally:
+                with self._done:
+                    self._pending -= 1
+                    self._done.notify_all()
+
+    def _write(self, item: tuple[Any, ...]) -> None:
+        sync, dst = self._sync, self._dst
+        if item[0] == "partial":
+            sync._apply_partial(dst, self._applier, item[1])
+            return
+        _, batch, end_lsn, commit_time = item
+        if batch is None:
+            sync._record_progress(dst, end_lsn, commit_time)
+            dst.commit()
+        else:
+            sync._apply_batch(dst, self._applier, batch, end_lsn, commit_time)
+            self._result.changes += batch.changes
+        self.applied = end_lsn
+        if commit_time is not None:
+            self._result.last_commit_time = pg_time(commit_time).isoformat()
 
 
 class IncrementalSync:
@@ -288,8 +371,10 @@ class IncrementalSync:
                 lock_conn.close()
                 raise SyncError(f"another applier of migration {config.name} is running on the destination")
         dst = connect(self.destination, autocommit=False)
+        lookup = connect(self.destination)  # catalog lookups of the reading thread; dst belongs to the writer
         repl = connect(self.source, replication=True)
         spills: dict[int, _Spill] = {}
+        writer: _Writer | None = None
         try:
             with dst.transaction():
                 applied = self._ensure_progress(dst)
@@ -311,7 +396,7 @@ class IncrementalSync:
             unpack_from = struct.unpack_from
             tables = self.tables  # relation oid -> target (None: not migrated); a new Relation message resets one
             txn_commit_lsn = 0
-            applier = Applier(dst)
+            writer = _Writer(self, dst, Applier(dst), result, applied)
             batch = self.new_batch()
             batch_last_end = 0
             batch_commit_time: int | None = None
@@ -325,34 +410,33 @@ class IncrementalSync:
             deadline = started + window_seconds
 
             def flush() -> None:
-                nonlocal batch, applied, batch_last_end, batch_commit_time, oldest_unapplied, batch_started
+                nonlocal batch, oldest_unapplied, batch_started
                 batch_started = 0.0  # the next transaction opens a new batch window
                 if not batch:
                     return
-                self._apply_batch(dst, applier, batch, batch_last_end, batch_commit_time)
-                applied = batch_last_end
-                result.changes += batch.changes
+                writer.submit(("commit", batch, batch_last_end, batch_commit_time))
                 batch = self.new_batch()
                 oldest_unapplied = None
-                self._send_feedback(repl, received, applied)
-                if batch_commit_time is not None:
-                    result.last_commit_time = pg_time(batch_commit_time).isoformat()
 
             while True:
                 now = time.monotonic()
                 if now - last_feedback >= FEEDBACK_SECONDS:
-                    idle = txn is None and not batch and stream_xid is None and not spills
-                    self._send_feedback(repl, received, applied if not idle else max(applied, position),
+                    writer.check()
+                    done = writer.applied
+                    idle = txn is None and not batch and stream_xid is None and not spills and writer.idle
+                    self._send_feedback(repl, received, done if not idle else max(done, position),
                                         reply=stop_when_caught_up)
                     last_feedback = now
                 if batch and now - batch_started >= BATCH_SECONDS and txn is None:
                     flush()
                 caught_up = txn is None and not batch and not spills and position >= target
                 if stop_when_caught_up and caught_up:
+                    writer.drain()
                     result.caught_up = True
                     break
                 if now >= deadline and txn is None:
                     flush()
+                    writer.drain()
                     break
                 message = self._read(repl, 0.2)
                 if message is None:
@@ -365,7 +449,7 @@ class IncrementalSync:
                     if txn is None and not batch and stream_xid is None and not spills:
                         position = max(position, wal_end)
                     if reply:
-                        self._send_feedback(repl, received, applied)
+                        self._send_feedback(repl, received, writer.applied)
                         last_feedback = time.monotonic()
                     continue
                 if kind != 119:  # 'w': XLogData
@@ -383,13 +467,13 @@ class IncrementalSync:
                         continue
                     change = decode_row_change(message, 25)
                     rel = change.relation
-                    table = tables[rel] if rel in tables else self._target(rel, dst)
+                    table = tables[rel] if rel in tables else self._target(rel, lookup)
                     if table is None or txn_commit_lsn < table.start_lsn:
                         continue
                     batch.add(change.relation, table, change, len(message) - 25)
                     if batch.bytes >= BATCH_BYTES:
                         # A large transaction: write what we have into the open destination transaction.
-                        self._apply_partial(dst, applier, batch)
+                        writer.submit(("partial", batch))
                         batch = self.new_batch()
                     continue
                 item = decoder.decode(message, 25)
@@ -402,6 +486,7 @@ class IncrementalSync:
                 if isinstance(item, Begin):
                     if stop_at is not None and item.commit_lsn >= stop_at:
                         flush()
+                        writer.drain()
                         result.caught_up = True
                         break  # committed at or after the stop point: left for later
                     txn = _Txn(item, skip=item.commit_lsn < applied)
@@ -425,15 +510,16 @@ class IncrementalSync:
                 if isinstance(item, (Change, Truncate)) and txn is not None:
                     if txn.skip:
                         continue
-                    self._add(batch, txn, item, len(message) - 25, dst)
+                    self._add(batch, txn, item, len(message) - 25, lookup)
                     if batch.bytes >= BATCH_BYTES:
                         # A large transaction: write what we have into the open destination transaction.
-                        self._apply_partial(dst, applier, batch)
+                        writer.submit(("partial", batch))
                         batch = self.new_batch()
                     continue
                 if isinstance(item, (Commit, StreamCommit)):
                     if isinstance(item, StreamCommit) and stop_at is not None and item.commit_lsn >= stop_at:
                         flush()
+                        writer.drain()
                         result.caught_up = True
                         break
                     if isinstance(item, StreamCommit):
@@ -446,9 +532,9 @@ class IncrementalSync:
                             for raw in spill.messages():
                                 change = sub.decode(raw)
                                 if isinstance(change, (Change, Truncate)) and change.xid not in spill.aborted:
-                                    self._add(batch, txn, change, len(raw), dst)
+                                    self._add(batch, txn, change, len(raw), lookup)
                                     if batch.bytes >= BATCH_BYTES:
-                                        self._apply_partial(dst, applier, batch)
+                                        writer.submit(("partial", batch))
                                         batch = self.new_batch()
                             spill.close()
                     end_lsn = item.end_lsn
@@ -468,12 +554,12 @@ class IncrementalSync:
                             flush()
                         elif not batch:
                             # A transaction without changes for us still moves the applied position.
-                            self._record_progress(dst, end_lsn, item.commit_time)
-                            dst.commit()
-                            applied = end_lsn
+                            writer.submit(("progress", None, end_lsn, item.commit_time))
                     txn = None
                     continue
             flush()
+            writer.drain()
+            applied = writer.applied
             result.applied_lsn = int_to_lsn(applied)
             with connect(self.source) as src:
                 current = lsn_to_int(src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
@@ -490,9 +576,11 @@ class IncrementalSync:
         except psycopg.OperationalError as exc:
             raise SyncError(f"connection lost during incremental sync: {str(exc).strip()}") from None
         finally:
+            if writer is not None:
+                writer.close()
             for spill in spills.values():
                 spill.close()
-            for conn in (repl, dst, lock_conn):
+            for conn in (repl, lookup, dst, lock_conn):
                 try:
                     conn.close()
                 except Exception:  # noqa: BLE001 - closing on the way out
