@@ -51,9 +51,11 @@ from airflow_pgmigrate.exceptions import PgMigrateError
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
 
-#: A batch is applied when it holds this many changes or bytes, or has waited this long.
+#: A batch is applied when it holds this many changes or bytes, or has waited this long. Inside one large transaction
+#: a batch is written (not committed) at these sizes, so memory stays bounded: a decoded change takes several times
+#: its wire size in Python objects, and the writer holds at most two batches besides the one being filled.
 BATCH_CHANGES = 50_000
-BATCH_BYTES = 64 * 1024 * 1024
+BATCH_BYTES = 16 * 1024 * 1024
 BATCH_SECONDS = 1.0
 FEEDBACK_SECONDS = 1.0
 #: Changes of a streamed transaction kept in memory before spilling to disk.
@@ -147,6 +149,7 @@ class _Writer:
         self.error: BaseException | None = None
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=1)
         self._pending = 0  # items submitted and not finished
+        self._uncommitted = 0  # changes written by partial items, counted when their transaction commits
         self._done = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="pgmigrate-writer", daemon=True)
         self._thread.start()
@@ -197,6 +200,7 @@ class _Writer:
         sync, dst = self._sync, self._dst
         if item[0] == "partial":
             sync._apply_partial(dst, self._applier, item[1])
+            self._uncommitted += item[1].changes
             return
         _, batch, end_lsn, commit_time = item
         if batch is None:
@@ -204,7 +208,9 @@ class _Writer:
             dst.commit()
         else:
             sync._apply_batch(dst, self._applier, batch, end_lsn, commit_time)
-            self._result.changes += batch.changes
+            self._uncommitted += batch.changes
+        self._result.changes += self._uncommitted
+        self._uncommitted = 0
         self.applied = end_lsn
         if commit_time is not None:
             self._result.last_commit_time = pg_time(commit_time).isoformat()
@@ -471,7 +477,7 @@ class IncrementalSync:
                     if table is None or txn_commit_lsn < table.start_lsn:
                         continue
                     batch.add(change.relation, table, change, len(message) - 25)
-                    if batch.bytes >= BATCH_BYTES:
+                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
                         # A large transaction: write what we have into the open destination transaction.
                         writer.submit(("partial", batch))
                         batch = self.new_batch()
@@ -511,7 +517,7 @@ class IncrementalSync:
                     if txn.skip:
                         continue
                     self._add(batch, txn, item, len(message) - 25, lookup)
-                    if batch.bytes >= BATCH_BYTES:
+                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
                         # A large transaction: write what we have into the open destination transaction.
                         writer.submit(("partial", batch))
                         batch = self.new_batch()
@@ -533,7 +539,7 @@ class IncrementalSync:
                                 change = sub.decode(raw)
                                 if isinstance(change, (Change, Truncate)) and change.xid not in spill.aborted:
                                     self._add(batch, txn, change, len(raw), lookup)
-                                    if batch.bytes >= BATCH_BYTES:
+                                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
                                         writer.submit(("partial", batch))
                                         batch = self.new_batch()
                             spill.close()
@@ -550,7 +556,7 @@ class IncrementalSync:
                             batch_started = time.monotonic()
                         batch_last_end = end_lsn
                         batch_commit_time = item.commit_time
-                        if batch.changes >= BATCH_CHANGES or batch.bytes >= BATCH_BYTES / 4:
+                        if batch.changes >= BATCH_CHANGES or batch.bytes >= BATCH_BYTES / 2:
                             flush()
                         elif not batch:
                             # A transaction without changes for us still moves the applied position.

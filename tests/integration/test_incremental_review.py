@@ -81,7 +81,7 @@ def test_a_replayed_batch_does_not_break_the_next_batches(migration_env, monkeyp
                                     "UPDATE public.uq SET u = 1 WHERE id = 2", "UPDATE public.uq SET u = 2 WHERE id = 1"])
     for i in range(3, 10):
         migration_env.src(f"UPDATE public.uq SET u = u + 1000, pad = 'later' WHERE id = {i}")
-    monkeypatch.setattr(incremental, "BATCH_CHANGES", 1)  # one batch per transaction
+    monkeypatch.setattr(incremental, "BATCH_CHANGES", 3)  # the swap's three changes, then batches of three
     lines: list[str] = []
     result = run_incremental(config, migration_env.source_info(), migration_env.destination_info(),
                              window_seconds=20, log=lines.append)
