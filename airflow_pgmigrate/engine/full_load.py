@@ -537,7 +537,7 @@ class FullLoad:
                 block = proc.stdout.read(262144)
                 if not block:
                     break
-                counted += self._flush(dpq, bytearray(block), counter, self.throttle)
+                counted += self._flush(dpq, block, counter, self.throttle)
                 copied += len(block)
                 if self._stop.is_set():
                     raise FullLoadError("stopped: another chunk failed")
@@ -554,7 +554,8 @@ class FullLoad:
             raise
         return copied, counted, self._finish_copy_in(dpq)
 
-    def _flush(self, dpq: Any, buffer: bytearray, counter: BinaryRowCounter | None, throttle: Throttle) -> int:
+    def _flush(self, dpq: Any, buffer: bytes | bytearray, counter: BinaryRowCounter | None,
+               throttle: Throttle) -> int:
         rows = 0
         throttle.on_bytes(len(buffer))
         if throttle.counts_rows:
