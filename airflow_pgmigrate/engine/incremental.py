@@ -364,6 +364,7 @@ class IncrementalSync:
                 raise SyncError(f"replication slot {slot} does not exist on the source: it was dropped, or the "
                                 "source failed over to a standby that does not have it. Drop any orphaned slot on "
                                 "the new primary and restart the migration from a fresh full load")
+            self._check_new_partitions(src, version)
             target = lsn_to_int(target_lsn) if target_lsn else lsn_to_int(
                 src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
         stop_at = lsn_to_int(stop_before_lsn) if stop_before_lsn else None
@@ -596,6 +597,37 @@ class IncrementalSync:
                  f"changes={result.changes} skipped={result.skipped_transactions} caught_up={result.caught_up} "
                  f"lag_bytes={result.lag_bytes} lag_s={result.lag_seconds:.1f} seconds={result.seconds}")
         return result
+
+    def _check_new_partitions(self, src: psycopg.Connection, version: int) -> None:
+        """Stop when a partition was added on the source after the full load: the publication lists the partitions
+        that existed then, so rows routed to a new one would never reach the destination (a silent loss)."""
+        if version < 120000:
+            return
+        publication = self.config.publication_name
+        rows = src.execute(
+            """
+            SELECT n.nspname, c.relname, rn.nspname, rc.relname
+              FROM (SELECT DISTINCT pg_partition_root(pr.prrelid) AS root
+                      FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                     WHERE p.pubname = %(pub)s) roots
+              CROSS JOIN LATERAL pg_partition_tree(roots.root) tree
+              JOIN pg_class c ON c.oid = tree.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_class rc ON rc.oid = roots.root JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+             WHERE roots.root IS NOT NULL AND tree.isleaf AND NOT EXISTS (
+                   SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                    WHERE p.pubname = %(pub)s AND pr.prrelid = c.oid)
+             ORDER BY 1, 2
+            """, {"pub": publication}).fetchall()
+        excluded = TableSelector(self.config.objects).exclude
+        new = [(QualifiedName(schema, name), QualifiedName(root_schema, root)) for schema, name, root_schema, root in rows
+               if not any(p.match(QualifiedName(schema, name).key) for p in excluded)]
+        if new:
+            names = ", ".join(f"{name} (of {root})" for name, root in new)
+            raise SyncError(f"DDL on the source: partition(s) {names} were created after the full load and are not "
+                            f"in publication {publication}, so their rows would not reach the destination. "
+                            "Incremental sync stopped. Restart the migration from a fresh full load (release, then "
+                            "run the DAG again), or exclude the partition(s) with objects.exclude if their rows must "
+                            "not migrate")
 
     _selector: Callable[[QualifiedName], bool]
     _start_lsns: dict[str, int]
