@@ -84,6 +84,8 @@ class TablePlan:
     chunks: list[Chunk] = field(default_factory=list)
     #: Estimated copy cost (heap bytes plus weighted TOAST bytes); 0 in plans recorded before it existed.
     cost: float = 0.0
+    #: Source column -> its type at the full load (``format_type``), so incremental sync detects type changes.
+    column_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def source_name(self) -> QualifiedName:
@@ -137,7 +139,8 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
             staging = bool(row and row[0])
         plan = TablePlan(str(name), str(target), columns, target_columns, config.row_filter(name),
                          table.size_bytes, table.estimated_rows, binary, staging,
-                         [mapper.column(name, c) for c in (table.key_columns or [])], cost=_copy_cost(src, table.oid))
+                         [mapper.column(name, c) for c in (table.key_columns or [])], cost=_copy_cost(src, table.oid),
+                         column_types={c.name: c.type for c in table.columns})
         plans.append(plan)
         tables.append(table)
     split_bytes = config.full_load.split_bytes

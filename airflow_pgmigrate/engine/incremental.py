@@ -283,6 +283,7 @@ class IncrementalSync:
             raise SyncError(f"DDL on the source: {name} no longer has column(s) {', '.join(dropped)} that the "
                             f"destination table {target} has (dropped after the full load?). Incremental sync "
                             "stopped: apply the same change on the destination, then resume")
+        self._check_type_changes(rel, name, target, [rel.columns[i].name for i, _ in columns], mapper, dst)
         if rel.replica_identity == "n":
             raise SyncError(f"{name} has REPLICA IDENTITY NOTHING: its updates and deletes are not published. "
                             f"ALTER TABLE {name} REPLICA IDENTITY FULL (or add a primary key)")
@@ -300,6 +301,32 @@ class IncrementalSync:
         upsert = bool(row_filter) or self.config.conflicting_tables == "ignore"
         return TableTarget(name, target, columns, key, key_names, upsert, row_filter,
                            start_lsns.get(name.key, start_lsns.get(str(name), 0)))
+
+    def _check_type_changes(self, rel: Relation, name: QualifiedName, target: QualifiedName, migrated: list[str],
+                            mapper: NameMapper, dst: psycopg.Connection) -> None:
+        """Stop when a migrated column's type on the source differs from its type at the full load, unless the
+        destination column has been given the new type too (then the change was applied on both sides)."""
+        recorded = self._planned_types.get(name)
+        if not recorded:
+            return
+        by_name = {c.name: c for c in rel.columns}
+        with connect(self.source) as src:
+            now = dict(zip(migrated, [r[0] for r in src.execute(
+                "SELECT format_type(t, m) FROM unnest(%s::oid[], %s::int[]) WITH ORDINALITY AS u(t, m, i) ORDER BY i",
+                ([by_name[c].type_oid for c in migrated], [by_name[c].typmod for c in migrated]))], strict=True))
+        changed = {c: (recorded[c], now[c]) for c in migrated if c in recorded and recorded[c] != now[c]}
+        if not changed:
+            return
+        at_destination: dict[str, str] = dict(dst.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attnum > 0 AND NOT attisdropped", (sql.Identifier(target.schema, target.name).as_string(dst),)))
+        pending = {c: v for c, v in changed.items() if at_destination.get(mapper.column(name, c)) != v[1]}
+        if pending:
+            details = ", ".join(f"{c!r} from {before} to {after}" for c, (before, after) in pending.items())
+            raise SyncError(f"DDL on the source: {name} changed the type of column(s) {details} after the full "
+                            f"load. Incremental sync stopped before applying anything of it: change the same "
+                            f"column(s) of {target} on the destination (ALTER TABLE ... ALTER COLUMN ... TYPE ...), "
+                            "then resume")
 
     def _added_on_source_later(self, name: QualifiedName, mapper: NameMapper, columns: list[str]) -> bool:
         """Whether the source table has ``columns`` (destination names) now: the relation described changes made
@@ -389,6 +416,8 @@ class IncrementalSync:
             start_lsns = {k: lsn_to_int(v) for k, v in (full_load.get("table_start_lsn") or {}).items() if v}
             # The full load's tables (partitions of a selected partitioned table included) are the publication's.
             planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
+            self._planned_types = {parse_qualified_name(p["source"]): p.get("column_types") or {}
+                                   for p in full_load.get("plan") or []}
             selector = TableSelector(config.objects)
             self._selector = lambda name: name in planned or selector(name)
             self._start_lsns = start_lsns
@@ -630,6 +659,7 @@ class IncrementalSync:
                             "not migrate")
 
     _selector: Callable[[QualifiedName], bool]
+    _planned_types: dict[QualifiedName, dict[str, str]]
     _start_lsns: dict[str, int]
     _replica_role: bool
 
