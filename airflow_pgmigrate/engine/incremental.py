@@ -513,13 +513,8 @@ class IncrementalSync:
                         batch = self.new_batch()
                     continue
                 item = decoder.decode(message, 25)
-                if isinstance(item, Relation):
-                    self.relations[item.oid] = item
-                    self.tables.pop(item.oid, None)
-                    if stream_xid is not None:
-                        spills.setdefault(stream_xid, _Spill())
-                    continue
-                if isinstance(item, Begin):
+                item_type = type(item)
+                if item_type is Begin:
                     if stop_at is not None and item.commit_lsn >= stop_at:
                         flush()
                         writer.drain()
@@ -528,13 +523,19 @@ class IncrementalSync:
                     txn = _Txn(item, skip=item.commit_lsn < applied)
                     txn_commit_lsn = item.commit_lsn
                     continue
-                if isinstance(item, StreamStart):
+                if item_type is Relation:
+                    self.relations[item.oid] = item
+                    self.tables.pop(item.oid, None)
+                    if stream_xid is not None:
+                        spills.setdefault(stream_xid, _Spill())
+                    continue
+                if item_type is StreamStart:
                     stream_xid = item.xid
                     continue
-                if isinstance(item, StreamStop):
+                if item_type is StreamStop:
                     stream_xid = None
                     continue
-                if isinstance(item, StreamAbort):
+                if item_type is StreamAbort:
                     spill = spills.get(item.xid)
                     if spill is not None:
                         if item.subxid == item.xid:
@@ -543,7 +544,7 @@ class IncrementalSync:
                         else:
                             spill.aborted.add(item.subxid)
                     continue
-                if isinstance(item, (Change, Truncate)) and txn is not None:
+                if (item_type is Change or item_type is Truncate) and txn is not None:
                     if txn.skip:
                         continue
                     self._add(batch, txn, item, len(message) - 25, lookup)
@@ -552,7 +553,7 @@ class IncrementalSync:
                         writer.submit(("partial", batch))
                         batch = self.new_batch()
                     continue
-                if isinstance(item, (Commit, StreamCommit)):
+                if item_type is Commit or item_type is StreamCommit:
                     if isinstance(item, StreamCommit) and stop_at is not None and item.commit_lsn >= stop_at:
                         flush()
                         writer.drain()

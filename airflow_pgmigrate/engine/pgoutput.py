@@ -134,6 +134,10 @@ class Decoder:
         code = data[offset]
         if code in _ROW_TAGS and not self.in_stream:
             return decode_row_change(data, offset)
+        if code == 66:  # 'B', once per transaction: no reader object
+            return Begin(*struct.unpack_from("!qqi", data, offset + 1))
+        if code == 67:  # 'C' (flags, then three int64)
+            return Commit(*struct.unpack_from("!qqq", data, offset + 2))
         buf = memoryview(data)
         tag = chr(code)
         reader = _Reader(buf, offset + 1)
