@@ -414,15 +414,17 @@ class FullLoad:
 
         ``COPY ... FREEZE`` needs the table truncated in the same transaction: the rows are then written frozen and
         all-visible, which spares the index build and the first reads of the destination from setting hint bits on
-        every page (and a later anti-wraparound vacuum from rewriting them). The target holds no committed rows of
-        this chunk (it is not done yet), so emptying it is also what a retry needs. Not possible (a partitioned
-        target, a foreign key pointing at it, no TRUNCATE privilege): the plain copy, which is as correct.
+        every page (and a later anti-wraparound vacuum from rewriting them). Only an empty target is truncated: a
+        chunk not recorded as done left no rows (its transaction rolled back), so rows found there are not ours and
+        stay. Not possible (rows there, a partitioned target, a foreign key pointing at it, no TRUNCATE privilege):
+        the plain copy, which is as correct.
         """
         dst.execute("SAVEPOINT pgm_freeze")
         try:
-            kind = dst.execute(sql.SQL("SELECT relkind FROM pg_class WHERE oid = {}::regclass").format(
-                sql.Literal(target.as_string(dst)))).fetchone()
-            if not kind or kind[0] != "r":
+            kind = dst.execute(sql.SQL("SELECT relkind, NOT EXISTS (SELECT 1 FROM {}) FROM pg_class "
+                                       "WHERE oid = {}::regclass").format(target, sql.Literal(target.as_string(dst)))
+                               ).fetchone()
+            if not kind or kind[0] != "r" or not kind[1]:
                 dst.execute("RELEASE SAVEPOINT pgm_freeze")
                 return False
             dst.execute(sql.SQL("TRUNCATE {}").format(target))
