@@ -1,0 +1,70 @@
+"""What kind of failure stopped a step, so that it is retried for the right time, or not at all.
+
+- ``connection``: a server is unreachable, restarted, or dropped the session (retried for
+  ``retry.connection_failures_minutes``);
+- ``transient``: the server answered with an error that can pass by itself (a statement timeout, a read-only or full
+  destination, a lock conflict, another applier still running) (retried for ``retry.other_errors_minutes``);
+- ``permanent``: retrying cannot help until a person acts (the slot is gone, DDL on the source, a missing table).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import psycopg
+
+from airflow_pgmigrate.engine.connection import ConnectFailed
+
+FailureKind = Literal["connection", "transient", "permanent"]
+
+#: SQLSTATEs of a session ended by the server: admin_shutdown, crash_shutdown, cannot_connect_now.
+_ENDED_SESSION_STATES = ("57P01", "57P02", "57P03")
+#: How a SyncError says that the replication or destination connection broke (engine/incremental.py).
+_SYNC_CONNECTION_PHRASES = ("connection lost", "the source ended the replication stream", "replication stream failed")
+#: The server ended the replication stream because the session or the server ended: a connection failure.
+_STREAM_ENDED_BY_SHUTDOWN = ("terminating connection", "server closed the connection", "shutting down",
+                             "administrator command", "no connection to the server")
+#: SyncErrors that pass by themselves.
+_SYNC_TRANSIENT_PHRASES = ("another applier", "applying changes failed on the destination")
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` means the session could not be opened or was lost (rather than a statement failing)."""
+    if isinstance(exc, ConnectFailed):
+        return True
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is None:
+            return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+        return state.startswith("08") or state in _ENDED_SESSION_STATES
+    return False
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """Classify a failure of incremental sync (see the module docstring)."""
+    from airflow_pgmigrate.engine.incremental import SyncError
+
+    if is_connection_failure(exc):
+        return "connection"
+    if isinstance(exc, SyncError):
+        text = str(exc)
+        if any(phrase in text for phrase in _SYNC_CONNECTION_PHRASES):
+            if "ended the replication stream" in text and not any(p in text for p in _STREAM_ENDED_BY_SHUTDOWN):
+                return "transient" if "does not exist" not in text and "can no longer" not in text \
+                    else "permanent"
+            return "connection"
+        if any(phrase in text for phrase in _SYNC_TRANSIENT_PHRASES):
+            return "transient"
+        return "permanent"
+    if isinstance(exc, psycopg.Error):
+        return "transient"
+    return "permanent"
+
+
+def describe_database_error(exc: psycopg.Error) -> str:
+    """One line for a server error: its primary message and SQLSTATE (never connection parameters)."""
+    message = (exc.diag.message_primary or str(exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{message} (SQLSTATE {exc.sqlstate})" if exc.sqlstate else message
+
+
+__all__ = ["FailureKind", "describe_database_error", "failure_kind", "is_connection_failure"]
