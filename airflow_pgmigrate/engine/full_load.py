@@ -38,7 +38,7 @@ from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qual
 from airflow_pgmigrate.engine.pgdump import available_clients, client_env
 from airflow_pgmigrate.engine.schema import read_source_schema
 from airflow_pgmigrate.engine.sequences import sync_sequences
-from airflow_pgmigrate.engine.slot_wait import watch_slot_creation
+from airflow_pgmigrate.engine.slots import drop_leftover_slot, watch_slot_creation
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.throttle import BinaryRowCounter, Throttle, count_text_rows
 from airflow_pgmigrate.exceptions import PgMigrateError
@@ -270,6 +270,9 @@ class FullLoad:
 
     def _create_slot(self, slot: str, *, temporary: bool, version: int) -> SnapshotSource:
         """Create a logical slot on a replication connection, exporting its snapshot; the connection stays open."""
+        if temporary:
+            with connect(self.source) as src:
+                drop_leftover_slot(src, slot, self.log)  # a killed attempt's session may still be creating it
         conn = connect(self.source, replication=True)
         watchdog = watch_slot_creation(self.source, conn.pgconn.backend_pid, slot, self.log)
         try:
@@ -636,8 +639,7 @@ class FullLoad:
             if incremental and fresh:
                 if slot_there:
                     # Created by an attempt that died before recording it: its snapshot is gone, start afresh.
-                    src.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                    self.log(f"full_load dropped slot={slot} left by an attempt that recorded nothing")
+                    drop_leftover_slot(src, slot, self.log)
                 self._ensure_publication(src, plans)
         record: dict[str, Any] = {
             "migration": config.name,

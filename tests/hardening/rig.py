@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -160,11 +161,27 @@ def assert_same_data(env: Any, schema: str = "public") -> dict[str, tuple[int, s
     return source
 
 
+def promoted_copy(primary: LocalPostgres, base_dir: Path) -> LocalPostgres:
+    """A failover target: a physical copy of ``primary`` (pg_basebackup, as a standby would be built) promoted to
+    primary. It has the data and the catalog (publications included) but no replication slot: slots are not copied."""
+    copy = LocalPostgres(base_dir, major=primary.major, settings=primary.settings, password=primary.password)
+    copy.base_dir.mkdir(parents=True, exist_ok=True)
+    copy._chown(copy.base_dir)
+    done = copy._run([str(copy.bindir / "pg_basebackup"), "-D", str(copy.data_dir), "-h", str(primary.base_dir),
+                      "-p", str(primary.port), "-U", "postgres", "-X", "stream", "-R", "--checkpoint=fast",
+                      "--no-sync"])
+    assert done.returncode == 0, done.stderr
+    copy.start()
+    promoted = copy._run([str(copy.bindir / "pg_ctl"), "-D", str(copy.data_dir), "-w", "promote"])
+    assert promoted.returncode == 0, promoted.stderr
+    return copy
+
+
 def applied_lsn(env: Any, name: str, state_schema: str = "pgmigrate") -> str | None:
     found = env.dst(f"SELECT applied_lsn::text FROM {state_schema}.apply_progress WHERE migration = %s",  # noqa: S608
                     (name,))
     return found[0][0] if found else None
 
 
-__all__ = ["CHILD", "Child", "applied_lsn", "assert_same_data", "digests", "holding", "rows", "sessions",
+__all__ = ["CHILD", "Child", "applied_lsn", "assert_same_data", "digests", "holding", "promoted_copy", "rows", "sessions",
            "terminate_sessions", "waiting_on_lock"]

@@ -1,4 +1,7 @@
-"""Naming what a replication slot's creation waits for.
+"""Replication slot chores of the full load: naming what a slot's creation waits for, and clearing a slot left by an
+attempt that died before recording it.
+
+Waiting.
 
 ``CREATE_REPLICATION_SLOT`` cannot finish while a transaction that wrote (holds an xid) and started before it is still
 open, in any database of the source: the walsender waits on each such transaction's lock in turn. A long report, a
@@ -7,6 +10,10 @@ the create call waits, a thread polls, on a separate ordinary connection, the se
 (``pg_blocking_pids``) and logs each one: pid, application_name, user, database, state, xact_start and the start of
 its query; a prepared transaction (pid 0) is named by its gid. The wait itself is left alone: ending the blocking
 session is the user's decision, and the message says how.
+
+Leftovers. A worker killed while its slot was being created leaves a walsender that goes on waiting (it notices the
+client is gone only when the wait ends) and then may finish creating the slot. The retry ends that session and drops
+the slot before creating its own.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 import psycopg
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.exceptions import PgMigrateError
 
 #: How often the blockers are read; a line is logged when they change, and at least every REPORT_SECONDS.
 POLL_SECONDS = 1.0
@@ -114,4 +122,36 @@ def watch_slot_creation(source: ConnectionInfo, walsender_pid: int, slot: str,
     return done
 
 
-__all__ = ["blocking_sessions", "watch_slot_creation"]
+class SlotInUse(PgMigrateError):
+    """A slot left by an earlier attempt is still held by a session that would not end."""
+
+
+def drop_leftover_slot(conn: psycopg.Connection, slot: str, log: Callable[[str], None],
+                       timeout: float = 30.0) -> bool:
+    """Drop ``slot`` (created by an attempt that recorded nothing), ending the session still holding it, if any.
+    Returns whether a slot was there. ``conn`` is an ordinary autocommit connection to the source."""
+    deadline = time.monotonic() + timeout
+    found = False
+    while True:
+        row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+        if row is None:
+            return found
+        found = True
+        if row[0] is None:
+            try:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                log(f"full_load dropped slot={slot} left by an attempt that recorded nothing")
+                return True
+            except (psycopg.errors.ObjectInUse, psycopg.errors.UndefinedObject):
+                pass  # taken again, or gone meanwhile: look again
+        else:
+            conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+            log(f"full_load ended pid={row[0]} that held slot={slot} for an earlier attempt (a worker that died "
+                "while the slot was being created)")
+        if time.monotonic() > deadline:
+            raise SlotInUse(f"replication slot {slot} is held by pid {row[0]} and could not be dropped within "
+                            f"{timeout:.0f} s: end that session (SELECT pg_terminate_backend({row[0]})), then retry")
+        time.sleep(0.2)
+
+
+__all__ = ["SlotInUse", "blocking_sessions", "drop_leftover_slot", "watch_slot_creation"]
