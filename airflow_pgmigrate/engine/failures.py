@@ -25,7 +25,8 @@ _SYNC_CONNECTION_PHRASES = ("connection lost", "the source ended the replication
 _STREAM_ENDED_BY_SHUTDOWN = ("terminating connection", "server closed the connection", "shutting down",
                              "administrator command", "no connection to the server")
 #: SyncErrors that pass by themselves.
-_SYNC_TRANSIENT_PHRASES = ("another applier", "applying changes failed on the destination")
+_SYNC_TRANSIENT_PHRASES = ("another applier", "applying changes failed on the destination",
+                           "replication slot is in use by another session")
 
 
 def is_connection_failure(exc: BaseException) -> bool:
@@ -67,4 +68,20 @@ def describe_database_error(exc: psycopg.Error) -> str:
     return f"{message} (SQLSTATE {exc.sqlstate})" if exc.sqlstate else message
 
 
-__all__ = ["FailureKind", "describe_database_error", "failure_kind", "is_connection_failure"]
+def sync_failure_message(exc: psycopg.Error, applied_lsn: str) -> str:
+    """The message of a SyncError for a server error met while streaming and applying. The batch being written was
+    rolled back with its transaction, so the recorded position (``applied_lsn``) is still the truth."""
+    # 0/0: the failure came before the recorded position was read (or nothing is recorded yet).
+    where = f"nothing after applied_lsn={applied_lsn} is recorded as applied; the next attempt resumes there" \
+        if applied_lsn != "0/0" else "the recorded applied position is unchanged; the next attempt resumes from it"
+    if is_connection_failure(exc):
+        return f"connection lost during incremental sync: {str(exc).strip()}; {where}"
+    if exc.sqlstate == "55006" and "replication slot" in str(exc):
+        return (f"the source's replication slot is in use by another session ({describe_database_error(exc)}): a "
+                f"killed worker's session ends within the source's wal_sender_timeout; {where}")
+    return f"applying changes failed on the destination: {describe_database_error(exc)}. The batch was rolled " \
+           f"back: {where}"
+
+
+__all__ = ["FailureKind", "describe_database_error", "failure_kind", "is_connection_failure",
+           "sync_failure_message"]

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -177,6 +178,32 @@ def promoted_copy(primary: LocalPostgres, base_dir: Path) -> LocalPostgres:
     return copy
 
 
+@contextlib.contextmanager
+def tiny_tablespace(server: LocalPostgres, name: str, size: str = "1m") -> Iterator[str]:
+    """A tablespace on a tmpfs of ``size``: a destination disk that fills up. Needs root (mount); skips otherwise."""
+    import pytest
+
+    if os.geteuid() != 0 or server._user is None:
+        pytest.skip("a full disk is simulated with a tmpfs mount, which needs root")
+    path = Path(tempfile.mkdtemp(prefix="pgmigrate-tiny-"))
+    path.chmod(0o755)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        path.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        os.chown(path, server._user.pw_uid, server._user.pw_gid)
+        server.execute(f"CREATE TABLESPACE {name} LOCATION '{path}'")
+        yield name
+    finally:
+        with contextlib.suppress(psycopg.Error):
+            server.execute(f"DROP TABLESPACE IF EXISTS {name}")
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
 def applied_lsn(env: Any, name: str, state_schema: str = "pgmigrate") -> str | None:
     found = env.dst(f"SELECT applied_lsn::text FROM {state_schema}.apply_progress WHERE migration = %s",  # noqa: S608
                     (name,))
@@ -184,4 +211,4 @@ def applied_lsn(env: Any, name: str, state_schema: str = "pgmigrate") -> str | N
 
 
 __all__ = ["CHILD", "Child", "applied_lsn", "assert_same_data", "digests", "holding", "promoted_copy", "rows", "sessions",
-           "terminate_sessions", "waiting_on_lock"]
+           "terminate_sessions", "tiny_tablespace", "waiting_on_lock"]

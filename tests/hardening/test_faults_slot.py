@@ -69,7 +69,7 @@ def test_a_long_transaction_during_slot_creation_is_named_in_the_log_then_the_lo
     worker = threading.Thread(target=load)
     try:
         worker.start()
-        waits = {"session": f"application_name='nightly-report'", "prepared": f"gid='{gid}'"}
+        waits = {"session": "application_name='nightly-report'", "prepared": f"gid='{gid}'"}
         ended = []
         for _ in range(2):
             line = wait_for(lambda: next((x for x in logged if "waiting for slot=" in x
