@@ -1,7 +1,8 @@
 """A TCP forwarder for fault tests: clients connect to the proxy, which relays bytes to a PostgreSQL server.
 
-``cut()`` simulates a network failure: every relayed connection is reset and new connections are refused (the
-listening socket closes) or black-holed (accepted, never answered). ``restore()`` forwards again on the same port;
+``cut()`` simulates a network failure: every relayed connection is reset and new connections are refused (reset as
+soon as they arrive, as a firewall rejecting them would; counted in ``refused``) or black-holed (accepted, never
+answered, as a dropped route: the client waits for its connect_timeout). ``restore()`` forwards again;
 ``retarget()`` points new connections at another server (a failover to a new primary). Threads, no asyncio: the
 rig's servers are local and the connection count is small.
 """
@@ -44,6 +45,7 @@ class TcpProxy:
         self._closing = False
         self.port = port
         self.connections = 0
+        self.refused = 0
 
     # -- life cycle ------------------------------------------------------------------------------------------------
 
@@ -68,20 +70,15 @@ class TcpProxy:
         """Reset every relayed connection; new ones are refused (``refuse``) or left unanswered (``blackhole``)."""
         with self._lock:
             self._mode = mode
-        if mode == "refuse":
-            self._close_listener()
         self._drop_all()
 
     def restore(self) -> None:
         """Forward again (on the same port)."""
         with self._lock:
-            was = self._mode
             self._mode = None
             held, self._held = self._held, []
         for sock in held:
             _reset(sock)
-        if was == "refuse":
-            self._listen()
 
     def retarget(self, host: str, port: int) -> None:
         """Send new connections to another server; the relayed ones are reset (the old server is gone)."""
@@ -138,6 +135,8 @@ class TcpProxy:
                     self._held.append(client)
                 continue
             if mode == "refuse":
+                with self._lock:
+                    self.refused += 1
                 _reset(client)
                 continue
             try:
