@@ -24,6 +24,9 @@ _SYNC_CONNECTION_PHRASES = ("connection lost", "the source ended the replication
 #: The server ended the replication stream because the session or the server ended: a connection failure.
 _STREAM_ENDED_BY_SHUTDOWN = ("terminating connection", "server closed the connection", "shutting down",
                              "administrator command", "no connection to the server")
+#: The source cannot give the slot's changes any more (mid-stream): the slot was invalidated or dropped.
+_SLOT_GONE_PHRASES = ("does not exist", "can no longer", "cannot read from logical replication slot",
+                      "has already been removed", "invalidated")
 #: SyncErrors that pass by themselves.
 _SYNC_TRANSIENT_PHRASES = ("another applier", "applying changes failed on the destination",
                            "replication slot is in use by another session")
@@ -51,8 +54,7 @@ def failure_kind(exc: BaseException) -> FailureKind:
         text = str(exc)
         if any(phrase in text for phrase in _SYNC_CONNECTION_PHRASES):
             if "ended the replication stream" in text and not any(p in text for p in _STREAM_ENDED_BY_SHUTDOWN):
-                return "transient" if "does not exist" not in text and "can no longer" not in text \
-                    else "permanent"
+                return "permanent" if any(p in text for p in _SLOT_GONE_PHRASES) else "transient"
             return "connection"
         if any(phrase in text for phrase in _SYNC_TRANSIENT_PHRASES):
             return "transient"
@@ -76,9 +78,17 @@ def sync_failure_message(exc: psycopg.Error, applied_lsn: str) -> str:
         if applied_lsn != "0/0" else "the recorded applied position is unchanged; the next attempt resumes from it"
     if is_connection_failure(exc):
         return f"connection lost during incremental sync: {str(exc).strip()}; {where}"
-    if exc.sqlstate == "55006" and "replication slot" in str(exc):
-        return (f"the source's replication slot is in use by another session ({describe_database_error(exc)}): a "
-                f"killed worker's session ends within the source's wal_sender_timeout; {where}")
+    text = str(exc)
+    if "replication slot" in text:  # the source refused to stream the slot (START_REPLICATION)
+        if exc.sqlstate == "55006":
+            return (f"the source's replication slot is in use by another session ({describe_database_error(exc)}): "
+                    f"a killed worker's session ends within the source's wal_sender_timeout; {where}")
+        detail = (exc.diag.message_detail or "").strip()
+        return (f"the source can no longer stream the migration's replication slot: {describe_database_error(exc)}"
+                f"{' ' + detail if detail else ''}. The changes it held are gone (the source removed WAL the slot "
+                "still needed, for example past max_slot_wal_keep_size, or the slot was dropped), so incremental "
+                "sync cannot continue: release the slot (the DAG's release, or SELECT pg_drop_replication_slot) and "
+                "restart the migration from a fresh full load")
     return f"applying changes failed on the destination: {describe_database_error(exc)}. The batch was rolled " \
            f"back: {where}"
 

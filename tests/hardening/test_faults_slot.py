@@ -209,3 +209,29 @@ def catch_up_through(env, config, source) -> None:
         if run_incremental(config, source, env.destination_info(), window_seconds=10).caught_up:
             return
     raise AssertionError("did not catch up")
+
+
+def test_slot_invalidated_for_retaining_too_much_wal_is_explained(migration_env):
+    """The source removed WAL the slot still needed (``max_slot_wal_keep_size``): the changes are gone, and sync says
+    so instead of retrying."""
+    env = migration_env
+    env.src(DATA)
+    config = start_migration(env)
+    env.source.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+    env.source.execute("SELECT pg_reload_conf()")
+    try:
+        for _ in range(3):
+            env.src("UPDATE public.items SET name = name || 'x'")
+            env.src("SELECT pg_switch_wal()")
+        env.src("CHECKPOINT")
+        assert wait_for(lambda: env.src("SELECT wal_status = 'lost' FROM pg_replication_slots WHERE slot_name = %s",
+                                        (config.slot_name,))[0][0], what="the slot invalidated")
+    finally:
+        env.source.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        env.source.execute("SELECT pg_reload_conf()")
+    with pytest.raises(SyncError) as info:
+        run_incremental(config, env.source_info(), env.destination_info(), window_seconds=5)
+    message = str(info.value)
+    assert config.slot_name in message and "can no longer stream" in message and "fresh full load" in message
+    assert "exceeded the maximum reserved size" in message, "the server's reason is kept"
+    assert failure_kind(info.value) == "permanent"
