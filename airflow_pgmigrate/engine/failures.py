@@ -87,7 +87,7 @@ def sync_failure_message(exc: psycopg.Error, applied_lsn: str) -> str:
         return (f"the source can no longer stream the migration's replication slot: {describe_database_error(exc)}"
                 f"{' ' + detail if detail else ''}. The changes it held are gone (the source removed WAL the slot "
                 "still needed, for example past max_slot_wal_keep_size, or the slot was dropped), so incremental "
-                "sync cannot continue: release the slot (the DAG's release, or SELECT pg_drop_replication_slot) and "
+                "sync cannot continue: release the slot (the DAG's release task, or pg_drop_replication_slot) and "
                 "restart the migration from a fresh full load")
     return f"applying changes failed on the destination: {describe_database_error(exc)}. The batch was rolled " \
            f"back: {where}"

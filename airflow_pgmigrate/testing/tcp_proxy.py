@@ -57,6 +57,10 @@ class TcpProxy:
         self._closing = True
         self._close_listener()
         self._drop_all()
+        with self._lock:
+            held, self._held = self._held, []
+        for sock in held:
+            _reset(sock)
 
     def __enter__(self) -> TcpProxy:
         return self.start()
