@@ -269,26 +269,37 @@ class Throttling(_Validated):
 
 @dataclass
 class RetryWindows(_Validated):
-    """How long a step keeps retrying: after connection failures, and after other errors."""
+    """How long incremental sync keeps retrying: after connection failures, and after other errors that can pass.
 
-    connection_failures_minutes: int = 720
-    other_errors_minutes: int = 10
+    Minutes are numbers: fractions are allowed (short windows are meant for rehearsals and tests).
+    """
+
+    connection_failures_minutes: float = 720
+    other_errors_minutes: float = 10
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
         errors: list[Problem] = []
-        conn = values.get("connection_failures_minutes")
-        other = values.get("other_errors_minutes")
-        if isinstance(conn, int) and not 10 <= conn <= 1440:
-            _problem(errors, "connection_failures_minutes", f"must be between 10 and 1440, got {conn}",
+        conn = _number(values.get("connection_failures_minutes"))
+        other = _number(values.get("other_errors_minutes"))
+        if conn is not None and not 0 < conn <= 1440:
+            _problem(errors, "connection_failures_minutes", f"must be more than 0 and at most 1440, got {conn:g}",
                      "720 (12 hours) is the default; at least 30 is recommended")
-        if isinstance(other, int) and not 1 <= other <= 1440:
-            _problem(errors, "other_errors_minutes", f"must be between 1 and 1440, got {other}", "10 is the default")
-        if isinstance(conn, int) and isinstance(other, int) and other >= conn:
+        if other is not None and not 0 < other <= 1440:
+            _problem(errors, "other_errors_minutes", f"must be more than 0 and at most 1440, got {other:g}",
+                     "10 is the default")
+        if conn is not None and other is not None and other >= conn:
             _problem(errors, "other_errors_minutes",
-                     f"must be less than connection_failures_minutes ({conn}), got {other}",
+                     f"must be less than connection_failures_minutes ({conn:g}), got {other:g}",
                      "lower other_errors_minutes or raise connection_failures_minutes")
         return errors
+
+
+def _number(value: Any) -> float | None:
+    """A number given for a numeric field (type errors are reported elsewhere), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 @dataclass

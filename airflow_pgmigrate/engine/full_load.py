@@ -38,6 +38,7 @@ from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qual
 from airflow_pgmigrate.engine.pgdump import available_clients, client_env
 from airflow_pgmigrate.engine.schema import read_source_schema
 from airflow_pgmigrate.engine.sequences import sync_sequences
+from airflow_pgmigrate.engine.slots import drop_leftover_slot, watch_slot_creation
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.throttle import BinaryRowCounter, Throttle, count_text_rows
 from airflow_pgmigrate.exceptions import PgMigrateError
@@ -297,8 +298,11 @@ class FullLoad:
 
     def _create_slot(self, slot: str, *, temporary: bool, version: int) -> SnapshotSource:
         """Create a logical slot on a replication connection, exporting its snapshot; the connection stays open."""
+        if temporary:
+            with connect(self.source) as src:
+                drop_leftover_slot(src, slot, self.log)  # a killed attempt's session may still be creating it
         conn = connect(self.source, replication=True)
-        watchdog = self._watch_slot_creation()
+        watchdog = watch_slot_creation(self.source, conn.pgconn.backend_pid, slot, self.log)
         try:
             if version >= 150000:
                 command = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput (SNAPSHOT 'export')").format(
@@ -315,27 +319,6 @@ class FullLoad:
         assert row is not None
         self.log(f"full_load slot={slot} temporary={temporary} consistent_lsn={row[1]} snapshot={row[2]}")
         return SnapshotSource(str(row[2]), str(row[1]), conn, slot if temporary else None)
-
-    def _watch_slot_creation(self) -> threading.Event:
-        """While the slot waits for running transactions, name the sessions it waits for every 10 s."""
-        done = threading.Event()
-
-        def watch() -> None:
-            while not done.wait(10):
-                try:
-                    with connect(self.source) as conn:
-                        rows = conn.execute(
-                            "SELECT pid, usename, state, extract(epoch FROM now() - xact_start)::int FROM "
-                            "pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() "
-                            "ORDER BY xact_start").fetchall()
-                except psycopg.Error:
-                    continue
-                for pid, user, state, seconds in rows:
-                    self.log(f"full_load waiting for the slot: transaction pid={pid} user={user} state={state} "
-                             f"open_s={seconds} must end first (SELECT pg_terminate_backend({pid}) ends it)")
-
-        threading.Thread(target=watch, daemon=True, name="slot-watchdog").start()
-        return done
 
     def _plain_snapshot(self) -> SnapshotSource:
         """A snapshot without a slot (full load without incremental sync)."""
@@ -718,8 +701,7 @@ class FullLoad:
             if incremental and fresh:
                 if slot_there:
                     # Created by an attempt that died before recording it: its snapshot is gone, start afresh.
-                    src.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                    self.log(f"full_load dropped slot={slot} left by an attempt that recorded nothing")
+                    drop_leftover_slot(src, slot, self.log)
                 self._ensure_publication(src, plans)
         record: dict[str, Any] = {
             "migration": config.name,

@@ -26,6 +26,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, TableTarget
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.failures import sync_failure_message
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgoutput import (
     Begin,
@@ -409,6 +410,7 @@ class IncrementalSync:
         repl = connect(self.source, replication=True)
         spills: dict[int, _Spill] = {}
         writer: _Writer | None = None
+        applied = 0
         try:
             with dst.transaction():
                 applied = self._ensure_progress(dst)
@@ -610,8 +612,10 @@ class IncrementalSync:
                 result.lag_seconds = max(0.0, (datetime.now(UTC) - pg_time(oldest_unapplied))
                                          .total_seconds())
             self._send_feedback(repl, received, applied if spills or txn else max(applied, position))
-        except psycopg.OperationalError as exc:
-            raise SyncError(f"connection lost during incremental sync: {str(exc).strip()}") from None
+        except psycopg.Error as exc:
+            # Nothing of the failed batch committed: the recorded position is the writer's last commit.
+            raise SyncError(sync_failure_message(exc, int_to_lsn(writer.applied if writer is not None else applied))
+                            ) from None
         finally:
             if writer is not None:
                 writer.close()
