@@ -170,3 +170,39 @@ def test_destination_grants_for_a_non_superuser(migration_env):
             report.format_table()
     with psycopg.connect(**info.connect_kwargs(), autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")  # the warning's grant works
+
+
+def test_owner_publication_of_a_partitioned_table(migration_env):
+    """The owner publishes the partitioned table itself (its partitions, present and future, follow): the
+    least-privilege account migrates it, and rows routed to every partition arrive."""
+    from airflow_pgmigrate.engine.incremental import release, run_incremental
+    from airflow_pgmigrate.engine.schema import migrate_schema
+    from airflow_pgmigrate.engine.state import MigrationState
+
+    env = migration_env
+    env.src("CREATE TABLE public.events (id bigint, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);"
+            "CREATE TABLE public.events_2024 PARTITION OF public.events FOR VALUES FROM ('2024-01-01') TO "
+            "('2025-01-01');"
+            "CREATE TABLE public.events_2025 PARTITION OF public.events FOR VALUES FROM ('2025-01-01') TO "
+            "('2026-01-01');"
+            "INSERT INTO public.events SELECT g, date '2024-06-01' + g FROM generate_series(1, 300) g;"
+            "CREATE PUBLICATION events_pub FOR TABLE public.events")
+    env.create_role(env.source, USER, "nobody-pw", "REPLICATION")
+    env.src(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {USER}")
+    source = env.source_info(USER, "nobody-pw")
+    report = env.precheck(source=source, objects={"tables": ["public.events"]},
+                          incremental={"publication": "events_pub"})
+    assert report.statuses()["publication"] == "passed", report.format_table()
+    config = env.config(objects={"tables": ["public.events"]}, incremental={"publication": "events_pub"})
+    destination = env.destination_info()
+    state = MigrationState(destination, config.state_schema, config.name)
+    migrate_schema(config, source, destination, "pre_data", state=state)
+    run_full_load(config, source, destination)
+    migrate_schema(config, source, destination, "post_data", state=state)
+    env.src("INSERT INTO public.events SELECT g, date '2024-12-20' + g % 30 FROM generate_series(1001, 1100) g")
+    for _ in range(10):
+        if run_incremental(config, source, destination, window_seconds=10).caught_up:
+            break
+    query = "SELECT count(*), sum(id), count(DISTINCT tableoid) FROM public.events"
+    assert env.dst(query) == env.src(query) == [(400, sum(range(1, 301)) + sum(range(1001, 1101)), 2)]
+    assert release(config, source) == {"slot": True, "publication": False}
