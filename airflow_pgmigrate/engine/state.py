@@ -51,6 +51,13 @@ class MigrationState:
                 "ON CONFLICT (migration, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
             ).format(self._table), (self.migration, key, Jsonb(value)))
 
+    def write(self, conn: Any, key: str, value: Any) -> None:
+        """Write a key through an open destination connection (the tables must exist: :meth:`ensure`)."""
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (migration, key, value) VALUES (%s, %s, %s) "
+            "ON CONFLICT (migration, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+        ).format(self._table), (self.migration, key, Jsonb(value)))
+
     def get(self, key: str, default: Any = None) -> Any:
         with connect(self.destination) as conn:
             return self.read(conn, key, default)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 
 import psycopg
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
@@ -13,6 +13,7 @@ from airflow_pgmigrate.config import parse_size
 from airflow_pgmigrate.engine.connection import ConnectFailed
 from airflow_pgmigrate.engine.incremental import SyncError, run_incremental
 from airflow_pgmigrate.operators.base import ConfigArg, MigrationTaskMixin
+from airflow_pgmigrate.operators.monitoring import PokeRecord
 
 
 class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
@@ -22,6 +23,8 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
     the log, as ``Stats`` gauges and in XCom, then gives the worker slot back (reschedule mode). The sensor succeeds
     when incremental sync is "not delayed": lag under ``incremental.max_lag_seconds`` and ``max_lag_bytes``.
     A lost connection makes a poke return "not yet" (the next poke retries); other errors fail the poke.
+    After each poke: lag alerts (``alerts``), the retained-WAL watchdog (``incremental.retained_wal_*``, which may
+    stop the migration safely), a journal event and sample, and the report (see docs/monitoring.md).
 
     :param config: the migration (MigrationConfig, dict or YAML path).
     :param window_seconds: the longest a poke streams and applies.
@@ -29,6 +32,8 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
 
     template_fields: Sequence[str] = ("config",)
     ui_color = "#e8daef"
+    journal_task_steps: ClassVar[bool] = False  # each poke is journaled instead
+    report_interval: ClassVar[float] = 30.0
 
     def __init__(self, *, config: ConfigArg, window_seconds: float = 60.0, mode: str = "reschedule",
                  poke_interval: float = 5.0, timeout: float = timedelta(days=7).total_seconds(),
@@ -36,21 +41,26 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
         super().__init__(mode=mode, poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.config = config
         self.window_seconds = window_seconds
+        self.add_monitoring_callbacks()
 
     def poke(self, context: Context) -> PokeReturnValue:
         self.skip_unless_wanted("incremental")
         config = self.migration
+        started = datetime.now(UTC)
         try:
             result = run_incremental(config, self.source_info, self.destination_info,
                                      window_seconds=self.window_seconds,
                                      log=lambda message: self.log.info("%s", message))
         except (ConnectFailed, psycopg.OperationalError) as exc:
             self.log.warning("incremental sync: a server is unreachable, trying again at the next poke: %s", exc)
+            self.record_poke(context, PokeRecord(started, "unreachable", error=str(exc)))
             return PokeReturnValue(is_done=False)
         except SyncError as exc:
             if "connection lost" in str(exc):
                 self.log.warning("incremental sync: %s; trying again at the next poke", exc)
+                self.record_poke(context, PokeRecord(started, "unreachable", error=str(exc)))
                 return PokeReturnValue(is_done=False)
+            self.record_poke(context, PokeRecord(started, "failed", error=str(exc)))
             raise
         max_bytes = parse_size(config.incremental.max_lag_bytes)
         not_delayed = result.lag_bytes <= max_bytes and result.lag_seconds <= config.incremental.max_lag_seconds
@@ -58,6 +68,9 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
         self.log.info("incremental lag_bytes=%d lag_s=%.1f applied_lsn=%s not_delayed=%s", result.lag_bytes,
                       result.lag_seconds, result.applied_lsn, not_delayed)
         self._metrics(config.name, data)
+        self.observe(context, kind="incremental",
+                     poke=PokeRecord(started, "not_delayed" if not_delayed else "delayed", result))
+        self.refresh_report(force=not_delayed)
         return PokeReturnValue(is_done=not_delayed, xcom_value=data)
 
     @staticmethod
