@@ -165,16 +165,31 @@ def timeline(data: ReportData) -> list[TimelineRow]:
     for event in data.events:
         if event["kind"] == "poke":
             pokes.setdefault((event["run_id"], event["step"]), []).append(event)
+    ends: dict[tuple[str | None, str], dict[str, Any]] = {}
+    for event in data.events:
+        key = (event["run_id"], event["step"])
+        if event["kind"] == "poke":
+            continue
+        if event["kind"] == "task" and key in pokes:
+            ends[key] = event  # a sensor's end (success or failure) closes its row of pokes
             continue
         rows.append(TimelineRow(event["step"], event["kind"], event["started_at"], event["finished_at"],
                                 event["outcome"], _detail_text(event["detail"] or {})))
-    for (_, step), items in pokes.items():
+    for key, items in pokes.items():
         applied = sum(int((e["detail"] or {}).get("transactions") or 0) for e in items)
         last = items[-1]
         detail = f"pokes={len(items)} transactions={applied}"
         if (last["detail"] or {}).get("lag_bytes") is not None:
             detail += f" last_lag={format_bytes(last['detail']['lag_bytes'])}"
-        rows.append(TimelineRow(step, "pokes", items[0]["started_at"], last["finished_at"], last["outcome"], detail,
+        end, outcome = last["finished_at"], last["outcome"]
+        if key in ends:
+            closing = ends[key]
+            outcome = closing["outcome"]
+            end = max((t for t in (end, closing["finished_at"]) if t is not None), default=None)
+            error = (closing["detail"] or {}).get("error")
+            if error:
+                detail += f" error: {error}"
+        rows.append(TimelineRow(key[1], "pokes", items[0]["started_at"], end, outcome, detail,
                                 marks=[(e["started_at"], e["finished_at"], e["outcome"]) for e in items]))
     for table in data.tables:
         rows.append(TimelineRow(f"full_load · {table['table']}", "table", table["started_at"], table["finished_at"],
