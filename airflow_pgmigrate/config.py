@@ -466,6 +466,8 @@ BUILTIN_NOTIFIERS = {
     "file": "airflow_pgmigrate.notifications.migration.AlertFileNotifier",
 }
 _DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+#: ``{message}``-style placeholders of notifier arguments, filled from the alert (see NotifierSettings).
+ALERT_PLACEHOLDERS = ("kind", "severity", "message", "migration", "dag_id", "run_id", "task_id", "at")
 _SECRET_KEY_RE = re.compile(r"password|passwd|secret|token|api_?key|webhook_url", re.IGNORECASE)
 
 
@@ -474,8 +476,9 @@ class NotifierSettings(_Validated):
     """One notifier alerts go to: an Airflow notifier class (a ``BaseNotifier`` subclass) and its arguments.
 
     ``notifier`` is an import path such as ``airflow.providers.slack.notifications.slack.SlackNotifier`` or a
-    built-in short name (``log``, ``file``). ``kwargs`` go to its constructor; string values are Jinja templates
-    rendered with the task context plus ``pgmigrate_alert`` (the alert: kind, message, migration, ...).
+    built-in short name (``log``, ``file``). ``kwargs`` go to its constructor, with the placeholders ``{kind}``,
+    ``{severity}``, ``{message}``, ``{migration}``, ``{dag_id}``, ``{run_id}``, ``{task_id}`` and ``{at}`` replaced by
+    the alert's values. Jinja cannot refer to the alert: Airflow renders the config when the task starts.
     """
 
     notifier: str
@@ -494,7 +497,11 @@ class NotifierSettings(_Validated):
                      f"use one of {', '.join(BUILTIN_NOTIFIERS)}, or module.path.ClassName of a BaseNotifier "
                      "subclass, such as airflow.providers.slack.notifications.slack.SlackNotifier")
         kwargs = values.get("kwargs") or {}
-        for key in kwargs:
+        for key, value in kwargs.items():
+            if isinstance(value, str) and "{{" in value and "pgmigrate_alert" in value:
+                _problem(errors, f"kwargs[{key!r}]", "refers to pgmigrate_alert in Jinja, which Airflow renders when "
+                         "the task starts, before any alert exists", "use the placeholders {message}, {kind}, "
+                         "{severity}, {migration}, {task_id}, {run_id}, {dag_id}, {at} instead")
             if not str(key).isidentifier():
                 _problem(errors, f"kwargs[{key!r}]", "is not a valid argument name", "use the constructor's "
                          "argument names (letters, digits and _)")
@@ -876,6 +883,7 @@ def _to_plain(obj: Any) -> Any:
 
 
 __all__ = [
+    "ALERT_PLACEHOLDERS",
     "AlertSettings",
     "BUILTIN_NOTIFIERS",
     "CutoverSettings",

@@ -3,8 +3,11 @@
 An alert (lag above a threshold, retained WAL, a task that failed) is a small dict: ``kind``, ``severity``,
 ``message``, ``migration``, ``dag_id``, ``run_id``, ``task_id``, ``at`` and the figures behind it. It goes to every
 notifier of the config's ``alerts.notifiers``: any ``BaseNotifier`` subclass (Slack, SMTP, ... from their providers)
-called with the task context plus ``pgmigrate_alert`` (so their templated arguments can say
-``{{ pgmigrate_alert.message }}``), or one of the built-in notifiers below, which need no other provider.
+built from its ``kwargs``, where the placeholders ``{kind}``, ``{severity}``, ``{message}``, ``{migration}``,
+``{dag_id}``, ``{run_id}``, ``{task_id}`` and ``{at}`` are replaced by the alert's values, and called with the task
+context plus ``pgmigrate_alert`` (the alert); or one of the built-in notifiers below, which need no other provider.
+(Not Jinja: Airflow renders the migration config, notifier arguments included, when the task starts, before any
+alert exists.)
 
 A notifier that fails is logged and skipped: an alert that cannot be sent never fails the migration.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -22,7 +26,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from airflow_pgmigrate.config import MigrationConfig, NotifierSettings, load_config
+from airflow_pgmigrate.config import ALERT_PLACEHOLDERS, MigrationConfig, NotifierSettings, load_config
 from airflow_pgmigrate.exceptions import ConfigError, Problem
 
 #: The context key holding the alert when a notifier is called for one.
@@ -101,6 +105,20 @@ def check_notifiers(config: MigrationConfig) -> None:
         notifier_class(spec, f"alerts.notifiers[{i}]")
 
 
+_PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(ALERT_PLACEHOLDERS) + r")\}")
+
+
+def fill_placeholders(value: Any, alert: Mapping[str, Any]) -> Any:
+    """Replace ``{message}``-style placeholders in a notifier argument (strings in lists and dicts too)."""
+    if isinstance(value, str):
+        return _PLACEHOLDER_RE.sub(lambda m: str(alert.get(m.group(1)) or ""), value)
+    if isinstance(value, list):
+        return [fill_placeholders(v, alert) for v in value]
+    if isinstance(value, dict):
+        return {k: fill_placeholders(v, alert) for k, v in value.items()}
+    return value
+
+
 def _scrub(text: str, secrets: Iterable[str | None]) -> str:
     for secret in secrets:
         if secret:
@@ -132,7 +150,8 @@ def send_alert(config: MigrationConfig, alert: Mapping[str, Any], context: Mappi
     delivered = 0
     for i, spec in enumerate(config.alerts.notifiers):
         try:
-            notifier = notifier_class(spec, f"alerts.notifiers[{i}]")(**spec.kwargs)
+            kwargs = {k: fill_placeholders(v, record) for k, v in spec.kwargs.items()}
+            notifier = notifier_class(spec, f"alerts.notifiers[{i}]")(**kwargs)
             notifier({**context, ALERT_CONTEXT_KEY: record})
             delivered += 1
         except Exception as exc:  # noqa: BLE001 - an alert that cannot be sent must not fail the migration
@@ -190,4 +209,4 @@ class MigrationAlertNotifier(BaseNotifier):
 
 
 __all__ = ["ALERT_CONTEXT_KEY", "AlertFileNotifier", "AlertLogNotifier", "MigrationAlertNotifier", "check_notifiers",
-           "known_passwords", "notifier_class", "send_alert", "task_failed_alert"]
+           "fill_placeholders", "known_passwords", "notifier_class", "send_alert", "task_failed_alert"]

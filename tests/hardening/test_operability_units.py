@@ -48,7 +48,7 @@ def test_a_full_operability_config_round_trips():
     config = _config(alerts={"notifiers": [{"notifier": "file", "kwargs": {"path": "/tmp/a.jsonl"}},
                                            {"notifier": "airflow.providers.slack.notifications.slack.SlackNotifier",
                                             "kwargs": {"slack_conn_id": "slack", "channel": "#db",
-                                                       "text": "{{ pgmigrate_alert.message }}"}}],
+                                                       "text": "{severity}: {message}"}}],
                              "lag_seconds": 60, "lag_bytes": "256MB"},
                      incremental={"retained_wal_warn": "2GB", "retained_wal_stop": "20GB", "drop_slot_on_stop": True},
                      report={"directory": "/srv/reports", "base_url": "https://reports.example.com/pgmigrate"})
@@ -78,6 +78,8 @@ def test_a_full_operability_config_round_trips():
     ({"alerts": {"notifiers": [{"notifier": "a.B", "kwargs": {"api_key": "k"}}]}},
      "alerts.notifiers[0].kwargs['api_key']"),
     ({"alerts": {"notifiers": [{"notifier": "a.B", "kwargs": {"1x": 1}}]}}, "alerts.notifiers[0].kwargs['1x']"),
+    ({"alerts": {"notifiers": [{"notifier": "a.B", "kwargs": {"text": "{{ pgmigrate_alert.message }}"}}]}},
+     "alerts.notifiers[0].kwargs['text']"),
     ({"alerts": {"notifiers": "file"}}, "alerts.notifiers"),
     ({"alerts": {"notifer": []}}, "alerts.notifer"),
     ({"report": {"base_url": "reports.example.com"}}, "report.base_url"),
@@ -167,12 +169,20 @@ def test_the_file_notifier_appends_one_json_line_per_alert(tmp_path):
     assert lines[0]["migration"] == "shop" and lines[1]["message"] == "boom"
 
 
+def test_placeholders_in_notifier_arguments_take_the_alert_values():
+    from airflow_pgmigrate.notifications.migration import fill_placeholders
+
+    alert = {"kind": "lag_high", "message": "lag is 3 MB", "severity": "warning"}
+    assert fill_placeholders({"text": "[{severity}] {message} {unknown} {{ ds }}", "to": ["{kind}@x"], "n": 3},
+                             alert) == {"text": "[warning] lag is 3 MB {unknown} {{ ds }}", "to": ["lag_high@x"], "n": 3}
+
+
 def test_an_alert_that_cannot_be_sent_is_logged_and_the_others_still_go(tmp_path, caplog):
     from airflow_pgmigrate.notifications.migration import send_alert
 
     path = tmp_path / "alerts.jsonl"
     config = _config(alerts={"notifiers": [
-        {"notifier": "tests.hardening.notifiers.BrokenNotifier", "kwargs": {"text": "{{ pgmigrate_alert.kind }}"}},
+        {"notifier": "tests.hardening.notifiers.BrokenNotifier", "kwargs": {"text": "{kind}"}},
         {"notifier": "no.such.module.Notifier"},
         {"notifier": "file", "kwargs": {"path": str(path)}}]})
     with caplog.at_level("WARNING"):
