@@ -235,6 +235,8 @@ class MonitoredTaskMixin:
                                   started_at=poke.started_at, finished_at=datetime.now(UTC),
                                   outcome="stopped" if verdict is not None and verdict.stop else poke.outcome,
                                   detail=detail)
+            if retained is None and result is None:
+                return verdict, found
             journal.add_sample(
                 conn, kind=kind, retained_wal_bytes=retained,
                 lag_bytes=result.lag_bytes if result is not None else None,
@@ -252,7 +254,7 @@ class MonitoredTaskMixin:
         if verdict is not None and verdict.level != "missing":
             level = "warning" if verdict.level in ("warn", "stop", "lost") else "info"
             getattr(self.log, level)("%s", verdict.message)
-            self._gauge("pgmigrate.watchdog.retained_wal_bytes", verdict.retention.retained_bytes)
+            self._gauge("pgmigrate.watchdog.retained_wal_bytes", verdict.retention.retained_bytes, config.name)
         if verdict is not None and verdict.stop:
             if defer_stop:
                 raise RetainedWalStop(verdict, alerts)
@@ -285,14 +287,14 @@ class MonitoredTaskMixin:
         raise AirflowFailException(message)
 
     @staticmethod
-    def _gauge(name: str, value: float | None) -> None:
+    def _gauge(name: str, value: float | None, migration: str) -> None:
         if value is None:
             return
         try:
             from airflow.sdk.observability.stats import Stats
         except ImportError:  # pragma: no cover - older task SDK
             return
-        Stats.gauge(name, value)
+        Stats.gauge(name, value, tags={"migration": migration})
 
 
 class CopyWatch:
