@@ -4,13 +4,18 @@ the sensor's safe stop, and the full load's safe stop that drops the slot when t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import psycopg
 import pytest
+import yaml
 
 from airflow_pgmigrate.engine.full_load import run_full_load
+from airflow_pgmigrate.testing.local_postgres import DEFAULT_PASSWORD
 
 pytestmark = [pytest.mark.integration, pytest.mark.hardening]
 
@@ -98,6 +103,16 @@ def test_lag_and_retained_wal_alert_at_each_crossing_and_the_sensor_stops_safely
     assert env.dst("SELECT v FROM public.t WHERE id = -1") == [("held open",)]
     page = (tmp_path / "reports" / f"{config['name']}.html").read_text()
     assert ">stopped<" in page and "retained WAL on the source" in page
+
+    # On demand, outside Airflow: the destination from the same environment variable Airflow reads.
+    (tmp_path / "migration.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-m", "airflow_pgmigrate.engine.report", str(tmp_path / "migration.yaml"),
+                           "--output", str(tmp_path / "cli")], capture_output=True, text=True, timeout=120,
+                          env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "cli" / f"{config['name']}.html"
+    assert done.stdout.strip() == str(written)
+    assert ">stopped<" in written.read_text() and DEFAULT_PASSWORD not in written.read_text()
 
 
 def test_the_full_load_stops_and_drops_the_slot_when_the_wal_passes_the_limit(migration_env, tmp_path):
