@@ -128,9 +128,11 @@ class MonitoredTaskMixin:
             config = self.migration
             info = self.destination_info
             quick = replace(info, params={**info.params, "connect_timeout": str(JOURNAL_CONNECT_TIMEOUT)})
+            journal = self.__dict__.get("_journal")
+            if journal is None:  # one per task: its tables are created once
+                journal = self.__dict__["_journal"] = Journal(config.state_schema, config.name)
             with connect(quick) as conn:
-                return action(conn, Journal(config.state_schema, config.name),
-                              MigrationState(info, config.state_schema, config.name))
+                return action(conn, journal, MigrationState(info, config.state_schema, config.name))
         except Exception as exc:  # noqa: BLE001 - bookkeeping never fails the migration
             if isinstance(exc, ConnectFailed):
                 self.__dict__["_journal_unreachable"] = True  # wait for it once per task, not at every call
