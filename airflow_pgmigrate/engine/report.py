@@ -132,6 +132,7 @@ class TimelineRow:
     outcome: str
     detail: str = ""
     marks: list[tuple[datetime, datetime | None, str]] = field(default_factory=list)
+    run_id: str | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -174,7 +175,7 @@ def timeline(data: ReportData) -> list[TimelineRow]:
             ends[key] = event  # a sensor's end (success or failure) closes its row of pokes
             continue
         rows.append(TimelineRow(event["step"], event["kind"], event["started_at"], event["finished_at"],
-                                event["outcome"], _detail_text(event["detail"] or {})))
+                                event["outcome"], _detail_text(event["detail"] or {}), run_id=event["run_id"]))
     for key, items in pokes.items():
         applied = sum(int((e["detail"] or {}).get("transactions") or 0) for e in items)
         last = items[-1]
@@ -190,7 +191,8 @@ def timeline(data: ReportData) -> list[TimelineRow]:
             if error:
                 detail += f" error: {error}"
         rows.append(TimelineRow(key[1], "pokes", items[0]["started_at"], end, outcome, detail,
-                                marks=[(e["started_at"], e["finished_at"], e["outcome"]) for e in items]))
+                                marks=[(e["started_at"], e["finished_at"], e["outcome"]) for e in items],
+                                run_id=key[0]))
     for table in data.tables:
         rows.append(TimelineRow(f"full_load · {table['table']}", "table", table["started_at"], table["finished_at"],
                                 "copied", f"rows={table['rows']} size={format_bytes(table['bytes'])} "
@@ -232,6 +234,14 @@ def _fmt_seconds(value: float | None) -> str:
     minutes, seconds = divmod(int(value), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def _fmt_value(value: float) -> str:
+    if value >= 1000:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.0f}"
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value else "0"
 
 
 def _span(times: Iterable[datetime | None]) -> tuple[datetime, datetime]:
@@ -303,7 +313,7 @@ def line_chart_svg(title: str, unit: str, series: Sequence[tuple[str, Sequence[t
         y = top + plot_h * (1 - frac)
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#eee"/>'
                      f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
-                     f'{top_value * frac:.3g}</text>')
+                     f'{_fmt_value(top_value * frac)}</text>')
     for frac in (0.0, 0.5, 1.0):
         t = t0 + (t1 - t0) * frac
         anchor = {0.0: "start", 0.5: "middle", 1.0: "end"}[frac]
@@ -330,7 +340,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#212121;max-width:1040px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;font-size:12px;width:100%}th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;
-vertical-align:top}th{background:#f5f5f5}td.num{text-align:right;white-space:nowrap}
+vertical-align:top}th{background:#f5f5f5}td.num{text-align:right;white-space:nowrap}td.detail{white-space:pre-wrap}
+td.run{font-size:10px;color:#757575}
 .outcome{font-weight:bold}.muted{color:#757575}dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px;
 font-size:13px}dt{font-weight:bold}dd{margin:0}svg{display:block;margin:8px 0}
 """
@@ -386,13 +397,14 @@ def render_html(data: ReportData, secrets: Iterable[str | None] = ()) -> str:
     out.append("</dl><h2>Timeline</h2>")
     out.append(gantt_svg(rows, now) or "<p class=\"muted\">No step recorded yet.</p>")
     out.append("<table><tr><th>step</th><th>kind</th><th>started (UTC)</th><th>finished (UTC)</th><th>duration</th>"
-               "<th>outcome</th><th>detail</th></tr>")
+               "<th>outcome</th><th>detail</th><th>DAG run</th></tr>")
     for row in rows:
         color = _OUTCOME_COLORS.get(row.outcome, "#616161")
         out.append(f"<tr><td>{_esc(row.step)}</td><td>{_esc(row.kind)}</td><td>{_fmt_time(row.started_at)}</td>"
                    f"<td>{_fmt_time(row.finished_at)}</td><td class=\"num\">{_fmt_seconds(row.seconds)}</td>"
                    f"<td class=\"outcome\" style=\"color:{color}\">{_esc(row.outcome)}</td>"
-                   f"<td>{_esc(row.detail)}</td></tr>")
+                   f"<td class=\"detail\">{_esc(row.detail)}</td>"
+                   f"<td class=\"run\">{_esc(row.run_id or '')}</td></tr>")
     out.append("</table><h2>Lag and throughput</h2>")
     out += charts or ["<p class=\"muted\">No sample recorded yet.</p>"]
     pokes = [e for e in data.events if e["kind"] == "poke"][-MAX_POKES_LISTED:]
@@ -403,7 +415,7 @@ def render_html(data: ReportData, secrets: Iterable[str | None] = ()) -> str:
             seconds = (event["finished_at"] - event["started_at"]).total_seconds() if event["finished_at"] else None
             out.append(f"<tr><td>{_esc(event['step'])}</td><td>{_fmt_time(event['started_at'])}</td>"
                        f"<td class=\"num\">{_fmt_seconds(seconds)}</td><td>{_esc(event['outcome'])}</td>"
-                       f"<td>{_esc(_detail_text(event['detail'] or {}))}</td></tr>")
+                       f"<td class=\"detail\">{_esc(_detail_text(event['detail'] or {}))}</td></tr>")
         out.append("</table></details>")
     out.append("<p class=\"muted\">Written by airflow-pgmigrate from the migration state in the destination "
                f"(schema {_esc(data.summary.get('state_schema'))}).</p></body></html>")

@@ -239,5 +239,5 @@ class Watch:
         return verdict, alerts
 
 
-__all__ = ["Alert", "LEVELS", "RetainedWalStop", "WATCH_KEY", "WalRetention", "WalVerdict", "Watch", "drop_slot_command", "format_bytes",
-           "read_retention", "stop_message"]
+__all__ = ["Alert", "LEVELS", "RetainedWalStop", "WATCH_KEY", "WalRetention", "WalVerdict", "Watch", "drop_slot_command",
+           "format_bytes", "read_retention", "stop_message"]

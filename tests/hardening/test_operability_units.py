@@ -173,8 +173,8 @@ def test_placeholders_in_notifier_arguments_take_the_alert_values():
     from airflow_pgmigrate.notifications.migration import fill_placeholders
 
     alert = {"kind": "lag_high", "message": "lag is 3 MB", "severity": "warning"}
-    assert fill_placeholders({"text": "[{severity}] {message} {unknown} {{ ds }}", "to": ["{kind}@x"], "n": 3},
-                             alert) == {"text": "[warning] lag is 3 MB {unknown} {{ ds }}", "to": ["lag_high@x"], "n": 3}
+    filled = fill_placeholders({"text": "[{severity}] {message} {unknown} {{ ds }}", "to": ["{kind}@x"], "n": 3}, alert)
+    assert filled == {"text": "[warning] lag is 3 MB {unknown} {{ ds }}", "to": ["lag_high@x"], "n": 3}
 
 
 def test_an_alert_that_cannot_be_sent_is_logged_and_the_others_still_go(tmp_path, caplog):
