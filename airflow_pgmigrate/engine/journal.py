@@ -17,6 +17,8 @@ from psycopg.types.json import Jsonb
 
 #: Outcome of an event still running (or whose task was killed before it could record its end).
 RUNNING = "running"
+#: Outcomes of a sensor poke, from the best to the worst (a merged mark shows the worst of its pokes).
+POKE_OUTCOMES = ("not_delayed", "delayed", "unreachable", "failed", "stopped")
 
 
 class Journal:
@@ -44,6 +46,12 @@ class Journal:
                     "lag_seconds double precision, changes_per_second double precision, "
                     "bytes_per_second double precision, retained_wal_bytes bigint, "
                     "detail jsonb NOT NULL DEFAULT '{{}}')").format(self.samples_table),
+        ]
+        statements += [
+            sql.SQL("CREATE INDEX IF NOT EXISTS events_by_migration ON {} (migration, kind, started_at)").format(
+                self.events_table),
+            sql.SQL("CREATE INDEX IF NOT EXISTS progress_samples_by_migration ON {} (migration, at)").format(
+                self.samples_table),
         ]
         for statement in statements:
             try:
@@ -102,15 +110,50 @@ class Journal:
         row = conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),)).fetchone()
         return row is not None and row[0] is not None
 
-    def events(self, conn: psycopg.Connection) -> list[dict[str, Any]]:
-        """Every event of the migration, oldest first."""
-        if not self._exists(conn, self.events_table):
-            return []
-        cur = conn.execute(sql.SQL("SELECT run_id, step, kind, started_at, finished_at, outcome, detail FROM {} "
-                                   "WHERE migration = %s ORDER BY started_at, id").format(self.events_table),
-                           (self.migration,))
+    @staticmethod
+    def _dicts(cur: psycopg.Cursor[Any]) -> list[dict[str, Any]]:
         names = [c.name for c in cur.description or []]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def events(self, conn: psycopg.Connection) -> list[dict[str, Any]]:
+        """Every event of the migration but the sensor pokes (see :meth:`poke_marks`), oldest first."""
+        if not self._exists(conn, self.events_table):
+            return []
+        return self._dicts(conn.execute(sql.SQL(
+            "SELECT run_id, step, kind, started_at, finished_at, outcome, detail FROM {} WHERE migration = %s "
+            "AND kind <> 'poke' ORDER BY started_at, id").format(self.events_table), (self.migration,)))
+
+    def poke_marks(self, conn: psycopg.Connection, max_marks: int = 400) -> list[dict[str, Any]]:
+        """The pokes of each sensor task (run and step), oldest first; beyond ``max_marks`` per task, consecutive
+        pokes merge into one mark with their count, transactions and worst outcome (a week of pokes stays small)."""
+        if not self._exists(conn, self.events_table):
+            return []
+        rows = self._dicts(conn.execute(sql.SQL(
+            "WITH p AS (SELECT id, run_id, step, started_at, coalesce(finished_at, started_at) AS finished_at, "
+            "       coalesce((detail ->> 'transactions')::bigint, 0) AS transactions, "
+            "       coalesce(array_position(%(o)s::text[], outcome), 1) - 1 AS rank "
+            "     FROM {t} WHERE migration = %(m)s AND kind = 'poke'), "
+            "b AS (SELECT run_id, step, count(*) AS n, extract(epoch FROM min(started_at)) AS lo, "
+            "      extract(epoch FROM max(started_at)) AS hi FROM p GROUP BY run_id, step) "
+            "SELECT p.run_id, p.step, min(p.started_at) AS started_at, max(p.finished_at) AS finished_at, "
+            "       count(*) AS pokes, sum(p.transactions)::bigint AS transactions, max(p.rank) AS rank "
+            "FROM p JOIN b ON b.run_id IS NOT DISTINCT FROM p.run_id AND b.step = p.step "
+            "GROUP BY p.run_id, p.step, CASE WHEN b.n <= %(k)s THEN p.id ELSE width_bucket(extract(epoch FROM "
+            "         p.started_at), b.lo, b.hi + 0.001, %(k)s) END "
+            "ORDER BY 3").format(t=self.events_table), {"m": self.migration, "k": max_marks, "o": list(POKE_OUTCOMES)}))
+        for row in rows:
+            row["outcome"] = POKE_OUTCOMES[row.pop("rank")]
+        return rows
+
+    def last_pokes(self, conn: psycopg.Connection, limit: int = 200) -> list[dict[str, Any]]:
+        """The latest ``limit`` pokes of the migration, oldest first."""
+        if not self._exists(conn, self.events_table):
+            return []
+        rows = self._dicts(conn.execute(sql.SQL(
+            "SELECT run_id, step, kind, started_at, finished_at, outcome, detail FROM {} WHERE migration = %s "
+            "AND kind = 'poke' ORDER BY started_at DESC, id DESC LIMIT %s").format(self.events_table),
+            (self.migration, limit)))
+        return rows[::-1]
 
     def samples(self, conn: psycopg.Connection, max_points: int = 600) -> list[dict[str, Any]]:
         """The samples, oldest first; more than ``max_points`` per kind are merged into time buckets (the largest
@@ -132,4 +175,4 @@ class Journal:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-__all__ = ["Journal", "RUNNING"]
+__all__ = ["Journal", "POKE_OUTCOMES", "RUNNING"]

@@ -70,7 +70,12 @@ class ReportData:
 
     migration: str
     summary: dict[str, Any]
+    #: Task tries and other events (not the pokes).
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: Sensor pokes per task, merged into at most a few hundred marks each (Journal.poke_marks).
+    poke_marks: list[dict[str, Any]] = field(default_factory=list)
+    #: The latest pokes, as recorded.
+    last_pokes: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     tables: list[dict[str, Any]] = field(default_factory=list)
     copy_points: list[tuple[datetime, float]] = field(default_factory=list)
@@ -113,6 +118,7 @@ def collect(config: MigrationConfig, destination: ConnectionInfo, conn: psycopg.
         "state_schema": config.state_schema,
     }
     return ReportData(migration=config.name, summary=summary, events=journal.events(conn),
+                      poke_marks=journal.poke_marks(conn), last_pokes=journal.last_pokes(conn, MAX_POKES_LISTED),
                       samples=journal.samples(conn, MAX_POINTS), tables=tables, copy_points=points,
                       full_load=state.read(conn, "full_load"), cutover=state.read(conn, "cutover"),
                       watch=state.read(conn, WATCH_KEY))
@@ -163,26 +169,25 @@ def timeline(data: ReportData) -> list[TimelineRow]:
     """The report's timeline rows, oldest first."""
     rows: list[TimelineRow] = []
     pokes: dict[tuple[str | None, str], list[dict[str, Any]]] = {}
-    for event in data.events:
-        if event["kind"] == "poke":
-            pokes.setdefault((event["run_id"], event["step"]), []).append(event)
+    for mark in data.poke_marks:
+        pokes.setdefault((mark["run_id"], mark["step"]), []).append(mark)
+    latest = {(p["run_id"], p["step"]): p for p in data.last_pokes}
     ends: dict[tuple[str | None, str], dict[str, Any]] = {}
     for event in data.events:
         key = (event["run_id"], event["step"])
-        if event["kind"] == "poke":
-            continue
         if event["kind"] == "task" and key in pokes:
             ends[key] = event  # a sensor's end (success or failure) closes its row of pokes
             continue
         rows.append(TimelineRow(event["step"], event["kind"], event["started_at"], event["finished_at"],
                                 event["outcome"], _detail_text(event["detail"] or {}), run_id=event["run_id"]))
-    for key, items in pokes.items():
-        applied = sum(int((e["detail"] or {}).get("transactions") or 0) for e in items)
-        last = items[-1]
-        detail = f"pokes={len(items)} transactions={applied}"
-        if (last["detail"] or {}).get("lag_bytes") is not None:
+    for key, marks in pokes.items():
+        detail = (f"pokes={sum(int(m['pokes']) for m in marks)} "
+                  f"transactions={sum(int(m['transactions'] or 0) for m in marks)}")
+        last = latest.get(key)
+        if last is not None and (last["detail"] or {}).get("lag_bytes") is not None:
             detail += f" last_lag={format_bytes(last['detail']['lag_bytes'])}"
-        end, outcome = last["finished_at"], last["outcome"]
+        end = marks[-1]["finished_at"]
+        outcome = last["outcome"] if last is not None else marks[-1]["outcome"]
         if key in ends:
             closing = ends[key]
             outcome = closing["outcome"]
@@ -190,8 +195,8 @@ def timeline(data: ReportData) -> list[TimelineRow]:
             error = (closing["detail"] or {}).get("error")
             if error:
                 detail += f" error: {error}"
-        rows.append(TimelineRow(key[1], "pokes", items[0]["started_at"], end, outcome, detail,
-                                marks=[(e["started_at"], e["finished_at"], e["outcome"]) for e in items],
+        rows.append(TimelineRow(key[1], "pokes", marks[0]["started_at"], end, outcome, detail,
+                                marks=[(m["started_at"], m["finished_at"], m["outcome"]) for m in marks],
                                 run_id=key[0]))
     for table in data.tables:
         rows.append(TimelineRow(f"full_load · {table['table']}", "table", table["started_at"], table["finished_at"],
@@ -407,7 +412,7 @@ def render_html(data: ReportData, secrets: Iterable[str | None] = ()) -> str:
                    f"<td class=\"run\">{_esc(row.run_id or '')}</td></tr>")
     out.append("</table><h2>Lag and throughput</h2>")
     out += charts or ["<p class=\"muted\">No sample recorded yet.</p>"]
-    pokes = [e for e in data.events if e["kind"] == "poke"][-MAX_POKES_LISTED:]
+    pokes = data.last_pokes[-MAX_POKES_LISTED:]
     if pokes:
         out.append(f"<h2>Incremental sync pokes</h2><details><summary>the last {len(pokes)}</summary><table>"
                    "<tr><th>task</th><th>started (UTC)</th><th>duration</th><th>outcome</th><th>detail</th></tr>")

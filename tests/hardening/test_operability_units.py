@@ -225,16 +225,20 @@ def _report_data() -> ReportData:
         return {"run_id": "r1", "step": step, "kind": kind, "started_at": at[start], "finished_at":
                 at[end] if end is not None else None, "outcome": outcome, "detail": detail}
 
+    pokes = [event("incremental_sync", "poke", 3, 4, "delayed", transactions=5, lag_bytes=3 * MB),
+             event("incremental_sync", "poke", 5, 6, "not_delayed", transactions=7, lag_bytes=10)]
     return ReportData(
         migration="shop", summary={"migration": "shop", "state_schema": "pgmigrate"},
         events=[event("precheck", "task", 0, 1, "success", try_number=1),
                 event("full_load", "task", 1, 3, "success"),
-                event("incremental_sync", "poke", 3, 4, "delayed", transactions=5, lag_bytes=3 * MB),
-                event("incremental_sync", "poke", 5, 6, "not_delayed", transactions=7, lag_bytes=10),
                 event("incremental_sync", "task", 6, 6, "success"),
                 event("cutover", "task", 7, None, "running"),
                 event("<script>alert(1)</script>", "task", 8, 9, "failed",
                       error="connection to rig-superuser-pw failed")],
+        poke_marks=[{"run_id": "r1", "step": "incremental_sync", "started_at": p["started_at"],
+                     "finished_at": p["finished_at"], "pokes": 1, "transactions": p["detail"]["transactions"],
+                     "outcome": p["outcome"]} for p in pokes],
+        last_pokes=pokes,
         samples=[{"kind": "incremental", "at": at[4], "lag_bytes": 3 * MB, "lag_seconds": 4.0,
                   "changes_per_second": 100.0, "bytes_per_second": None, "retained_wal_bytes": 5 * MB},
                  {"kind": "incremental", "at": at[6], "lag_bytes": 10, "lag_seconds": 0.0,
@@ -251,6 +255,7 @@ def test_the_timeline_has_every_step_pokes_tables_and_cutover_phases():
     rows = timeline(_report_data())
     steps = [(r.step, r.kind, r.outcome) for r in rows]
     assert ("incremental_sync", "pokes", "success") in steps and len(rows[3].marks) == 2
+    assert "pokes=2 transactions=12 last_lag=10 B" in rows[3].detail
     assert ("full_load · public.orders", "table", "copied") in steps
     assert [s for s in steps if s[0].startswith("cutover ·")] == [("cutover · drain", "phase", "done"),
                                                                   ("cutover · verify", "phase", "done")]

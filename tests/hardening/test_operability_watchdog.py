@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from airflow_pgmigrate.engine.full_load import run_full_load
+from airflow_pgmigrate.engine.journal import Journal
 from airflow_pgmigrate.testing.local_postgres import DEFAULT_PASSWORD
 
 pytestmark = [pytest.mark.integration, pytest.mark.hardening]
@@ -103,6 +104,14 @@ def test_lag_and_retained_wal_alert_at_each_crossing_and_the_sensor_stops_safely
     assert env.dst("SELECT v FROM public.t WHERE id = -1") == [("held open",)]
     page = (tmp_path / "reports" / f"{config['name']}.html").read_text()
     assert ">stopped<" in page and "retained WAL on the source" in page
+    with psycopg.connect(**env.destination_info().connect_kwargs(), autocommit=True) as conn:
+        journal = Journal("pgmigrate", config["name"])
+        every, merged = journal.poke_marks(conn), journal.poke_marks(conn, max_marks=3)
+        assert len(every) >= 8 and len(merged) <= 4, "merged into time buckets"
+        assert sum(m["pokes"] for m in merged) == sum(m["pokes"] for m in every)
+        assert "stopped" in {m["outcome"] for m in merged}, "a merged mark keeps the worst outcome"
+        samples = journal.samples(conn, max_points=3)
+        assert 1 <= len(samples) <= 4 and max(s["retained_wal_bytes"] or 0 for s in samples) >= 6 * 1024 * 1024
 
     # On demand, outside Airflow: the destination from the same environment variable Airflow reads.
     (tmp_path / "migration.yaml").write_text(yaml.safe_dump(config))
