@@ -34,7 +34,11 @@ def _emit_wal(env, megabytes: int) -> None:
 
 
 def _context(run_id: str = "manual__ops") -> dict:
-    return {"run_id": run_id}
+    from types import SimpleNamespace
+
+    # The sensor keys its retry windows by the task instance.
+    ti = SimpleNamespace(dag_id="ops", task_id="incremental_sync", run_id=run_id, map_index=-1)
+    return {"run_id": run_id, "ti": ti}
 
 
 def test_lag_and_retained_wal_alert_at_each_crossing_and_the_sensor_stops_safely(migration_env, tmp_path):
