@@ -128,7 +128,8 @@ class Writes(threading.Thread):
 
 
 def run_artifacts(dag_run, airflow_home: str) -> dict[str, str]:
-    """Everything Airflow kept of a run, as text: XComs, rendered template fields, task log files."""
+    """Everything kept of a run, as text: XComs, rendered template fields, and every file under AIRFLOW_HOME (task
+    log files, the migration's HTML report, the metadata database itself, byte for byte)."""
     from airflow.models.renderedtifields import RenderedTaskInstanceFields as RTIF
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -142,9 +143,9 @@ def run_artifacts(dag_run, airflow_home: str) -> dict[str, str]:
         for row in session.scalars(select(RTIF).where(RTIF.dag_id == dag_run.dag_id,
                                                       RTIF.run_id == dag_run.run_id)):
             out[f"rendered {row.task_id}"] = json.dumps(row.rendered_fields, default=str)
-    for path in Path(airflow_home, "logs").rglob("*"):
+    for path in Path(airflow_home).rglob("*"):
         if path.is_file():
-            out[f"log file {path}"] = path.read_text(errors="replace")
+            out[f"file {path}"] = path.read_bytes().decode("latin-1")
     return out
 
 
@@ -196,6 +197,7 @@ def test_least_privilege_migration_through_airflow_leaks_no_secret(migration_env
     artifacts["task output (stdout)"] = output.out
     artifacts["task output (stderr)"] = output.err
     assert "precheck migration=it_secure" in output.out + output.err, "the task logs were not captured"
+    assert any(name.endswith("it_secure.html") for name in artifacts), "the migration report was written"
     for key, value in env.dst("SELECT key, value::text FROM pgmigrate.migration_state"):
         artifacts[f"migration state {key}"] = value
     assert_no_leaks(artifacts)
