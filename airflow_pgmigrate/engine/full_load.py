@@ -35,9 +35,10 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
-from airflow_pgmigrate.engine.pgdump import available_clients, client_env
+from airflow_pgmigrate.engine.pgdump import available_clients, client_env, dbname_argument
 from airflow_pgmigrate.engine.schema import read_source_schema
 from airflow_pgmigrate.engine.sequences import sync_sequences
+from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.throttle import BinaryRowCounter, Throttle, count_text_rows
 from airflow_pgmigrate.exceptions import PgMigrateError
@@ -126,7 +127,8 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
         if config.conflicting_tables == "ignore":
             row = dst.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_ident(target))).fetchone()
             staging = bool(row and row[0])
-        plan = TablePlan(str(name), str(target), columns, target_columns, config.row_filter(name),
+        row_filter = safe_row_filter(config, name, src, "source")  # refuses VOLATILE calls before any runs
+        plan = TablePlan(str(name), str(target), columns, target_columns, row_filter,
                          table.size_bytes, table.estimated_rows, binary, staging,
                          [mapper.column(name, c) for c in (table.key_columns or [])])
         plan.chunks = _chunks(src, table, config.full_load.split_bytes, version)
@@ -464,7 +466,7 @@ class FullLoad:
         info = self.source
         assert self._psql is not None
         command = [str(self._psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-h", info.host,
-                   "-p", str(info.port), "-U", info.user, "-d", info.dbname,
+                   "-p", str(info.port), "-U", info.user, "-d", dbname_argument(info),
                    "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
                    "-c", f"SET TRANSACTION SNAPSHOT {sql.Literal(snapshot).as_string(None)}",
                    "-c", copy_out.as_string(None), "-c", "COMMIT"]

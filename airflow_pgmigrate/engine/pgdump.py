@@ -97,12 +97,23 @@ def client_env(info: ConnectionInfo) -> dict[str, str]:
     return env
 
 
+def dbname_argument(info: ConnectionInfo) -> str:
+    """The database for a client program's ``--dbname``, as a connection string holding only the database name.
+
+    Client programs read a ``--dbname`` containing ``=`` (or starting with ``postgresql://``) as a connection string:
+    a database named ``x host=elsewhere`` would send pg_dump to another server. Quoted this way, it is a name.
+    """
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(dbname=info.dbname)
+
+
 def run_pg_dump(dump: PgDump, info: ConnectionInfo, args: Iterable[str], *, timeout: float = 3600) -> str:
     """Run pg_dump against a server and return its plain SQL output. The password goes through the environment."""
     env = client_env(info)
     env.pop("PGOPTIONS", None)
     cmd = [str(dump.path), "--host", info.host, "--port", str(info.port), "--username", info.user,
-           "--dbname", info.dbname, "--no-password", *args]
+           "--dbname", dbname_argument(info), "--no-password", *args]
     try:
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -156,4 +167,5 @@ def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
     return "\n".join(settings) + "\n", entries
 
 
-__all__ = ["DumpEntry", "PgDump", "PgDumpError", "available_clients", "available_pg_dumps", "client_env", "find_pg_dump", "run_pg_dump", "split_dump"]
+__all__ = ["DumpEntry", "PgDump", "PgDumpError", "available_clients", "available_pg_dumps", "client_env",
+           "dbname_argument", "find_pg_dump", "run_pg_dump", "split_dump"]
