@@ -24,7 +24,7 @@ from airflow_pgmigrate.engine.full_load import run_full_load
 from airflow_pgmigrate.engine.incremental import release, run_incremental
 from airflow_pgmigrate.engine.names import QualifiedName
 from airflow_pgmigrate.engine.precheck import run_precheck
-from airflow_pgmigrate.engine.schema import migrate_schema
+from airflow_pgmigrate.engine.schema import SchemaMigrationError, migrate_schema
 from airflow_pgmigrate.engine.sqlfilter import UnsafeRowFilter, normalize_row_filter
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.verify import compare
@@ -402,3 +402,107 @@ def test_filters_calling_volatile_functions_are_refused_before_anything_evaluate
         run_incremental(only_destination, source, destination, window_seconds=10)
     assert env.dst("SELECT max(id) FROM public.orders") == [(5,)]
     _assert_guards_intact(env, source, destination)
+
+
+# -- end to end: a source whose names are as odd as PostgreSQL allows, renamed to other odd names ---------------
+
+S1, S2, S3 = 'Mixed Case "Schema"; --', "select", NAME_63
+T2 = "表" * 21  # 63 bytes
+COL_63 = "é" * 31 + "z"
+NASTY_NAMES = sql.SQL("""
+CREATE SCHEMA {s1}; CREATE SCHEMA {s2}; CREATE SCHEMA {s3};
+CREATE TABLE {s1}."order" ("user" int PRIMARY KEY, "select" text, {q} int, "naïve café ☃" text, {c63} text,
+                           "CamelCase" int);
+CREATE TABLE {s2}.{t2} (id bigserial PRIMARY KEY, "a" int, "A" int, "group" text, "tab le; spaces" text);
+CREATE TABLE {s3}."User" (id int PRIMARY KEY, order_user int REFERENCES {s1}."order" ("user") ON UPDATE CASCADE,
+                          note text);
+CREATE INDEX "idx ""note""; x" ON {s3}."User" (note);
+INSERT INTO {s1}."order" SELECT g, CASE WHEN g % 4 = 0 THEN 'skip me' ELSE 'keep ' || g END, g, 'ü' || g,
+                                repeat('é', g), -g FROM generate_series(1, 20) g;
+INSERT INTO {s2}.{t2} ("a", "A", "group", "tab le; spaces") SELECT g, -g, 'g' || g, E'tab\\there' FROM generate_series(1, 20) g;
+INSERT INTO {s3}."User" SELECT g, CASE WHEN g % 4 = 0 OR g = 5 THEN NULL ELSE g END, 'note ' || g
+                         FROM generate_series(1, 20) g;  -- no reference to an order the filter leaves out
+""").format(s1=sql.Identifier(S1), s2=sql.Identifier(S2), s3=sql.Identifier(S3), t2=sql.Identifier(T2),
+            q=sql.Identifier('Col "Q"; x'), c63=sql.Identifier(COL_63))
+
+
+@pytest.mark.integration
+def test_odd_names_migrate_and_replicate_exactly_when_renamed_to_other_odd_names(migration_env):
+    env = migration_env
+    with connect(env.source_info()) as conn:
+        conn.execute(NASTY_NAMES)
+    order, t2 = _key(S1, "order"), _key(S2, T2)
+    d1, d2, d3 = 'Another "one"; DROP', "user", "€" * 21  # the last is 63 bytes
+    config = env.config(
+        objects={"schemas": [S1, S2, S3]},
+        mapping={"schemas": {S1: d1, S2: d2, S3: d3}, "tables": {order: "from", t2: 'Ta;ble "2"'},
+                 "columns": {order: {"select": "where", 'Col "Q"; x': "ü" * 31 + "y"}, t2: {"a": "A", "A": "a"}}},
+        filters={order: "\"select\" IS DISTINCT FROM 'skip me'"})
+    source, destination = env.source_info(), env.destination_info()
+    report = run_precheck(config, source, destination)
+    for item in ("selected_objects", "row_filters", "name_mapping", "name_conflicts"):
+        assert report.result(item).status == "passed", report.format_table()
+    start_migration(config, source, destination)
+    tables = {QualifiedName(S1, "order"): QualifiedName(d1, "from"), QualifiedName(S2, T2): QualifiedName(d2, 'Ta;ble "2"'),
+              QualifiedName(S3, "User"): QualifiedName(d3, "User")}
+    kept = {QualifiedName(S1, "order"): "\"select\" IS DISTINCT FROM 'skip me'"}
+    assert_tables_equal(source, destination, tables, kept)
+    with connect(source) as conn:
+        conn.execute(sql.SQL("UPDATE {}.\"order\" SET \"user\" = \"user\" + 100 WHERE \"user\" <= 3").format(
+            sql.Identifier(S1)))  # a key update, cascaded to {S3}."User" on the source
+        conn.execute(sql.SQL("UPDATE {}.\"order\" SET \"select\" = 'skip me' WHERE \"user\" = 5").format(
+            sql.Identifier(S1)))  # leaves the filter
+        conn.execute(sql.SQL("UPDATE {}.\"order\" SET \"select\" = 'back' WHERE \"user\" = 8").format(
+            sql.Identifier(S1)))  # enters it
+        conn.execute(sql.SQL("UPDATE {t} SET \"a\" = \"A\", \"A\" = \"a\" WHERE id % 2 = 0; "
+                             "DELETE FROM {t} WHERE id = 7; INSERT INTO {t} (\"a\", \"group\") VALUES (99, 'new')")
+                     .format(t=sql.Identifier(S2, T2)))
+        conn.execute(sql.SQL("DELETE FROM {}.\"User\" WHERE id = 20").format(sql.Identifier(S3)))
+    catch_up(config, source, destination)
+    assert_tables_equal(source, destination, tables, kept)
+    verified = compare(config, source, destination)
+    assert verified["equal"], verified
+    with connect(destination) as conn:
+        columns = conn.execute(sql.SQL("SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
+                                       "WHERE attrelid = {}::regclass AND attnum > 0").format(
+            sql.Literal(sql.Identifier(d1, "from").as_string(conn)))).fetchone()[0]
+        assert columns == ["user", "where", "ü" * 31 + "y", "naïve café ☃", COL_63, "CamelCase"]
+        swapped = conn.execute(sql.SQL('SELECT "a", "A" FROM {} WHERE id = 1').format(
+            sql.Identifier(d2, 'Ta;ble "2"'))).fetchone()
+        assert swapped == (-1, 1)  # source "a" = 1 lives in destination "A"
+
+
+@pytest.mark.integration
+def test_conflicting_and_overlong_destination_names_are_caught_by_the_precheck(migration_env):
+    """What only the source catalog can tell: a rename onto an existing column, names that outgrow 63 bytes through
+    name_case (Python's lower() of 'İ' is two characters), entries for tables the selection leaves out."""
+    env = migration_env
+    long_table, long_column = "İ" * 31 + "x", "İ" * 31 + "y"  # 63 bytes each; 94 once lower-cased
+    env.src(sql.SQL("CREATE TABLE public.t (a int PRIMARY KEY, b int); CREATE TABLE public.{} ({} int PRIMARY KEY);"
+                    "CREATE TABLE public.other (id int PRIMARY KEY)").format(
+        sql.Identifier(long_table), sql.Identifier(long_column)).as_string(None))
+    selection = {"tables": ["public.t", _key("public", long_table)]}
+    config = env.config(objects=selection, mapping={"columns": {"public.t": {"a": "b"}},
+                                                    "tables": {"public.other": "renamed"}, "name_case": "lower"},
+                        filters={"public.other": "id > 0"})
+    report = run_precheck(config, env.source_info(), env.destination_info())
+    mapping = report.result("name_mapping")
+    assert mapping.status == "failed"
+    assert "columns a and b of public.t both map to b" in mapping.detail
+    assert f"maps to a name longer than 63 bytes: {long_table.lower()}" in mapping.detail
+    assert f"column {long_column} of public.{long_table} maps to a name longer than 63 bytes" in mapping.detail
+    selected = [r for r in report.results if r.name == "selected_objects" and r.status == "warning"]
+    assert selected and "mapping.tables names public.other, which is not selected" in selected[0].detail
+    assert "filters names public.other, which is not selected" in selected[0].detail
+    # Run anyway: the collision stops the schema step with the destination unchanged.
+    with pytest.raises(SchemaMigrationError, match='column "b" specified more than once') as info:
+        migrate_schema(config, env.source_info(), env.destination_info(), "pre_data")
+    assert "the destination is as it was" in str(info.value)
+    assert env.dst("SELECT count(*) FROM pg_class WHERE relname IN ('t', 'renamed', 'other')") == [(0,)]
+    # Entries for unselected tables are simply unused.
+    config = env.config(objects={"tables": ["public.t"]}, mapping={"tables": {"public.other": "renamed"}},
+                        filters={"public.other": "id > 0"}, migration_types=["schema", "full"])
+    env.src("INSERT INTO public.t VALUES (1, 2); INSERT INTO public.other VALUES (1)")
+    start_migration(config, env.source_info(), env.destination_info())
+    assert env.dst("SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'") \
+        == [("t",)]

@@ -36,7 +36,7 @@ CREATE TABLE edge.types (
     b bit(8), vb varbit, mood edge.mood, pp edge.pos_pair, st edge.short_text, pr edge.pair,
     r int4range, tr tstzrange, fr edge.floatrange, mr int4multirange, nmr nummultirange,
     tsv tsvector, tsq tsquery, x xml, pt point, ln line, sg lseg, bx box, pth path, pg polygon, ci circle,
-    flag boolean, o oid, lsn pg_lsn
+    flag boolean, o oid, lsn pg_lsn, nm name, qc "char"
 );
 INSERT INTO edge.types VALUES
 (1, 'NaN', 0, 'NaN', 'NaN', -32768, -9223372036854775808,
@@ -48,7 +48,7 @@ INSERT INTO edge.types VALUES
  B'00000000', B'', 'sad', ROW(1, '', 'sad'), '', ROW(NULL, NULL, NULL),
  'empty', 'empty', 'empty', '{}', '{}',
  '', '!a', '<a/>', '(0,0)', '{1,-1,0}', '[(0,0),(0,0)]', '(0,0),(0,0)', '[(0,0)]', '((0,0))', '<(0,0),0>',
- false, 0, '0/0'),
+ false, 0, '0/0', '', ''),
 (2, 'Infinity', '99999999999999999999.99999999999999999999', 'Infinity', 'Infinity', 32767,
  9223372036854775807, '-infinity', '-infinity', '-infinity', '00:00:00', '00:00:00+15:59',
  '-178000000 years -11 mons -2147483647 days -2562047788:00:54.775807',
@@ -64,7 +64,7 @@ INSERT INTO edge.types VALUES
  '(,)', '[-infinity,infinity]', '[-Infinity,Infinity]', '{[1,3), [5,7), [10,)}', '{(,0], [1.5,2.5)}',
  'a:1A fat:2B,4C ''quo''''te'':5D ü😀:6', 'fat & (rat | !cat) <-> ''x y''', '<a b="1">x &amp; y<!-- c --><![CDATA[<z>]]></a>',
  '(1.5,-0)', '{1,2,3}', '[(1e-300,-1e300),(2,3)]', '(1,1),(-1,-1)', '((0,0),(1,1),(2,0))', '((0,0),(1,1),(2,0))',
- '<(1,2),1e-300>', true, 4294967295, 'FFFFFFFF/FFFFFFFF'),
+ '<(1,2),1e-300>', true, 4294967295, 'FFFFFFFF/FFFFFFFF', 'Name "q"; ü', 'x'),
 (3, '-Infinity', '-0.00000000000000000001', '-0', '-0', 0, 0,
  '4713-01-01 00:00:00 BC', '294276-12-31 23:59:59.999999+00', '4713-11-24 BC', '23:59:59.999999',
  '23:59:59.999999+00', '0 seconds', '{{1,2},{3,4}}', '{{"a","b"},{NULL,"d"}}', '[-2:-1][3:4]={{1,2},{3,4}}',
@@ -75,8 +75,9 @@ INSERT INTO edge.types VALUES
  B'10101010', repeat('01', 500)::varbit, 'with "quote", comma', ROW(7, NULL, NULL), NULL, NULL,
  '[1,2)', '(2024-01-01 00:00:00+00,2024-01-02 00:00:00+00]', '(-1.5,NaN]', '{[1,2)}', '{[-1e-20,1e20]}',
  'x:1', 'x:*', 'text <b>bold</b> &lt; tail', '(NaN,Infinity)', '{0,1,0}', '[(1,2),(3,4)]', '(Infinity,Infinity),(1,1)',
- '[(0,0),(1,1),(2,0)]', '((1,1))', '<(0,0),Infinity>', NULL, 4294967294, '16/B374D848'),
-(4, (repeat('9', 1000) || '.' || repeat('1', 1000))::numeric, 1.5, 1.7976931348623157e308, 3.4028235e38, 1, 1,
+ '[(0,0),(1,1),(2,0)]', '((1,1))', '<(0,0),Infinity>', NULL, 4294967294, '16/B374D848', repeat('n', 63), '\\'),
+-- the largest numeric there is, then the largest float8 and float4
+(4, (repeat('9', 131072) || '.' || repeat('9', 16383))::numeric, 1.5, 1.7976931348623157e308, 3.4028235e38, 1, 1,
  '2000-02-29 12:34:56.123456', '1999-12-31 23:59:59.999999-12', '2000-02-29', '12:00', '12:00+05:30',
  '-1 mons +1 day -00:00:00.000001', '{{{1}},{{2}}}', '{"☃ \\\\ \\""}', '{1}', '{sad,ok,happy}',
  '{"(1,\\"\\\\\\"x\\\\\\"\\",sad)"}', '{NULL}', repeat('x', 3000), 'abcde', 'abcdefghijkl', '\\xdeadbeef',
@@ -85,7 +86,7 @@ INSERT INTO edge.types VALUES
  B'00000001', B'0000000000', 'ok', ROW(3, 'three', 'ok'), 'short', ROW(0, '', NULL),
  '[-2147483648,2147483647)', '[2000-01-01 00:00:00+00,)', '[1e-300,1e300]', '{[1,2), [3,4)}', '{[0,1]}',
  '', 'a', '<?xml version="1.0"?><r>x</r>', '(1e-320,5e-324)', '{1e-300,1,0}', '[(0,0),(0,0)]', '(0,0),(0,0)',
- '[(1,1)]', '((1,1),(1,1))', '<(1,1),0>', false, 1, '0/1');
+ '[(1,1)]', '((1,1),(1,1))', '<(1,1),0>', false, 1, '0/1', ' ', ' ');
 INSERT INTO edge.types (id) VALUES (5);  -- NULL in every column
 -- Every byte value in one bytea.
 UPDATE edge.types SET bt = (SELECT string_agg(set_byte('\\x00'::bytea, 0, g), ''::bytea ORDER BY g)
@@ -127,7 +128,7 @@ CHANGES = [
     # INSERTs of every edge value again (text form in the stream), in one transaction.
     "INSERT INTO edge.types SELECT id + 100, n, n_scaled, f8, f4, i2, i8, ts, tstz, d, t, ttz, iv, arr_i, arr_t, "
     "arr_2d, arr_mood, arr_pair, arr_ts, txt, ch, vc, bt, js, jb, u, ip, net, mac, mac8, m, b, vb, mood, pp, st, pr, "
-    "r, tr, fr, mr, nmr, tsv, tsq, x, pt, ln, sg, bx, pth, pg, ci, flag, o, lsn FROM edge.types",
+    "r, tr, fr, mr, nmr, tsv, tsq, x, pt, ln, sg, bx, pth, pg, ci, flag, o, lsn, nm, qc FROM edge.types",
     "INSERT INTO edge.types_nokey SELECT * FROM edge.types WHERE id IN (1, 2, 3)",
     # UPDATEs of some columns, one row per transaction.
     "UPDATE edge.types SET f8 = -f8, txt = txt || E'\\t\\\\', jb = jb || '{\"added\": \"☃\"}' WHERE id = 2",
@@ -204,30 +205,32 @@ def test_edge_values_to_a_newer_major_version(migration_env, pg_servers):
 
 
 def test_values_of_tens_of_megabytes(migration_env):
-    """A 64 MB text and a 32 MB bytea (64 MB in pgoutput's hex text form): copied, then replicated when unchanged
-    (another column updated), changed, and moved with a key update."""
-    migration_env.src("""
+    """A 64 MB text and a 16 MB bytea (32 MB in pgoutput's hex text form): copied, then replicated when unchanged
+    (another column updated, the key updated) and when changed. Values near the 1 GB field limit were measured once
+    by hand: too slow for the suite."""
+    mb = 1024 * 1024
+    migration_env.src(f"""
         CREATE TABLE public.huge (id int PRIMARY KEY, note text, t text, b bytea);
-        ALTER TABLE public.huge ALTER t SET STORAGE EXTERNAL, ALTER b SET STORAGE EXTERNAL;
-        INSERT INTO public.huge
-        SELECT 1, 'n', (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 2 * 1024 * 1024 / 2) g),
-               (SELECT string_agg(decode(md5(g::text), 'hex'), ''::bytea) FROM generate_series(1, 2 * 1024 * 1024) g)
+        ALTER TABLE public.huge ALTER t SET STORAGE EXTERNAL, ALTER b SET STORAGE EXTERNAL;  -- stored as is
+        INSERT INTO public.huge VALUES (1, 'n', repeat(md5('t'), {64 * mb // 32}),
+                                        decode(repeat(md5('b'), {16 * mb // 16}), 'hex'))
     """)
-    size = migration_env.src("SELECT octet_length(t), octet_length(b) FROM public.huge")[0]
-    assert size == (32 * 1024 * 1024, 32 * 1024 * 1024)
     config = migration_env.config()
     source, destination = migration_env.source_info(), migration_env.destination_info()
     started = time.monotonic()
     start_migration(config, source, destination)
-    tables = {QualifiedName("public", "huge"): QualifiedName("public", "huge")}
-    assert_tables_equal(source, destination, tables)
+    # Compared through digests of the values themselves (the text form of a 16 MB bytea is 32 MB of hex).
+    digest = "SELECT id, note, octet_length(t), md5(t), octet_length(b), md5(b) FROM public.huge ORDER BY id"
+    assert migration_env.dst(digest) == migration_env.src(digest) == \
+        [(1, "n", 64 * mb, migration_env.src("SELECT md5(repeat(md5('t'), %s))", (64 * mb // 32,))[0][0],
+          16 * mb, migration_env.src("SELECT md5(decode(repeat(md5('b'), %s), 'hex'))", (16 * mb // 16,))[0][0])]
     with connect(source) as conn:
         conn.execute("UPDATE public.huge SET note = 'unchanged toast' WHERE id = 1")
-        conn.execute("UPDATE public.huge SET t = t || 'x', b = b || '\\xff'::bytea WHERE id = 1")
+        conn.execute("UPDATE public.huge SET t = t || 'x' WHERE id = 1")
         conn.execute("UPDATE public.huge SET id = 2 WHERE id = 1")
-        conn.execute("INSERT INTO public.huge SELECT 3, note, t || t, b FROM public.huge WHERE id = 2")
+        conn.execute("UPDATE public.huge SET b = b || '\\xff'::bytea WHERE id = 2")
     catch_up(config, source, destination)
-    assert_tables_equal(source, destination, tables)
-    assert migration_env.dst("SELECT id, octet_length(t), octet_length(b) FROM public.huge ORDER BY id") == \
-        [(2, 32 * 1024 * 1024 + 1, 32 * 1024 * 1024 + 1), (3, 64 * 1024 * 1024 + 2, 32 * 1024 * 1024 + 1)]
+    after = migration_env.src(digest)
+    assert migration_env.dst(digest) == after
+    assert after[0][:3] == (2, "unchanged toast", 64 * mb + 1) and after[0][4] == 16 * mb + 1
     assert time.monotonic() - started < 60
