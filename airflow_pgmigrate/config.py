@@ -503,6 +503,13 @@ class MigrationConfig(_Validated):
         if isinstance(state_schema, str):
             _check_identifier(errors, "state_schema", state_schema, "schema name")
             _check_destination_schema(errors, "state_schema", state_schema)
+            objects, mapping = values.get("objects"), values.get("mapping")
+            if isinstance(objects, ObjectSelection) and isinstance(mapping, NameMapping):
+                clash = _listed_destination_schemas(objects, mapping).get(state_schema)
+                if clash:
+                    _problem(errors, "state_schema", f"{state_schema!r} is also where {clash} goes in the "
+                             "destination: the migration's own tables would mix with (or clash with) migrated ones",
+                             "give state_schema a schema of its own, such as pgmigrate_state")
         return errors
 
     # -- derived ------------------------------------------------------------------------------------------------
@@ -622,6 +629,25 @@ def _duplicate_keys(node: Any, tp: Any, path: str, visited: set[int]) -> list[Pr
             seen[key] = line
         problems += _duplicate_keys(value_node, child_tp, child_path, visited)
     return problems
+
+
+def _listed_destination_schemas(objects: ObjectSelection, mapping: NameMapping) -> dict[str, str]:
+    """Destination schema -> what the config sends there, for the schemas and tables it names explicitly."""
+    from airflow_pgmigrate.engine.names import NameMapper
+
+    mapper = NameMapper(mapping)
+    out: dict[str, str] = {}
+    for schema in objects.schemas:
+        out.setdefault(mapper.schema(schema), f"schema {schema}")
+    for key in objects.tables:
+        try:
+            table = parse_qualified_name(key)
+        except ValueError:
+            continue  # reported on objects.tables
+        out.setdefault(mapper.schema(table.schema), f"table {table}")
+    for source, target in mapping.schemas.items():
+        out.setdefault(target, f"schema {source}")
+    return out
 
 
 # -- generic dict -> dataclass building with type checks ---------------------------------------------------------

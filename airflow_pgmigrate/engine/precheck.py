@@ -387,6 +387,16 @@ def check_name_mapping(ctx: PrecheckContext) -> list[CheckResult]:
     mapper = ctx.mapper
     targets: dict[QualifiedName, QualifiedName] = {}
     problems: list[str] = []
+    # The migration's own state schema must not be a schema migrated objects land in (the default "pgmigrate" is
+    # also what a source that was itself migrated with this product has).
+    assert ctx.src is not None
+    migrated = {t.name.schema for t in ctx.selected} | set(ctx.config.objects.schemas)
+    if ctx.config.objects.selects_everything:
+        migrated |= set(catalog.list_schemas(ctx.src))
+    clashing = sorted(s for s in migrated if mapper.schema(s) == ctx.config.state_schema)
+    if clashing:
+        problems.append(f"state_schema {ctx.config.state_schema} is also the destination schema of source schema "
+                        f"{', '.join(clashing)} (set state_schema to a schema of its own, such as pgmigrate_state)")
     column_selection = {parse_qualified_name(k): v for k, v in ctx.config.objects.columns.items()}
     for table in ctx.selected:
         target = mapper.table(table.name)

@@ -136,8 +136,13 @@ def test_64_byte_names_are_refused_in_every_field_naming_it() -> None:
     (_with(mapping={"schemas": {"public": "pg_catalog"}}), "mapping.schemas['public']", "pg_"),
     (_with(objects={"schemas": ["public", "pg_catalog"]}), "objects.schemas[1]", "system schema"),
     (_with(objects={"schemas": ["information_schema"]}), "objects.schemas[0]", "system schema"),
+    (_with(objects={"schemas": ["pgmigrate"]}), "state_schema", "schema of its own"),
+    (_with(mapping={"schemas": {"public": "pgmigrate"}}), "state_schema", "schema public"),
+    (_with(objects={"tables": ["Pgm.t"]}, mapping={"name_case": "lower"}, state_schema="pgm"), "state_schema",
+     "table Pgm.t"),
 ], ids=["table renamed into another schema", "state schema pg_", "schema mapped to pg_catalog",
-        "pg_catalog selected", "information_schema selected"])
+        "pg_catalog selected", "information_schema selected", "state schema selected",
+        "schema mapped onto the state schema", "table landing in the state schema"])
 def test_misplaced_names(data: dict[str, Any], field: str, words: str) -> None:
     problem = _problem(data, field)
     assert words in problem.message + problem.fix
@@ -506,3 +511,18 @@ def test_conflicting_and_overlong_destination_names_are_caught_by_the_precheck(m
     start_migration(config, env.source_info(), env.destination_info())
     assert env.dst("SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'") \
         == [("t",)]
+
+
+@pytest.mark.integration
+def test_a_source_schema_named_like_the_state_schema_is_caught(migration_env):
+    """A source that was itself the destination of a migration has a schema "pgmigrate": migrating it into the
+    destination's state schema would mix (and clash with) the migration's own tables."""
+    env = migration_env
+    env.src("CREATE SCHEMA pgmigrate; CREATE TABLE pgmigrate.migration_state (x int PRIMARY KEY);"
+            "INSERT INTO pgmigrate.migration_state VALUES (1); CREATE TABLE public.t (id int PRIMARY KEY)")
+    item = env.precheck().result("name_mapping")
+    assert item.status == "failed" and "state_schema pgmigrate is also the destination schema" in item.detail
+    assert "pgmigrate_state" in item.detail
+    config = env.config(state_schema="pgmigrate_state", migration_types=["schema", "full"])
+    start_migration(config, env.source_info(), env.destination_info())
+    assert env.dst("SELECT x FROM pgmigrate.migration_state") == [(1,)]
