@@ -94,21 +94,23 @@ assert len(NAME_63.encode()) == 63 and len(NAME_64.encode()) == 64
 
 
 def _names_everywhere(name: str) -> dict[str, Any]:
-    """A config with ``name`` in every field that holds a name."""
+    """A config with ``name`` in every field that holds a name (a name of the same length for the state schema,
+    which must be a schema of its own)."""
     key = f"public.{name}"
+    state_schema = name.replace(name[0], "ö")
     return _with(
         source={"conn_id": "src", "database": name},
         objects={"schemas": [name], "tables": [key], "columns": {key: [name]}},
         mapping={"schemas": {name: name}, "tables": {key: name}, "columns": {key: {name: name}}},
         filters={key: "true"},
         schema_migration={"owner_mapping": {name: name}},
-        state_schema=name,
+        state_schema=state_schema,
     )
 
 
 def test_63_byte_multibyte_names_are_accepted_everywhere() -> None:
     config = MigrationConfig.from_dict(_names_everywhere(NAME_63))
-    assert config.state_schema == NAME_63
+    assert config.state_schema == "ö" * 31 + "x"
     assert config.mapping.tables == {f"public.{NAME_63}": NAME_63}
 
 
@@ -157,7 +159,7 @@ def test_odd_names_are_taken_verbatim(name: str) -> None:
     config = MigrationConfig.from_dict(_with(
         objects={"tables": [key], "columns": {key: [name]}},
         mapping={"schemas": {name: name}, "tables": {key: name}, "columns": {key: {name: name}}},
-        state_schema=name, filters={key: f'"{name.replace(chr(34), chr(34) * 2)}" IS NOT NULL'}))
+        state_schema="pgmigrate_state", filters={key: f'"{name.replace(chr(34), chr(34) * 2)}" IS NOT NULL'}))
     table = QualifiedName(name, name)
     assert config.row_filter(table) is not None
     assert MigrationConfig.from_dict(config.to_dict()) == config
