@@ -294,26 +294,37 @@ class Throttling(_Validated):
 
 @dataclass
 class RetryWindows(_Validated):
-    """How long a step keeps retrying: after connection failures, and after other errors."""
+    """How long incremental sync keeps retrying: after connection failures, and after other errors that can pass.
 
-    connection_failures_minutes: int = 720
-    other_errors_minutes: int = 10
+    Minutes are numbers: fractions are allowed (short windows are meant for rehearsals and tests).
+    """
+
+    connection_failures_minutes: float = 720
+    other_errors_minutes: float = 10
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
         errors: list[Problem] = []
-        conn = values.get("connection_failures_minutes")
-        other = values.get("other_errors_minutes")
-        if isinstance(conn, int) and not 10 <= conn <= 1440:
-            _problem(errors, "connection_failures_minutes", f"must be between 10 and 1440, got {conn}",
+        conn = _number(values.get("connection_failures_minutes"))
+        other = _number(values.get("other_errors_minutes"))
+        if conn is not None and not 0 < conn <= 1440:
+            _problem(errors, "connection_failures_minutes", f"must be more than 0 and at most 1440, got {conn:g}",
                      "720 (12 hours) is the default; at least 30 is recommended")
-        if isinstance(other, int) and not 1 <= other <= 1440:
-            _problem(errors, "other_errors_minutes", f"must be between 1 and 1440, got {other}", "10 is the default")
-        if isinstance(conn, int) and isinstance(other, int) and other >= conn:
+        if other is not None and not 0 < other <= 1440:
+            _problem(errors, "other_errors_minutes", f"must be more than 0 and at most 1440, got {other:g}",
+                     "10 is the default")
+        if conn is not None and other is not None and other >= conn:
             _problem(errors, "other_errors_minutes",
-                     f"must be less than connection_failures_minutes ({conn}), got {other}",
+                     f"must be less than connection_failures_minutes ({conn:g}), got {other:g}",
                      "lower other_errors_minutes or raise connection_failures_minutes")
         return errors
+
+
+def _number(value: Any) -> float | None:
+    """A number given for a numeric field (type errors are reported elsewhere), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 @dataclass
@@ -344,8 +355,9 @@ class SchemaSettings(_Validated):
 class FullLoadSettings(_Validated):
     #: Tables (or table parts) copied at the same time.
     parallel_jobs: int = 4
-    #: A table larger than this is split into ranges copied in parallel: bytes, or "512MB", "10GB".
-    split_tables_larger_than: int | str = "256MB"
+    #: "auto": a table is split into ranges copied in parallel only when it alone would outlast the rest of the load
+    #: spread over the other jobs. A size (bytes, or "512MB", "10GB"): every table larger than it is split.
+    split_tables_larger_than: int | str = "auto"
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
@@ -355,17 +367,21 @@ class FullLoadSettings(_Validated):
             _problem(errors, "parallel_jobs", f"must be between 1 and 64, got {jobs}",
                      "about the number of cores of the smaller server is a good start")
         size = values.get("split_tables_larger_than")
-        if size is not None:
+        if size is not None and size != "auto":
             try:
                 if parse_size(size) < 1024 * 1024:
                     _problem(errors, "split_tables_larger_than", f"{size!r} is less than 1MB",
                              "use a size of at least 1MB, such as 1GB")
             except ValueError as exc:
-                _problem(errors, "split_tables_larger_than", str(exc), "write bytes or a size such as 512MB or 10GB")
+                _problem(errors, "split_tables_larger_than", str(exc),
+                         "write auto, bytes, or a size such as 512MB or 10GB")
         return errors
 
     @property
-    def split_bytes(self) -> int:
+    def split_bytes(self) -> int | None:
+        """The split size, or None for ``auto``."""
+        if self.split_tables_larger_than == "auto":
+            return None
         return parse_size(self.split_tables_larger_than)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -109,6 +110,45 @@ def run_in_child(target: Callable[..., None], args: tuple[Any, ...], name: str) 
 
 
 # -- servers --------------------------------------------------------------------------------------------------------
+
+
+def _proc_cpu(pid: int, *, children: bool) -> float:
+    """CPU seconds of one process (user + system), plus those of its reaped children when asked."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds(server: LocalPostgres) -> float:
+    """CPU seconds a server has used: postmaster, its living processes, and every backend that has exited.
+
+    Deltas of this (plus the client processes' own) give a run's CPU cost, which stays meaningful when other work
+    shares the machine, unlike wall time.
+    """
+    pid_file = server.data_dir / "postmaster.pid"
+    postmaster = int(pid_file.read_text().split()[0])
+    total = _proc_cpu(postmaster, children=True)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == postmaster:
+            total += _proc_cpu(int(entry.name), children=False)
+    return total
+
+
+def clients_cpu_seconds() -> float:
+    """CPU seconds of this process and of its waited-for descendants (psql, pg_dump, the engine's child)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def checkpoint(*servers: LocalPostgres) -> None:

@@ -38,6 +38,7 @@ from common import (
     BenchError,
     checkpoint,
     client_env,
+    clients_cpu_seconds,
     fresh_database,
     ident,
     install_signal_handlers,
@@ -48,6 +49,7 @@ from common import (
     redact,
     run_in_child,
     run_tool,
+    server_cpu_seconds,
     stop_servers,
     tool,
     workdir_base,
@@ -157,11 +159,11 @@ def _full_load_child(config: dict[str, Any], source: ConnectionInfo, destination
 
 
 def run_ours(source: LocalPostgres, destination: LocalPostgres, db: str, jobs: int, with_slot: bool,
-             verbose: bool) -> dict[str, Any]:
+             verbose: bool, split: str = "auto") -> dict[str, Any]:
     types = ["schema", "full", "incremental"] if with_slot else ["schema", "full"]
     config_dict = {"name": MIGRATION, "source": {"conn_id": "bench_source"},
                    "destination": {"conn_id": "bench_destination"}, "migration_types": types,
-                   "full_load": {"parallel_jobs": jobs}, "schema_migration": {"index_jobs": jobs}}
+                   "full_load": {"parallel_jobs": jobs, "split_tables_larger_than": split}, "schema_migration": {"index_jobs": jobs}}
     config = MigrationConfig.from_dict(config_dict)
     src, dst = source.info(SOURCE_DB), destination.info(db)
     log = log_fn(verbose)
@@ -271,6 +273,10 @@ def main() -> int:
                         help="ours with migration_types incremental too: the timed load includes slot creation")
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs of every run (default 2)")
     parser.add_argument("--major", type=int, help="PostgreSQL major version of both servers (default: the lowest)")
+    parser.add_argument("--split", default="auto",
+                        help="our full_load.split_tables_larger_than (default auto, the product's default)")
+    parser.add_argument("--only", choices=["ours", "psql_pipe", "pg_dump_restore"], action="append",
+                        help="run only these (repeatable); ratios need ours and the anchor")
     parser.add_argument("--verbose", action="store_true", help="print the engine's log lines")
     args = parser.parse_args()
     if args.reuse and not args.workdir:
@@ -305,28 +311,43 @@ def main() -> int:
             print(f"bench:   table={schema}.{table} MB={size / MB:.1f} rows={expected[f'{schema}.{table}']}")
 
         results: dict[str, dict[str, Any]] = {}
-        runs = [("ours", lambda db: run_ours(source, destination, db, args.jobs, args.with_slot, args.verbose)),
+        runs = [("ours", lambda db: run_ours(source, destination, db, args.jobs, args.with_slot, args.verbose,
+                                                 args.split)),
                 ("psql_pipe", lambda db: run_pipe(source, destination, db, base, args.jobs, tables)),
                 ("pg_dump_restore", lambda db: run_dump_restore(source, destination, db, base, args.jobs))]
         for name, run in runs:
+            if args.only and name not in args.only:
+                continue
             db = f"bench_{name}"
             fresh_database(destination, db)
+            cpu_before = server_cpu_seconds(source) + server_cpu_seconds(destination) + clients_cpu_seconds()
             results[name] = run(db)
-            print(line(name, results[name], data_mb), flush=True)
+            results[name]["cpu_s"] = (server_cpu_seconds(source) + server_cpu_seconds(destination)
+                                      + clients_cpu_seconds() - cpu_before)
+            print(line(name, results[name], data_mb) + f" cpu_s={results[name]['cpu_s']:.1f}", flush=True)
             results[name]["verified"] = verify(name, destination, db, tables, expected)
             failed = failed or not results[name]["verified"]
             destination.drop_database(db)
 
+        if len(results) < len(runs):
+            print("bench-json: " + json.dumps({"runs": results}, default=str), flush=True)
+            return 1 if failed else 0
         ours, pipe, dump = results["ours"], results["psql_pipe"], results["pg_dump_restore"]
         ratios = {"ours_vs_psql_pipe": pipe["total_s"] / ours["total_s"],
                   "ours_vs_pg_dump_restore": dump["total_s"] / ours["total_s"],
                   "copy_only_ours_vs_psql_pipe": pipe["copy_s"] / ours["copy_s"],
-                  "post_data_ours_vs_pg_restore": pipe["post_data_s"] / ours["post_data_s"]}
+                  "post_data_ours_vs_pg_restore": pipe["post_data_s"] / ours["post_data_s"],
+                  "cpu_ours_vs_psql_pipe": pipe["cpu_s"] / ours["cpu_s"],
+                  "cpu_ours_vs_pg_dump_restore": dump["cpu_s"] / ours["cpu_s"]}
         print(f"bench: ours_vs_psql_pipe={ratios['ours_vs_psql_pipe']:.2f}x "
               f"ours_vs_pg_dump_restore={ratios['ours_vs_pg_dump_restore']:.2f}x "
               f"peak_worker_MB={ours['peak_worker_MB']:.0f} "
               f"(copy only {ratios['copy_only_ours_vs_psql_pipe']:.2f}x, "
               f"post-data {ratios['post_data_ours_vs_pg_restore']:.2f}x; higher = ours faster)")
+        print(f"bench: cpu_s ours={ours['cpu_s']:.1f} psql_pipe={pipe['cpu_s']:.1f} "
+              f"pg_dump_restore={dump['cpu_s']:.1f} (all processes of both servers and every client; "
+              f"cpu_ours_vs_psql_pipe={ratios['cpu_ours_vs_psql_pipe']:.2f}x "
+              f"cpu_ours_vs_pg_dump_restore={ratios['cpu_ours_vs_pg_dump_restore']:.2f}x)")
         rounded = {k: {f: round(v, 3) if isinstance(v, float) else v for f, v in r.items()}
                    for k, r in results.items()}
         print("bench-json: " + json.dumps({

@@ -73,6 +73,8 @@ NATIVE = "bench_native"  # the subscription, its slot and its publication
 #: The four pgbench tables and the key each is ordered by for the checksum.
 TABLES = {"public.pgbench_accounts": "aid", "public.pgbench_branches": "bid", "public.pgbench_tellers": "tid",
           "public.pgbench_history": "hid"}
+#: With --big-transaction-mb: a table that gets one transaction of that size (rows of about 1 kB) after pgbench.
+BIG_TABLE = "public.bench_big"
 #: A tpcb-like pgbench transaction: three updates and one insert.
 CHANGES_PER_TXN = 4
 WINDOW_SECONDS = 7 * 24 * 3600.0
@@ -279,21 +281,30 @@ def time_native(source: LocalPostgres, destination: LocalPostgres, target_lsn: s
 # -- backlog and verification ---------------------------------------------------------------------------------------
 
 
-def build_backlog(source: LocalPostgres, clients: int, seconds: int) -> dict[str, Any]:
+def build_backlog(source: LocalPostgres, clients: int, seconds: int, big_mb: int = 0) -> dict[str, Any]:
     env = pgbench_env(source)
     before = current_lsn(source)
     started = time.monotonic()
     result = run_tool([*pgbench_args(source), "-c", str(clients), "-j", str(min(2, clients)), "-T", str(seconds),
                        "-n", SOURCE_DB], source, "pgbench", env)
     wall = time.monotonic() - started
-    target = current_lsn(source)
     match = re.search(r"number of transactions actually processed:\s*(\d+)", result.stdout)
     if not match:
         raise BenchError(f"pgbench printed no transaction count: {result.stdout[-1000:]}")
     tps = re.search(r"tps = ([\d.]+)", result.stdout)
-    return {"transactions": int(match.group(1)), "changes_estimate": CHANGES_PER_TXN * int(match.group(1)),
+    transactions, changes = int(match.group(1)), CHANGES_PER_TXN * int(match.group(1))
+    if big_mb:
+        rows = big_mb * 1024
+        big_started = time.monotonic()
+        source.execute(f"INSERT INTO {BIG_TABLE} SELECT g, repeat(md5(g::text), 32) "  # noqa: S608 - constants
+                       f"FROM generate_series(1, {rows}) g", SOURCE_DB)
+        print(f"bench: one transaction of {rows} rows (~{big_mb} MB of changes) added to the backlog in "
+              f"{time.monotonic() - big_started:.1f} s", flush=True)
+        transactions, changes = transactions + 1, changes + rows
+    target = current_lsn(source)
+    return {"transactions": transactions, "changes_estimate": changes,
             "pgbench_tps": float(tps.group(1)) if tps else None, "pgbench_wall_s": wall, "start_lsn": before,
-            "target_lsn": target, "wal_MB": lsn_diff(source, target, before) / MB}
+            "target_lsn": target, "wal_MB": lsn_diff(source, target, before) / MB, "big_transaction_mb": big_mb}
 
 
 def table_fingerprints(server: LocalPostgres, db: str, columns: dict[str, list[str]]) -> dict[str, tuple[int, str]]:
@@ -339,6 +350,9 @@ def main() -> int:
     parser.add_argument("--scale", type=int, default=100, help="pgbench scale of the source (default 100)")
     parser.add_argument("--seconds", type=int, default=60, help="pgbench -T of the backlog (default 60)")
     parser.add_argument("--clients", type=int, default=4, help="pgbench -c of the backlog (default 4)")
+    parser.add_argument("--big-transaction-mb", type=int, default=0,
+                        help="also put one transaction of this many MB (1 kB rows) in the backlog, to read the "
+                             "engine's peak memory with a transaction far larger than its batches (e.g. 1024)")
     parser.add_argument("--workdir", help="keep the servers here (stopped, data kept) instead of a temporary folder")
     parser.add_argument("--reuse", action="store_true", help="reuse the source dataset in --workdir when built at "
                         "--scale (pgbench_history is emptied)")
@@ -374,6 +388,10 @@ def main() -> int:
             marker.unlink(missing_ok=True)
             build_dataset(source, args.scale)
             marker.write_text(json.dumps({"scale": args.scale}))
+        if args.big_transaction_mb:
+            TABLES[BIG_TABLE] = "id"
+            source.execute(f"DROP TABLE IF EXISTS {qualified(BIG_TABLE)}; "
+                           f"CREATE TABLE {qualified(BIG_TABLE)} (id bigint PRIMARY KEY, body text)", SOURCE_DB)
         fresh_database(destination, OURS_DB)
         fresh_database(destination, NATIVE_DB)
 
@@ -382,7 +400,7 @@ def main() -> int:
         catch_up_ours_untimed(source, destination, args.verbose)
 
         checkpoint(source, destination)
-        backlog = build_backlog(source, args.clients, args.seconds)
+        backlog = build_backlog(source, args.clients, args.seconds, args.big_transaction_mb)
         txns = backlog["transactions"]
         print(f"bench: backlog transactions={txns} changes~={backlog['changes_estimate']} "
               f"wal_MB={backlog['wal_MB']:.1f} (pgbench -c {args.clients} -j {min(2, args.clients)} "

@@ -9,7 +9,7 @@ are applied one by one, in order. If a set-based batch fails, the caller replays
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,35 @@ def _escape(value: Value) -> bytes:
     if b"\\" in value or b"\t" in value or b"\n" in value or b"\r" in value:
         value = value.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
     return value
+
+
+def copy_lines(rows: Iterable[list[Value]], positions: list[int]) -> Iterator[bytes]:
+    """COPY text lines of ``rows`` (the values at ``positions``), about 256 kB at a time.
+
+    Most rows need no escaping: the line is joined first and checked as a whole (its tabs are the separators, its
+    backslashes the NULL markers), and only a row that holds a special character is escaped value by value.
+    """
+    width = len(positions)
+    buffer: list[bytes] = []
+    size = 0
+    for row in rows:
+        values = [row[p] for p in positions]
+        nulls = 0
+        if None in values:
+            nulls = values.count(None)
+            values = [b"\\N" if v is None else v for v in values]
+        line = b"\t".join(values)  # type: ignore[arg-type]
+        if (line.count(b"\t") != width - 1 or line.count(b"\\") != nulls or b"\n" in line or b"\r" in line):
+            line = b"\t".join(_escape(row[p]) for p in positions)
+        buffer.append(line)
+        size += len(line)
+        if size > 262144:
+            buffer.append(b"")
+            yield b"\n".join(buffer)
+            buffer, size = [], 0
+    if buffer:
+        buffer.append(b"")
+        yield b"\n".join(buffer)
 
 
 @dataclass
@@ -57,54 +86,48 @@ class TableTarget:
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.target.schema, self.target.name)
 
+    def __post_init__(self) -> None:
+        self._single = self.key[0] if len(self.key) == 1 else None
+
     def key_of(self, values: list[Value]) -> tuple[Value, ...]:
-        key = self.key
-        if len(key) == 1:
-            return (values[key[0]],)
-        return tuple([values[i] for i in key])
-
-
-@dataclass
-class RowState:
-    existed: bool
-    final: list[Value] | None
+        if self._single is not None:
+            return (values[self._single],)
+        return tuple([values[i] for i in self.key])
 
 
 @dataclass
 class SetOps:
-    """Collapsible changes of one keyed table."""
+    """Collapsible changes of one keyed table, as each row's net effect: key -> ``[existed, final]``, whether the row
+    existed before the batch and its final values (None: deleted). A two-item list is cheaper than an object."""
 
     table: TableTarget
-    rows: dict[tuple[Value, ...], RowState] = field(default_factory=dict)
+    rows: dict[tuple[Value, ...], list[Any]] = field(default_factory=dict)
 
     def add(self, change: Change) -> None:
-        t = self.table
-        if change.kind == "I":
-            assert change.new is not None
-            key = t.key_of(change.new)
-            state = self.rows.get(key)
-            if state is None:
-                self.rows[key] = RowState(False, list(change.new))
-            else:
-                state.final = list(change.new)
-        elif change.kind == "U":
-            assert change.new is not None
-            key = t.key_of(change.new)
-            state = self.rows.get(key)
-            if state is None:
-                self.rows[key] = RowState(True, list(change.new))
-            elif state.final is None:
-                state.final = list(change.new)
-            else:
-                state.final = [f if n is UNCHANGED else n for n, f in zip(change.new, state.final, strict=True)]
-        else:
+        key_of = self.table.key_of
+        rows = self.rows
+        kind = change.kind
+        if kind == "D":
             assert change.old is not None
-            key = t.key_of(change.old)
-            state = self.rows.get(key)
+            key = key_of(change.old)
+            state = rows.get(key)
             if state is None:
-                self.rows[key] = RowState(True, None)
+                rows[key] = [True, None]
             else:
-                state.final = None
+                state[1] = None
+            return
+        new = change.new
+        assert new is not None
+        key = key_of(new)
+        state = rows.get(key)
+        if state is None:
+            rows[key] = [kind == "U", new]
+        elif kind == "I" or state[1] is None:
+            state[1] = new
+        else:
+            final = state[1]
+            state[1] = [f if n is UNCHANGED else n for n, f in zip(new, final, strict=True)] \
+                if UNCHANGED in new else new
 
 
 @dataclass
@@ -122,8 +145,9 @@ class Batch:
 
     def __init__(self, *, collapse: bool = True) -> None:
         self.steps: list[SetOps | Sequential] = []
-        #: Every change as it came, for a one-by-one replay when a set-based write fails.
-        self.original: list[Sequential] = []
+        #: Every change as it came, for a one-by-one replay when a set-based write fails: ``(table, change)``, or a
+        #: truncate's step.
+        self.original: list[tuple[TableTarget, Change] | Sequential] = []
         self.collapse = collapse
         self._open: dict[int, SetOps] = {}
         self.changes = 0
@@ -132,12 +156,13 @@ class Batch:
     def add(self, rel: int, table: TableTarget, change: Change, size: int) -> None:
         self.changes += 1
         self.bytes += size
-        self.original.append(Sequential(table, change))
+        self.original.append((table, change))
         if not self.collapse:
             self.steps.append(Sequential(table, change))
             return
-        key_change = (change.kind == "U" and change.old is not None and change.old_kind == "K"
-                      and change.new is not None and table.key_of(change.old) != table.key_of(change.new))
+        old = change.old
+        key_change = (old is not None and change.kind == "U" and change.old_kind == "K"
+                      and change.new is not None and table.key_of(old) != table.key_of(change.new))
         if not table.key or key_change:
             self._open.pop(rel, None)
             self.steps.append(Sequential(table, change))
@@ -189,7 +214,7 @@ class Applier:
     def replay(self, batch: Batch) -> None:
         """Apply a batch's changes one by one, in source order (the fallback of a failed set-based write)."""
         for step in batch.original:
-            self._apply_one(step)
+            self._apply_one(step if isinstance(step, Sequential) else Sequential(*step))
 
     def _stage(self, table: TableTarget, names: list[str], rows: Iterable[list[Value]],
                positions: list[int]) -> sql.Identifier:
@@ -204,15 +229,8 @@ class Applier:
         else:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(ident))
         with self.conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(ident)) as copy:
-            buffer = bytearray()
-            for row in rows:
-                buffer += b"\t".join(_escape(row[p]) for p in positions)
-                buffer += b"\n"
-                if len(buffer) > 262144:
-                    copy.write(buffer)
-                    buffer = bytearray()
-            if buffer:
-                copy.write(buffer)
+            for block in copy_lines(rows, positions):
+                copy.write(block)
         return ident
 
     def _match(self, table: TableTarget, left: str, right: str) -> sql.Composable:
@@ -222,24 +240,27 @@ class Applier:
 
     def _apply_set(self, ops: SetOps) -> None:
         t = ops.table
-        deletes = [k for k, s in ops.rows.items() if s.existed and s.final is None]
-        updates = [s.final for s in ops.rows.values() if s.existed and s.final is not None]
-        inserts = [s.final for s in ops.rows.values() if not s.existed and s.final is not None]
+        deletes = [k for k, (existed, final) in ops.rows.items() if existed and final is None]
+        updates = [final for existed, final in ops.rows.values() if existed and final is not None]
+        inserts = [final for existed, final in ops.rows.values() if not existed and final is not None]
         key_positions = list(range(len(t.key)))
         if deletes:
             stage = self._stage(t, t.key_names, [list(k) for k in deletes], key_positions)
             self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m}").format(
                 t=t.ident, s=stage, m=self._match(t, "d", "s")))
         # Rows whose unchanged TOAST columns are unknown are written with the columns known, grouped by shape.
-        groups: dict[tuple[int, ...], list[list[Value]]] = {}
+        complete = tuple(i for i, _ in t.columns)
+        groups: dict[tuple[int, ...], list[list[Value]]] = {complete: []}
         for row in updates:
-            assert row is not None
-            known = tuple(i for i, name in t.columns if row[i] is not UNCHANGED)
-            groups.setdefault(known, []).append(row)
+            if UNCHANGED in row:
+                known = tuple(i for i, name in t.columns if row[i] is not UNCHANGED)
+                groups.setdefault(known, []).append(row)
+            else:
+                groups[complete].append(row)
         for known, rows in groups.items():
-            self._update_rows(t, known, rows, insert_missing=t.upsert)
+            if rows:
+                self._update_rows(t, known, rows, insert_missing=t.upsert)
         if inserts:
-            complete = tuple(i for i, _ in t.columns)
             if t.upsert:
                 self._update_rows(t, complete, [r for r in inserts if r is not None], insert_missing=True)
             else:
@@ -247,16 +268,8 @@ class Applier:
                 target = sql.SQL("COPY {} ({}) FROM STDIN").format(t.ident,
                                                                    sql.SQL(", ").join(map(sql.Identifier, names)))
                 with self.conn.cursor().copy(target) as copy:
-                    buffer = bytearray()
-                    for row in inserts:
-                        assert row is not None
-                        buffer += b"\t".join(_escape(row[i]) for i, _ in t.columns)
-                        buffer += b"\n"
-                        if len(buffer) > 262144:
-                            copy.write(buffer)
-                            buffer = bytearray()
-                    if buffer:
-                        copy.write(buffer)
+                    for block in copy_lines(inserts, list(complete)):
+                        copy.write(block)
         if t.row_filter and (updates or inserts):
             keys = [[r[i] for i in t.key] for r in updates + inserts if r is not None]
             stage = self._stage(t, t.key_names, keys, key_positions)
@@ -387,4 +400,4 @@ def _text(value: Value) -> str | None:
     return value.decode()
 
 
-__all__ = ["ApplyError", "Applier", "Batch", "RowState", "SetOps", "Sequential", "TableTarget"]
+__all__ = ["ApplyError", "Applier", "Batch", "SetOps", "Sequential", "TableTarget"]

@@ -41,6 +41,7 @@ class CutoverError(PgMigrateError):
 def freeze_source(source: ConnectionInfo, log: Callable[[str], None]) -> int:
     """Set the source database read-only for new transactions and end the sessions still using it."""
     with connect(source) as src:
+        src.execute("SET default_transaction_read_only = off")  # a retry finds the database frozen already
         src.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
             sql.Identifier(source.dbname)))
         ended = src.execute(
@@ -64,6 +65,11 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
                 remove_rules: Callable[[list[dict[str, Any]]], list[Any]] | None = None,
                 log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     state = MigrationState(destination, config.state_schema, config.name)
+    previous = state.get("cutover") or {}
+    if previous.get("status") in ("releasing", "completed") and not _slot_exists(config, source):
+        # A retry after the worker died once the cutover had verified everything: finish it, never redo it (the
+        # slot is gone, so there is nothing left to drain).
+        return _finish_released(config, source, destination, state, previous, remove_rules, log)
     report: dict[str, Any] = {"migration": config.name, "started_at": _now(), "steps": []}
     started = time.monotonic()
 
@@ -124,27 +130,64 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
                            + ". The slot is kept: fix the cause, then run the cutover again (or set "
                            "cutover.allow_differences)", report)
 
+    report["downtime_seconds"] = round(time.monotonic() - downtime_start, 3) if frozen else None
+    report["rows_verified"] = verification["rows"]
+    report["status"] = "releasing"  # verified: from here on a retry finishes the cutover instead of redoing it
+    state.put("cutover", report)
     t0 = time.monotonic()
+    _release(config, source, state, report, remove_rules, log)
+    step("release", t0, **report["released"])
+
+    report["seconds"] = round(time.monotonic() - started, 3)
+    return _completed(source, destination, state, report, log)
+
+
+def _slot_exists(config: MigrationConfig, source: ConnectionInfo) -> bool:
+    with connect(source) as src:
+        return src.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                           (config.slot_name,)).fetchone() is not None
+
+
+def _release(config: MigrationConfig, source: ConnectionInfo, state: MigrationState, report: dict[str, Any],
+             remove_rules: Callable[[list[dict[str, Any]]], list[Any]] | None, log: Callable[[str], None]) -> None:
+    """Drop the slot and the publication, remove the security-group rules the precheck added (each idempotent)."""
     report["released"] = release(config, source, log=log)
     rules = state.get("added_ingress_rules") or []
     if rules and remove_rules is not None:
         report["removed_ingress_rules"] = [getattr(r, "to_dict", lambda r=r: r)() for r in remove_rules(rules)]
-    step("release", t0, **report["released"])
 
-    report["downtime_seconds"] = round(time.monotonic() - downtime_start, 3) if frozen else None
-    report["seconds"] = round(time.monotonic() - started, 3)
+
+def _completed(source: ConnectionInfo, destination: ConnectionInfo, state: MigrationState, report: dict[str, Any],
+               log: Callable[[str], None]) -> dict[str, Any]:
     report["finished_at"] = _now()
-    report["rows_verified"] = verification["rows"]
     report["status"] = "completed"
     report["next_steps"] = [
         f"switch the application's connection string to the destination ({destination.describe()})",
     ]
-    if frozen:
+    if report.get("frozen_at"):
         report["next_steps"].append(f"to roll back, unfreeze the source: {unfreeze_command(source)}")
     state.put("cutover", report)
-    log(f"cutover done seconds={report['seconds']} downtime_s={report['downtime_seconds']} "
-        f"rows_verified={report['rows_verified']} equal={verification['equal']}")
+    log(f"cutover done seconds={report.get('seconds')} downtime_s={report.get('downtime_seconds')} "
+        f"rows_verified={report.get('rows_verified')} equal={report['verification']['equal']}")
     return report
+
+
+def _finish_released(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,
+                     state: MigrationState, previous: dict[str, Any],
+                     remove_rules: Callable[[list[dict[str, Any]]], list[Any]] | None,
+                     log: Callable[[str], None]) -> dict[str, Any]:
+    report = dict(previous)
+    if report["status"] == "completed":
+        log(f"cutover already completed at {report.get('finished_at')}: nothing to do")
+        return {**report, "already_completed": True}
+    log(f"cutover resuming: verified equal at applied_lsn={report.get('applied_lsn')} before the previous attempt "
+        f"stopped while releasing; the slot {config.slot_name} is gone, finishing the release")
+    t0 = time.monotonic()
+    _release(config, source, state, report, remove_rules, log)
+    report["steps"] = [*report.get("steps", []), {"step": "release", "seconds": round(time.monotonic() - t0, 3),
+                                                  "resumed": True, **report["released"]}]
+    report["resumed"] = True
+    return _completed(source, destination, state, report, log)
 
 
 __all__ = ["CutoverError", "freeze_source", "run_cutover", "unfreeze_command"]

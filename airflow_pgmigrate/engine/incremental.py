@@ -9,9 +9,11 @@ dropped). Streamed in-progress transactions (protocol 2) spill to a temporary fi
 
 from __future__ import annotations
 
+import queue
 import select
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, TableTarget
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.failures import sync_failure_message
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgoutput import (
     Begin,
@@ -36,6 +39,7 @@ from airflow_pgmigrate.engine.pgoutput import (
     StreamStart,
     StreamStop,
     Truncate,
+    decode_row_change,
     int_to_lsn,
     lsn_to_int,
     pg_time,
@@ -49,13 +53,18 @@ from airflow_pgmigrate.exceptions import PgMigrateError
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
 
-#: A batch is applied when it holds this many changes or bytes, or has waited this long.
+#: A batch is applied when it holds this many changes or bytes, or has waited this long. Inside one large transaction
+#: a batch is written (not committed) at these sizes, so memory stays bounded: a decoded change takes several times
+#: its wire size in Python objects, and the writer holds at most two batches besides the one being filled.
 BATCH_CHANGES = 50_000
-BATCH_BYTES = 64 * 1024 * 1024
+BATCH_BYTES = 16 * 1024 * 1024
 BATCH_SECONDS = 1.0
 FEEDBACK_SECONDS = 1.0
 #: Changes of a streamed transaction kept in memory before spilling to disk.
 SPILL_BYTES = 32 * 1024 * 1024
+#: Message tags (as bytes of the payload): row changes, and what a streamed transaction spills until its commit.
+ROW_TAGS = frozenset(b"IUD")
+SPILLED_TAGS = frozenset(b"IUDT")
 
 
 class SyncError(PgMigrateError):
@@ -122,6 +131,91 @@ class _Spill:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+class _Writer:
+    """Writes on the destination in a thread of its own, in order, while the stream is read and decoded.
+
+    The destination's work (and the wait for it) overlaps decoding. Items: ``("commit", batch, end_lsn, time)``
+    writes a batch and commits it with its progress row; ``("partial", batch)`` writes part of a large transaction
+    into the open destination transaction; ``("progress", None, end_lsn, time)`` only moves the progress row. One
+    item waits while another is written, so memory stays bounded. ``applied`` is the end LSN of the last commit: the
+    only position ever reported to the source as flushed. The first error stops the writer; the reading thread
+    raises it at its next ``submit``, ``check`` or ``drain``.
+    """
+
+    def __init__(self, sync: IncrementalSync, dst: psycopg.Connection, applier: Applier, result: SyncResult,
+                 applied: int) -> None:
+        self._sync, self._dst, self._applier, self._result = sync, dst, applier, result
+        self.applied = applied
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=1)
+        self._pending = 0  # items submitted and not finished
+        self._uncommitted = 0  # changes written by partial items, counted when their transaction commits
+        self._done = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="pgmigrate-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def idle(self) -> bool:
+        return self._pending == 0
+
+    def submit(self, item: tuple[Any, ...]) -> None:
+        self.check()
+        with self._done:
+            self._pending += 1
+        self._queue.put(item)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def drain(self) -> None:
+        """Wait until everything submitted is written; raise the writer's error, if any."""
+        with self._done:
+            while self._pending:
+                self._done.wait()
+        self.check()
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop after the item being written (the caller closes the connection afterwards)."""
+        if self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                return
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                if self.error is None:
+                    self._write(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, which raises it
+                self.error = exc
+            finally:
+                with self._done:
+                    self._pending -= 1
+                    self._done.notify_all()
+
+    def _write(self, item: tuple[Any, ...]) -> None:
+        sync, dst = self._sync, self._dst
+        if item[0] == "partial":
+            sync._apply_partial(dst, self._applier, item[1])
+            self._uncommitted += item[1].changes
+            return
+        _, batch, end_lsn, commit_time = item
+        if batch is None:
+            sync._record_progress(dst, end_lsn, commit_time)
+            dst.commit()
+        else:
+            sync._apply_batch(dst, self._applier, batch, end_lsn, commit_time)
+            self._uncommitted += batch.changes
+        self._result.changes += self._uncommitted
+        self._uncommitted = 0
+        self.applied = end_lsn
+        if commit_time is not None:
+            self._result.last_commit_time = pg_time(commit_time).isoformat()
 
 
 class IncrementalSync:
@@ -191,6 +285,7 @@ class IncrementalSync:
             raise SyncError(f"DDL on the source: {name} no longer has column(s) {', '.join(dropped)} that the "
                             f"destination table {target} has (dropped after the full load?). Incremental sync "
                             "stopped: apply the same change on the destination, then resume")
+        self._check_type_changes(rel, name, target, [rel.columns[i].name for i, _ in columns], mapper, dst)
         if rel.replica_identity == "n":
             raise SyncError(f"{name} has REPLICA IDENTITY NOTHING: its updates and deletes are not published. "
                             f"ALTER TABLE {name} REPLICA IDENTITY FULL (or add a primary key)")
@@ -208,6 +303,32 @@ class IncrementalSync:
         upsert = bool(row_filter) or self.config.conflicting_tables == "ignore"
         return TableTarget(name, target, columns, key, key_names, upsert, row_filter,
                            start_lsns.get(name.key, start_lsns.get(str(name), 0)))
+
+    def _check_type_changes(self, rel: Relation, name: QualifiedName, target: QualifiedName, migrated: list[str],
+                            mapper: NameMapper, dst: psycopg.Connection) -> None:
+        """Stop when a migrated column's type on the source differs from its type at the full load, unless the
+        destination column has been given the new type too (then the change was applied on both sides)."""
+        recorded = self._planned_types.get(name)
+        if not recorded:
+            return
+        by_name = {c.name: c for c in rel.columns}
+        with connect(self.source) as src:
+            now = dict(zip(migrated, [r[0] for r in src.execute(
+                "SELECT format_type(t, m) FROM unnest(%s::oid[], %s::int[]) WITH ORDINALITY AS u(t, m, i) ORDER BY i",
+                ([by_name[c].type_oid for c in migrated], [by_name[c].typmod for c in migrated]))], strict=True))
+        changed = {c: (recorded[c], now[c]) for c in migrated if c in recorded and recorded[c] != now[c]}
+        if not changed:
+            return
+        at_destination: dict[str, str] = dict(dst.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attnum > 0 AND NOT attisdropped", (sql.Identifier(target.schema, target.name).as_string(dst),)))
+        pending = {c: v for c, v in changed.items() if at_destination.get(mapper.column(name, c)) != v[1]}
+        if pending:
+            details = ", ".join(f"{c!r} from {before} to {after}" for c, (before, after) in pending.items())
+            raise SyncError(f"DDL on the source: {name} changed the type of column(s) {details} after the full "
+                            f"load. Incremental sync stopped before applying anything of it: change the same "
+                            f"column(s) of {target} on the destination (ALTER TABLE ... ALTER COLUMN ... TYPE ...), "
+                            "then resume")
 
     def _added_on_source_later(self, name: QualifiedName, mapper: NameMapper, columns: list[str]) -> bool:
         """Whether the source table has ``columns`` (destination names) now: the relation described changes made
@@ -272,6 +393,7 @@ class IncrementalSync:
                 raise SyncError(f"replication slot {slot} does not exist on the source: it was dropped, or the "
                                 "source failed over to a standby that does not have it. Drop any orphaned slot on "
                                 "the new primary and restart the migration from a fresh full load")
+            self._check_new_partitions(src, version)
             target = lsn_to_int(target_lsn) if target_lsn else lsn_to_int(
                 src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
         stop_at = lsn_to_int(stop_before_lsn) if stop_before_lsn else None
@@ -285,8 +407,11 @@ class IncrementalSync:
                 lock_conn.close()
                 raise SyncError(f"another applier of migration {config.name} is running on the destination")
         dst = connect(self.destination, autocommit=False)
+        lookup = connect(self.destination)  # catalog lookups of the reading thread; dst belongs to the writer
         repl = connect(self.source, replication=True)
         spills: dict[int, _Spill] = {}
+        writer: _Writer | None = None
+        applied = 0
         try:
             with dst.transaction():
                 applied = self._ensure_progress(dst)
@@ -294,6 +419,8 @@ class IncrementalSync:
             start_lsns = {k: lsn_to_int(v) for k, v in (full_load.get("table_start_lsn") or {}).items() if v}
             # The full load's tables (partitions of a selected partitioned table included) are the publication's.
             planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
+            self._planned_types = {parse_qualified_name(p["source"]): p.get("column_types") or {}
+                                   for p in full_load.get("plan") or []}
             selector = TableSelector(config.objects)
             self._selector = lambda name: name in planned or selector(name)
             self._start_lsns = start_lsns
@@ -305,7 +432,10 @@ class IncrementalSync:
                       f"{int_to_lsn(applied)} ({', '.join(options)})"
             repl.execute(command)
             decoder = Decoder()
-            applier = Applier(dst)
+            unpack_from = struct.unpack_from
+            tables = self.tables  # relation oid -> target (None: not migrated); a new Relation message resets one
+            txn_commit_lsn = 0
+            writer = _Writer(self, dst, Applier(dst), result, applied)
             batch = self.new_batch()
             batch_last_end = 0
             batch_commit_time: int | None = None
@@ -319,79 +449,96 @@ class IncrementalSync:
             deadline = started + window_seconds
 
             def flush() -> None:
-                nonlocal batch, applied, batch_last_end, batch_commit_time, oldest_unapplied, batch_started
+                nonlocal batch, oldest_unapplied, batch_started
                 batch_started = 0.0  # the next transaction opens a new batch window
                 if not batch:
                     return
-                self._apply_batch(dst, applier, batch, batch_last_end, batch_commit_time)
-                applied = batch_last_end
-                result.changes += batch.changes
+                writer.submit(("commit", batch, batch_last_end, batch_commit_time))
                 batch = self.new_batch()
                 oldest_unapplied = None
-                self._send_feedback(repl, received, applied)
-                if batch_commit_time is not None:
-                    result.last_commit_time = pg_time(batch_commit_time).isoformat()
 
             while True:
                 now = time.monotonic()
                 if now - last_feedback >= FEEDBACK_SECONDS:
-                    idle = txn is None and not batch and stream_xid is None and not spills
-                    self._send_feedback(repl, received, applied if not idle else max(applied, position),
+                    writer.check()
+                    done = writer.applied
+                    idle = txn is None and not batch and stream_xid is None and not spills and writer.idle
+                    self._send_feedback(repl, received, done if not idle else max(done, position),
                                         reply=stop_when_caught_up)
                     last_feedback = now
                 if batch and now - batch_started >= BATCH_SECONDS and txn is None:
                     flush()
                 caught_up = txn is None and not batch and not spills and position >= target
                 if stop_when_caught_up and caught_up:
+                    writer.drain()
                     result.caught_up = True
                     break
                 if now >= deadline and txn is None:
                     flush()
+                    writer.drain()
                     break
                 message = self._read(repl, 0.2)
                 if message is None:
                     if batch and txn is None:
                         flush()
                     continue
-                kind = message[:1]
-                if kind == b"k":
-                    wal_end, _, reply = struct.unpack("!QQB", message[1:18])
+                kind = message[0]
+                if kind == 107:  # 'k': keepalive
+                    wal_end, _, reply = unpack_from("!QQB", message, 1)
                     if txn is None and not batch and stream_xid is None and not spills:
                         position = max(position, wal_end)
                     if reply:
-                        self._send_feedback(repl, received, applied)
+                        self._send_feedback(repl, received, writer.applied)
                         last_feedback = time.monotonic()
                     continue
-                if kind != b"w":
+                if kind != 119:  # 'w': XLogData
                     continue
-                data_start, wal_end, _ = struct.unpack("!QQQ", message[1:25])
-                payload = message[25:]
-                received = max(received, data_start)
-                tag = payload[:1]
-                if stream_xid is not None and tag in (b"I", b"U", b"D", b"T"):
-                    spills.setdefault(stream_xid, _Spill()).add(payload)
+                data_start = unpack_from("!Q", message, 1)[0]
+                if data_start > received:
+                    received = data_start
+                tag = message[25]
+                if stream_xid is not None and tag in SPILLED_TAGS:
+                    spills.setdefault(stream_xid, _Spill()).add(message[25:])
                     continue
-                item = decoder.decode(payload)
-                if isinstance(item, Relation):
+                if tag in ROW_TAGS:
+                    # The hot path: one row change of an ordinary transaction.
+                    if txn is None or txn.skip:
+                        continue
+                    change = decode_row_change(message, 25)
+                    rel = change.relation
+                    table = tables[rel] if rel in tables else self._target(rel, lookup)
+                    if table is None or txn_commit_lsn < table.start_lsn:
+                        continue
+                    batch.add(change.relation, table, change, len(message) - 25)
+                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
+                        # A large transaction: write what we have into the open destination transaction.
+                        writer.submit(("partial", batch))
+                        batch = self.new_batch()
+                    continue
+                item = decoder.decode(message, 25)
+                item_type = type(item)
+                if item_type is Begin:
+                    if stop_at is not None and item.commit_lsn >= stop_at:
+                        flush()
+                        writer.drain()
+                        result.caught_up = True
+                        break  # committed at or after the stop point: left for later
+                    txn = _Txn(item, skip=item.commit_lsn < applied)
+                    txn_commit_lsn = item.commit_lsn
+                    continue
+                if item_type is Relation:
                     self.relations[item.oid] = item
                     self.tables.pop(item.oid, None)
                     if stream_xid is not None:
                         spills.setdefault(stream_xid, _Spill())
                     continue
-                if isinstance(item, Begin):
-                    if stop_at is not None and item.commit_lsn >= stop_at:
-                        flush()
-                        result.caught_up = True
-                        break  # committed at or after the stop point: left for later
-                    txn = _Txn(item, skip=item.commit_lsn < applied)
-                    continue
-                if isinstance(item, StreamStart):
+                if item_type is StreamStart:
                     stream_xid = item.xid
                     continue
-                if isinstance(item, StreamStop):
+                if item_type is StreamStop:
                     stream_xid = None
                     continue
-                if isinstance(item, StreamAbort):
+                if item_type is StreamAbort:
                     spill = spills.get(item.xid)
                     if spill is not None:
                         if item.subxid == item.xid:
@@ -400,18 +547,19 @@ class IncrementalSync:
                         else:
                             spill.aborted.add(item.subxid)
                     continue
-                if isinstance(item, (Change, Truncate)) and txn is not None:
+                if (item_type is Change or item_type is Truncate) and txn is not None:
                     if txn.skip:
                         continue
-                    self._add(batch, txn, item, len(payload), dst)
-                    if batch.bytes >= BATCH_BYTES:
+                    self._add(batch, txn, item, len(message) - 25, lookup)
+                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
                         # A large transaction: write what we have into the open destination transaction.
-                        self._apply_partial(dst, applier, batch)
+                        writer.submit(("partial", batch))
                         batch = self.new_batch()
                     continue
-                if isinstance(item, (Commit, StreamCommit)):
+                if item_type is Commit or item_type is StreamCommit:
                     if isinstance(item, StreamCommit) and stop_at is not None and item.commit_lsn >= stop_at:
                         flush()
+                        writer.drain()
                         result.caught_up = True
                         break
                     if isinstance(item, StreamCommit):
@@ -424,9 +572,9 @@ class IncrementalSync:
                             for raw in spill.messages():
                                 change = sub.decode(raw)
                                 if isinstance(change, (Change, Truncate)) and change.xid not in spill.aborted:
-                                    self._add(batch, txn, change, len(raw), dst)
-                                    if batch.bytes >= BATCH_BYTES:
-                                        self._apply_partial(dst, applier, batch)
+                                    self._add(batch, txn, change, len(raw), lookup)
+                                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
+                                        writer.submit(("partial", batch))
                                         batch = self.new_batch()
                             spill.close()
                     end_lsn = item.end_lsn
@@ -442,16 +590,16 @@ class IncrementalSync:
                             batch_started = time.monotonic()
                         batch_last_end = end_lsn
                         batch_commit_time = item.commit_time
-                        if batch.changes >= BATCH_CHANGES or batch.bytes >= BATCH_BYTES / 4:
+                        if batch.changes >= BATCH_CHANGES or batch.bytes >= BATCH_BYTES / 2:
                             flush()
                         elif not batch:
                             # A transaction without changes for us still moves the applied position.
-                            self._record_progress(dst, end_lsn, item.commit_time)
-                            dst.commit()
-                            applied = end_lsn
+                            writer.submit(("progress", None, end_lsn, item.commit_time))
                     txn = None
                     continue
             flush()
+            writer.drain()
+            applied = writer.applied
             result.applied_lsn = int_to_lsn(applied)
             with connect(self.source) as src:
                 current = lsn_to_int(src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
@@ -465,12 +613,16 @@ class IncrementalSync:
                 result.lag_seconds = max(0.0, (datetime.now(UTC) - pg_time(oldest_unapplied))
                                          .total_seconds())
             self._send_feedback(repl, received, applied if spills or txn else max(applied, position))
-        except psycopg.OperationalError as exc:
-            raise SyncError(f"connection lost during incremental sync: {str(exc).strip()}") from None
+        except psycopg.Error as exc:
+            # Nothing of the failed batch committed: the recorded position is the writer's last commit.
+            raise SyncError(sync_failure_message(exc, int_to_lsn(writer.applied if writer is not None else applied))
+                            ) from None
         finally:
+            if writer is not None:
+                writer.close()
             for spill in spills.values():
                 spill.close()
-            for conn in (repl, dst, lock_conn):
+            for conn in (repl, lookup, dst, lock_conn):
                 try:
                     conn.close()
                 except Exception:  # noqa: BLE001 - closing on the way out
@@ -481,7 +633,39 @@ class IncrementalSync:
                  f"lag_bytes={result.lag_bytes} lag_s={result.lag_seconds:.1f} seconds={result.seconds}")
         return result
 
+    def _check_new_partitions(self, src: psycopg.Connection, version: int) -> None:
+        """Stop when a partition was added on the source after the full load: the publication lists the partitions
+        that existed then, so rows routed to a new one would never reach the destination (a silent loss)."""
+        if version < 120000:
+            return
+        publication = self.config.publication_name
+        rows = src.execute(
+            """
+            SELECT n.nspname, c.relname, rn.nspname, rc.relname
+              FROM (SELECT DISTINCT pg_partition_root(pr.prrelid) AS root
+                      FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                     WHERE p.pubname = %(pub)s) roots
+              CROSS JOIN LATERAL pg_partition_tree(roots.root) tree
+              JOIN pg_class c ON c.oid = tree.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_class rc ON rc.oid = roots.root JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+             WHERE roots.root IS NOT NULL AND tree.isleaf AND NOT EXISTS (
+                   SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                    WHERE p.pubname = %(pub)s AND pr.prrelid = c.oid)
+             ORDER BY 1, 2
+            """, {"pub": publication}).fetchall()
+        excluded = TableSelector(self.config.objects).exclude
+        new = [(QualifiedName(schema, name), QualifiedName(root_schema, root)) for schema, name, root_schema, root in rows
+               if not any(p.match(QualifiedName(schema, name).key) for p in excluded)]
+        if new:
+            names = ", ".join(f"{name} (of {root})" for name, root in new)
+            raise SyncError(f"DDL on the source: partition(s) {names} were created after the full load and are not "
+                            f"in publication {publication}, so their rows would not reach the destination. "
+                            "Incremental sync stopped. Restart the migration from a fresh full load (release, then "
+                            "run the DAG again), or exclude the partition(s) with objects.exclude if their rows must "
+                            "not migrate")
+
     _selector: Callable[[QualifiedName], bool]
+    _planned_types: dict[QualifiedName, dict[str, str]]
     _start_lsns: dict[str, int]
     _replica_role: bool
 

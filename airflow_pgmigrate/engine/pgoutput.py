@@ -55,21 +55,21 @@ class Relation:
     columns: list[Column]
 
 
-@dataclass
+@dataclass(slots=True)
 class Begin:
     commit_lsn: int
     commit_time: int
     xid: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Commit:
     commit_lsn: int
     end_lsn: int
     commit_time: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Change:
     """INSERT ('I'), UPDATE ('U') or DELETE ('D') of one row. ``xid`` is set inside streamed transactions."""
 
@@ -129,10 +129,18 @@ class Decoder:
     def __init__(self) -> None:
         self.in_stream = False
 
-    def decode(self, data: bytes | memoryview) -> Any:
+    def decode(self, data: bytes | memoryview, offset: int = 0) -> Any:
+        """Decode the message that starts at ``offset`` of ``data`` (a CopyData payload, or a spilled message)."""
+        code = data[offset]
+        if code in _ROW_TAGS and not self.in_stream:
+            return decode_row_change(data, offset)
+        if code == 66:  # 'B', once per transaction: no reader object
+            return Begin(*struct.unpack_from("!qqi", data, offset + 1))
+        if code == 67:  # 'C' (flags, then three int64)
+            return Commit(*struct.unpack_from("!qqq", data, offset + 2))
         buf = memoryview(data)
-        tag = chr(buf[0])
-        reader = _Reader(buf, 1)
+        tag = chr(code)
+        reader = _Reader(buf, offset + 1)
         if tag == "B":
             return Begin(reader.int64(), reader.int64(), reader.int32())
         if tag == "C":
@@ -198,6 +206,56 @@ class Decoder:
         return StreamAbort(reader.int32(), reader.int32())
 
 
+_ROW_TAGS = frozenset(b"IUD")
+_I, _U, _N, _K, _O = 73, 85, 110, 75, 79  # 'I', 'U', 'n', 'K', 'O'
+
+
+def decode_row_change(data: bytes | memoryview, offset: int = 0) -> Change:
+    """An Insert, Update or Delete message outside a streamed transaction: the hottest code of incremental sync.
+
+    Written flat (no reader object, no method call per column) because it runs once per changed row.
+    """
+    unpack = struct.unpack_from
+    code = data[offset]
+    relation, marker = unpack("!iB", data, offset + 1)
+    pos = offset + 6
+    old: list[Value] | None = None
+    old_kind: str | None = None
+    if code == _U and (marker == _K or marker == _O):
+        old, pos = _tuple(data, pos)
+        old_kind = chr(marker)
+        pos += 1  # 'N'
+    values, _ = _tuple(data, pos)
+    if code == _I:
+        return Change("I", relation, values, None, None, None)
+    if code == _U:
+        return Change("U", relation, values, old, old_kind, None)
+    return Change("D", relation, None, values, chr(marker), None)
+
+
+def _tuple(data: bytes | memoryview, pos: int) -> tuple[list[Value], int]:
+    """TupleData at ``pos``: the column values and the position after them."""
+    unpack = struct.unpack_from
+    count = unpack("!h", data, pos)[0]
+    pos += 2
+    values: list[Value] = []
+    append = values.append
+    for _ in range(count):
+        kind = data[pos]
+        if kind == 116:  # 't' text
+            length = unpack("!i", data, pos + 1)[0]
+            pos += 5
+            append(bytes(data[pos:pos + length]))
+            pos += length
+        elif kind == _N:
+            append(None)
+            pos += 1
+        else:  # 'u': an unchanged TOASTed value ('b' binary is never requested)
+            append(UNCHANGED)
+            pos += 1
+    return values, pos
+
+
 class _Reader:
     __slots__ = ("buf", "pos")
 
@@ -243,27 +301,7 @@ class _Reader:
         return value
 
     def tuple(self) -> list[Value]:
-        # The hottest code of incremental sync: one call per changed row, so it avoids method calls per column.
-        buf = self.buf
-        unpack = struct.unpack_from
-        pos = self.pos
-        count = unpack("!h", buf, pos)[0]
-        pos += 2
-        values: list[Value] = []
-        append = values.append
-        for _ in range(count):
-            kind = buf[pos]
-            pos += 1
-            if kind == 110:  # 'n'
-                append(None)
-            elif kind == 117:  # 'u'
-                append(UNCHANGED)
-            else:  # 't' text (or 'b' binary, never requested)
-                length = unpack("!i", buf, pos)[0]
-                pos += 4
-                append(bytes(buf[pos:pos + length]))
-                pos += length
-        self.pos = pos
+        values, self.pos = _tuple(self.buf, self.pos)
         return values
 
 
@@ -282,6 +320,7 @@ __all__ = [
     "StreamStop",
     "Truncate",
     "Value",
+    "decode_row_change",
     "int_to_lsn",
     "lsn_to_int",
     "pg_time",

@@ -829,7 +829,14 @@ def migrate_schema(
             log(f"schema skip object={item.entry} reason={item.reason}")
     log(f"schema phase={phase} to_create={len(todo)} skipped={len(plan) - len(todo)}")
     if phase == "pre_data":
-        _run_in_one_transaction(destination, preamble, todo, report, log)
+        def record(conn: psycopg.Connection) -> None:
+            # In the phase's own transaction: a worker dying right after the commit still leaves the objects
+            # marked as this migration's, so the retry skips them instead of reporting conflicts.
+            assert state is not None
+            state.write(conn, "schema.pre_data", {**report.to_dict(), "completed": True})
+
+        _run_in_one_transaction(destination, preamble, todo, report, log,
+                                before_commit=record if state is not None else None)
     else:
         _run_post_data(destination, preamble, todo, config.schema_migration.index_jobs, report, log)
         _refresh_materialized_views(destination, src, config, rewriter, report, log)
@@ -907,7 +914,8 @@ def _record(report: SchemaReport, item: PlannedEntry) -> None:
 
 
 def _in_one_transaction(destination: ConnectionInfo, preamble: str, items: list[PlannedEntry],
-                        report: SchemaReport) -> None:
+                        report: SchemaReport,
+                        before_commit: Callable[[psycopg.Connection], None] | None = None) -> None:
     """Execute entries in one destination transaction: all of them, or (on the first error) none."""
     with connect(destination, autocommit=False) as conn:
         conn.execute(preamble)
@@ -918,13 +926,16 @@ def _in_one_transaction(destination: ConnectionInfo, preamble: str, items: list[
         except SchemaMigrationError:
             conn.rollback()
             raise
+        if before_commit is not None:
+            before_commit(conn)
         conn.commit()
 
 
 def _run_in_one_transaction(destination: ConnectionInfo, preamble: str, todo: list[PlannedEntry],
-                            report: SchemaReport, log: Callable[[str], None]) -> None:
+                            report: SchemaReport, log: Callable[[str], None],
+                            before_commit: Callable[[psycopg.Connection], None] | None = None) -> None:
     try:
-        _in_one_transaction(destination, preamble, todo, report)
+        _in_one_transaction(destination, preamble, todo, report, before_commit)
     except SchemaMigrationError as exc:
         report.created.clear()
         report.objects.clear()

@@ -45,11 +45,16 @@ class MigrationState:
 
     def put(self, key: str, value: Any) -> None:
         with connect(self.destination) as conn:
-            self._ensure(conn)
-            conn.execute(sql.SQL(
-                "INSERT INTO {} (migration, key, value) VALUES (%s, %s, %s) "
-                "ON CONFLICT (migration, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
-            ).format(self._table), (self.migration, key, Jsonb(value)))
+            self.write(conn, key, value)
+
+    def write(self, conn: Any, key: str, value: Any) -> None:
+        """Record a key through an open destination connection: inside the caller's transaction, the record
+        commits (or not) with the work it describes."""
+        self._ensure(conn)
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (migration, key, value) VALUES (%s, %s, %s) "
+            "ON CONFLICT (migration, key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()"
+        ).format(self._table), (self.migration, key, Jsonb(value)))
 
     def get(self, key: str, default: Any = None) -> Any:
         with connect(self.destination) as conn:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_pgmigrate.config import parse_size
-from airflow_pgmigrate.engine.connection import ConnectFailed
-from airflow_pgmigrate.engine.incremental import SyncError, run_incremental
+from airflow_pgmigrate.engine.failures import failure_kind
+from airflow_pgmigrate.engine.incremental import run_incremental
+from airflow_pgmigrate.exceptions import PgMigrateError
 from airflow_pgmigrate.operators.base import ConfigArg, MigrationTaskMixin
+from airflow_pgmigrate.sensors.retry_window import RetryWindow
 
 
 class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
@@ -21,7 +24,13 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
     Each poke applies for at most ``window_seconds`` (or until caught up), reports the lag (bytes and seconds) in
     the log, as ``Stats`` gauges and in XCom, then gives the worker slot back (reschedule mode). The sensor succeeds
     when incremental sync is "not delayed": lag under ``incremental.max_lag_seconds`` and ``max_lag_bytes``.
-    A lost connection makes a poke return "not yet" (the next poke retries); other errors fail the poke.
+
+    Failures (see ``engine/failures.py``): a server that cannot be reached makes the poke return "not yet" for up to
+    ``retry.connection_failures_minutes`` since the first failure of the streak; another error that can pass (a
+    statement timeout, a full or read-only destination, another applier) for up to ``retry.other_errors_minutes``.
+    Past the window, or at once for an error that retrying cannot fix (the slot is gone, DDL on the source), the task
+    fails without Airflow retries, with a message that says what to do. Nothing is lost either way: the slot stays
+    on the source and the applied position in the destination.
 
     :param config: the migration (MigrationConfig, dict or YAML path).
     :param window_seconds: the longest a poke streams and applies.
@@ -40,18 +49,14 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue:
         self.skip_unless_wanted("incremental")
         config = self.migration
+        window = RetryWindow.of(context)
         try:
             result = run_incremental(config, self.source_info, self.destination_info,
                                      window_seconds=self.window_seconds,
                                      log=lambda message: self.log.info("%s", message))
-        except (ConnectFailed, psycopg.OperationalError) as exc:
-            self.log.warning("incremental sync: a server is unreachable, trying again at the next poke: %s", exc)
-            return PokeReturnValue(is_done=False)
-        except SyncError as exc:
-            if "connection lost" in str(exc):
-                self.log.warning("incremental sync: %s; trying again at the next poke", exc)
-                return PokeReturnValue(is_done=False)
-            raise
+        except (PgMigrateError, psycopg.Error) as exc:
+            return self.retry_or_fail(exc, window)
+        window.reset()
         max_bytes = parse_size(config.incremental.max_lag_bytes)
         not_delayed = result.lag_bytes <= max_bytes and result.lag_seconds <= config.incremental.max_lag_seconds
         data = {**result.to_dict(), "not_delayed": not_delayed}
@@ -59,6 +64,31 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
                       result.lag_seconds, result.applied_lsn, not_delayed)
         self._metrics(config.name, data)
         return PokeReturnValue(is_done=not_delayed, xcom_value=data)
+
+    def retry_or_fail(self, exc: BaseException, window: RetryWindow) -> PokeReturnValue:
+        """"Not yet" while the failure's retry window lasts; fail the task (no Airflow retry) after it, or at once
+        when retrying cannot help."""
+        config = self.migration
+        kind = failure_kind(exc)
+        keep = (f"Nothing is lost: the slot {config.slot_name} stays on the source (it retains WAL meanwhile: watch "
+                "the source's disk) and the applied position in the destination; once the cause is fixed, clear this "
+                "task and sync resumes where it stopped (or run the release to abandon the migration)")
+        if kind == "permanent":
+            window.reset()
+            raise AirflowFailException(f"incremental sync stopped; retrying cannot fix this: {exc}. {keep}") from None
+        field = "connection_failures_minutes" if kind == "connection" else "other_errors_minutes"
+        minutes = float(getattr(config.retry, field))
+        now = datetime.now(UTC)
+        failing = (now - window.started(kind, now)).total_seconds()
+        what = "a server cannot be reached" if kind == "connection" else "an error that can pass"
+        if failing >= minutes * 60:
+            window.reset()
+            raise AirflowFailException(
+                f"incremental sync gave up: {what} for {failing:.0f} s, longer than retry.{field} ({minutes:g} min). "
+                f"Last error: {exc}. {keep}") from None
+        self.log.warning("incremental sync: %s (%s); failing for %.0f s of the %g min allowed by retry.%s; trying "
+                         "again at the next poke", what, exc, failing, minutes, field)
+        return PokeReturnValue(is_done=False)
 
     @staticmethod
     def _metrics(name: str, data: dict[str, Any]) -> None:
@@ -90,13 +120,16 @@ class SyncWhileWaitingSensor(IncrementalSyncSensor):
 
         config = self.migration
         state = MigrationState(self.destination_info, config.state_schema, config.name)
-        decision = state.get(decision_key(context["run_id"], self.round_number))
+        try:
+            decision = state.get(decision_key(context["run_id"], self.round_number))
+        except (PgMigrateError, psycopg.Error) as exc:
+            return self.retry_or_fail(exc, RetryWindow.of(context))
         if decision is not None:
             self.log.info("cutover question answered (%s): the next step takes over", decision)
             return PokeReturnValue(is_done=True, xcom_value=decision)
         try:
             super().poke(context)
-        except SyncError:
+        except AirflowFailException:
             if state.get(decision_key(context["run_id"], self.round_number)) is not None:
                 return PokeReturnValue(is_done=True)  # the answer came meanwhile (an abort released the slot)
             raise

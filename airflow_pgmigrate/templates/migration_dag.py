@@ -65,7 +65,9 @@ def _cutover_tasks(config: MigrationConfig, plain: dict[str, Any], synced: Any) 
     keeps the destination in step with the source.
     """
     tasks: dict[str, Any] = {}
-    cutover = CutoverOperator(task_id="cutover", config=plain, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    # Retried after a lost worker: the retry drains and verifies again, or finishes a release that had begun.
+    cutover = CutoverOperator(task_id="cutover", config=plain, retries=2,
+                              trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     tasks["cutover"] = cutover
     if config.cutover.approval == "automatic":
         synced >> cutover

@@ -189,6 +189,20 @@ def test_ddl_on_the_source_stops_the_sync_with_a_clear_message(migration_env):
     assert migration_env.dst("SELECT count(*) FROM public.items") == [(0,)]
 
 
+def test_a_column_type_change_on_the_source_stops_the_sync_until_the_destination_has_it(migration_env):
+    migration_env.src("CREATE TABLE public.prices (id int PRIMARY KEY, amount int, note varchar(10))")
+    config = start_migration(migration_env)
+    migration_env.src("ALTER TABLE public.prices ALTER COLUMN amount TYPE numeric(12, 2);"
+                      "INSERT INTO public.prices VALUES (1, 2.5, 'x')")
+    with pytest.raises(SyncError) as info:
+        catch_up(migration_env, config)
+    assert "'amount' from integer to numeric(12,2)" in str(info.value)
+    assert migration_env.dst("SELECT count(*) FROM public.prices") == [(0,)]
+    migration_env.dst("ALTER TABLE public.prices ALTER COLUMN amount TYPE numeric(12, 2)")
+    catch_up(migration_env, config)
+    assert migration_env.dst("SELECT amount::text FROM public.prices") == [("2.50",)]
+
+
 def test_one_applier_at_a_time(migration_env):
     migration_env.src("CREATE TABLE public.items (id int PRIMARY KEY)")
     config = start_migration(migration_env)

@@ -173,7 +173,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.mapping.name_case == "keep"
     assert config.filters == {}
     assert config.full_load.parallel_jobs == 4
-    assert config.full_load.split_bytes == 256 * 1024**2
+    assert config.full_load.split_bytes is None  # auto
     assert config.incremental.max_lag_seconds == 5.0
     assert config.cutover == CutoverSettings()
     assert config.cutover.approval == "manual"
@@ -287,8 +287,8 @@ _BAD: list[tuple[str, dict[str, Any], str]] = [
     ("retry connection below default other", _with(MINIMAL, retry={"connection_failures_minutes": 10,
                                                                    "other_errors_minutes": 10}),
      "retry.other_errors_minutes"),
-    ("retry connection below 10", _with(MINIMAL, retry={"connection_failures_minutes": 5,
-                                                        "other_errors_minutes": 1}),
+    ("retry connection zero", _with(MINIMAL, retry={"connection_failures_minutes": 0,
+                                                    "other_errors_minutes": 0.5}),
      "retry.connection_failures_minutes"),
     ("retry connection above 1440", _with(MINIMAL, retry={"connection_failures_minutes": 2000}),
      "retry.connection_failures_minutes"),
