@@ -392,6 +392,20 @@ class IncrementalSettings(_Validated):
     #: Incremental sync counts as "not delayed" when the lag is under both thresholds.
     max_lag_seconds: float = 5.0
     max_lag_bytes: int | str = "16MB"
+    #: Retained-WAL watchdog: above this much WAL held by the slot on the source, warn (log line and alert).
+    retained_wal_warn: int | str | None = "5GB"
+    #: Above this, stop safely (the task fails and says what to do; see docs/monitoring.md). None: never stop.
+    retained_wal_stop: int | str | None = None
+    #: On a stop, drop the slot too (protects the source disk; the migration restarts from a fresh full load).
+    drop_slot_on_stop: bool = False
+
+    @property
+    def retained_wal_warn_bytes(self) -> int | None:
+        return None if self.retained_wal_warn is None else parse_size(self.retained_wal_warn)
+
+    @property
+    def retained_wal_stop_bytes(self) -> int | None:
+        return None if self.retained_wal_stop is None else parse_size(self.retained_wal_stop)
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
@@ -409,7 +423,34 @@ class IncrementalSettings(_Validated):
                 parse_size(size)
             except ValueError as exc:
                 _problem(errors, "max_lag_bytes", str(exc), "write bytes or a size such as 16MB")
-        return errors
+        return errors + _retained_wal_problems(values)
+
+
+def _retained_wal_problems(values: Mapping[str, Any]) -> list[Problem]:
+    """The watchdog's sizes: valid, at least 1MB, the stop limit above the warning, dropping only with a limit."""
+    errors: list[Problem] = []
+    sizes: dict[str, int] = {}
+    for name in ("retained_wal_warn", "retained_wal_stop"):
+        size = values.get(name)
+        if size is None:
+            continue
+        try:
+            sizes[name] = parse_size(size)
+        except ValueError as exc:
+            _problem(errors, name, str(exc), "write bytes or a size such as 5GB, or null to turn it off")
+            continue
+        if sizes[name] < 1024 * 1024:
+            _problem(errors, name, f"{size!r} is less than 1MB", "use a size of at least 1MB, such as 5GB")
+    warn, stop = sizes.get("retained_wal_warn"), sizes.get("retained_wal_stop")
+    if warn is not None and stop is not None and stop <= warn:
+        _problem(errors, "retained_wal_stop",
+                 f"must be larger than retained_wal_warn ({values.get('retained_wal_warn')}), got "
+                 f"{values.get('retained_wal_stop')}",
+                 "the stop limit comes after the warning: raise it, or lower retained_wal_warn")
+    if values.get("drop_slot_on_stop") and values.get("retained_wal_stop") is None:
+        _problem(errors, "drop_slot_on_stop", "is true but retained_wal_stop is not set",
+                 "set retained_wal_stop (the size at which the slot is dropped), or leave drop_slot_on_stop out")
+    return errors
 
 
 @dataclass
@@ -460,6 +501,129 @@ class PrecheckSettings(_Validated):
         return errors
 
 
+#: Short names of the notifiers that ship with the provider (usable without any other provider).
+BUILTIN_NOTIFIERS = {
+    "log": "airflow_pgmigrate.notifications.migration.AlertLogNotifier",
+    "file": "airflow_pgmigrate.notifications.migration.AlertFileNotifier",
+}
+_DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+#: ``{message}``-style placeholders of notifier arguments, filled from the alert (see NotifierSettings).
+ALERT_PLACEHOLDERS = ("kind", "severity", "message", "migration", "dag_id", "run_id", "task_id", "at")
+_SECRET_KEY_RE = re.compile(r"password|passwd|secret|token|api_?key|webhook_url", re.IGNORECASE)
+
+
+@dataclass
+class NotifierSettings(_Validated):
+    """One notifier alerts go to: an Airflow notifier class (a ``BaseNotifier`` subclass) and its arguments.
+
+    ``notifier`` is an import path such as ``airflow.providers.slack.notifications.slack.SlackNotifier`` or a
+    built-in short name (``log``, ``file``). ``kwargs`` go to its constructor, with the placeholders ``{kind}``,
+    ``{severity}``, ``{message}``, ``{migration}``, ``{dag_id}``, ``{run_id}``, ``{task_id}`` and ``{at}`` replaced by
+    the alert's values. Jinja cannot refer to the alert: Airflow renders the config when the task starts.
+    """
+
+    notifier: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_path(self) -> str:
+        return BUILTIN_NOTIFIERS.get(self.notifier, self.notifier)
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        notifier = values.get("notifier")
+        if isinstance(notifier, str) and notifier not in BUILTIN_NOTIFIERS and not _DOTTED_RE.match(notifier):
+            _problem(errors, "notifier", f"{notifier!r} is neither a built-in notifier nor an import path",
+                     f"use one of {', '.join(BUILTIN_NOTIFIERS)}, or module.path.ClassName of a BaseNotifier "
+                     "subclass, such as airflow.providers.slack.notifications.slack.SlackNotifier")
+        kwargs = values.get("kwargs") or {}
+        for key, value in kwargs.items():
+            if isinstance(value, str) and "{{" in value and "pgmigrate_alert" in value:
+                _problem(errors, f"kwargs[{key!r}]", "refers to pgmigrate_alert in Jinja, which Airflow renders when "
+                         "the task starts, before any alert exists", "use the placeholders {message}, {kind}, "
+                         "{severity}, {migration}, {task_id}, {run_id}, {dag_id}, {at} instead")
+            if not str(key).isidentifier():
+                _problem(errors, f"kwargs[{key!r}]", "is not a valid argument name", "use the constructor's "
+                         "argument names (letters, digits and _)")
+            elif _SECRET_KEY_RE.search(str(key)) and not str(key).endswith("_conn_id"):
+                _problem(errors, f"kwargs[{key!r}]", "looks like a secret; the config is shown in the Airflow UI "
+                         "(rendered template fields)", "keep the secret in an Airflow connection and pass the "
+                         "connection id (for example slack_conn_id)")
+        if notifier == "file" and not isinstance(kwargs.get("path"), str):
+            _problem(errors, "kwargs", "the file notifier needs 'path' (the JSON-lines file alerts are appended to)",
+                     "add kwargs: {path: /var/log/airflow/pgmigrate-alerts.jsonl}")
+        if notifier in BUILTIN_NOTIFIERS:
+            allowed = {"file": {"path"}, "log": {"level"}}[notifier]
+            for key in kwargs:
+                if key not in allowed:
+                    _problem(errors, f"kwargs[{key!r}]", f"is not an argument of the {notifier} notifier",
+                             f"its arguments: {', '.join(sorted(allowed))}")
+        return errors
+
+
+@dataclass
+class AlertSettings(_Validated):
+    """Alerts (lag above a threshold, retained WAL, task failure) sent through Airflow notifiers.
+
+    Every alert is also logged as a warning line; without notifiers that is all that happens.
+    """
+
+    notifiers: list[NotifierSettings] = field(default_factory=list)
+    #: Alert when a migration task fails for good (after its retries).
+    on_task_failure: bool = True
+    #: Alert when the lag after a poke exceeds this many seconds (once per crossing; a notice when it recovers).
+    lag_seconds: float | None = 300.0
+    #: ... or this much WAL (bytes or a size such as "1GB"). None: no alert on this measure.
+    lag_bytes: int | str | None = None
+
+    @property
+    def lag_bytes_limit(self) -> int | None:
+        return None if self.lag_bytes is None else parse_size(self.lag_bytes)
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        seconds = values.get("lag_seconds")
+        if isinstance(seconds, (int, float)) and seconds <= 0:
+            _problem(errors, "lag_seconds", f"must be greater than 0, got {seconds}",
+                     "leave it out for the default (300), or null for no alert on lag seconds")
+        size = values.get("lag_bytes")
+        if size is not None:
+            try:
+                if parse_size(size) <= 0:
+                    _problem(errors, "lag_bytes", "must be greater than 0", "write a size such as 1GB")
+            except ValueError as exc:
+                _problem(errors, "lag_bytes", str(exc), "write bytes or a size such as 1GB")
+        return errors
+
+
+@dataclass
+class ReportSettings(_Validated):
+    """The migration report (an HTML file with the timeline and the lag and throughput plots)."""
+
+    #: Write the report (at the end of every migration task).
+    enabled: bool = True
+    #: Folder of the report files (one ``<name>.html`` per migration). None: ``$PGMIGRATE_REPORT_FOLDER``, else
+    #: ``$AIRFLOW_HOME/pgmigrate_reports``.
+    directory: str | None = None
+    #: Where that folder is served over HTTP, for the task's "Migration report" link. None: a file:// link.
+    base_url: str | None = None
+
+    @classmethod
+    def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
+        errors: list[Problem] = []
+        directory = values.get("directory")
+        if isinstance(directory, str) and (not directory.strip() or "\x00" in directory):
+            _problem(errors, "directory", "is empty or holds a NUL character",
+                     "give a folder path, or leave it out for the default")
+        url = values.get("base_url")
+        if isinstance(url, str) and not re.match(r"^(https?|file)://\S+$", url):
+            _problem(errors, "base_url", f"{url!r} is not an http(s):// or file:// URL",
+                     "write the URL the report folder is served at, such as https://reports.example.com/pgmigrate")
+        return errors
+
+
 @dataclass
 class MigrationConfig(_Validated):
     """One migration: what moves where, how, and how it is checked. See docs/configuration.md."""
@@ -481,6 +645,8 @@ class MigrationConfig(_Validated):
     cutover: CutoverSettings = field(default_factory=CutoverSettings)
     precheck: PrecheckSettings = field(default_factory=PrecheckSettings)
     rds: RdsSettings | None = None
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
     #: Schema in the destination where the migration keeps its durable state.
     state_schema: str = "pgmigrate"
 
@@ -694,6 +860,8 @@ def _type_label(tp: Any) -> str:
 
 
 def _coerce(tp: Any, value: Any, path: str, problems: list[Problem]) -> Any:
+    if tp is Any:
+        return value
     origin = get_origin(tp)
     if origin is Literal:
         allowed = get_args(tp)
@@ -824,6 +992,9 @@ def _to_plain(obj: Any) -> Any:
 
 
 __all__ = [
+    "ALERT_PLACEHOLDERS",
+    "AlertSettings",
+    "BUILTIN_NOTIFIERS",
     "CutoverSettings",
     "Endpoint",
     "FullLoadSettings",
@@ -833,9 +1004,11 @@ __all__ = [
     "MIGRATION_TYPES",
     "MigrationConfig",
     "NameMapping",
+    "NotifierSettings",
     "ObjectSelection",
     "PrecheckSettings",
     "RdsSettings",
+    "ReportSettings",
     "RetryWindows",
     "SchemaSettings",
     "Throttling",

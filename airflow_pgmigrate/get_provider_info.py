@@ -42,6 +42,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_pgmigrate.hooks.postgres", "airflow_pgmigrate.hooks.rds"],
             }
         ],
+        "extra-links": ["airflow_pgmigrate.links.MigrationReportLink"],
+        "notifications": [
+            "airflow_pgmigrate.notifications.migration.AlertFileNotifier",
+            "airflow_pgmigrate.notifications.migration.AlertLogNotifier",
+            "airflow_pgmigrate.notifications.migration.MigrationAlertNotifier",
+        ],
         "config": {
             "pgmigrate": {
                 "description": "Settings of the airflow-pgmigrate provider.",

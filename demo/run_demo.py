@@ -67,6 +67,8 @@ def main() -> int:
             "migration_types: [schema, full, incremental]\n"
             "objects: {schemas: [public, reporting]}\n"
             f"cutover: {{approval: {'manual' if args.ui else 'automatic'}, freeze_source: true}}\n"
+            f"alerts: {{notifiers: [{{notifier: file, kwargs: {{path: {WORK / 'alerts.jsonl'}}}}}]}}\n"
+            f"report: {{directory: {WORK / 'reports'}}}\n"
         )
         if args.ui:
             return run_ui(source)
@@ -229,6 +231,9 @@ def run_dag() -> int:
             print(f"{phase}: created {schema['created_total']} object(s) in {schema['seconds']} s ({created}); "
                   f"skipped={len(schema['skipped'])} differing={len(schema['differing'])} "
                   f"review={len(schema['review'])} refreshed={len(schema['refreshed'])}")
+    alerts = WORK / "alerts.jsonl"
+    print(f"demo: alerts sent: {len(alerts.read_text().splitlines()) if alerts.exists() else 0} ({alerts})")
+    print(f"demo: migration report: {WORK / 'reports' / 'demo_shop.html'} (also the tasks' Migration report link)")
     print()
     print(f"demo: DAG run {dag_run.run_id} ended {dag_run.state}")
     return 0 if dag_run.state == "success" else 1

@@ -448,13 +448,21 @@ class IncrementalSync:
             stream_xid: int | None = None
             deadline = started + window_seconds
 
+            # Transactions without changes for us (other tables only) move the applied position too, recorded with
+            # the next batch or by the next flush: never one destination commit each.
+            progress_pending = False
+
             def flush() -> None:
-                nonlocal batch, oldest_unapplied, batch_started
+                nonlocal batch, oldest_unapplied, batch_started, progress_pending
                 batch_started = 0.0  # the next transaction opens a new batch window
-                if not batch:
+                if batch:
+                    writer.submit(("commit", batch, batch_last_end, batch_commit_time))
+                    batch = self.new_batch()
+                elif progress_pending:
+                    writer.submit(("progress", None, batch_last_end, batch_commit_time))
+                else:
                     return
-                writer.submit(("commit", batch, batch_last_end, batch_commit_time))
-                batch = self.new_batch()
+                progress_pending = False
                 oldest_unapplied = None
 
             while True:
@@ -466,10 +474,10 @@ class IncrementalSync:
                     self._send_feedback(repl, received, done if not idle else max(done, position),
                                         reply=stop_when_caught_up)
                     last_feedback = now
-                if batch and now - batch_started >= BATCH_SECONDS and txn is None:
+                # Cheapest tests first: this runs once per message.
+                if txn is None and batch_started and now - batch_started >= BATCH_SECONDS and (batch or progress_pending):
                     flush()
-                caught_up = txn is None and not batch and not spills and position >= target
-                if stop_when_caught_up and caught_up:
+                if stop_when_caught_up and position >= target and txn is None and not spills and not batch:
                     writer.drain()
                     result.caught_up = True
                     break
@@ -479,7 +487,7 @@ class IncrementalSync:
                     break
                 message = self._read(repl, 0.2)
                 if message is None:
-                    if batch and txn is None:
+                    if txn is None and (batch or progress_pending):
                         flush()
                     continue
                 kind = message[0]
@@ -593,8 +601,7 @@ class IncrementalSync:
                         if batch.changes >= BATCH_CHANGES or batch.bytes >= BATCH_BYTES / 2:
                             flush()
                         elif not batch:
-                            # A transaction without changes for us still moves the applied position.
-                            writer.submit(("progress", None, end_lsn, item.commit_time))
+                            progress_pending = True
                     txn = None
                     continue
             flush()

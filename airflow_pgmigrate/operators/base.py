@@ -12,12 +12,14 @@ from airflow.sdk import BaseOperator
 from airflow_pgmigrate.config import MigrationConfig, load_config
 from airflow_pgmigrate.engine.connection import ConnectionInfo
 from airflow_pgmigrate.hooks.postgres import PostgresEndpointHook
+from airflow_pgmigrate.operators.monitoring import MonitoredTaskMixin
 
 ConfigArg = MigrationConfig | Mapping[str, Any] | str | Path
 
 
-class MigrationTaskMixin:
-    """The migration config (validated lazily, at run time) and the two endpoints' hooks, built on first use."""
+class MigrationTaskMixin(MonitoredTaskMixin):
+    """The migration config (validated lazily, at run time) and the two endpoints' hooks, built on first use; the
+    journal, alerts, watchdog and report of :class:`MonitoredTaskMixin`."""
 
     config: ConfigArg
 
@@ -67,6 +69,7 @@ class MigrationBaseOperator(MigrationTaskMixin, BaseOperator):
     def __init__(self, *, config: ConfigArg, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.config = config
+        self.add_monitoring_callbacks()
 
 
 __all__ = ["ConfigArg", "MigrationBaseOperator", "MigrationTaskMixin"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
@@ -15,6 +15,7 @@ from airflow_pgmigrate.engine.failures import failure_kind
 from airflow_pgmigrate.engine.incremental import run_incremental
 from airflow_pgmigrate.exceptions import PgMigrateError
 from airflow_pgmigrate.operators.base import ConfigArg, MigrationTaskMixin
+from airflow_pgmigrate.operators.monitoring import PokeRecord
 from airflow_pgmigrate.sensors.retry_window import RetryWindow
 
 
@@ -32,12 +33,17 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
     fails without Airflow retries, with a message that says what to do. Nothing is lost either way: the slot stays
     on the source and the applied position in the destination.
 
+    After each poke: lag alerts (``alerts``), the retained-WAL watchdog (``incremental.retained_wal_*``, which may
+    stop the migration safely), a journal event and sample, and the report (see docs/monitoring.md).
+
     :param config: the migration (MigrationConfig, dict or YAML path).
     :param window_seconds: the longest a poke streams and applies.
     """
 
     template_fields: Sequence[str] = ("config",)
     ui_color = "#e8daef"
+    journal_task_steps: ClassVar[bool] = False  # each poke is journaled instead
+    report_interval: ClassVar[float] = 30.0
 
     def __init__(self, *, config: ConfigArg, window_seconds: float = 60.0, mode: str = "reschedule",
                  poke_interval: float = 5.0, timeout: float = timedelta(days=7).total_seconds(),
@@ -45,16 +51,20 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
         super().__init__(mode=mode, poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.config = config
         self.window_seconds = window_seconds
+        self.add_monitoring_callbacks()
 
     def poke(self, context: Context) -> PokeReturnValue:
         self.skip_unless_wanted("incremental")
         config = self.migration
         window = RetryWindow.of(context)
+        started = datetime.now(UTC)
         try:
             result = run_incremental(config, self.source_info, self.destination_info,
                                      window_seconds=self.window_seconds,
                                      log=lambda message: self.log.info("%s", message))
         except (PgMigrateError, psycopg.Error) as exc:
+            outcome = "unreachable" if failure_kind(exc) == "connection" else "failed"
+            self.record_poke(context, PokeRecord(started, outcome, error=str(exc)))
             return self.retry_or_fail(exc, window)
         window.reset()
         max_bytes = parse_size(config.incremental.max_lag_bytes)
@@ -63,6 +73,9 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
         self.log.info("incremental lag_bytes=%d lag_s=%.1f applied_lsn=%s not_delayed=%s", result.lag_bytes,
                       result.lag_seconds, result.applied_lsn, not_delayed)
         self._metrics(config.name, data)
+        self.observe(context, kind="incremental",
+                     poke=PokeRecord(started, "not_delayed" if not_delayed else "delayed", result))
+        self.refresh_report(force=not_delayed)
         return PokeReturnValue(is_done=not_delayed, xcom_value=data)
 
     def retry_or_fail(self, exc: BaseException, window: RetryWindow) -> PokeReturnValue:

@@ -54,7 +54,25 @@ def _migration_tasks(config: MigrationConfig) -> dict[str, Any]:
     chain(*tasks.values())
     if config.wants("incremental"):
         tasks.update(_cutover_tasks(config, plain, tasks["incremental_sync"]))
+    wire_failure_alerts(config, tasks.values(), plain)
     return tasks
+
+
+def wire_failure_alerts(config: MigrationConfig | None, tasks: Any, plain: dict[str, Any] | None = None) -> None:
+    """Give each task an ``on_failure_callback`` that alerts through the notifiers of ``alerts.notifiers``.
+
+    With a config known at parse time, only when it asks for it (``alerts.on_task_failure`` and notifiers), and the
+    notifier classes are imported now so that a missing provider shows as a config error. With ``None`` (the config
+    comes from the trigger form), the callback reads the failed task's config at run time.
+    """
+    from airflow_pgmigrate.notifications.migration import MigrationAlertNotifier, check_notifiers
+
+    if config is not None:
+        if not (config.alerts.on_task_failure and config.alerts.notifiers):
+            return
+        check_notifiers(config)
+    for task in tasks:
+        task.on_failure_callback = [*task.on_failure_callback, MigrationAlertNotifier(config=plain)]
 
 
 def _cutover_tasks(config: MigrationConfig, plain: dict[str, Any], synced: Any) -> dict[str, Any]:
@@ -175,7 +193,10 @@ def dags_from_folder(folder: str | Path, **dag_kwargs: Any) -> tuple[dict[str, D
         if config.dag_id in dags:
             errors[str(file)] = ConfigError([], source=f"{file}: migration name {config.name!r} is used twice")
             continue
-        dags[config.dag_id] = build_migration_dag(config, **dag_kwargs)
+        try:
+            dags[config.dag_id] = build_migration_dag(config, **dag_kwargs)
+        except ConfigError as exc:  # a notifier class that cannot be imported
+            errors[str(file)] = ConfigError(exc.problems, source=str(file))
     return dags, errors
 
 
@@ -194,13 +215,15 @@ def build_adhoc_dag(dag_id: str = "pgmigrate_adhoc") -> DAG:
         params={"config": _config_param()},
     ) as dag:
         after = TriggerRule.NONE_FAILED  # a step the config does not want is skipped; the next one still runs
-        chain(
+        steps = [
             PrecheckOperator(task_id="precheck", config=config),
             SchemaMigrateOperator(task_id="schema_pre_data", config=config, phase="pre_data", trigger_rule=after),
             FullLoadOperator(task_id="full_load", config=config, retries=2, trigger_rule=after),
             SchemaMigrateOperator(task_id="schema_post_data", config=config, phase="post_data", trigger_rule=after),
             IncrementalSyncSensor(task_id="incremental_sync", config=config, retries=3, trigger_rule=after),
-        )
+        ]
+        chain(*steps)
+        wire_failure_alerts(None, steps)
     return dag
 
 
@@ -231,4 +254,5 @@ def build_adhoc_precheck_dag(dag_id: str = "pgmigrate_adhoc_precheck") -> DAG:
 
 
 __all__ = ["add_migration_tasks", "broken_config_dag", "build_adhoc_dag", "build_adhoc_precheck_dag",
-           "build_migration_dag", "build_migration_dag_from_file", "dags_from_folder", "migration_task_group"]
+           "build_migration_dag", "build_migration_dag_from_file", "dags_from_folder", "migration_task_group",
+           "wire_failure_alerts"]

@@ -1,0 +1,1 @@
+"""Notifiers: migration alerts through Airflow's notifier mechanism (``airflow.sdk.BaseNotifier``)."""
