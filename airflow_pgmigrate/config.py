@@ -31,6 +31,8 @@ ApprovalMode = Literal["manual", "automatic"]
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 #: Airflow's rule for connection ids.
 CONN_ID_RE = re.compile(r"^[\w.-]+$")
+#: A destination table name written like ``sales.orders``: almost surely meant as a schema move, not a dot in a name.
+_SCHEMA_DOT_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 MAX_IDENTIFIER_BYTES = 63
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -73,10 +75,25 @@ def _check_identifier(errors: list[Problem], name: str, value: str, what: str = 
 
 def _check_table_key(errors: list[Problem], name: str, key: str) -> QualifiedName | None:
     try:
-        return parse_qualified_name(key)
+        parsed = parse_qualified_name(key)
     except ValueError as exc:
         _problem(errors, name, str(exc), 'write it as schema.table, quoting parts that hold a dot: "my.schema".orders')
         return None
+    before = len(errors)
+    _check_identifier(errors, name, parsed.schema, "schema name")
+    _check_identifier(errors, name, parsed.name, "table name")
+    return parsed if len(errors) == before else None
+
+
+#: Schemas PostgreSQL keeps for itself: never migrated, and no destination schema may be named like them.
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+
+
+def _check_destination_schema(errors: list[Problem], name: str, value: str) -> None:
+    """A schema the migration creates in the destination: PostgreSQL refuses names starting with pg_."""
+    if value.startswith("pg_") or value in SYSTEM_SCHEMAS:
+        _problem(errors, name, f"{value!r} is a system schema name (PostgreSQL reserves the prefix pg_)",
+                 "choose a name that does not start with pg_")
 
 
 class _Validated:
@@ -178,6 +195,9 @@ class ObjectSelection(_Validated):
         errors: list[Problem] = []
         for i, schema in enumerate(values.get("schemas") or []):
             _check_identifier(errors, f"schemas[{i}]", schema, "schema name")
+            if schema in SYSTEM_SCHEMAS or schema.startswith("pg_"):
+                _problem(errors, f"schemas[{i}]", f"{schema!r} is a system schema: it is never migrated",
+                         "select the schemas of your own tables")
         for i, table in enumerate(values.get("tables") or []):
             _check_table_key(errors, f"tables[{i}]", table)
         for key in ("include", "exclude"):
@@ -222,11 +242,16 @@ class NameMapping(_Validated):
         for src, dst in (values.get("schemas") or {}).items():
             _check_identifier(errors, f"schemas[{src!r}]", src, "source schema name")
             _check_identifier(errors, f"schemas[{src!r}]", dst, "destination schema name")
+            _check_destination_schema(errors, f"schemas[{src!r}]", dst)
         targets: dict[tuple[str, str], str] = {}
         schema_map = values.get("schemas") or {}
         for src, dst in (values.get("tables") or {}).items():
             qn = _check_table_key(errors, f"tables[{src!r}]", src)
             _check_identifier(errors, f"tables[{src!r}]", dst, "destination table name")
+            if _SCHEMA_DOT_TABLE.match(dst):
+                _problem(errors, f"tables[{src!r}]", f"the destination table name {dst!r} looks like schema.table",
+                         "the value is a bare table name, verbatim, in the table's (mapped) schema: to move tables to "
+                         "another schema, map the schema in mapping.schemas")
             if qn is None:
                 continue
             target = (schema_map.get(qn.schema, qn.schema), dst)
@@ -685,6 +710,14 @@ class MigrationConfig(_Validated):
         state_schema = values.get("state_schema")
         if isinstance(state_schema, str):
             _check_identifier(errors, "state_schema", state_schema, "schema name")
+            _check_destination_schema(errors, "state_schema", state_schema)
+            objects, mapping = values.get("objects"), values.get("mapping")
+            if isinstance(objects, ObjectSelection) and isinstance(mapping, NameMapping):
+                clash = _listed_destination_schemas(objects, mapping).get(state_schema)
+                if clash:
+                    _problem(errors, "state_schema", f"{state_schema!r} is also where {clash} goes in the "
+                             "destination: the migration's own tables would mix with (or clash with) migrated ones",
+                             "give state_schema a schema of its own, such as pgmigrate_state")
         return errors
 
     # -- derived ------------------------------------------------------------------------------------------------
@@ -742,12 +775,16 @@ class MigrationConfig(_Validated):
             raise ConfigError([Problem("(file)", f"cannot read {path}: {exc.strerror}", "check the path")],
                               source=str(path)) from None
         try:
+            duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), cls, "", set())
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise ConfigError([Problem("(file)", f"is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
                                        "fix the YAML syntax")], source=str(path)) from None
+        if duplicates:
+            # YAML itself keeps only the last value of a key written twice: the earlier one would vanish silently.
+            raise ConfigError(duplicates, source=str(path))
         if not isinstance(data, Mapping):
             raise ConfigError([Problem("(file)", "does not hold a mapping of fields",
                                        "start the file with fields such as 'name:', 'source:', 'destination:'")],
@@ -769,6 +806,62 @@ def load_config(config: MigrationConfig | Mapping[str, Any] | str | Path) -> Mig
                                    "pass a MigrationConfig, a dict, or the path of a YAML file")])
     raise ConfigError([Problem("config", f"cannot use a {type(config).__name__} as a migration config",
                                "pass a MigrationConfig, a dict, or the path of a YAML file")])
+
+
+def _duplicate_keys(node: Any, tp: Any, path: str, visited: set[int]) -> list[Problem]:
+    """Keys written twice in one YAML mapping, with their field paths (the config's types give the path style).
+
+    A node reached again through an alias is not walked twice (aliases can nest exponentially).
+    """
+    import yaml
+
+    if id(node) in visited:
+        return []
+    visited.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        item = get_args(tp)[0] if get_origin(tp) is list and get_args(tp) else None
+        return [p for i, child in enumerate(node.value) for p in _duplicate_keys(child, item, f"{path}[{i}]", visited)]
+    if not isinstance(node, yaml.MappingNode):
+        return []
+    if get_origin(tp) in (Union, types.UnionType):
+        tp = next((a for a in get_args(tp) if is_dataclass(a) or get_origin(a) is dict), None)
+    hints = get_type_hints(tp) if is_dataclass(tp) else {}
+    problems: list[Problem] = []
+    seen: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+        if is_dataclass(tp):
+            child_path, child_tp = _join(path, str(key)), hints.get(str(key))
+        else:
+            child_path = f"{path}[{key!r}]" if path else repr(key)
+            child_tp = get_args(tp)[1] if get_origin(tp) is dict and len(get_args(tp)) == 2 else None
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            problems.append(Problem(child_path, f"is written twice (lines {seen[key]} and {line}): YAML would keep only "
+                                                "the last one", "keep one of them (merge their contents)"))
+        else:
+            seen[key] = line
+        problems += _duplicate_keys(value_node, child_tp, child_path, visited)
+    return problems
+
+
+def _listed_destination_schemas(objects: ObjectSelection, mapping: NameMapping) -> dict[str, str]:
+    """Destination schema -> what the config sends there, for the schemas and tables it names explicitly."""
+    from airflow_pgmigrate.engine.names import NameMapper
+
+    mapper = NameMapper(mapping)
+    out: dict[str, str] = {}
+    for schema in objects.schemas:
+        out.setdefault(mapper.schema(schema), f"schema {schema}")
+    for key in objects.tables:
+        try:
+            table = parse_qualified_name(key)
+        except ValueError:
+            continue  # reported on objects.tables
+        out.setdefault(mapper.schema(table.schema), f"table {table}")
+    for source, target in mapping.schemas.items():
+        out.setdefault(target, f"schema {source}")
+    return out
 
 
 # -- generic dict -> dataclass building with type checks ---------------------------------------------------------

@@ -381,12 +381,16 @@ class Applier:
             parts = [(sql.SQL("{} = %s").format(sql.Identifier(n)), values[i]) for i, n in zip(t.key, t.key_names,
                                                                                               strict=True)]
             return sql.SQL(" AND ").join(p for p, _ in parts), [_text(v) for _, v in parts]
-        # REPLICA IDENTITY FULL: the first row equal in every column (text forms compare any type, json too).
-        conds = [(sql.SQL("{}::text IS NOT DISTINCT FROM %s").format(sql.Identifier(n)), values[i])
+        # REPLICA IDENTITY FULL: the first row equal in every column, compared as the output function's text (what
+        # pgoutput sends; any type compares, json too). Not ::text: that cast differs for boolean ('true' vs 't'),
+        # character(n) (trimmed) and inet (always /32). format('%s') calls the output function but gives '' for NULL,
+        # and IS NULL is true for a composite whose fields are all NULL: num_nulls() tests the value itself.
+        conds = [(sql.SQL("num_nulls({}) = 1").format(sql.Identifier(n)), None) if values[i] is None else
+                 (sql.SQL("(num_nulls({c}) = 0 AND format('%%s', {c}) = %s)").format(c=sql.Identifier(n)), values[i])
                  for i, n in t.columns if values[i] is not UNCHANGED]
         inner = sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(
             t.ident, sql.SQL(" AND ").join(c for c, _ in conds))
-        return inner, [_text(v) for _, v in conds]
+        return inner, [_text(v) for _, v in conds if v is not None]
 
 
 def _text(value: Value) -> str | None:

@@ -14,9 +14,10 @@ import psycopg
 from airflow_pgmigrate.engine.secrets import MASK, explain_failure, redact
 from airflow_pgmigrate.exceptions import PgMigrateError
 
-#: Settings pinned on every session so that text values (and decoded changes) look the same on both sides.
+#: Settings pinned on every session so that text values (and decoded changes) look the same on both sides, and
+#: string literals mean what the SQL parser on our side (row filters, definitions) read: standard strings.
 SESSION_OPTIONS = ("-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC "
-                   "-c bytea_output=hex")
+                   "-c bytea_output=hex -c standard_conforming_strings=on")
 TLS_KEYS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl", "sslcompression")
 #: Parameters whose value is a secret: never shown.
 SECRET_PARAMS = ("sslpassword",)

@@ -46,6 +46,7 @@ from airflow_pgmigrate.engine.publication import ensure_publication
 from airflow_pgmigrate.engine.schema import read_source_schema
 from airflow_pgmigrate.engine.sequences import sync_sequences
 from airflow_pgmigrate.engine.slots import drop_leftover_slot, watch_slot_creation
+from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.throttle import BinaryRowCounter, Throttle, count_text_rows
 from airflow_pgmigrate.exceptions import PgMigrateError
@@ -145,7 +146,8 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
         if config.conflicting_tables == "ignore":
             row = dst.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_ident(target))).fetchone()
             staging = bool(row and row[0])
-        plan = TablePlan(str(name), str(target), columns, target_columns, config.row_filter(name),
+        row_filter = safe_row_filter(config, name, src, "source")  # refuses VOLATILE calls before any runs
+        plan = TablePlan(str(name), str(target), columns, target_columns, row_filter,
                          table.size_bytes, table.estimated_rows, binary, staging,
                          [mapper.column(name, c) for c in (table.key_columns or [])], cost=_copy_cost(src, table.oid),
                          column_types={c.name: c.type for c in table.columns})

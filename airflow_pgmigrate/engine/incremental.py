@@ -46,6 +46,7 @@ from airflow_pgmigrate.engine.pgoutput import (
 )
 from airflow_pgmigrate.engine.publication import drop_publication
 from airflow_pgmigrate.engine.rewrite import DefinitionRewriter
+from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.throttle import Throttle
 from airflow_pgmigrate.exceptions import PgMigrateError
@@ -291,7 +292,7 @@ class IncrementalSync:
                             f"ALTER TABLE {name} REPLICA IDENTITY FULL (or add a primary key)")
         key = [] if rel.replica_identity == "f" else [i for i, c in enumerate(rel.columns) if c.key]
         key_names = [mapper.column(name, rel.columns[i].name) for i in key]
-        row_filter = self.config.row_filter(name)
+        row_filter = safe_row_filter(self.config, name, dst, "destination")
         if row_filter:
             rewriter = DefinitionRewriter(mapper, {name: [c.name for c in rel.columns]}, {name: "r"})
             from pglast import parse_sql

@@ -18,6 +18,7 @@ from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
+from airflow_pgmigrate.engine.sqlfilter import volatile_calls
 from airflow_pgmigrate.engine.state import MigrationState
 
 if TYPE_CHECKING:
@@ -563,6 +564,11 @@ def check_row_filters(ctx: PrecheckContext) -> list[CheckResult]:
         if name not in by_name:
             continue  # reported by selected_objects
         condition = ctx.config.row_filter(name)
+        volatile = volatile_calls(ctx.src, condition)  # type: ignore[arg-type]
+        if volatile:
+            bad.append(f"{name}: calls VOLATILE {', '.join(volatile)} (a filter must compute a value, nothing else; "
+                       "use immutable or stable functions only)")
+            continue
         query = sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
             sql.Identifier(name.schema, name.name), sql.SQL(condition))  # type: ignore[arg-type]
         try:
@@ -582,6 +588,16 @@ def check_name_mapping(ctx: PrecheckContext) -> list[CheckResult]:
     mapper = ctx.mapper
     targets: dict[QualifiedName, QualifiedName] = {}
     problems: list[str] = []
+    # The migration's own state schema must not be a schema migrated objects land in (the default "pgmigrate" is
+    # also what a source that was itself migrated with this product has).
+    assert ctx.src is not None
+    migrated = {t.name.schema for t in ctx.selected} | set(ctx.config.objects.schemas)
+    if ctx.config.objects.selects_everything:
+        migrated |= set(catalog.list_schemas(ctx.src))
+    clashing = sorted(s for s in migrated if mapper.schema(s) == ctx.config.state_schema)
+    if clashing:
+        problems.append(f"state_schema {ctx.config.state_schema} is also the destination schema of source schema "
+                        f"{', '.join(clashing)} (set state_schema to a schema of its own, such as pgmigrate_state)")
     column_selection = {parse_qualified_name(k): v for k, v in ctx.config.objects.columns.items()}
     for table in ctx.selected:
         target = mapper.table(table.name)
@@ -594,6 +610,8 @@ def check_name_mapping(ctx: PrecheckContext) -> list[CheckResult]:
         seen: dict[str, str] = {}
         for col in column_selection.get(table.name) or table.column_names:
             dst = mapper.column(table.name, col)
+            if len(dst.encode()) > 63:
+                problems.append(f"column {col} of {table.name} maps to a name longer than 63 bytes: {dst}")
             if dst in seen:
                 problems.append(f"columns {seen[dst]} and {col} of {table.name} both map to {dst}")
             seen[dst] = col

@@ -22,6 +22,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
+from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def plan_checks(config: MigrationConfig, src: psycopg.Connection) -> list[TableC
         wanted = columns_of.get(name)
         columns = [c for c in table.column_names if c not in generated and (wanted is None or c in wanted)]
         key = table.key_columns or columns
-        row_filter = config.row_filter(name)
+        row_filter = safe_row_filter(config, name, src, "source")
         checks.append(TableCheck(name, mapper.table(name), columns, [mapper.column(name, c) for c in columns],
                                  key, [mapper.column(name, c) for c in key], row_filter))
     return checks
