@@ -280,3 +280,28 @@ def test_kill_9_mid_copy_then_retry_ends_equal_to_the_source(migration_env):
         assert result["chunks_copied_now"] == sum(len(chunks_of[t]) for t in chunks_of if t not in finished)
         slots = src.execute("SELECT slot_name FROM pg_replication_slots WHERE database = current_database()")
         assert [r[0] for r in slots] == [config.slot_name], "the temporary slot went away with its connection"
+
+
+def test_incompressible_toast_is_copied_without_compression_attempts(migration_env, monkeypatch):
+    from airflow_pgmigrate.engine import full_load
+
+    monkeypatch.setattr(full_load, "INCOMPRESSIBLE_MIN_TOAST", 0)
+    env = migration_env
+    # ``noise``: random hex, which the source could not compress; ``prose``: repetitive, which it did.
+    env.src("CREATE TABLE public.docs (id int PRIMARY KEY, noise text, prose text);"
+            "INSERT INTO public.docs SELECT g, (SELECT string_agg(md5(random()::text || s), '') "
+            "FROM generate_series(1, 200) s), repeat('lorem ipsum ', 800) FROM generate_series(1, 300) g")
+    config = env.config(migration_types=["schema", "full"])
+    migrate_schema(config, env.source_info(), env.destination_info(), "pre_data")
+    lines: list[str] = []
+    run_full_load(config, env.source_info(), env.destination_info(), log=lines.append)
+    assert any("column=noise incompressible" in line for line in lines), lines
+    assert not any("column=prose incompressible" in line for line in lines)
+    # The same data, stored as the source stores it, and the columns' storage as before.
+    assert env.dst("SELECT attname, attstorage FROM pg_attribute WHERE attrelid = 'public.docs'::regclass "
+                   "AND attname IN ('noise', 'prose') ORDER BY 1") == [("noise", "x"), ("prose", "x")]
+    assert env.dst("SELECT count(*) FILTER (WHERE pg_column_compression(noise) IS NULL), "
+                   "count(*) FILTER (WHERE pg_column_compression(prose) IS NOT NULL) FROM public.docs") == [(300, 300)]
+    digest = "SELECT md5(string_agg(id || noise || prose, ',' ORDER BY id)) FROM public.docs"
+    assert env.src(digest) == env.dst(digest)
+
