@@ -28,19 +28,13 @@ from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.verify import verify_migration
 from airflow_pgmigrate.hooks.postgres import PostgresEndpointHook
 from airflow_pgmigrate.testing.local_postgres import SOURCE_SETTINGS, LocalPostgres
+from tests.hardening.test_operability_dag import SHOP
 from tests.hardening.test_security import leaks
 
 pytestmark = [pytest.mark.integration, pytest.mark.hardening]
 
 TLS_PASSWORD = "Tl5-S3cr3t!pgm"
 KEY_PASSPHRASE = "K3y-S3cr3t!pgm"
-SHOP = """
-CREATE TABLE public.customers (id bigserial PRIMARY KEY, name text NOT NULL);
-CREATE TABLE public.orders (id bigserial PRIMARY KEY, customer_id bigint REFERENCES public.customers (id),
-                            amount numeric NOT NULL);
-INSERT INTO public.customers (name) SELECT 'c' || g FROM generate_series(1, 100) g;
-INSERT INTO public.orders (customer_id, amount) SELECT 1 + g % 100, g FROM generate_series(1, 2000) g;
-"""
 
 
 @pytest.fixture(scope="module")
