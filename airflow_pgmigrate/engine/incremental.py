@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import queue
+import re
 import select
 import struct
 import tempfile
@@ -134,6 +135,11 @@ class _Spill:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+def _unqualified(type_name: str | None) -> str | None:
+    """A type's name without its schema: a user type of a renamed schema differs only there on the destination."""
+    return None if type_name is None else re.sub(r'^(?:"(?:[^"]|"")+"|[^".(]+)\.', "", type_name)
 
 
 @contextmanager
@@ -342,7 +348,8 @@ class IncrementalSync:
         at_destination: dict[str, str] = dict(dst.execute(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
             "AND attnum > 0 AND NOT attisdropped", (sql.Identifier(target.schema, target.name).as_string(dst),)))
-        pending = {c: v for c, v in changed.items() if at_destination.get(mapper.column(name, c)) != v[1]}
+        pending = {c: v for c, v in changed.items()
+                   if _unqualified(at_destination.get(mapper.column(name, c))) != _unqualified(v[1])}
         if pending:
             details = ", ".join(f"{c!r} from {before} to {after}" for c, (before, after) in pending.items())
             raise SyncError(f"DDL on the source: {name} changed the type of column(s) {details} after the full "
@@ -493,9 +500,13 @@ class IncrementalSync:
             while True:
                 now = time.monotonic()
                 if now - last_feedback >= FEEDBACK_SECONDS:
-                    writer.check()
                     done = writer.applied
-                    idle = txn is None and not batch and stream_xid is None and not spills and writer.idle
+                    # Idle: nothing read is waiting to be committed (no batch, no transaction recorded only as
+                    # pending progress, no partial write, nothing in the writer's hands): only then may the
+                    # position the source reported be confirmed as flushed.
+                    idle = (txn is None and not batch and not progress_pending and stream_xid is None and not spills
+                            and writer.idle)
+                    writer.check()  # after reading idle: a writer that failed meanwhile stops us here
                     self._send_feedback(repl, received, done if not idle else max(done, position),
                                         reply=stop_when_caught_up)
                     last_feedback = now

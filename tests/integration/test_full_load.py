@@ -305,3 +305,35 @@ def test_incompressible_toast_is_copied_without_compression_attempts(migration_e
     digest = "SELECT md5(string_agg(id || noise || prose, ',' ORDER BY id)) FROM public.docs"
     assert env.src(digest) == env.dst(digest)
 
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("parent_waits", [False, True])
+def test_an_inheritance_parent_copied_beside_its_split_child_keeps_the_child_rows(migration_env, parent_waits):
+    """Legacy inheritance: the parent and the child are separate plans. The parent's chunk must never empty (or
+    lock) the child that another worker is copying, whichever starts first."""
+    from airflow_pgmigrate.engine import full_load
+
+    env = migration_env
+    real = full_load.FullLoad._empty_for_freeze
+
+    def empty(dst, target):
+        if "parent" in target.as_string(dst) and parent_waits:  # until a part of the child is being written
+            with psycopg.connect(**env.destination_info().connect_kwargs(), autocommit=True) as probe:
+                for _ in range(500):
+                    if probe.execute("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                                     "WHERE c.relname = 'child' AND l.mode = 'RowExclusiveLock'").fetchone()[0]:
+                        break
+                    time.sleep(0.01)
+        return real(dst, target)
+
+    env.monkeypatch.setattr(full_load.FullLoad, "_empty_for_freeze", staticmethod(empty))
+    env.src("CREATE TABLE public.parent (id bigint, payload text);"
+            "CREATE TABLE public.child () INHERITS (public.parent);"
+            "INSERT INTO public.child SELECT g, repeat('p', 100) FROM generate_series(1, 200000) g")
+    config = env.config(migration_types=["schema", "full"],
+                        full_load={"split_tables_larger_than": "4MB", "parallel_jobs": 2})
+    migrate_schema(config, env.source_info(), env.destination_info(), "pre_data")
+    report = run_full_load(config, env.source_info(), env.destination_info())
+    assert report["tables"]["public.child"]["rows"] == 200000
+    assert env.dst("SELECT count(*) FROM ONLY public.child") == [(200000,)]
+

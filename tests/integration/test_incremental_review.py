@@ -228,3 +228,40 @@ def test_streamed_transaction_with_partial_applies(migration_env, small_decoding
     monkeypatch.setattr(incremental, "BATCH_BYTES", 50_000)
     catch_up(migration_env, config)
     assert_equal(migration_env, ["public.uq"])
+
+
+@pytest.mark.parametrize("batch_changes", [4, 5])
+def test_a_transaction_ending_in_a_partial_write_is_not_confirmed_before_its_commit(migration_env, batch_changes):
+    """With 4, the transaction's last change fills the batch: it is written as a partial write and only its progress
+    is left to commit. The destination fails right there: the source must not have been told it is flushed, so the
+    next runs get it again (with 5, the same failure hits a whole batch)."""
+    env = migration_env
+    env.src("CREATE TABLE public.t (id int PRIMARY KEY, v text)")
+    config = start_migration(env)
+    assert run_incremental(config, env.source_info(), env.destination_info(), window_seconds=10).caught_up
+    env.src("INSERT INTO public.t SELECT g, 'x' FROM generate_series(1, 4) g")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(incremental, "BATCH_CHANGES", batch_changes)
+    patch.setattr(incremental, "FEEDBACK_SECONDS", 0.0)
+    real_submit, real_write = incremental._Writer.submit, incremental._Writer._write
+
+    def submit(self, item):  # a fast writer: the partial write is done before the Commit is read
+        real_submit(self, item)
+        if item[0] == "partial":
+            self.drain()
+
+    def write(self, item):  # the destination fails at the commit that would record the transaction
+        if item[0] in ("progress", "commit"):
+            raise psycopg.OperationalError("simulated: destination connection lost at commit")
+        real_write(self, item)
+
+    patch.setattr(incremental._Writer, "submit", submit)
+    patch.setattr(incremental._Writer, "_write", write)
+    try:
+        with pytest.raises(SyncError):
+            run_incremental(config, env.source_info(), env.destination_info(), window_seconds=10)
+    finally:
+        patch.undo()
+    catch_up(env, config)
+    assert env.dst("SELECT count(*) FROM public.t") == [(4,)]
+
