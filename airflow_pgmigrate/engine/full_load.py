@@ -474,12 +474,7 @@ class FullLoad:
         from psycopg import errors, pq
 
         spq, dpq = src.pgconn, dst.pgconn
-        spq.send_query(copy_out.as_bytes(src))
-        result = _next_result(spq)
-        if result is None or result.status != pq.ExecStatus.COPY_OUT:
-            self._drain(spq)
-            raise errors.error_from_result(result, encoding="utf-8") if result is not None else FullLoadError(
-                "COPY TO did not start")
+        self._start_copy(src, copy_out, pq.ExecStatus.COPY_OUT, "COPY TO")
         try:
             self._start_copy_in(dst, into)
         except BaseException:
@@ -519,15 +514,21 @@ class FullLoad:
 
     def _start_copy_in(self, dst: psycopg.Connection, into: sql.Composable) -> None:
         """Send ``COPY ... FROM STDIN`` on the destination and check that it started."""
-        from psycopg import errors, pq
+        from psycopg import pq
 
-        dpq = dst.pgconn
-        dpq.send_query(into.as_bytes(dst))
-        result = _next_result(dpq)
-        if result is None or result.status != pq.ExecStatus.COPY_IN:
-            self._drain(dpq)
+        self._start_copy(dst, into, pq.ExecStatus.COPY_IN, "COPY FROM")
+
+    def _start_copy(self, conn: psycopg.Connection, statement: sql.Composable, expected: Any, what: str) -> None:
+        """Send a COPY statement and check that the server entered the ``expected`` copy state."""
+        from psycopg import errors
+
+        pgconn = conn.pgconn
+        pgconn.send_query(statement.as_bytes(conn))
+        result = _next_result(pgconn)
+        if result is None or result.status != expected:
+            self._drain(pgconn)
             raise errors.error_from_result(result, encoding="utf-8") if result is not None else FullLoadError(
-                "COPY FROM did not start")
+                f"{what} did not start")
 
     def _finish_copy_in(self, dpq: Any) -> int:
         """End the destination's COPY; return the rows it reports."""
