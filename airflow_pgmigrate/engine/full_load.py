@@ -158,9 +158,11 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
                          table.size_bytes, table.estimated_rows, binary, staging,
                          [mapper.column(name, c) for c in (table.key_columns or [])],
                          column_types={c.name: c.type for c in table.columns})
-        incompressible = _incompressible_columns(src, table, columns, version)
+        heap_bytes, toast_bytes = _relation_sizes(src, table.oid)
+        incompressible = _incompressible_columns(src, table, columns, version, heap_bytes, toast_bytes)
         plan.incompressible = [target_columns[columns.index(c)] for c in incompressible]
-        plan.cost = _copy_cost(src, table.oid, toast_cost=1.0 if incompressible else TOAST_COST)
+        # A TOAST byte costs about TOAST_COST heap bytes, unless its compression attempts are skipped.
+        plan.cost = heap_bytes + (1.0 if incompressible else TOAST_COST) * toast_bytes
         plans.append(plan)
         tables.append(table)
     split_bytes = config.full_load.split_bytes
@@ -176,15 +178,15 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
     return plans
 
 
-def _copy_cost(src: psycopg.Connection, oid: int, toast_cost: float = TOAST_COST) -> float:
-    """What copying a table costs, in heap-byte equivalents: its heap, plus its TOAST weighted by ``toast_cost``."""
+def _relation_sizes(src: psycopg.Connection, oid: int) -> tuple[int, int]:
+    """A table's heap bytes and TOAST bytes (its TOAST table with its index)."""
     row = src.execute("SELECT pg_relation_size(c.oid), coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0) "
                       "FROM pg_class c WHERE c.oid = %s", (oid,)).fetchone()
-    return float(row[0]) + toast_cost * float(row[1]) if row else 0.0
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def _incompressible_columns(src: psycopg.Connection, table: catalog.TableInfo, columns: list[str],
-                            version: int) -> list[str]:
+                            version: int, heap_bytes: int, toast_bytes: int) -> list[str]:
     """Columns whose out-of-line values the source stored uncompressed, in a sample of the table.
 
     Such values are incompressible (random, encrypted, already compressed data): the source's compression attempt
@@ -194,17 +196,12 @@ def _incompressible_columns(src: psycopg.Connection, table: catalog.TableInfo, c
     columns of a table with at least ``INCOMPRESSIBLE_MIN_TOAST`` of TOAST are sampled, and only a sample in which
     every one of at least ``INCOMPRESSIBLE_MIN_VALUES`` out-of-line values is uncompressed counts.
     """
-    if version < 140000:  # pg_column_compression() arrived in PostgreSQL 14
-        return []
-    row = src.execute("SELECT coalesce(pg_total_relation_size(nullif(reltoastrelid, 0)), 0) FROM pg_class "
-                      "WHERE oid = %s", (table.oid,)).fetchone()
-    if not row or row[0] < INCOMPRESSIBLE_MIN_TOAST:
+    if version < 140000 or toast_bytes < INCOMPRESSIBLE_MIN_TOAST:  # pg_column_compression(): PostgreSQL 14+
         return []
     candidates = [r[0] for r in src.execute(
         "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
         "AND a.attstorage = 'x' AND a.attname = ANY(%s)", (table.oid, columns))]
-    pages = src.execute("SELECT pg_relation_size(%s) / current_setting('block_size')::int", (table.oid,)).fetchone()
-    percent = min(100.0, 100.0 * INCOMPRESSIBLE_SAMPLE_PAGES / max(1, int(pages[0]) if pages else 1))
+    percent = min(100.0, 100.0 * INCOMPRESSIBLE_SAMPLE_PAGES * 8192 / max(1, heap_bytes))
     found = []
     for column in candidates:
         col = sql.Identifier(column)

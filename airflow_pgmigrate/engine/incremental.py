@@ -338,10 +338,14 @@ class IncrementalSync:
         if not recorded:
             return
         by_name = {c.name: c for c in rel.columns}
-        with connect(self.source) as src:
-            now = dict(zip(migrated, [r[0] for r in src.execute(
-                "SELECT format_type(t, m) FROM unnest(%s::oid[], %s::int[]) WITH ORDINALITY AS u(t, m, i) ORDER BY i",
-                ([by_name[c].type_oid for c in migrated], [by_name[c].typmod for c in migrated]))], strict=True))
+        pairs = {c: (by_name[c].type_oid, by_name[c].typmod) for c in migrated}
+        unknown = sorted({p for p in pairs.values() if p not in self._type_names})
+        if unknown:  # once per type and run, not once per table
+            with connect(self.source) as src:
+                rows = src.execute("SELECT t, m, format_type(t, m) FROM unnest(%s::oid[], %s::int[]) AS u(t, m)",
+                                   ([t for t, _ in unknown], [m for _, m in unknown])).fetchall()
+            self._type_names.update({(int(t), int(m)): str(name) for t, m, name in rows})
+        now = {c: self._type_names[p] for c, p in pairs.items()}
         changed = {c: (recorded[c], now[c]) for c in migrated if c in recorded and recorded[c] != now[c]}
         if not changed:
             return
@@ -451,6 +455,7 @@ class IncrementalSync:
             start_lsns = {k: lsn_to_int(v) for k, v in (full_load.get("table_start_lsn") or {}).items() if v}
             # The full load's tables (partitions of a selected partitioned table included) are the publication's.
             planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
+            self._type_names = {}
             self._planned_types = {parse_qualified_name(p["source"]): p.get("column_types") or {}
                                    for p in full_load.get("plan") or []}
             selector = TableSelector(config.objects)
@@ -710,6 +715,8 @@ class IncrementalSync:
 
     _selector: Callable[[QualifiedName], bool]
     _planned_types: dict[QualifiedName, dict[str, str]]
+    #: Source type names by (type oid, typmod), resolved once per run for the type-change check.
+    _type_names: dict[tuple[int, int], str]
     _start_lsns: dict[str, int]
     _replica_role: bool
 
