@@ -242,6 +242,75 @@ class DumpEntry:
         return f"{self.type.lower()} {where}{self.name}"
 
 
+#: Entry types (and the object kinds COMMENT and ACL tags name) -> the family of objects sharing one namespace of
+#: names: an ACL on ``TABLE v`` belongs to the VIEW entry ``v``, a comment on ``DOMAIN d`` to the DOMAIN entry.
+_FAMILIES = {"TABLE": "RELATION", "VIEW": "RELATION", "MATERIALIZED VIEW": "RELATION", "FOREIGN TABLE": "RELATION",
+             "SEQUENCE": "RELATION", "TYPE": "TYPE", "DOMAIN": "TYPE", "FUNCTION": "ROUTINE",
+             "PROCEDURE": "ROUTINE", "AGGREGATE": "ROUTINE", "FOREIGN SERVER": "SERVER",
+             "PROCEDURAL LANGUAGE": "LANGUAGE"}
+#: Object kinds in COMMENT and ACL tags (``COMMENT ON <kind> <name>``), longest first.
+_TAG_KINDS = ("TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE",
+              "FOREIGN DATA WRAPPER", "MATERIALIZED VIEW", "PROCEDURAL LANGUAGE", "OPERATOR FAMILY", "OPERATOR CLASS",
+              "FOREIGN SERVER", "FOREIGN TABLE", "EVENT TRIGGER", "ACCESS METHOD", "LARGE OBJECT", "SUBSCRIPTION",
+              "PUBLICATION", "CONVERSION", "CONSTRAINT", "STATISTICS", "AGGREGATE", "COLLATION", "EXTENSION",
+              "PROCEDURE", "TRANSFORM", "FUNCTION", "LANGUAGE", "OPERATOR", "SEQUENCE", "DATABASE", "TRIGGER",
+              "COLUMN", "DOMAIN", "POLICY", "SCHEMA", "SERVER", "INDEX", "TABLE", "TYPE", "VIEW", "CAST", "RULE")
+
+
+def object_family(kind: str) -> str:
+    """The family of an entry type or tag kind (``VIEW`` and ``TABLE`` are both relations)."""
+    return _FAMILIES.get(kind, kind)
+
+
+def _unquote_first(text: str) -> tuple[str, str]:
+    """The first identifier of ``text`` as pg_dump quotes it (fmtId), unquoted, and what follows it."""
+    if text.startswith('"'):
+        i, out = 1, []
+        while i < len(text):
+            if text[i] == '"':
+                if text[i + 1:i + 2] == '"':
+                    out.append('"')
+                    i += 2
+                    continue
+                return "".join(out), text[i + 1:]
+            out.append(text[i])
+            i += 1
+        return "".join(out), ""
+    match = re.match(r"[^\s.(]*", text)
+    assert match is not None
+    return match.group(0), text[match.end():]
+
+
+def tag_target(entry: DumpEntry) -> tuple[str, str | None, str] | None:
+    """(family, schema, name) of the object a COMMENT or ACL entry is about, named as that object's own entry is;
+    None when its tag names no object kind we know.
+
+    Function signatures keep pg_dump's form with argument names (``FUNCTION f(p_id bigint)``): the caller maps them
+    to the entry's form (``f(bigint)``). A domain constraint belongs to its domain, a column to its relation.
+    """
+    kind = next((k for k in _TAG_KINDS if entry.name.startswith(k + " ")), None)
+    if kind is None:
+        return None
+    rest = entry.name[len(kind) + 1:]
+    schema = None if kind in ("SCHEMA", "EXTENSION", "CAST", "ACCESS METHOD", "FOREIGN DATA WRAPPER",
+                              "FOREIGN SERVER", "SERVER", "EVENT TRIGGER", "PUBLICATION", "SUBSCRIPTION",
+                              "LANGUAGE", "PROCEDURAL LANGUAGE", "TRANSFORM", "DATABASE", "LARGE OBJECT") \
+        else entry.schema
+    if kind in ("CAST", "TRANSFORM"):
+        return (kind, None, entry.name)
+    if kind in ("FUNCTION", "PROCEDURE", "AGGREGATE"):
+        return ("ROUTINE", schema, rest)
+    name, after = _unquote_first(rest)
+    if kind == "CONSTRAINT":
+        on_domain = re.match(r"\s*ON DOMAIN (.*)$", after)
+        if on_domain:
+            return ("TYPE", schema, _unquote_first(on_domain.group(1))[0])
+        return None  # a table's constraint: bound to its table
+    if kind == "COLUMN":
+        return ("RELATION", schema, name)
+    return (object_family(kind), schema, name)
+
+
 def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
     """Split plain pg_dump output into (session settings of its preamble, entries). psql-only lines are dropped."""
     lines = _PSQL_ONLY.sub("", text).split("\n")
@@ -266,5 +335,5 @@ def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
 
 
 __all__ = ["DumpEntry", "PgDump", "PgDumpError", "available_clients", "available_pg_dumps", "client_env",
-           "client_failure", "find_pg_dump", "pg_dump_command", "pick_client", "psql_command", "run_pg_dump",
-           "split_dump", "supports_tls", "tls_capable_pg_dump"]
+           "client_failure", "find_pg_dump", "object_family", "pg_dump_command", "pick_client", "psql_command",
+           "run_pg_dump", "split_dump", "supports_tls", "tag_target", "tls_capable_pg_dump"]

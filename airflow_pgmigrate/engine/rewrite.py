@@ -46,6 +46,35 @@ class RewriteResult:
     removed: list[str] = field(default_factory=list)
 
 
+_PATCHED = False
+
+
+def deparse(node: Any) -> str:
+    """SQL text of a syntax tree node (pglast's RawStream), with its text search mapping printer fixed: pglast
+    prints ``WITH app.english_stem`` as ``WITH app``, so dictionaries are printed qualified and quoted here."""
+    global _PATCHED
+    from pglast.stream import RawStream
+
+    if not _PATCHED:
+        from pglast.printers import ddl
+
+        def print_simple_name(self: Any, node: Any, output: Any) -> None:
+            if isinstance(node, (tuple, list)):
+                output.print_name(node)
+            else:
+                output.write(node.sval)
+
+        ddl.AlterTSConfigTypePrinter.print_simple_name = print_simple_name  # type: ignore[method-assign]
+        _PATCHED = True
+    return str(RawStream()(node))
+
+
+def statement_text(text: str, raw: Any) -> str:
+    """The source text of one parsed statement (pglast's locations count characters), without its semicolon."""
+    end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(text)
+    return text[raw.stmt_location:end].strip().rstrip(";").strip()
+
+
 def _children(node: Any) -> Iterator[tuple[str, Any]]:
     from pglast.ast import Node
 
@@ -137,7 +166,6 @@ class DefinitionRewriter:
             return RewriteResult(sql, False)
         from pglast import parse_sql
         from pglast.parser import ParseError
-        from pglast.stream import RawStream
 
         try:
             statements = parse_sql(sql)
@@ -149,7 +177,7 @@ class DefinitionRewriter:
         changed = False
         for raw in statements:
             stmt: Any = raw.stmt
-            before = RawStream()(stmt)
+            before = deparse(stmt)
             if self.dropped:
                 left_out = self._left_out_columns(stmt)
                 if left_out:
@@ -157,10 +185,12 @@ class DefinitionRewriter:
                     changed = True
                     continue
             self._rewrite_statement(stmt, unsafe)
-            after = RawStream()(stmt)
+            after = deparse(stmt)
             if after != before:
                 changed = True
-            out.append(after)
+                out.append(after)
+            else:
+                out.append(statement_text(sql, raw))  # unchanged statements keep their text
         if not changed:
             return RewriteResult(sql, False, unsafe)
         return RewriteResult(";\n".join(out) + ";\n" if out else "", True, unsafe, removed)
@@ -561,7 +591,6 @@ def function_body(sql: str) -> str:
     """The body text of a CREATE FUNCTION / PROCEDURE statement (the whole text when it cannot be parsed)."""
     from pglast import parse_sql
     from pglast.parser import ParseError
-    from pglast.stream import RawStream
 
     try:
         statements = parse_sql(sql)
@@ -576,7 +605,7 @@ def function_body(sql: str) -> str:
             if option.defname == "as":
                 parts += [getattr(item, "sval", "") for item in (option.arg or ())]
         if getattr(stmt, "sql_body", None) is not None:
-            parts.append(RawStream()(stmt.sql_body))
+            parts.append(deparse(stmt.sql_body))
     return "\n".join(parts)
 
 
@@ -590,4 +619,4 @@ def parse_sql_name(text: str) -> QualifiedName:
     return QualifiedName(parts[0], parts[1])
 
 
-__all__ = ["DefinitionRewriter", "RewriteError", "RewriteResult", "parse_sql_name"]
+__all__ = ["DefinitionRewriter", "RewriteError", "RewriteResult", "deparse", "parse_sql_name", "statement_text"]
