@@ -232,6 +232,9 @@ class DumpEntry:
     type: str
     schema: str | None
     sql: str
+    #: ``SET default_table_access_method`` / ``default_tablespace`` of the entry when not the dump's defaults
+    #: (pg_dump writes them once, before the first entry that needs them): run before the entry's SQL.
+    settings: str = ""
 
     @property
     def key(self) -> tuple[str, str | None, str]:
@@ -311,17 +314,44 @@ def tag_target(entry: DumpEntry) -> tuple[str, str | None, str] | None:
     return (object_family(kind), schema, name)
 
 
+#: Settings pg_dump changes between entries (before an entry's header) and their values at the start of a dump.
+ENTRY_SETTINGS = {"default_tablespace": "''", "default_table_access_method": "heap"}
+_ENTRY_SETTING = re.compile(r"^SET (default_tablespace|default_table_access_method) = (.*);$")
+
+
+def _entry_settings(current: dict[str, str]) -> str:
+    return "".join(f"SET {k} = {v};\n" for k, v in current.items() if v != ENTRY_SETTINGS[k])
+
+
+def reset_entry_settings() -> str:
+    """The statements that put the per-entry settings back to their values at the start of a dump."""
+    return "".join(f"SET {k} = {v};\n" for k, v in ENTRY_SETTINGS.items())
+
+
 def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
-    """Split plain pg_dump output into (session settings of its preamble, entries). psql-only lines are dropped."""
+    """Split plain pg_dump output into (session settings of its preamble, entries). psql-only lines are dropped.
+
+    The ``SET default_table_access_method`` (and ``default_tablespace``) lines pg_dump writes before an entry's
+    header belong to the entries that follow: they are kept in each entry's ``settings``, not in its SQL.
+    """
     lines = _PSQL_ONLY.sub("", text).split("\n")
     headers = [i for i in range(1, len(lines) - 1)
                if lines[i - 1] == "--" and lines[i + 1] == "--" and _HEADER.match(lines[i])]
     preamble = lines[: headers[0] - 1] if headers else lines
     entries: list[DumpEntry] = []
+    current = dict(ENTRY_SETTINGS)
+    for ln in preamble:
+        found = _ENTRY_SETTING.match(ln)
+        if found:
+            current[found.group(1)] = found.group(2)
     for n, start in enumerate(headers):
         end = headers[n + 1] - 1 if n + 1 < len(headers) else len(lines)
         body = lines[start + 2:end]
-        while body and (not body[-1].strip() or body[-1].startswith("--")):
+        settings = _entry_settings(current)
+        while body and (not body[-1].strip() or body[-1].startswith("--") or _ENTRY_SETTING.match(body[-1])):
+            found = _ENTRY_SETTING.match(body[-1])
+            if found:
+                current[found.group(1)] = found.group(2)
             body.pop()
         while body and not body[0].strip():
             body.pop(0)
@@ -329,11 +359,12 @@ def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
         assert match is not None
         schema = match.group("schema")
         entries.append(DumpEntry(match.group("name"), match.group("type"), None if schema == "-" else schema,
-                                 "\n".join(body) + "\n"))
-    settings = [ln for ln in preamble if ln.startswith(("SET ", "SELECT pg_catalog.set_config"))]
-    return "\n".join(settings) + "\n", entries
+                                 "\n".join(body) + "\n", settings))
+    kept = [ln for ln in preamble if ln.startswith(("SET ", "SELECT pg_catalog.set_config"))
+            and not _ENTRY_SETTING.match(ln)]
+    return "\n".join(kept) + "\n" + reset_entry_settings(), entries
 
 
 __all__ = ["DumpEntry", "PgDump", "PgDumpError", "available_clients", "available_pg_dumps", "client_env",
            "client_failure", "find_pg_dump", "object_family", "pg_dump_command", "pick_client", "psql_command",
-           "run_pg_dump", "split_dump", "supports_tls", "tag_target", "tls_capable_pg_dump"]
+           "reset_entry_settings", "run_pg_dump", "split_dump", "supports_tls", "tag_target", "tls_capable_pg_dump"]

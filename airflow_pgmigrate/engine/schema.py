@@ -32,6 +32,7 @@ from airflow_pgmigrate.engine.pgdump import (
     PgDumpError,
     find_pg_dump,
     object_family,
+    reset_entry_settings,
     run_pg_dump,
     split_dump,
     tag_target,
@@ -1108,11 +1109,11 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
     destination_entries: set[str] = set()
     if conflicts:
         text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config))
-        destination_entries = {normalize_sql(e.sql) for e in split_dump(text)[1]}
+        destination_entries = {normalize_sql(e.settings + e.sql) for e in split_dump(text)[1]}
     skipped_tables = {p.table for p in existing if p.entry.type == "TABLE" and p.table is not None}
     existing_keys = {p.key for p in existing}
     for item in plan:
-        same = bool(destination_entries) and normalize_sql(item.sql) in destination_entries
+        same = bool(destination_entries) and normalize_sql(item.entry.settings + item.sql) in destination_entries
         if item in existing or same:
             item.run = False
             if same:
@@ -1132,7 +1133,11 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
 
 def _execute_entry(conn: psycopg.Connection, item: PlannedEntry) -> None:
     try:
+        if item.entry.settings:
+            conn.execute(item.entry.settings)
         conn.execute(item.sql)
+        if item.entry.settings:
+            conn.execute(reset_entry_settings())
     except psycopg.Error as exc:
         message = (exc.diag.message_primary or str(exc)).strip()
         # The statement may hold a secret (a user mapping's password option): redacted.
@@ -1254,7 +1259,7 @@ def expected_definitions(config: MigrationConfig, source: ConnectionInfo) -> lis
     _, sections = _dump_sections(find_pg_dump(src.major), source, config, src)
     plan, _ = plan_entries(sections["pre_data"] + sections["post_data"], src, config, rewriter,
                            SchemaReport(config.name, "both"))
-    return sorted(normalize_sql(p.sql) for p in plan)
+    return sorted(normalize_sql(p.entry.settings + p.sql) for p in plan)
 
 
 def actual_definitions(config: MigrationConfig, destination: ConnectionInfo, schemas: list[str]) -> list[str]:
@@ -1262,7 +1267,7 @@ def actual_definitions(config: MigrationConfig, destination: ConnectionInfo, sch
     with connect(destination) as conn:
         major = catalog.server_version_num(conn) // 10000
     _, sections = _dump_sections(find_pg_dump(major), destination, config)
-    return sorted(normalize_sql(e.sql) for e in sections["pre_data"] + sections["post_data"]
+    return sorted(normalize_sql(e.settings + e.sql) for e in sections["pre_data"] + sections["post_data"]
                   if _in_schemas(e, set(schemas)))
 
 
