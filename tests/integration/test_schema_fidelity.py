@@ -265,3 +265,38 @@ def test_privileges_comments_and_objects_arrive(fidelity_roles, case):
     assert expected and any(v not in (None, 0, "") for v in expected[0]), expected
     pre, post = both_phases(env, config_of(env), env.destination_info())
     assert env.dst(check) == expected, (pre.to_dict(), post.to_dict())
+
+
+def test_unlogged_table_is_copied_not_published_and_warned_about(migration_env):
+    """An unlogged table: the precheck warns before anything runs, the schema keeps it unlogged, the full load copies
+    its rows and leaves it out of the publication (PostgreSQL refuses it there), saying it cannot be synced."""
+    from airflow_pgmigrate.engine.full_load import run_full_load
+
+    env = migration_env
+    env.src("CREATE TABLE public.orders (id int PRIMARY KEY); INSERT INTO public.orders SELECT generate_series(1, 5);"
+            "CREATE UNLOGGED TABLE public.session_cache (k text PRIMARY KEY, v text);"
+            "INSERT INTO public.session_cache SELECT g::text, 'v' FROM generate_series(1, 7) g")
+    report = env.precheck()
+    (item,) = [r for r in report.results if r.name == "unlogged_tables"]
+    assert item.status == "warning" and item.objects == ["public.session_cache"]
+    assert "cannot be synced incrementally" in item.detail
+    config = env.config()
+    migrate_schema(config, env.source_info(), env.destination_info(), "pre_data")
+    assert env.dst("SELECT relpersistence FROM pg_class WHERE oid = 'public.session_cache'::regclass") == [("u",)]
+    lines: list[str] = []
+    loaded = run_full_load(config, env.source_info(), env.destination_info(), log=lines.append)
+    assert loaded["completed"]
+    assert env.dst("SELECT count(*) FROM public.session_cache") == [(7,)]
+    assert env.src("SELECT tablename FROM pg_publication_tables WHERE pubname = %s",
+                   (config.publication_name,)) == [("orders",)]
+    assert any("unlogged_tables=public.session_cache not published" in ln and "cannot be synced incrementally" in ln
+               for ln in lines), lines
+
+
+def test_precheck_names_what_the_schema_migration_leaves_out(fidelity):
+    report = fidelity.precheck()
+    (item,) = [r for r in report.results if r.name == "not_migrated"]
+    assert item.status == "warning"
+    assert sorted(o.split(" (")[0] for o in item.objects) == ["event trigger fid_on_ddl", "publication fid_pub"]
+    (unlogged,) = [r for r in report.results if r.name == "unlogged_tables"]
+    assert unlogged.status == "warning" and unlogged.objects == ["app.session_cache"]
