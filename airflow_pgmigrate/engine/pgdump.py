@@ -284,6 +284,11 @@ def _unquote_first(text: str) -> tuple[str, str]:
     return match.group(0), text[match.end():]
 
 
+def tag_name(text: str) -> str:
+    """A name as a tag writes it (quoted when it needs quotes), unquoted."""
+    return _unquote_first(text)[0] if text.startswith('"') else text
+
+
 def tag_target(entry: DumpEntry) -> tuple[str, str | None, str] | None:
     """(family, schema, name) of the object a COMMENT or ACL entry is about, named as that object's own entry is;
     None when its tag names no object kind we know.
@@ -367,4 +372,4 @@ def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
 
 __all__ = ["DumpEntry", "PgDump", "PgDumpError", "available_clients", "available_pg_dumps", "client_env",
            "client_failure", "find_pg_dump", "object_family", "pg_dump_command", "pick_client", "psql_command",
-           "reset_entry_settings", "run_pg_dump", "split_dump", "supports_tls", "tag_target", "tls_capable_pg_dump"]
+           "reset_entry_settings", "run_pg_dump", "split_dump", "supports_tls", "tag_name", "tag_target", "tls_capable_pg_dump"]

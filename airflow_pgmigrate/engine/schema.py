@@ -13,6 +13,8 @@ differing ones reported.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,6 +37,7 @@ from airflow_pgmigrate.engine.pgdump import (
     reset_entry_settings,
     run_pg_dump,
     split_dump,
+    tag_name,
     tag_target,
 )
 from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError, deparse, statement_text
@@ -132,6 +135,12 @@ class SourceSchema:
     routine_tags: dict[tuple[str, str], str] = field(default_factory=dict)
     #: Whether the selection is the whole database (database-wide objects migrate only then).
     everything: bool = False
+    #: (schema, routine signature) -> tables whose row type its signature or (SQL-standard) body uses.
+    routine_tables: dict[tuple[str, str], set[QualifiedName]] = field(default_factory=dict)
+    #: Index of a partition -> the index of its parent it is attached to.
+    index_parents: dict[QualifiedName, QualifiedName] = field(default_factory=dict)
+    #: Indexes that back a constraint (primary key, unique, exclusion).
+    constraint_indexes: set[QualifiedName] = field(default_factory=set)
 
     def left_out_columns(self, config: MigrationConfig) -> dict[QualifiedName, set[str]]:
         """Source table -> columns that ``objects.columns`` leaves out (they are not created)."""
@@ -232,9 +241,34 @@ def _read_source_schema(conn: psycopg.Connection, config: MigrationConfig) -> So
     extensions: dict[str, str] = dict(conn.execute(
         "SELECT e.extname, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
         "WHERE e.extname <> 'plpgsql'").fetchall())
-    return SourceSchema(tables, selected, relkinds, index_tables, sequence_owners, c_funcs, needed, whole,
-                        excluded_views, view_tables, version // 10000, extensions,
-                        {(s, named): tag for s, named, tag, _ in routines}, selection.selects_everything)
+    source = SourceSchema(tables, selected, relkinds, index_tables, sequence_owners, c_funcs, needed, whole,
+                          excluded_views, view_tables, version // 10000, extensions,
+                          {(s, named): tag for s, named, tag, _ in routines}, selection.selects_everything)
+    _read_dependencies(conn, source)
+    return source
+
+
+def _read_dependencies(conn: psycopg.Connection, src: SourceSchema) -> None:
+    """The tables routines use, and how indexes hang together."""
+    for schema, routine, ts, tn in conn.execute(
+        "SELECT n.nspname, " + ROUTINE_TAG + ", tn.nspname, t.relname FROM pg_proc p "  # noqa: S608 - constant
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'n' "
+        "LEFT JOIN pg_type ty ON d.refclassid = 'pg_type'::regclass AND ty.oid = d.refobjid "
+        "JOIN pg_class t ON t.oid = CASE WHEN d.refclassid = 'pg_class'::regclass THEN d.refobjid "
+        "  ELSE coalesce(nullif(ty.typrelid, 0), (SELECT e.typrelid FROM pg_type e WHERE e.oid = ty.typelem)) END "
+        " AND t.relkind IN ('r', 'p') JOIN pg_namespace tn ON tn.oid = t.relnamespace"
+    ).fetchall():
+        src.routine_tables.setdefault((schema, routine), set()).add(QualifiedName(ts, tn))
+    for cs, cn, ps, pn in conn.execute(
+        "SELECT nc.nspname, c.relname, np.nspname, p.relname FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid AND c.relkind IN ('i', 'I') JOIN pg_class p ON p.oid = i.inhparent "
+        "JOIN pg_namespace nc ON nc.oid = c.relnamespace JOIN pg_namespace np ON np.oid = p.relnamespace"
+    ).fetchall():
+        src.index_parents[QualifiedName(cs, cn)] = QualifiedName(ps, pn)
+    src.constraint_indexes = {QualifiedName(s, n) for s, n in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conindid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE k.contype IN ('p', 'u', 'x')").fetchall()}
 
 
 def _partitions_of(conn: psycopg.Connection, parents: set[QualifiedName]) -> set[QualifiedName]:
@@ -448,6 +482,13 @@ class _Planner:
     decided: dict[tuple[str, str | None, str], bool] = field(default_factory=dict)
     #: Objects left out on purpose (reported) -> the reason, for their comments and grants.
     left_out: dict[tuple[str, str | None, str], str] = field(default_factory=dict)
+    #: ``schema_migration.exclude_indexes`` compiled, and the patterns that matched an index.
+    index_patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
+    matched: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.index_patterns = {p: re.compile(fnmatch.translate(p))
+                               for p in self.config.schema_migration.exclude_indexes}
 
     def skip(self, entry: DumpEntry, key: tuple[str, str | None, str], reason: str) -> bool:
         self.report.skip(str(entry), reason)
@@ -479,6 +520,47 @@ class _Planner:
             return False
         if entry.type in ("FUNCTION", "PROCEDURE") and (entry.schema or "", entry.name) in src.c_functions:
             return self.skip(entry, key, "written in C: recreate it by hand on the destination")
+        if entry.type in ("FUNCTION", "PROCEDURE", "AGGREGATE"):
+            return self._routine(entry)
+        return True
+
+    def _routine(self, entry: DumpEntry) -> bool:
+        """A routine whose signature or body uses the row type of a table that is not selected cannot be created."""
+        src = self.src
+        missing = sorted(str(t) for t in src.routine_tables.get((entry.schema or "", entry.name), set())
+                         if t in src.tables and t not in src.selected)
+        if missing:
+            self.errors.append(f"{entry.type.lower()} {entry.schema}.{entry.name} uses the row type of "
+                               f"{', '.join(missing)}, which is not selected: select it too (a routine migrates "
+                               "with its schema; list the tables to migrate instead of the schema to leave it out)")
+            return False
+        return True
+
+    def excluded_index(self, index: QualifiedName) -> str | None:
+        """The ``exclude_indexes`` pattern that leaves out this index (or the index it is attached to)."""
+        seen: set[QualifiedName] = set()
+        current: QualifiedName | None = index
+        while current is not None and current not in seen:
+            seen.add(current)
+            for pattern, regex in self.index_patterns.items():
+                if regex.match(current.key):
+                    self.matched.add(pattern)
+                    return pattern
+            current = self.src.index_parents.get(current)
+        return None
+
+    def _index_left_out(self, entry: DumpEntry) -> bool:
+        """An index (its build, attachment or comment) left out by ``schema_migration.exclude_indexes``."""
+        if not self.index_patterns or entry.schema is None:
+            return False
+        name = entry.name[len("INDEX "):] if entry.type == "COMMENT" and entry.name.startswith("INDEX ") \
+            else entry.name if entry.type in ("INDEX", "INDEX ATTACH") else None
+        if name is None:
+            return False
+        pattern = self.excluded_index(QualifiedName(entry.schema, tag_name(name)))
+        if pattern is None:
+            return False
+        self.report.skip(str(entry), f"excluded by schema_migration.exclude_indexes ({pattern})")
         return True
 
     def _attached(self, entry: DumpEntry) -> bool:
@@ -495,16 +577,21 @@ class _Planner:
     def _table_bound(self, entry: DumpEntry, table: QualifiedName) -> bool:
         src = self.src
         if src.relkinds.get(table) in ("v", "m"):
-            return src.view_kept(table)
+            return src.view_kept(table) and not self._index_left_out(entry)
         if table not in src.selected:
             return False  # an excluded (or not selected) table and everything of it
         if entry.type == "FK CONSTRAINT":
             referenced = _referenced_table(entry)
             if referenced is not None and referenced in src.tables and referenced not in src.selected:
+                if self.config.schema_migration.foreign_keys_to_excluded == "skip":
+                    self.report.skip(str(entry), f"references {referenced}, which is not selected "
+                                                 "(schema_migration.foreign_keys_to_excluded: skip)")
+                    return False
                 self.errors.append(f"foreign key {entry.name} of {table} references {referenced}, which is not "
-                                   f"selected: select {referenced} too, or exclude {table}")
+                                   f"selected: select {referenced} too, exclude {table}, or set "
+                                   "schema_migration.foreign_keys_to_excluded: skip to leave such keys out")
                 return False
-        return True
+        return not self._index_left_out(entry)
 
     def _view(self, entry: DumpEntry, relation: QualifiedName) -> bool:
         src = self.src
@@ -563,6 +650,7 @@ def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationC
             plan.append(planned)
         if entry.schema:
             kept_schemas.add(entry.schema)
+    errors += _unmatched_index_patterns(planner, phase_entries)
     schemas_needed = kept_schemas | src.whole_schemas
 
     def needed_schema(item: PlannedEntry) -> bool:
@@ -574,6 +662,21 @@ def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationC
         return True
 
     return [p for p in plan if needed_schema(p)], errors
+
+
+def _unmatched_index_patterns(planner: _Planner, phase_entries: list[DumpEntry] | None) -> list[str]:
+    """An ``exclude_indexes`` pattern that leaves out no index is a mistake (checked by post_data, which builds
+    indexes): name it, and say when it names a constraint's index, which is kept with its constraint."""
+    if phase_entries is not None and not any(e.type == "INDEX" for e in phase_entries):
+        return []
+    errors = []
+    for pattern in sorted(set(planner.index_patterns) - planner.matched):
+        regex = planner.index_patterns[pattern]
+        backing = sorted(str(i) for i in planner.src.constraint_indexes if regex.match(i.key))
+        why = (f"it names the index of a constraint ({', '.join(backing)}), which is built with its constraint"
+               if backing else "no index of the selected tables matches it")
+        errors.append(f"schema_migration.exclude_indexes: {pattern!r} leaves out nothing: {why}")
+    return errors
 
 
 def _planned(entry: DumpEntry, table: QualifiedName | None, src: SourceSchema, rewriter: DefinitionRewriter,

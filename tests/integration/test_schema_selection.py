@@ -1,0 +1,116 @@
+"""What the schema migration does with a selection that leaves objects out, against real servers: routines on the
+row type of an excluded table, foreign keys to excluded tables, indexes excluded from post_data."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_pgmigrate.engine.schema import SchemaMigrationError, migrate_schema
+
+pytestmark = pytest.mark.integration
+
+
+def run(env, config, phase: str):
+    return migrate_schema(config, env.source_info(), env.destination_info(), phase)
+
+
+@pytest.mark.parametrize("routine", [
+    "CREATE FUNCTION public.f() RETURNS SETOF public.t LANGUAGE sql AS 'SELECT * FROM public.t'",
+    "CREATE FUNCTION public.f(r public.t) RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    "CREATE FUNCTION public.f() RETURNS public.t[] LANGUAGE sql AS 'SELECT NULL::public.t[]'",
+    "CREATE FUNCTION public.f() RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM public.t; END",
+])
+def test_a_routine_on_an_excluded_table_is_refused_before_any_change(migration_env, routine):
+    env = migration_env
+    env.src("CREATE TABLE public.t (id int, note text); CREATE TABLE public.kept (id int PRIMARY KEY);" + routine)
+    config = env.config(objects={"schemas": ["public"], "exclude": ["public.t"]})
+    with pytest.raises(SchemaMigrationError) as info:
+        run(env, config, "pre_data")
+    message = str(info.value)
+    assert "schema migration cannot start, nothing was changed" in message
+    assert "function public.f(" in message and "uses the row type of public.t, which is not selected" in message
+    assert env.dst("SELECT to_regclass('public.kept')") == [(None,)]
+    # Selecting the table too migrates both.
+    run(env, env.config(objects={"schemas": ["public"]}), "pre_data")
+    assert env.dst("SELECT count(*) FROM pg_proc WHERE proname = 'f'") == [(1,)]
+
+
+FOREIGN_KEYS = """
+CREATE TABLE public.customers (id int PRIMARY KEY);
+CREATE TABLE public.orders (id int PRIMARY KEY, customer_id int REFERENCES public.customers (id),
+                            parent_id int REFERENCES public.orders (id));
+CREATE TABLE public.notes (id int PRIMARY KEY, customer_id int CONSTRAINT notes_customer REFERENCES public.customers);
+"""
+
+
+def test_foreign_keys_to_an_excluded_table_are_refused_by_default(migration_env):
+    env = migration_env
+    env.src(FOREIGN_KEYS)
+    config = env.config(objects={"schemas": ["public"], "exclude": ["public.customers"]})
+    run(env, config, "pre_data")
+    with pytest.raises(SchemaMigrationError) as info:
+        run(env, config, "post_data")
+    message = str(info.value)
+    assert "references public.customers, which is not selected" in message
+    assert "schema_migration.foreign_keys_to_excluded: skip" in message
+
+
+def test_foreign_keys_to_an_excluded_table_can_be_left_out_and_are_listed(migration_env):
+    env = migration_env
+    env.src(FOREIGN_KEYS)
+    config = env.config(objects={"schemas": ["public"], "exclude": ["public.customers"]},
+                        schema_migration={"foreign_keys_to_excluded": "skip"})
+    run(env, config, "pre_data")
+    post = run(env, config, "post_data")
+    skipped = {s["object"]: s["reason"] for s in post.skipped}
+    reason = "references public.customers, which is not selected (schema_migration.foreign_keys_to_excluded: skip)"
+    assert skipped == {"fk constraint public.orders orders_customer_id_fkey": reason,
+                       "fk constraint public.notes notes_customer": reason}
+    # The key between selected tables is built; the two to the excluded table are not.
+    assert env.dst("SELECT conname FROM pg_constraint WHERE contype = 'f' ORDER BY 1") == [("orders_parent_id_fkey",)]
+
+
+INDEXES = """
+CREATE TABLE public.t (id int PRIMARY KEY, a int, b int);
+CREATE INDEX t_a_idx ON public.t (a);
+CREATE INDEX t_b_idx ON public.t (b);
+COMMENT ON INDEX public.t_b_idx IS 'left out';
+CREATE TABLE public.p (k int, v int) PARTITION BY RANGE (k);
+CREATE TABLE public.p1 PARTITION OF public.p FOR VALUES FROM (0) TO (10);
+CREATE TABLE public.p2 PARTITION OF public.p FOR VALUES FROM (10) TO (20);
+CREATE INDEX p_v_idx ON public.p (v);
+CREATE INDEX p_k_idx ON public.p (k);
+"""
+
+
+def test_indexes_excluded_from_post_data(migration_env):
+    env = migration_env
+    env.src(INDEXES)
+    config = env.config(schema_migration={"exclude_indexes": ["public.t_b_idx", "public.p_v*"]})
+    run(env, config, "pre_data")
+    post = run(env, config, "post_data")
+    indexes = [r[0] for r in env.dst("SELECT relname FROM pg_class WHERE relkind IN ('i', 'I') "
+                                             "AND relnamespace = 'public'::regnamespace ORDER BY 1")]
+    assert indexes == ["p1_k_idx", "p2_k_idx", "p_k_idx", "t_a_idx", "t_pkey"]
+    skipped = {s["object"]: s["reason"] for s in post.skipped}
+    assert skipped["index public.t_b_idx"] == "excluded by schema_migration.exclude_indexes (public.t_b_idx)"
+    assert skipped["comment public.INDEX t_b_idx"].startswith("excluded by schema_migration.exclude_indexes")
+    # The partitions' indexes go with the partitioned table's index.
+    assert {"index public.p_v_idx", "index public.p1_v_idx", "index public.p2_v_idx",
+            "index attach public.p1_v_idx", "index attach public.p2_v_idx"} <= set(skipped)
+
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    ("public.nothing_*", "no index of the selected tables matches it"),
+    ("public.t_pkey", "it names the index of a constraint (public.t_pkey), which is built with its constraint"),
+])
+def test_an_index_exclusion_that_leaves_out_nothing_is_an_error(migration_env, pattern, why):
+    env = migration_env
+    env.src(INDEXES)
+    config = env.config(schema_migration={"exclude_indexes": [pattern]})
+    run(env, config, "pre_data")
+    with pytest.raises(SchemaMigrationError) as info:
+        run(env, config, "post_data")
+    assert f"schema_migration.exclude_indexes: {pattern!r} leaves out nothing: {why}" in str(info.value)
+    assert env.dst("SELECT count(*) FROM pg_class WHERE relkind IN ('i', 'I') "
+                   "AND relnamespace = 'public'::regnamespace") == [(0,)]
