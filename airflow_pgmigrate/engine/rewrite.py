@@ -75,7 +75,8 @@ def statement_text(text: str, raw: Any) -> str:
     return text[raw.stmt_location:end].strip().rstrip(";").strip()
 
 
-def _children(node: Any) -> Iterator[tuple[str, Any]]:
+def child_nodes(node: Any) -> Iterator[tuple[str, Any]]:
+    """(attribute, node) of each syntax tree node directly below ``node``."""
     from pglast.ast import Node
 
     for attr in getattr(node, "__slots__", ()):
@@ -92,10 +93,11 @@ def _children(node: Any) -> Iterator[tuple[str, Any]]:
                             yield attr, sub
 
 
-def _walk(node: Any) -> Iterator[Any]:
+def walk_nodes(node: Any) -> Iterator[Any]:
+    """``node`` and every syntax tree node below it."""
     yield node
-    for _, child in _children(node):
-        yield from _walk(child)
+    for _, child in child_nodes(node):
+        yield from walk_nodes(child)
 
 
 def _strings(items: Any) -> list[str]:
@@ -222,7 +224,7 @@ class DefinitionRewriter:
 
     def _mentioned_columns(self, node: Any) -> set[str]:
         names: set[str] = set()
-        for child in _walk(node):
+        for child in walk_nodes(node):
             kind = type(child).__name__
             if kind == "ColumnRef":
                 fields = [getattr(f, "sval", None) for f in child.fields or ()]
@@ -382,7 +384,7 @@ class DefinitionRewriter:
 
     def _columns_in(self, expr: Any, table: QualifiedName | None, prefixes: tuple[str, ...] = ()) -> None:
         """Rename column references of a single-table expression (CHECK, index, default, trigger WHEN)."""
-        for node in _walk(expr):
+        for node in walk_nodes(expr):
             if type(node).__name__ != "ColumnRef":
                 continue
             fields: Any = node.fields or ()
@@ -499,7 +501,7 @@ class DefinitionRewriter:
 
     def _resolve_in(self, node: Any, scopes: list[dict[str, QualifiedName | None]], unsafe: list[str],
                     skip: set[str] | None = None) -> None:
-        for attr, child in _children(node):
+        for attr, child in child_nodes(node):
             if skip and attr in skip:
                 continue
             kind = type(child).__name__
@@ -541,7 +543,7 @@ class DefinitionRewriter:
 
     def _rename_everywhere(self, stmt: Any) -> None:
         """Schema and relation renames on every qualified name of the statement (after column renames)."""
-        for node in list(_walk(stmt)):
+        for node in list(walk_nodes(stmt)):
             kind = type(node).__name__
             if kind == "RangeVar" and node.schemaname:
                 target = self.relation(QualifiedName(node.schemaname, node.relname))
@@ -619,4 +621,5 @@ def parse_sql_name(text: str) -> QualifiedName:
     return QualifiedName(parts[0], parts[1])
 
 
-__all__ = ["DefinitionRewriter", "RewriteError", "RewriteResult", "deparse", "parse_sql_name", "statement_text"]
+__all__ = ["DefinitionRewriter", "RewriteError", "RewriteResult", "child_nodes", "deparse", "parse_sql_name",
+           "statement_text", "walk_nodes"]

@@ -928,13 +928,13 @@ def normalize_sql(text: str) -> str:
 
 
 def _all_nodes(node: Any) -> list[Any]:
-    from airflow_pgmigrate.engine.rewrite import _walk
+    from airflow_pgmigrate.engine.rewrite import walk_nodes
 
-    return list(_walk(node))
+    return list(walk_nodes(node))
 
 
 def _unqualify_single_relation(select: Any) -> None:
-    from airflow_pgmigrate.engine.rewrite import _children
+    from airflow_pgmigrate.engine.rewrite import child_nodes
 
     items: Any = select.fromClause or ()
     if len(items) != 1 or type(items[0]).__name__ != "RangeVar":
@@ -950,7 +950,7 @@ def _unqualify_single_relation(select: Any) -> None:
             if len(fields) == 2 and getattr(fields[0], "sval", None) == name and hasattr(fields[1], "sval"):
                 node.fields = (fields[1],)
             return
-        for _, child in _children(node):
+        for _, child in child_nodes(node):
             fix(child)
 
     for attr in ("targetList", "whereClause", "groupClause", "havingClause", "sortClause"):

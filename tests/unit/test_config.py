@@ -674,3 +674,15 @@ def test_connection_items_cannot_be_skipped() -> None:
         MigrationConfig.from_dict(_with(MINIMAL, precheck={"skip": ["c_functions", "source_connection"]}))
     assert info.value.fields == ["precheck.skip[1]"]
     assert "cannot be skipped" in info.value.problems[0].message
+
+
+def test_schema_settings_for_excluded_objects() -> None:
+    config = MigrationConfig.from_dict(_with(MINIMAL, schema_migration={
+        "foreign_keys_to_excluded": "skip", "exclude_indexes": ["sales.orders_*", "*.tmp_idx"]}))
+    assert config.schema_migration.foreign_keys_to_excluded == "skip"
+    assert config.schema_migration.exclude_indexes == ["sales.orders_*", "*.tmp_idx"]
+    assert MigrationConfig.from_dict(MINIMAL).schema_migration.foreign_keys_to_excluded == "error"
+    message = str(_error(_with(MINIMAL, schema_migration={"foreign_keys_to_excluded": "drop"})))
+    assert "schema_migration.foreign_keys_to_excluded" in message and "'drop' is not allowed" in message
+    message = str(_error(_with(MINIMAL, schema_migration={"exclude_indexes": ["orders_idx"]})))
+    assert "exclude_indexes[0]" in message and "has no schema part" in message
