@@ -28,6 +28,18 @@ _COLUMN_SUBTYPES = frozenset({
     "AT_ResetOptions", "AT_SetCompression", "AT_SetExpression", "AT_SetIdentity", "AT_SetNotNull", "AT_SetOptions",
     "AT_SetStatistics", "AT_SetStorage",
 })
+#: Statements naming schema-qualified objects (beyond relations, types and routines) -> attributes holding the names.
+_QUALIFIED_NAME_ATTRS = {
+    "AlterTSConfigurationStmt": ("cfgname", "dicts"), "CreateOpClassStmt": ("opclassname", "opfamilyname"),
+    "CreateOpFamilyStmt": ("opfamilyname",), "AlterOpFamilyStmt": ("opfamilyname",),
+    "CreateConversionStmt": ("conversion_name",), "CreateStatsStmt": ("defnames",), "AlterDomainStmt": ("typeName",),
+    "AlterStatsStmt": ("defnames",),
+}
+#: Object types whose name is a plain ``[schema, name]`` list in COMMENT ON / ALTER ... OWNER TO.
+_QUALIFIED_OBJECTS = frozenset({
+    "OBJECT_TSDICTIONARY", "OBJECT_TSCONFIGURATION", "OBJECT_TSPARSER", "OBJECT_TSTEMPLATE", "OBJECT_COLLATION",
+    "OBJECT_CONVERSION", "OBJECT_STATISTIC_EXT", "OBJECT_OPCLASS", "OBJECT_OPFAMILY",
+})
 #: Relation kinds whose names follow the table mapping and case policy (others keep their names).
 RENAMED_RELKINDS = frozenset({"r", "p", "v", "m", "f"})
 
@@ -558,6 +570,15 @@ class DefinitionRewriter:
                     names = getattr(node, attr, None)
                     if isinstance(names, (tuple, list)) and len(names) >= 2 and hasattr(names[-2], "sval"):
                         names[-2].sval = self.schema(names[-2].sval)
+            elif kind in _QUALIFIED_NAME_ATTRS:
+                for attr in _QUALIFIED_NAME_ATTRS[kind]:
+                    value = getattr(node, attr, None)
+                    lists = value if attr == "dicts" else [value]
+                    for names in lists or ():
+                        self._rename_qualified(names)
+            elif kind in ("CommentStmt", "AlterOwnerStmt", "AlterObjectSchemaStmt") \
+                    and node.objtype.name in _QUALIFIED_OBJECTS:
+                self._rename_qualified(node.object)
             elif kind == "CreateExtensionStmt":
                 for option in node.options or ():
                     if option.defname == "schema" and hasattr(option.arg, "sval"):
@@ -572,6 +593,11 @@ class DefinitionRewriter:
             elif kind == "DefElem" and node.defname == "sequence_name" and isinstance(node.arg, (tuple, list)):
                 if len(node.arg) == 2:
                     node.arg[0].sval = self.schema(node.arg[0].sval)
+
+    def _rename_qualified(self, names: Any) -> None:
+        """``[schema, name]`` (or ``[access method, schema, name]``) with its schema mapped."""
+        if isinstance(names, (tuple, list)) and len(names) >= 2 and hasattr(names[-2], "sval"):
+            names[-2].sval = self.schema(names[-2].sval)
 
     def _regclass_literal(self, cast: Any) -> None:
         names = [getattr(n, "sval", "") for n in (cast.typeName.names or ())]

@@ -114,3 +114,40 @@ def test_an_index_exclusion_that_leaves_out_nothing_is_an_error(migration_env, p
     assert f"schema_migration.exclude_indexes: {pattern!r} leaves out nothing: {why}" in str(info.value)
     assert env.dst("SELECT count(*) FROM pg_class WHERE relkind IN ('i', 'I') "
                    "AND relnamespace = 'public'::regnamespace") == [(0,)]
+
+
+RENAMED = """
+CREATE SCHEMA app;
+CREATE TEXT SEARCH DICTIONARY app.stem (TEMPLATE = snowball, LANGUAGE = english);
+CREATE TEXT SEARCH CONFIGURATION app.cfg (COPY = pg_catalog.english);
+ALTER TEXT SEARCH CONFIGURATION app.cfg ALTER MAPPING FOR asciiword WITH app.stem;
+COMMENT ON TEXT SEARCH CONFIGURATION app.cfg IS 'c1';
+CREATE OPERATOR FAMILY app.fam USING hash;
+CREATE OPERATOR CLASS app.cls FOR TYPE int USING hash FAMILY app.fam AS OPERATOR 1 =, FUNCTION 1 hashint4(int);
+COMMENT ON OPERATOR CLASS app.cls USING hash IS 'c2';
+CREATE CONVERSION app.conv FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8;
+COMMENT ON CONVERSION app.conv IS 'c3';
+CREATE DOMAIN app.qty AS int;
+ALTER DOMAIN app.qty ADD CONSTRAINT not_13 CHECK (VALUE <> 13) NOT VALID;
+COMMENT ON CONSTRAINT not_13 ON DOMAIN app.qty IS 'c4';
+CREATE TABLE app.t (a int, b app.qty);
+CREATE STATISTICS app.st ON a, b FROM app.t;
+ALTER STATISTICS app.st SET STATISTICS 300;
+COMMENT ON STATISTICS app.st IS 'c5';
+"""
+
+
+def test_schema_mapping_renames_every_kind_of_object(migration_env):
+    """A mapped schema: text search, operator classes, conversions, domain constraints and statistics follow it."""
+    env = migration_env
+    env.src(RENAMED)
+    config = env.config(objects={"schemas": ["app"]}, mapping={"schemas": {"app": "app2"}})
+    run(env, config, "pre_data")
+    run(env, config, "post_data")
+    assert env.dst("SELECT to_tsvector('app2.cfg', 'the running dogs')::text") == \
+        env.src("SELECT to_tsvector('app.cfg', 'the running dogs')::text")
+    assert env.dst("SELECT string_agg(description, ',' ORDER BY description) FROM pg_description "
+                   "WHERE description ~ '^c[0-9]$'") == [("c1,c2,c3,c4,c5",)]
+    assert env.dst("SELECT count(*) FROM pg_namespace WHERE nspname = 'app'") == [(0,)]
+    assert env.dst("SELECT stxstattarget FROM pg_statistic_ext WHERE stxname = 'st' "
+                   "AND stxnamespace = 'app2'::regnamespace") == [(300,)]
