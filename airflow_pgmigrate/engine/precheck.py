@@ -696,11 +696,18 @@ UNION ALL
 SELECT 'publication ' || quote_ident(pubname), 'publications belong to the source''s replication setup'
   FROM pg_publication WHERE pubname <> %(own)s
 """
-#: Database-wide objects that migrate only with a whole-database selection.
+#: Database-wide objects that migrate only with a whole-database selection (a cast also when its types and function
+#: all live in migrated schemas).
 _DATABASE_WIDE_SQL = """
-SELECT 'cast (' || format_type(castsource, NULL) || ' AS ' || format_type(casttarget, NULL) || ')' FROM pg_cast
- WHERE oid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_cast'::regclass
-                                    AND d.objid = pg_cast.oid AND d.deptype = 'e')
+SELECT 'cast (' || format_type(c.castsource, NULL) || ' AS ' || format_type(c.casttarget, NULL) || ')'
+  FROM pg_cast c, LATERAL (
+       SELECT array_agg(n.nspname::text) AS used FROM pg_namespace n WHERE n.nspname <> 'pg_catalog' AND n.oid IN (
+           (SELECT typnamespace FROM pg_type WHERE oid = c.castsource),
+           (SELECT typnamespace FROM pg_type WHERE oid = c.casttarget),
+           (SELECT pronamespace FROM pg_proc WHERE oid = c.castfunc))) u
+ WHERE c.oid >= 16384 AND NOT (u.used IS NOT NULL AND u.used <@ %(schemas)s::text[])
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_cast'::regclass AND d.objid = c.oid
+                   AND d.deptype = 'e')
 UNION ALL
 SELECT 'foreign data wrapper ' || quote_ident(fdwname) FROM pg_foreign_data_wrapper w WHERE NOT EXISTS (
     SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_foreign_data_wrapper'::regclass AND d.objid = w.oid
@@ -722,7 +729,7 @@ def check_not_migrated(ctx: PrecheckContext) -> list[CheckResult]:
     objects = [f"{what} ({why})" for what, why in rows]
     if not ctx.config.objects.selects_everything:
         objects += [f"{r[0]} (database-wide: migrated only when the whole database is selected)"
-                    for r in ctx.src.execute(_DATABASE_WIDE_SQL).fetchall()]
+                    for r in ctx.src.execute(_DATABASE_WIDE_SQL, {"schemas": ctx.scope_schemas()}).fetchall()]
     if not objects:
         return [passed("not_migrated", "every object of the selection is migrated by the schema migration")]
     return [warning("not_migrated", f"{len(objects)} object(s) of the source will not be migrated: "

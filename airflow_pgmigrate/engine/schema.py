@@ -1085,6 +1085,16 @@ class RoleMapper:
                 continue
             if skipping_grantor:
                 continue
+            if kind == "CreateUserMappingStmt" and getattr(stmt.user, "rolename", None):
+                changed = True
+                mapped = self.target(stmt.user.rolename)
+                if mapped is None:
+                    self._skip(report, what, f"user mapping of a role missing in the destination: "
+                                             f"{stmt.user.rolename}")
+                    continue
+                stmt.user.rolename = mapped
+                kept.append(deparse(stmt))
+                continue
             if kind == "AlterOwnerStmt":
                 role_specs = [stmt.newowner]
             elif kind == "AlterTableStmt" and all(c.subtype.name == "AT_ChangeOwner" for c in stmt.cmds or ()):
@@ -1143,11 +1153,12 @@ def migrate_schema(
     if errors:
         raise SchemaMigrationError("schema migration cannot start, nothing was changed:\n- " + "\n- ".join(errors),
                                    report.to_dict())
-    if config.schema_migration.owner_mapping or config.schema_migration.migrate_grants:
-        mapper = RoleMapper(config.schema_migration.owner_mapping, roles, config.schema_migration.migrate_grants)
-        for item in plan:
+    roles_mapped = bool(config.schema_migration.owner_mapping or config.schema_migration.migrate_grants)
+    mapper = RoleMapper(config.schema_migration.owner_mapping, roles, config.schema_migration.migrate_grants)
+    for item in plan:
+        if roles_mapped or item.entry.type == "USER MAPPING":  # a user mapping names its role in any case
             item.sql = mapper.apply(item.sql, report, str(item.entry))
-        plan = [p for p in plan if p.sql.strip()]
+    plan = [p for p in plan if p.sql.strip()]
 
     with connect(destination) as dst_conn:
         _decide_existing(dst_conn, plan, config, phase, state, destination, dst_major, report)

@@ -151,3 +151,41 @@ def test_schema_mapping_renames_every_kind_of_object(migration_env):
     assert env.dst("SELECT count(*) FROM pg_namespace WHERE nspname = 'app'") == [(0,)]
     assert env.dst("SELECT stxstattarget FROM pg_statistic_ext WHERE stxname = 'st' "
                    "AND stxnamespace = 'app2'::regnamespace") == [(300,)]
+
+
+DATABASE_WIDE = """
+CREATE SCHEMA app;
+CREATE TYPE app.amount AS (units bigint);
+CREATE FUNCTION app.to_numeric(a app.amount) RETURNS numeric LANGUAGE sql AS 'SELECT a.units::numeric';
+CREATE CAST (app.amount AS numeric) WITH FUNCTION app.to_numeric(app.amount);
+CREATE FOREIGN DATA WRAPPER fdw1;
+CREATE SERVER srv1 FOREIGN DATA WRAPPER fdw1;
+CREATE USER MAPPING FOR PUBLIC SERVER srv1 OPTIONS (user 'anyone');
+"""
+
+
+def test_database_wide_objects_of_a_partial_selection(migration_env):
+    """A cast of a migrated schema's types migrates; the other database-wide objects are named, not lost silently."""
+    env = migration_env
+    env.src(DATABASE_WIDE)
+    config = env.config(objects={"schemas": ["app"]})
+    pre = run(env, config, "pre_data")
+    assert env.dst("SELECT count(*) FROM pg_cast WHERE castsource = 'app.amount'::regtype") == [(1,)]
+    skipped = {s["object"]: s["reason"] for s in pre.skipped}
+    reason = "a database-wide object: migrated when the whole database is selected (objects empty)"
+    assert skipped == {"foreign data wrapper fdw1": reason, "server srv1": reason,
+                       "user mapping USER MAPPING public SERVER srv1": reason}, skipped
+    (item,) = [r for r in env.precheck(objects={"schemas": ["app"]}).results if r.name == "not_migrated"]
+    assert item.status == "warning"
+    assert sorted(o.split(" (")[0] for o in item.objects) == ["foreign data wrapper fdw1", "server srv1"]
+
+
+def test_a_user_mapping_of_a_role_missing_in_the_destination_is_left_out_and_reported(migration_env):
+    env = migration_env
+    env.create_role(env.source, "ghost", "ghost-pw")
+    env.destination.execute("DROP ROLE IF EXISTS ghost")
+    env.src(DATABASE_WIDE + "CREATE USER MAPPING FOR ghost SERVER srv1 OPTIONS (user 'remote_ghost');")
+    pre = run(env, env.config(), "pre_data")
+    assert {"object": "user mapping USER MAPPING ghost SERVER srv1",
+            "reason": "user mapping of a role missing in the destination: ghost"} in pre.skipped
+    assert env.dst("SELECT usename FROM pg_user_mappings") == [("public",)]
