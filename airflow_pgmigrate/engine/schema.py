@@ -652,6 +652,8 @@ def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationC
             kept_schemas.add(entry.schema)
     errors += _unmatched_index_patterns(planner, phase_entries)
     schemas_needed = kept_schemas | src.whole_schemas
+    if report.phase in ("pre_data", "both"):
+        plan = _created_schemas(entries, schemas_needed, rewriter) + plan
 
     def needed_schema(item: PlannedEntry) -> bool:
         if item.entry.type == "SCHEMA":
@@ -662,6 +664,21 @@ def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationC
         return True
 
     return [p for p in plan if needed_schema(p)], errors
+
+
+def _created_schemas(entries: list[DumpEntry], schemas: set[str],
+                     rewriter: DefinitionRewriter) -> list[PlannedEntry]:
+    """CREATE SCHEMA for the schemas that hold something migrated and that the dump does not create: pg_dump of a
+    whole database leaves out ``public``, which the destination has too, unless the mapping renames it."""
+    dumped = {e.name for e in entries if e.type == "SCHEMA"}
+    out = []
+    for schema in sorted(schemas - dumped):
+        if schema == "public" and rewriter.schema(schema) == "public":
+            continue
+        entry = DumpEntry(schema, "SCHEMA", None, sql.SQL("CREATE SCHEMA {};\n").format(
+            sql.Identifier(schema)).as_string(None))
+        out.append(PlannedEntry(entry, rewriter.rewrite(entry.sql).sql, None, key=("SCHEMA", None, schema)))
+    return out
 
 
 def _unmatched_index_patterns(planner: _Planner, phase_entries: list[DumpEntry] | None) -> list[str]:
