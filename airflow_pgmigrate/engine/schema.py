@@ -17,7 +17,7 @@ import fnmatch
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -141,6 +141,18 @@ class SourceSchema:
     index_parents: dict[QualifiedName, QualifiedName] = field(default_factory=dict)
     #: Indexes that back a constraint (primary key, unique, exclusion).
     constraint_indexes: set[QualifiedName] = field(default_factory=set)
+    #: Every schema of the source but the system's.
+    all_schemas: set[str] = field(default_factory=set)
+
+    def dumped_schemas(self) -> list[str]:
+        """Schemas holding something that migrates: whole schemas, those of selected tables and of what they need."""
+        return sorted(self.whole_schemas | {t.schema for t in self.selected}
+                      | {s for _, s, _ in self.needed if s is not None})
+
+    def undumped_schemas(self) -> list[str]:
+        """Schemas pg_dump leaves out (``--exclude-schema``): it neither reads nor locks their tables, while
+        database-wide objects are still dumped (they are not with ``--schema``)."""
+        return sorted(self.all_schemas - set(self.dumped_schemas()))
 
     def left_out_columns(self, config: MigrationConfig) -> dict[QualifiedName, set[str]]:
         """Source table -> columns that ``objects.columns`` leaves out (they are not created)."""
@@ -245,6 +257,7 @@ def _read_source_schema(conn: psycopg.Connection, config: MigrationConfig) -> So
                           excluded_views, view_tables, version // 10000, extensions,
                           {(s, named): tag for s, named, tag, _ in routines}, selection.selects_everything)
     _read_dependencies(conn, source)
+    source.all_schemas = {s for s in catalog.list_schemas(conn) if not s.startswith("pg_")}
     return source
 
 
@@ -499,6 +512,8 @@ class _Planner:
         """Whether an entry migrates (before renaming); records dependency errors and reported skips."""
         src = self.src
         key = _entry_key(entry, table)
+        if entry.type.startswith("PUBLICATION") and entry.name.split(" ")[0] == self.config.publication_name:
+            return False  # the migration's own, for incremental sync
         if entry.type in SKIPPED_TYPES:
             return self.skip(entry, key, SKIPPED_TYPES[entry.type])
         if entry.type in ("ACL", "COMMENT", "SECURITY LABEL") and table is None:
@@ -996,25 +1011,40 @@ def _with_extensions(entries: list[DumpEntry], extensions: list[tuple[str, str]]
     return entries[:split] + created + entries[split:]
 
 
-def _dump_args(phase: str, config: MigrationConfig) -> list[str]:
-    """pg_dump of one section of the whole database: database-wide objects (casts, foreign servers, default
-    privileges without a schema ...) are only written without --schema; the plan selects what migrates."""
+def _dump_args(phase: str, config: MigrationConfig, exclude: Iterable[str] = ()) -> list[str]:
+    """pg_dump of one section of the database but the ``exclude`` schemas: database-wide objects (casts, foreign
+    servers, default privileges without a schema ...) are only written without --schema; the plan selects what
+    migrates."""
     args = ["--schema-only", f"--section={phase.replace('_', '-')}"]
     if not config.schema_migration.owner_mapping:
         args.append("--no-owner")
     if not config.schema_migration.migrate_grants:
         args.append("--no-privileges")
+    for schema in exclude:
+        args += ["--exclude-schema", _pattern_literal(schema)]
     return args
 
 
-def _dump_sections(dump: PgDump, info: ConnectionInfo, config: MigrationConfig,
-                   src: SourceSchema | None = None) -> tuple[str, dict[str, list[DumpEntry]]]:
+def _pattern_literal(name: str) -> str:
+    """A pg_dump schema pattern that matches exactly this name."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _other_schemas(conn: psycopg.Connection, keep: Iterable[str]) -> list[str]:
+    """The schemas of a database but these (and the system's)."""
+    return [r[0] for r in conn.execute(
+        "SELECT nspname FROM pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema' "
+        "AND NOT nspname = ANY(%s) ORDER BY 1", (sorted(keep),)).fetchall()]
+
+
+def _dump_sections(dump: PgDump, info: ConnectionInfo, config: MigrationConfig, src: SourceSchema | None = None,
+                   exclude: Iterable[str] = ()) -> tuple[str, dict[str, list[DumpEntry]]]:
     """(session settings, phase -> entries) of both sections: a comment or grant is planned with its object
     whichever section holds it. With ``src`` (the source), extensions pg_dump leaves out are added."""
     sections: dict[str, list[DumpEntry]] = {}
     preamble = ""
     for phase in PHASES:
-        preamble, entries = split_dump(run_pg_dump(dump, info, _dump_args(phase, config)))
+        preamble, entries = split_dump(run_pg_dump(dump, info, _dump_args(phase, config, exclude)))
         if phase == "pre_data" and src is not None:
             entries = _with_extensions(entries, src.wanted_extensions(src.everything))
         sections[phase] = entries
@@ -1158,11 +1188,10 @@ def migrate_schema(
         roles = {r[0] for r in dst_conn.execute("SELECT rolname FROM pg_roles")}
     dump = _source_pg_dump(src.major, dst_major)
     report.pg_dump = f"{dump.major} ({dump.path})"
-    schemas = sorted(src.whole_schemas | {t.schema for t in src.selected}
-                     | {s for _, s, _ in src.needed if s is not None})
+    schemas = src.dumped_schemas()
     if not schemas:
         raise SchemaMigrationError("the selection matches nothing in the source")
-    preamble, sections = _dump_sections(dump, source, config, src)
+    preamble, sections = _dump_sections(dump, source, config, src, src.undumped_schemas())
     entries = sections[phase]
     log(f"schema phase={phase} pg_dump={dump.major} entries={len(entries)} schemas={','.join(schemas)}")
     rewriter = DefinitionRewriter(NameMapper(config.mapping), src.columns, src.relkinds, src.left_out_columns(config))
@@ -1178,7 +1207,8 @@ def migrate_schema(
     plan = [p for p in plan if p.sql.strip()]
 
     with connect(destination) as dst_conn:
-        _decide_existing(dst_conn, plan, config, phase, state, destination, dst_major, report)
+        others = _other_schemas(dst_conn, {rewriter.schema(s) for s in schemas} | {config.state_schema})
+        _decide_existing(dst_conn, plan, config, phase, state, destination, dst_major, others, report)
     todo = [p for p in plan if p.run]
     for item in plan:
         if not item.run:
@@ -1218,7 +1248,7 @@ def _source_pg_dump(source_major: int, destination_major: int) -> PgDump:
 
 def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config: MigrationConfig, phase: str,
                      state: MigrationState | None, destination: ConnectionInfo, dst_major: int,
-                     report: SchemaReport) -> None:
+                     other_schemas: list[str], report: SchemaReport) -> None:
     """Mark entries whose object already exists: identical ones are skipped, differing ones reported; in conflict
     mode ``error`` an existing object not created by this migration stops the phase before any change. Entries that
     create nothing (comments, grants, options) are skipped when the destination's own dump has them identical."""
@@ -1239,7 +1269,7 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
             "rename them, map the tables to other names, or set conflicting_tables: ignore", report.to_dict())
     destination_entries: set[str] = set()
     if conflicts:
-        text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config))
+        text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config, other_schemas))
         destination_entries = {normalize_sql(e.settings + e.sql) for e in split_dump(text)[1]}
     skipped_tables = {p.table for p in existing if p.entry.type == "TABLE" and p.table is not None}
     existing_keys = {p.key for p in existing}
@@ -1387,7 +1417,7 @@ def expected_definitions(config: MigrationConfig, source: ConnectionInfo) -> lis
     with connect(source) as conn:
         src = read_source_schema(conn, config)
     rewriter = DefinitionRewriter(NameMapper(config.mapping), src.columns, src.relkinds, src.left_out_columns(config))
-    _, sections = _dump_sections(find_pg_dump(src.major), source, config, src)
+    _, sections = _dump_sections(find_pg_dump(src.major), source, config, src, src.undumped_schemas())
     plan, _ = plan_entries(sections["pre_data"] + sections["post_data"], src, config, rewriter,
                            SchemaReport(config.name, "both"))
     return sorted(normalize_sql(p.entry.settings + p.sql) for p in plan)
@@ -1397,7 +1427,8 @@ def actual_definitions(config: MigrationConfig, destination: ConnectionInfo, sch
     """The normalised definitions the destination holds in these schemas (pg_dump of both sections)."""
     with connect(destination) as conn:
         major = catalog.server_version_num(conn) // 10000
-    _, sections = _dump_sections(find_pg_dump(major), destination, config)
+        others = _other_schemas(conn, schemas)
+    _, sections = _dump_sections(find_pg_dump(major), destination, config, exclude=others)
     return sorted(normalize_sql(e.settings + e.sql) for e in sections["pre_data"] + sections["post_data"]
                   if _in_schemas(e, set(schemas)))
 
