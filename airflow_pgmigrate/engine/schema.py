@@ -39,6 +39,7 @@ from airflow_pgmigrate.engine.pgdump import (
     split_dump,
     tag_name,
     tag_target,
+    tls_capable_pg_dump,
 )
 from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError, deparse, statement_text
 from airflow_pgmigrate.engine.secrets import redact
@@ -1186,7 +1187,7 @@ def migrate_schema(
     with connect(destination) as dst_conn:
         dst_major = catalog.server_version_num(dst_conn) // 10000
         roles = {r[0] for r in dst_conn.execute("SELECT rolname FROM pg_roles")}
-    dump = _source_pg_dump(src.major, dst_major)
+    dump = _source_pg_dump(src.major, dst_major, source)
     report.pg_dump = f"{dump.major} ({dump.path})"
     schemas = src.dumped_schemas()
     if not schemas:
@@ -1234,13 +1235,13 @@ def migrate_schema(
     return report
 
 
-def _source_pg_dump(source_major: int, destination_major: int) -> PgDump:
-    """pg_dump of the newer of both versions when there is one: a newer pg_dump writes what the older server means
-    in the newer server's terms (``GRANT ALL`` of PostgreSQL 15 becomes the list of its privileges, without the
-    MAINTAIN of PostgreSQL 17+)."""
+def _source_pg_dump(source_major: int, destination_major: int, source: ConnectionInfo) -> PgDump:
+    """pg_dump of the newer of both versions when there is one (that can reach the source as securely): a newer
+    pg_dump writes what the older server means in the newer server's terms (``GRANT ALL`` of PostgreSQL 15 becomes
+    the list of its privileges, without the MAINTAIN of PostgreSQL 17+)."""
     if destination_major > source_major:
         try:
-            return find_pg_dump(destination_major)
+            return tls_capable_pg_dump(find_pg_dump(destination_major), source)
         except PgDumpError:
             pass
     return find_pg_dump(source_major)
