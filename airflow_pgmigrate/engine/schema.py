@@ -5,10 +5,11 @@ rules and comments in ONE destination transaction. ``post_data`` (after the full
 exclusion constraints and indexes in parallel, then triggers, foreign keys and the rest in one transaction, and
 refreshes materialized views.
 
-pg_dump is the source of truth for definitions. Its entries are selected (only the selected tables, what they need,
-and whole schemas when schemas are selected), renamed through PostgreSQL's parser, compared with what already exists
-in the destination, and executed. Re-running a phase changes nothing: existing identical objects are skipped and
-differing ones reported.
+pg_dump is the source of truth for definitions. Both sections of the database are dumped; their entries are selected
+(only the selected tables, what they need, whole schemas when schemas are selected, database-wide objects with the
+whole database; comments and grants with their object), renamed through PostgreSQL's parser, compared with what
+already exists in the destination, and executed. Re-running a phase changes nothing: existing identical objects are
+skipped and differing ones reported.
 """
 
 from __future__ import annotations
@@ -1410,11 +1411,8 @@ def _refresh_materialized_views(destination: ConnectionInfo, src: SourceSchema, 
 
 
 def expected_definitions(config: MigrationConfig, source: ConnectionInfo) -> list[str]:
-    """The normalised definitions the destination should hold after both phases, from the source and the config.
-
-    Extensions are left out (pg_dump of chosen schemas omits them), so this compares with
-    :func:`actual_definitions`.
-    """
+    """The normalised definitions the destination should hold after both phases, from the source and the config,
+    to compare with :func:`actual_definitions`."""
     with connect(source) as conn:
         src = read_source_schema(conn, config)
     rewriter = DefinitionRewriter(NameMapper(config.mapping), src.columns, src.relkinds, src.left_out_columns(config))
