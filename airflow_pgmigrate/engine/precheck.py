@@ -695,6 +695,18 @@ SELECT 'event trigger ' || quote_ident(evtname), 'event triggers are database-wi
 UNION ALL
 SELECT 'publication ' || quote_ident(pubname), 'publications belong to the source''s replication setup'
   FROM pg_publication WHERE pubname <> %(own)s
+UNION ALL
+SELECT 'subscription ' || quote_ident(subname), 'subscriptions belong to the source''s replication setup'
+  FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+UNION ALL
+SELECT 'procedural language ' || quote_ident(lanname), 'its handler is written in C'
+  FROM pg_language l WHERE lanispl AND oid >= 16384 AND NOT EXISTS (
+      SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_language'::regclass AND d.objid = l.oid AND d.deptype = 'e')
+UNION ALL
+SELECT 'transform for ' || format_type(trftype, NULL) || ' language ' || quote_ident(l.lanname),
+       'transforms need functions written in C'
+  FROM pg_transform t JOIN pg_language l ON l.oid = t.trflang WHERE NOT EXISTS (
+      SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_transform'::regclass AND d.objid = t.oid AND d.deptype = 'e')
 """
 #: Database-wide objects that migrate only with a whole-database selection (a cast also when its types and function
 #: all live in migrated schemas).

@@ -61,6 +61,9 @@ SKIPPED_TYPES = {
     "SUBSCRIPTION": "subscriptions belong to the source's replication setup",
     "SUBSCRIPTION TABLE": "subscriptions belong to the source's replication setup",
     "EVENT TRIGGER": "event triggers are database-wide; recreate them by hand if needed",
+    "PROCEDURAL LANGUAGE": "a procedural language needs its handler, written in C, on the destination: install it "
+                           "there (as an extension, if it comes as one)",
+    "TRANSFORM": "transforms need functions written in C: recreate them by hand on the destination",
     "DATABASE": "database properties are not migrated",
     "DATABASE PROPERTIES": "database properties are not migrated",
 }
