@@ -189,3 +189,21 @@ def test_a_user_mapping_of_a_role_missing_in_the_destination_is_left_out_and_rep
     assert {"object": "user mapping USER MAPPING ghost SERVER srv1",
             "reason": "user mapping of a role missing in the destination: ghost"} in pre.skipped
     assert env.dst("SELECT usename FROM pg_user_mappings") == [("public",)]
+
+
+def test_rerunning_both_phases_creates_nothing_and_reports_every_object_identical(migration_env):
+    """Operator families, domain constraints, text search objects and comments exist already on a re-run."""
+    from airflow_pgmigrate.engine.state import MigrationState
+
+    env = migration_env
+    env.src(RENAMED)
+    config = env.config()
+    state = MigrationState(env.destination_info(), config.state_schema, config.name)
+    first = [migrate_schema(config, env.source_info(), env.destination_info(), phase, state=state)
+             for phase in ("pre_data", "post_data")]
+    for phase, report in zip(("pre_data", "post_data"), first, strict=True):
+        again = migrate_schema(config, env.source_info(), env.destination_info(), phase, state=state).to_dict()
+        assert again["created_total"] == 0, again["objects"]
+        assert again["differing"] == []
+        assert sorted(s["object"] for s in again["skipped"] if s["reason"] == "exists already, identical") == \
+            sorted(report.objects)
