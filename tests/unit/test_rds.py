@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import json
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from airflow_pgmigrate.config import RdsSettings
-from airflow_pgmigrate.engine.rds import IngressRule, RdsCheckOutcome, RdsInspector, parse_engine_version
+from airflow_pgmigrate.engine.rds import (
+    IngressRule,
+    RdsCheckOutcome,
+    RdsInspector,
+    SourceFacts,
+    parse_engine_version,
+    rule_description,
+)
 from airflow_pgmigrate.engine.results import CheckResult
-from airflow_pgmigrate.hooks.rds import rds_clients
+from airflow_pgmigrate.hooks.rds import rds_client_factory, rds_clients
 
 MIGRATION = "orders_to_aurora"
 WORKER = "203.0.113.0/24"
-ITEMS = ("rds_instance", "rds_logical_replication", "rds_public_access", "rds_security_group")
+ITEMS = ("rds_instance", "rds_endpoint", "rds_logical_replication", "rds_public_access", "rds_security_group")
 
 
 @pytest.fixture
@@ -57,12 +65,36 @@ def make_instance(rds: Any, ident: str, sg_id: str, *, engine: str = "postgres",
                            VpcSecurityGroupIds=[sg_id], **kwargs)
 
 
-def run(clients: tuple[Any, Any], *, need_logical: bool = True, **settings: Any) -> RdsCheckOutcome:
+def run(clients: tuple[Any, Any], *, need_logical: bool = True, source: SourceFacts | None = None,
+        record: Any = None, **settings: Any) -> RdsCheckOutcome:
     settings.setdefault("db_instance_identifier", "srcdb")
     settings.setdefault("worker_cidrs", [WORKER])
-    outcome = RdsInspector(*clients).check(RdsSettings(**settings), MIGRATION, need_logical_replication=need_logical)
+    outcome = RdsInspector(*clients).check(RdsSettings(**settings), MIGRATION, need_logical_replication=need_logical,
+                                           source=source, record=record)
     assert [r.name for r in outcome.results] == list(ITEMS)
     return outcome
+
+
+class Recorder:
+    """What the precheck recorded, call by call (the destination's state in the real operator)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[IngressRule]] = []
+
+    def __call__(self, rules: list[IngressRule]) -> None:
+        self.calls.append(list(rules))
+
+
+def inject_error(client: Any, operation: str, code: str, message: str = "denied by the test", status: int = 403) -> None:
+    """Make one operation of a real client fail as AWS answers it (a recorded error response); every other call
+    still goes to the moto server, which cannot model IAM denials or quotas."""
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def answer(**_: Any) -> tuple[Any, dict[str, Any]]:
+        return SimpleNamespace(status_code=status, headers={}), {
+            "Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+    client.meta.events.register(f"before-call.{service}.{operation}", answer)
 
 
 def item(outcome: RdsCheckOutcome, name: str) -> CheckResult:
@@ -81,7 +113,8 @@ def ingress_cidrs(ec2: Any, sg_id: str) -> list[tuple[str, int, int, str]]:
 def test_everything_passes(clients: tuple[Any, Any]) -> None:
     rds, ec2 = clients
     make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
-    outcome = run(clients)
+    address = rds.describe_db_instances()["DBInstances"][0]["Endpoint"]["Address"]
+    outcome = run(clients, source=SourceFacts(address, 5432, "logical", False))
     assert {r.name: r.status for r in outcome.results} == dict.fromkeys(ITEMS, "passed")
     assert outcome.added_rules == []
     assert outcome.endpoint is not None and outcome.endpoint[1] == 5432
@@ -108,7 +141,7 @@ def test_engine_not_postgres(clients: tuple[Any, Any]) -> None:
     outcome = run(clients)
     inst = item(outcome, "rds_instance")
     assert inst.status == "failed"
-    assert "'mysql'" in inst.detail and "not postgres" in inst.detail
+    assert "'mysql'" in inst.detail and "not PostgreSQL" in inst.detail
     assert item(outcome, "rds_logical_replication").status == "skipped"
     assert outcome.endpoint is not None and outcome.endpoint[1] == 3306
 
@@ -168,30 +201,63 @@ def test_logical_replication_zero_in_custom_group(clients: tuple[Any, Any]) -> N
     assert "create-db-parameter-group" not in result.fix
 
 
-def test_logical_replication_pending_reboot(clients: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto always reports ParameterApplyStatus in-sync: patch its (in-process) model to report pending-reboot."""
+def _pending_reboot(monkeypatch: pytest.MonkeyPatch, status: str = "pending-reboot") -> None:
+    """moto always reports ParameterApplyStatus in-sync: patch its (in-process) model to report ``status``."""
     from moto.rds.models import DBInstance
 
-    rds, ec2 = clients
-    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
     original: Any = DBInstance.__dict__["db_parameter_group_status_list"]
 
     def status_list(self: Any) -> Any:
         groups = original.fget(self)
         if self.db_instance_identifier == "srcdb":
             for group in groups:
-                group.ParameterApplyStatus = "pending-reboot"
+                group.ParameterApplyStatus = status
         return groups
 
     monkeypatch.setattr(DBInstance, "db_parameter_group_status_list", property(status_list))
+
+
+def test_logical_replication_set_but_not_in_effect(clients: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
+    _pending_reboot(monkeypatch)
     reported = rds.describe_db_instances(DBInstanceIdentifier="srcdb")["DBInstances"][0]["DBParameterGroups"]
     assert reported[0]["ParameterApplyStatus"] == "pending-reboot"
 
-    result = item(run(clients), "rds_logical_replication")
+    result = item(run(clients, source=SourceFacts("db.example.com", 5432, "replica", False)),
+                  "rds_logical_replication")
     assert result.status == "failed"
-    assert "set but pending a reboot" in result.detail
+    assert "not in effect yet" in result.detail and "wal_level=replica" in result.detail
     assert "aws rds reboot-db-instance --db-instance-identifier srcdb" in result.fix
     assert "modify-db-parameter-group" not in result.fix
+
+
+@pytest.mark.parametrize("status", ["pending-reboot", "applying"])
+def test_reboot_pending_for_another_parameter_passes(clients: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch,
+                                                     status: str) -> None:
+    """ParameterApplyStatus is the group's: a pending shared_buffers change says nothing about logical replication;
+    the source's live wal_level does."""
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
+    _pending_reboot(monkeypatch, status)
+    result = item(run(clients, source=SourceFacts("db.example.com", 5432, "logical", False)),
+                  "rds_logical_replication")
+    assert result.status == "passed"
+    assert f"{status!r} for other parameters" in result.detail
+    # Without a source connection the pending group can't be judged: a warning, not a failure.
+    unknown = item(run(clients, source=SourceFacts("db.example.com", 5432)), "rds_logical_replication")
+    assert unknown.status == "warning" and "wal_level could not be read" in unknown.detail
+
+
+@pytest.mark.parametrize("status", ["in-sync", "failed-to-apply"])
+def test_set_but_source_not_logical_fails_whatever_the_status(clients: tuple[Any, Any],
+                                                              monkeypatch: pytest.MonkeyPatch, status: str) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
+    _pending_reboot(monkeypatch, status)
+    result = item(run(clients, source=SourceFacts("db.example.com", 5432, "replica", False)),
+                  "rds_logical_replication")
+    assert result.status == "failed" and "wal_level=replica" in result.detail
 
 
 def test_logical_replication_skipped_without_incremental(clients: tuple[Any, Any]) -> None:
@@ -262,26 +328,50 @@ def test_cidr_missing_rule_added_then_removed(clients: tuple[Any, Any]) -> None:
     rds, ec2 = clients
     sg_id = make_sg(ec2)
     make_instance(rds, "srcdb", sg_id)
-    outcome = run(clients, manage_security_group=True)
+    recorder = Recorder()
+    outcome = run(clients, manage_security_group=True, record=recorder)
     result = item(outcome, "rds_security_group")
     assert result.status == "passed"
     assert "added" in result.detail and "removed at the end of the migration" in result.detail
-    expected = IngressRule(group_id=sg_id, cidr=WORKER, port=5432, description=f"airflow-pgmigrate {MIGRATION}")
-    assert outcome.added_rules == [expected]
+    (added,) = outcome.added_rules
+    assert added.rule_id and added.rule_id.startswith("sgr-")
+    expected = IngressRule(group_id=sg_id, cidr=WORKER, port=5432, description=f"airflow-pgmigrate {MIGRATION}",
+                           rule_id=added.rule_id)
+    assert added == expected
     assert IngressRule.from_dict(json.loads(json.dumps(expected.to_dict()))) == expected
+    # Recorded before it was added (no id yet), then again with the rule id AWS returned.
+    assert recorder.calls == [[IngressRule(sg_id, WORKER, 5432, rule_description(MIGRATION))], [expected]]
 
     group = ec2.describe_security_groups(GroupIds=[sg_id])["SecurityGroups"][0]
     assert ingress_cidrs(ec2, sg_id) == [("tcp", 5432, 5432, WORKER)]
     assert group["IpPermissions"][0]["IpRanges"][0]["Description"] == f"airflow-pgmigrate {MIGRATION}"
-    # A second precheck now finds the rule and adds nothing.
-    again = run(clients, manage_security_group=True)
+    # A second precheck now finds the rule, knows it as this migration's, and adds nothing.
+    again = run(clients, manage_security_group=True, record=recorder)
     assert item(again, "rds_security_group").status == "passed" and again.added_rules == []
+    assert "a rule this migration added earlier" in item(again, "rds_security_group").detail
 
     inspector = RdsInspector(*clients)
     assert inspector.remove_ingress_rules(outcome.added_rules) == [expected]
     assert ingress_cidrs(ec2, sg_id) == []
     assert inspector.remove_ingress_rules(outcome.added_rules) == []
     assert item(run(clients), "rds_security_group").status == "failed"
+
+
+def test_no_rule_is_added_where_it_cannot_be_recorded(clients: tuple[Any, Any]) -> None:
+    """The destination (where rules are recorded) is unreachable, or recording fails: nothing is added."""
+    rds, ec2 = clients
+    sg_id = make_sg(ec2)
+    make_instance(rds, "srcdb", sg_id)
+    result = item(run(clients, manage_security_group=True, record=None), "rds_security_group")
+    assert result.status == "failed" and "no rule was added" in result.detail and "destination" in result.detail
+    assert "aws ec2 authorize-security-group-ingress" in result.fix
+
+    def broken(rules: list[IngressRule]) -> None:
+        raise RuntimeError("state schema is read-only")
+
+    result = item(run(clients, manage_security_group=True, record=broken), "rds_security_group")
+    assert result.status == "failed" and "state schema is read-only" in result.detail
+    assert ingress_cidrs(ec2, sg_id) == []
 
 
 def test_wider_rule_admits_the_cidr(clients: tuple[Any, Any]) -> None:
