@@ -201,14 +201,7 @@ class RdsInspector:
         cluster = self._cluster(identifier)
         if cluster is None:
             return None
-        target = target_from_cluster(cluster, self._writer_instance(cluster))
-        if target.subnet_group and not target.subnet_ids:
-            found = aws_call("rds:DescribeDBSubnetGroups", self.rds.describe_db_subnet_groups,
-                             DBSubnetGroupName=target.subnet_group)
-            for group in found.get("DBSubnetGroups") or []:
-                target.subnet_ids = [str(s["SubnetIdentifier"]) for s in group.get("Subnets") or []]
-                target.vpc_id = group.get("VpcId")
-        return target
+        return target_from_cluster(cluster, self._writer_instance(cluster))
 
     def _cluster(self, identifier: str) -> dict[str, Any] | None:
         try:
@@ -444,6 +437,21 @@ class RdsInspector:
                 f"--description 'logical replication for migration'{region_opt}",
                 set_param.format(group=custom), attach, reboot]
 
+    def _find_subnets(self, target: RdsTarget) -> None:
+        """A cluster names its DB subnet group only: read its subnets (a group AWS no longer knows has none)."""
+        if target.subnet_ids or not target.subnet_group:
+            return
+        try:
+            found = aws_call("rds:DescribeDBSubnetGroups", self.rds.describe_db_subnet_groups,
+                             DBSubnetGroupName=target.subnet_group)
+        except AwsCallFailed as exc:
+            if exc.code == "DBSubnetGroupNotFoundFault":
+                return
+            raise
+        for group in found.get("DBSubnetGroups") or []:
+            target.subnet_ids = [str(s["SubnetIdentifier"]) for s in group.get("Subnets") or []]
+            target.vpc_id = group.get("VpcId")
+
     def _check_public_access(self, target: RdsTarget, settings: RdsSettings, region: str | None) -> CheckResult:
         ident = target.identifier
         if not settings.connect_over_internet:
@@ -457,6 +465,7 @@ class RdsInspector:
                           "console: Modify > Connectivity > Public access: Publicly accessible; or "
                           f"{command} --publicly-accessible --apply-immediately{region_opt} (or set "
                           "rds.connect_over_internet: false when the workers reach the VPC privately)", [ident])
+        self._find_subnets(target)
         if not target.subnet_ids:
             return passed(CHECK_PUBLIC_ACCESS, f"{target.kind} {ident!r} is publicly accessible (its subnets were "
                           "not reported, their routes not checked)")
