@@ -55,6 +55,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "rds_logical_replication",
     "rds_public_access",
     "rds_security_group",
+    "rds_storage",
 )
 
 
@@ -824,8 +825,23 @@ def _rds_items(ctx: PrecheckContext, rds: RdsInspector | None, skip: set[str],
     except Exception as exc:  # noqa: BLE001 - the report is always produced
         return [failed("rds_instance", f"the RDS check itself failed: {type(exc).__name__}: {exc}",
                        "fix the cause named here and run the precheck again")], []
-    return [skipped(r.name, "skipped by configuration") if r.name in skip else r for r in outcome.results], \
-        outcome.added_rules
+    results = [skipped(r.name, "skipped by configuration") if r.name in skip else r for r in outcome.results]
+    return results, outcome.added_rules
+
+
+def _rds_destination_space(ctx: PrecheckContext, rds: RdsInspector | None, report: PrecheckReport) -> None:
+    """Replace the generic ``destination_space`` (PostgreSQL cannot tell free disk space) by CloudWatch's figure
+    when the destination is an RDS instance these AWS credentials see."""
+    current = report.result("destination_space") if "destination_space" in report.statuses() else None
+    if rds is None or current is None or not current.detail.startswith("the selected source data"):
+        return
+    try:
+        found = rds.destination_space(ctx.destination.host, sum(t.size_bytes for t in ctx.selected))
+    except Exception as exc:  # noqa: BLE001 - the report is always produced
+        found = failed("destination_space", f"reading the destination's free storage failed: {exc}",
+                       "fix the cause, or skip destination_space")
+    if found is not None:
+        report.results = [found if r is current else r for r in report.results]
 
 
 #: Item -> (function, migration types it applies to, needs source, needs destination).
@@ -910,6 +926,7 @@ def run_precheck(
             results, added = _rds_items(ctx, rds, skip_set, record_rules)
             add(results)
             report.added_ingress_rules = [r.to_dict() for r in added]
+            _rds_destination_space(ctx, rds, report)
     finally:
         for opened in (ctx.src, ctx.dst):
             if opened is not None:

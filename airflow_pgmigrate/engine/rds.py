@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from airflow_pgmigrate.engine.rds_network import IngressView, internet_routes, parse_network
+from airflow_pgmigrate.engine.rds_storage import CHECK_STORAGE, check_source_storage, destination_space
 from airflow_pgmigrate.engine.rds_target import (
     NOT_FOUND_CODES,
     POSTGRES_ENGINES,
@@ -45,7 +46,8 @@ CHECK_ENDPOINT = "rds_endpoint"
 CHECK_LOGICAL_REPLICATION = "rds_logical_replication"
 CHECK_PUBLIC_ACCESS = "rds_public_access"
 CHECK_SECURITY_GROUP = "rds_security_group"
-RDS_CHECKS = (CHECK_INSTANCE, CHECK_ENDPOINT, CHECK_LOGICAL_REPLICATION, CHECK_PUBLIC_ACCESS, CHECK_SECURITY_GROUP)
+RDS_CHECKS = (CHECK_INSTANCE, CHECK_ENDPOINT, CHECK_LOGICAL_REPLICATION, CHECK_PUBLIC_ACCESS, CHECK_SECURITY_GROUP,
+              CHECK_STORAGE)
 
 _RDS_HOST = re.compile(r"\.rds\.amazonaws\.com(\.cn)?\.?$", re.IGNORECASE)
 _PROXY_HOST = re.compile(r"\.proxy-[a-z0-9]+\.[a-z0-9-]+\.rds\.amazonaws\.com(\.cn)?\.?$", re.IGNORECASE)
@@ -146,9 +148,10 @@ class RdsInspector:
     """Runs the RDS precheck items with ``rds`` and ``ec2`` boto3 clients (or a factory that makes them on first
     use, so that a missing region or credentials become a failed item), and removes added ingress rules."""
 
-    def __init__(self, rds_client: Any = None, ec2_client: Any = None, *,
+    def __init__(self, rds_client: Any = None, ec2_client: Any = None, *, cloudwatch_client: Any = None,
                  client_factory: Callable[[str], Any] | None = None) -> None:
-        self._clients: dict[str, Any] = {k: v for k, v in (("rds", rds_client), ("ec2", ec2_client)) if v is not None}
+        given = (("rds", rds_client), ("ec2", ec2_client), ("cloudwatch", cloudwatch_client))
+        self._clients: dict[str, Any] = {k: v for k, v in given if v is not None}
         self._factory = client_factory
 
     def client(self, service: str) -> Any:
@@ -281,8 +284,25 @@ class RdsInspector:
         added: list[IngressRule] = []
         results.append(self._guarded(CHECK_SECURITY_GROUP, [ident], lambda: self._check_security_group(
             target, settings, migration_name, region, record, added)))
+        results.append(self._check_storage(target, need_logical_replication, region))
         endpoint = (target.address, target.port) if target.address else None
         return RdsCheckOutcome(results=results, added_rules=added, endpoint=endpoint)
+
+    def _check_storage(self, target: RdsTarget, incremental: bool, region: str | None) -> CheckResult:
+        if "cloudwatch" not in self._clients and self._factory is None:
+            return skipped(CHECK_STORAGE, "no CloudWatch client was given")
+        return self._guarded(CHECK_STORAGE, [target.identifier], lambda: check_source_storage(
+            self.client("cloudwatch"), target, incremental, region))
+
+    def destination_space(self, host: str, data_bytes: int) -> CheckResult | None:
+        """``destination_space`` read from CloudWatch when the destination is an RDS instance visible with these
+        credentials; None otherwise."""
+        if "cloudwatch" not in self._clients and self._factory is None:
+            return None
+        try:
+            return destination_space(self.rds, self.client("cloudwatch"), host, data_bytes)
+        except AwsCallFailed as exc:
+            return _aws_failed("destination_space", exc, [])
 
     @staticmethod
     def _guarded(name: str, objects: list[str], run: Callable[[], CheckResult]) -> CheckResult:
@@ -670,6 +690,7 @@ __all__ = [
     "CHECK_LOGICAL_REPLICATION",
     "CHECK_PUBLIC_ACCESS",
     "CHECK_SECURITY_GROUP",
+    "CHECK_STORAGE",
     "MIN_ENGINE_VERSION",
     "RDS_CHECKS",
     "CleanupOutcome",

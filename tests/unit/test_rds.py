@@ -23,7 +23,9 @@ from airflow_pgmigrate.hooks.rds import rds_client_factory, rds_clients
 
 MIGRATION = "orders_to_aurora"
 WORKER = "203.0.113.0/24"
-ITEMS = ("rds_instance", "rds_endpoint", "rds_logical_replication", "rds_public_access", "rds_security_group")
+ITEMS = ("rds_instance", "rds_endpoint", "rds_logical_replication", "rds_public_access", "rds_security_group",
+         "rds_storage")
+GIB = 1024**3
 
 
 @pytest.fixture
@@ -72,8 +74,11 @@ def run(clients: tuple[Any, Any], *, need_logical: bool = True, source: SourceFa
         record: Any = None, **settings: Any) -> RdsCheckOutcome:
     settings.setdefault("db_instance_identifier", "srcdb")
     settings.setdefault("worker_cidrs", [WORKER])
-    outcome = RdsInspector(*clients).check(RdsSettings(**settings), MIGRATION, need_logical_replication=need_logical,
-                                           source=source, record=record)
+    import boto3
+
+    inspector = RdsInspector(*clients, cloudwatch_client=boto3.client("cloudwatch"))
+    outcome = inspector.check(RdsSettings(**settings), MIGRATION, need_logical_replication=need_logical,
+                              source=source, record=record)
     assert [r.name for r in outcome.results] == list(ITEMS)
     return outcome
 
@@ -100,6 +105,15 @@ def inject_error(client: Any, operation: str, code: str, message: str = "denied 
     client.meta.events.register(f"before-call.{service}.{operation}", answer)
 
 
+def free_space(ident: str, free_bytes: float) -> None:
+    """A FreeStorageSpace datapoint of ``ident`` in moto's CloudWatch, as RDS reports it every minute."""
+    import boto3
+
+    boto3.client("cloudwatch").put_metric_data(Namespace="AWS/RDS", MetricData=[{
+        "MetricName": "FreeStorageSpace", "Dimensions": [{"Name": "DBInstanceIdentifier", "Value": ident}],
+        "Value": free_bytes, "Unit": "Bytes"}])
+
+
 def item(outcome: RdsCheckOutcome, name: str) -> CheckResult:
     return next(r for r in outcome.results if r.name == name)
 
@@ -117,6 +131,7 @@ def test_everything_passes(clients: tuple[Any, Any]) -> None:
     rds, ec2 = clients
     make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
     address = rds.describe_db_instances()["DBInstances"][0]["Endpoint"]["Address"]
+    free_space("srcdb", 15 * GIB)
     outcome = run(clients, source=SourceFacts(address, 5432, "logical", False))
     assert {r.name: r.status for r in outcome.results} == dict.fromkeys(ITEMS, "passed")
     assert outcome.added_rules == []
@@ -542,7 +557,7 @@ def test_no_region_is_a_failed_item_not_a_crash(aws_env: str, monkeypatch: pytes
     first = item(outcome, "rds_instance")
     assert first.status == "failed" and "NoRegionError" in first.detail
     assert "rds.region" in first.fix
-    assert [r.status for r in outcome.results[1:]] == ["skipped"] * 4
+    assert [r.status for r in outcome.results[1:]] == ["skipped"] * 5
 
 
 # --------------------------------------------------------------------------- rules by reference
@@ -675,7 +690,7 @@ def test_aurora_postgresql_instance_is_checked_not_refused(clients: tuple[Any, A
     outcome = run(clients, source=facts)
     statuses = {r.name: r.status for r in outcome.results}
     assert statuses == {"rds_instance": "passed", "rds_endpoint": "passed", "rds_logical_replication": "passed",
-                        "rds_public_access": "passed", "rds_security_group": "failed"}
+                        "rds_public_access": "passed", "rds_security_group": "failed", "rds_storage": "passed"}
     assert "aurora-params" in item(outcome, "rds_logical_replication").detail
     assert sg_id in item(outcome, "rds_security_group").detail
     reader = SourceFacts(cluster["DBCluster"]["ReaderEndpoint"], 5432, "logical", False)
@@ -865,3 +880,56 @@ def test_an_extra_only_the_provider_understands_is_a_failed_item(aws_env: str,
     first = item(outcome, "rds_instance")
     assert first.status == "failed" and "assume_role_method" in first.detail
     assert "apache-airflow-providers-amazon" in first.fix
+
+
+# --------------------------------------------------------------------------- storage (CloudWatch FreeStorageSpace)
+
+
+@pytest.mark.parametrize(("free_gib", "max_allocated", "status", "words"), [
+    (15, None, "passed", "15.0 GiB free of 20 GiB"),
+    (3, None, "warning", "the replication slot keeps the source's WAL"),
+    (0.5, None, "failed", "storage-full"),
+    (0.5, 200, "passed", "storage autoscaling up to 200 GiB"),
+])
+def test_source_storage_for_the_wal_the_slot_keeps(clients: tuple[Any, Any], free_gib: float,
+                                                   max_allocated: int | None, status: str, words: str) -> None:
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
+    if max_allocated:
+        rds.modify_db_instance(DBInstanceIdentifier="srcdb", MaxAllocatedStorage=max_allocated, ApplyImmediately=True)
+    free_space("srcdb", free_gib * GIB)
+    result = item(run(clients), "rds_storage")
+    assert result.status == status and words in result.detail
+    if status != "passed":
+        assert "--max-allocated-storage" in result.fix
+    assert item(run(clients, need_logical=False), "rds_storage").status == "skipped"
+
+
+def test_source_storage_without_datapoints_or_permission(clients: tuple[Any, Any]) -> None:
+    import boto3
+
+    rds, ec2 = clients
+    make_instance(rds, "srcdb", make_sg(ec2, [tcp(WORKER)]))
+    assert item(run(clients), "rds_storage").status == "warning"
+    cloudwatch = boto3.client("cloudwatch")
+    inject_error(cloudwatch, "GetMetricStatistics", "AccessDenied")
+    outcome = RdsInspector(rds, ec2, cloudwatch_client=cloudwatch).check(
+        RdsSettings(db_instance_identifier="srcdb"), MIGRATION, need_logical_replication=True)
+    result = item(outcome, "rds_storage")
+    assert result.status == "failed" and "cloudwatch:GetMetricStatistics" in result.fix
+
+
+@pytest.mark.parametrize(("free_gib", "status"), [(50, "passed"), (11, "warning"), (4, "failed")])
+def test_destination_space_of_an_rds_destination(clients: tuple[Any, Any], free_gib: int, status: str) -> None:
+    import boto3
+
+    rds, ec2 = clients
+    make_instance(rds, "dstdb", make_sg(ec2), group=None)
+    free_space("dstdb", free_gib * GIB)
+    inspector = RdsInspector(rds, ec2, cloudwatch_client=boto3.client("cloudwatch"))
+    result = inspector.destination_space(_endpoint(rds, "dstdb"), 10 * GIB)
+    assert result is not None and result.status == status
+    assert "10.0 GiB" in result.detail and f"{free_gib:.1f} GiB free" in result.detail
+    # Not an RDS endpoint (or not visible with these credentials): the generic item stays.
+    assert inspector.destination_space("db.example.com", 10 * GIB) is None
+    assert inspector.destination_space("gone.abcdefghij.us-east-1.rds.amazonaws.com", 10 * GIB) is None
