@@ -17,14 +17,13 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
-from airflow_pgmigrate.engine.rds import SourceFacts
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
 from airflow_pgmigrate.engine.sqlfilter import volatile_calls
 from airflow_pgmigrate.engine.state import MigrationState
 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
-    from airflow_pgmigrate.engine.rds import IngressRule, RdsInspector
+    from airflow_pgmigrate.engine.rds import IngressRule, RdsInspector, SourceFacts
 
 MIN_SOURCE_VERSION = 100004
 
@@ -798,6 +797,8 @@ def check_prepared_transactions(ctx: PrecheckContext) -> list[CheckResult]:
 
 def _source_facts(ctx: PrecheckContext) -> SourceFacts:
     """Where the source connection goes and what the server it reached says (RDS endpoint and replication checks)."""
+    from airflow_pgmigrate.engine.rds import SourceFacts
+
     facts = SourceFacts(ctx.source.host, ctx.source.port)
     if ctx.src is None:
         return facts

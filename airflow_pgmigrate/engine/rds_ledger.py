@@ -72,19 +72,21 @@ class IngressLedger:
 
 
 def remove_added_rules(inspector: RdsInspector, settings: RdsSettings, migration_name: str,
-                       ledger: IngressLedger) -> dict[str, Any]:
+                       ledger: IngressLedger | None) -> dict[str, Any]:
     """The end of a migration: remove every ingress rule it added (recorded, or found by its description when the
     record is lost or unreachable), then forget them. Returns what was removed and every problem with its fix."""
     problems: list[str] = []
+    recorded: list[IngressRule] = []
     try:
+        if ledger is None:
+            raise LookupError("the destination connection is not configured")
         recorded = ledger.read()
     except Exception as exc:  # noqa: BLE001 - the description still finds the rules
-        recorded = []
         problems.append(f"the record of added rules could not be read ({exc}); rules were searched by their "
                         "description only")
     outcome = inspector.clean_up(settings, migration_name, recorded)
     problems += [f"{p.detail()}; fix: {p.fix()}" for p in outcome.problems]
-    if outcome.settled and recorded:
+    if outcome.settled and recorded and ledger is not None:
         try:
             ledger.forget(outcome.settled)
         except Exception as exc:  # noqa: BLE001 - forgetting is tidiness: a later cleanup finds nothing to remove

@@ -34,7 +34,12 @@ class IngressCleanupOperator(MigrationBaseOperator):
         if config.rds is None or not config.rds.manage_security_group:
             self.log.info("ingress cleanup migration=%s: the migration adds no ingress rule", config.name)
             return {"removed_ingress_rules": [], "problems": []}
-        ledger = IngressLedger(MigrationState(self.destination_info, config.state_schema, config.name))
+        try:
+            ledger: IngressLedger | None = IngressLedger(MigrationState(self.destination_info, config.state_schema,
+                                                                        config.name))
+        except Exception as exc:  # noqa: BLE001 - the rules are still found by their description
+            self.log.warning("ingress cleanup: no destination for the record of added rules (%s)", exc)
+            ledger = None
         inspector = RdsInspector(client_factory=rds_client_factory(config.rds))
         result = remove_added_rules(inspector, config.rds, config.name, ledger)
         for rule in result["removed_ingress_rules"]:

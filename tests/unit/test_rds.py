@@ -933,3 +933,38 @@ def test_destination_space_of_an_rds_destination(clients: tuple[Any, Any], free_
     # Not an RDS endpoint (or not visible with these credentials): the generic item stays.
     assert inspector.destination_space("db.example.com", 10 * GIB) is None
     assert inspector.destination_space("gone.abcdefghij.us-east-1.rds.amazonaws.com", 10 * GIB) is None
+
+
+# --------------------------------------------------------------------------- response shapes: botocore's models
+
+
+@pytest.mark.parametrize(("service", "shape", "members"), [
+    ("rds", "DBInstance", ["Endpoint", "DbInstancePort", "Engine", "EngineVersion", "DBInstanceStatus",
+                           "DBInstanceIdentifier", "PubliclyAccessible", "VpcSecurityGroups", "DBParameterGroups",
+                           "DBSubnetGroup", "DBClusterIdentifier", "ReadReplicaSourceDBInstanceIdentifier",
+                           "AllocatedStorage", "MaxAllocatedStorage"]),
+    ("rds", "DBCluster", ["DBClusterIdentifier", "Endpoint", "ReaderEndpoint", "Port", "Engine", "EngineVersion",
+                          "Status", "PubliclyAccessible", "VpcSecurityGroups", "DBClusterParameterGroup",
+                          "DBClusterMembers", "ReplicationSourceIdentifier", "DBSubnetGroup", "AllocatedStorage"]),
+    ("rds", "DBClusterMember", ["DBInstanceIdentifier", "IsClusterWriter", "DBClusterParameterGroupStatus"]),
+    ("rds", "DBParameterGroupStatus", ["DBParameterGroupName", "ParameterApplyStatus"]),
+    ("ec2", "SecurityGroupRule", ["SecurityGroupRuleId", "GroupId", "IsEgress", "CidrIpv4", "CidrIpv6",
+                                  "Description", "FromPort"]),
+    ("ec2", "AuthorizeSecurityGroupIngressResult", ["SecurityGroupRules"]),
+    ("ec2", "RevokeSecurityGroupIngressRequest", ["GroupId", "SecurityGroupRuleIds"]),
+    ("ec2", "IpPermission", ["IpRanges", "Ipv6Ranges", "PrefixListIds", "UserIdGroupPairs"]),
+    ("ec2", "Route", ["DestinationCidrBlock", "DestinationIpv6CidrBlock", "GatewayId", "State"]),
+])
+def test_the_members_read_exist_in_botocore_models(service: str, shape: str, members: list[str]) -> None:
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model(service).shape_for(shape)
+    assert set(members) <= set(model.members), set(members) - set(model.members)
+
+
+def test_pending_modified_values_names_no_parameter_group() -> None:
+    """The DB parameter group is never a pending modification in the API: reading one was dead code."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("rds").shape_for("PendingModifiedValues")
+    assert "DBParameterGroupName" not in model.members
