@@ -109,6 +109,27 @@ def test_a_failed_migration_still_removes_the_rule(migration_env, airflow_db, aw
     assert ingress_cidrs(ec2, sg_id) == []
 
 
+def test_an_aborted_migration_removes_the_rule(migration_env, airflow_db, aws_env):
+    from tests.integration.hitl import Responder, prepare_orm
+    from tests.unit.test_rds import ingress_cidrs
+
+    prepare_orm()
+    ec2, sg_id = _rds_fixture()
+    migration_env.src("CREATE TABLE public.orders (id bigint PRIMARY KEY); INSERT INTO public.orders VALUES (1)")
+    responder = Responder("pgmigrate_it_rds_abort", {"cutover_approval_1": "Abort"})
+    responder.start()
+    try:
+        dag_run = _run("pgmigrate_it_rds_abort")
+    finally:
+        responder.stop()
+    states = _states(dag_run)
+    assert dag_run.state == "success", states
+    assert states["release"] == "success" and states["cutover"] == "skipped"
+    assert states["remove_ingress_rules"] == "success"
+    assert len(_xcom(dag_run, "precheck")["added_ingress_rules"]) == 1
+    assert ingress_cidrs(ec2, sg_id) == []
+
+
 def test_schema_phases_run_through_airflow(migration_env, airflow_db):
     migration_env.src("CREATE TABLE public.customers (id bigint PRIMARY KEY, name text);"
                       "CREATE TABLE public.orders (id bigint PRIMARY KEY, customer_id bigint REFERENCES "
