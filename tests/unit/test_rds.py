@@ -968,3 +968,57 @@ def test_pending_modified_values_names_no_parameter_group() -> None:
 
     model = botocore.session.get_session().get_service_model("rds").shape_for("PendingModifiedValues")
     assert "DBParameterGroupName" not in model.members
+
+
+def test_denied_cluster_calls_name_their_actions(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    inject_error(rds, "DescribeDBClusters", "AccessDenied")
+    first = item(run(clients), "rds_instance")  # no instance of that name: the cluster lookup is denied
+    assert first.status == "failed" and "rds:DescribeDBClusters" in first.fix
+
+
+def test_denied_cluster_parameters_name_their_action(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    _cluster_parameter_group(rds, "maz-params", "postgres15", "1")
+    rds.create_db_cluster(DBClusterIdentifier="srcdb", Engine="postgres", EngineVersion="15.4",
+                          MasterUsername="admin_user", MasterUserPassword="secret-password-1",
+                          DBClusterInstanceClass="db.m6gd.large", StorageType="io1", Iops=1000, AllocatedStorage=100,
+                          VpcSecurityGroupIds=[make_sg(ec2, [tcp(WORKER)])], DBClusterParameterGroupName="maz-params")
+    inject_error(rds, "DescribeDBClusterParameters", "AccessDenied")
+    result = item(run(clients), "rds_logical_replication")
+    assert result.status == "failed" and "rds:DescribeDBClusterParameters" in result.fix
+
+
+@pytest.mark.parametrize(("operation", "action", "rule"), [
+    ("GetManagedPrefixListEntries", "ec2:GetManagedPrefixListEntries", "prefix list"),
+    ("DescribeNetworkInterfaces", "ec2:DescribeNetworkInterfaces", "group reference"),
+])
+def test_denied_rule_resolution_is_named_in_the_failure(clients: tuple[Any, Any], operation: str, action: str,
+                                                        rule: str) -> None:
+    rds, ec2 = clients
+    if rule == "prefix list":
+        pl_id = ec2.create_managed_prefix_list(PrefixListName="office", MaxEntries=5, AddressFamily="IPv4",
+                                               Entries=[{"Cidr": "203.0.0.0/16"}])["PrefixList"]["PrefixListId"]
+        perm: dict[str, Any] = {"PrefixListIds": [{"PrefixListId": pl_id}]}
+    else:
+        vpc_id = ec2.create_vpc(CidrBlock="10.3.0.0/16")["Vpc"]["VpcId"]
+        perm = {"UserIdGroupPairs": [{"GroupId": ec2.create_security_group(
+            GroupName="workers", Description="w", VpcId=vpc_id)["GroupId"]}]}
+    make_instance(rds, "srcdb", make_sg(ec2, [{"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, **perm}]))
+    inject_error(ec2, operation, "UnauthorizedOperation")
+    result = item(run(clients), "rds_security_group")
+    assert result.status == "failed" and "could not resolve every rule" in result.detail
+    assert f"give the AWS identity the IAM action {action}" in result.fix
+
+
+def test_cleanup_without_rule_listing_still_removes_the_recorded_ids(clients: tuple[Any, Any]) -> None:
+    rds, ec2 = clients
+    sg_id = make_sg(ec2)
+    make_instance(rds, "srcdb", sg_id)
+    settings = RdsSettings(db_instance_identifier="srcdb", worker_cidrs=[WORKER], manage_security_group=True)
+    inspector = RdsInspector(*clients)
+    added = inspector.check(settings, MIGRATION, need_logical_replication=False, record=Recorder()).added_rules
+    inject_error(ec2, "DescribeSecurityGroupRules", "UnauthorizedOperation")
+    cleaned = inspector.clean_up(settings, MIGRATION, recorded=added)
+    assert cleaned.removed == added and ingress_cidrs(ec2, sg_id) == []
+    assert [p.action for p in cleaned.problems] == ["ec2:DescribeSecurityGroupRules"]
