@@ -1050,10 +1050,34 @@ def _dump_sections(dump: PgDump, info: ConnectionInfo, config: MigrationConfig, 
     preamble = ""
     for phase in PHASES:
         preamble, entries = split_dump(run_pg_dump(dump, info, _dump_args(phase, config, exclude)))
+        if src is not None:
+            _restore_schema_names(entries, src.all_schemas)
         if phase == "pre_data" and src is not None:
             entries = _with_extensions(entries, src.wanted_extensions(src.everything))
         sections[phase] = entries
     return preamble, sections
+
+
+def _restore_schema_names(entries: list[DumpEntry], schemas: set[str]) -> None:
+    """pg_dump's headers show a newline (or carriage return) of a name as a space: give entries their schema's real
+    name, and a SCHEMA entry (and a comment or grant on a schema) its own."""
+    for entry in entries:
+        if entry.schema is not None:
+            entry.schema = real_schema(entry.schema, schemas)
+        if entry.type == "SCHEMA":
+            entry.name = real_schema(entry.name, schemas)
+        elif entry.type in ("COMMENT", "ACL") and entry.name.startswith("SCHEMA "):
+            target = tag_target(entry)
+            if target is not None and target[2] not in schemas and real_schema(target[2], schemas) != target[2]:
+                entry.name = "SCHEMA " + sql.Identifier(real_schema(target[2], schemas)).as_string(None)
+
+
+def real_schema(shown: str, schemas: set[str]) -> str:
+    """The schema whose name pg_dump shows as ``shown`` (newlines as spaces), when exactly one has it."""
+    if shown in schemas:
+        return shown
+    found = [s for s in schemas if s.replace("\r", " ").replace("\n", " ") == shown]
+    return found[0] if len(found) == 1 else shown
 
 
 class RoleMapper:

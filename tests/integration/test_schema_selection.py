@@ -207,3 +207,19 @@ def test_rerunning_both_phases_creates_nothing_and_reports_every_object_identica
         assert again["differing"] == []
         assert sorted(s["object"] for s in again["skipped"] if s["reason"] == "exists already, identical") == \
             sorted(report.objects)
+
+
+def test_a_schema_whose_name_holds_a_newline_migrates_whole(migration_env):
+    env = migration_env
+    env.src('CREATE SCHEMA "two\nlines"; CREATE TABLE "two\nlines".t (id int PRIMARY KEY);'
+            'CREATE FUNCTION "two\nlines".f() RETURNS int LANGUAGE sql AS \'SELECT 1\';'
+            'CREATE TYPE "two\nlines".mood AS ENUM (\'ok\'); COMMENT ON SCHEMA "two\nlines" IS \'odd\'')
+    config = env.config(objects={"schemas": ["two\nlines"]})
+    pre = run(env, config, "pre_data")
+    run(env, config, "post_data")
+    assert pre.skipped == []
+    assert env.dst("SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s",
+                   ("two\nlines",)) == [("odd",)]
+    assert env.dst('SELECT "two\nlines".f(), count(*) FROM "two\nlines".t') == [(1, 0)]
+    assert env.dst("SELECT count(*) FROM pg_type WHERE typname = 'mood'") == [(1,)]
+    assert env.dst("SELECT count(*) FROM pg_constraint WHERE conname = 't_pkey'") == [(1,)]
