@@ -670,6 +670,8 @@ def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationC
             plan.append(planned)
         if entry.schema:
             kept_schemas.add(entry.schema)
+        elif entry.type == "EXTENSION" and entry.name in src.extensions:
+            kept_schemas.add(src.extensions[entry.name])  # CREATE EXTENSION ... WITH SCHEMA needs it
     errors += _unmatched_index_patterns(planner, phase_entries)
     schemas_needed = kept_schemas | src.whole_schemas
     if report.phase in ("pre_data", "both"):

@@ -223,3 +223,15 @@ def test_a_schema_whose_name_holds_a_newline_migrates_whole(migration_env):
     assert env.dst('SELECT "two\nlines".f(), count(*) FROM "two\nlines".t') == [(1, 0)]
     assert env.dst("SELECT count(*) FROM pg_type WHERE typname = 'mood'") == [(1,)]
     assert env.dst("SELECT count(*) FROM pg_constraint WHERE conname = 't_pkey'") == [(1,)]
+
+
+def test_a_selected_table_brings_the_schema_of_the_extension_it_needs(migration_env):
+    env = migration_env
+    env.src("CREATE SCHEMA ext; CREATE EXTENSION citext SCHEMA ext; CREATE SCHEMA app;"
+            "CREATE TABLE app.c (id int PRIMARY KEY, email ext.citext); CREATE TABLE app.other (id int)")
+    config = env.config(objects={"tables": ["app.c"]})
+    run(env, config, "pre_data")
+    run(env, config, "post_data")
+    assert env.dst("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'") == \
+        [("ext",)]
+    assert env.dst("SELECT to_regclass('app.c') IS NOT NULL, to_regclass('app.other')") == [(True, None)]
