@@ -479,8 +479,6 @@ def _target_key(entry: DumpEntry, src: SourceSchema) -> tuple[str, str | None, s
     target = tag_target(entry)
     if target is not None and target[0] == "ROUTINE" and target[1] is not None:
         return ("ROUTINE", target[1], src.routine_tags.get((target[1], target[2]), target[2]))
-    if target is not None and target[0] in ("OPERATOR", "OPERATOR CLASS", "OPERATOR FAMILY"):
-        return (target[0], target[1], target[2].split(" ", 1)[0])
     return target
 
 
