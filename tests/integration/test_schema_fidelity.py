@@ -301,6 +301,16 @@ def test_unlogged_table_is_copied_not_published_and_warned_about(migration_env):
                    (config.publication_name,)) == [("orders",)]
     assert any("unlogged_tables=public.session_cache not published" in ln and "cannot be synced incrementally" in ln
                for ln in lines), lines
+    # Incremental sync follows the logged table; the unlogged one keeps its rows as of the full load.
+    from airflow_pgmigrate.engine.incremental import run_incremental
+
+    migrate_schema(config, env.source_info(), env.destination_info(), "post_data")
+    env.src("INSERT INTO public.orders VALUES (6); INSERT INTO public.session_cache VALUES ('8', 'v')")
+    for _ in range(20):
+        if run_incremental(config, env.source_info(), env.destination_info(), window_seconds=20).caught_up:
+            break
+    assert env.dst("SELECT count(*) FROM public.orders") == [(6,)]
+    assert env.dst("SELECT count(*) FROM public.session_cache") == [(7,)]
 
 
 def test_precheck_names_what_the_schema_migration_leaves_out(fidelity):
