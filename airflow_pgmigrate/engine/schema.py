@@ -1043,12 +1043,13 @@ def _other_schemas(conn: psycopg.Connection, keep: Iterable[str]) -> list[str]:
 
 
 def _dump_sections(dump: PgDump, info: ConnectionInfo, config: MigrationConfig, src: SourceSchema | None = None,
-                   exclude: Iterable[str] = ()) -> tuple[str, dict[str, list[DumpEntry]]]:
-    """(session settings, phase -> entries) of both sections: a comment or grant is planned with its object
-    whichever section holds it. With ``src`` (the source), extensions pg_dump leaves out are added."""
-    sections: dict[str, list[DumpEntry]] = {}
+                   exclude: Iterable[str] = (), phases: Iterable[str] = PHASES,
+                   ) -> tuple[str, dict[str, list[DumpEntry]]]:
+    """(session settings, phase -> entries) of these sections (both by default: a post-data comment or grant may be
+    about a pre-data object). With ``src`` (the source), extensions pg_dump leaves out are added."""
+    sections: dict[str, list[DumpEntry]] = {phase: [] for phase in PHASES}
     preamble = ""
-    for phase in PHASES:
+    for phase in phases:
         preamble, entries = split_dump(run_pg_dump(dump, info, _dump_args(phase, config, exclude)))
         if src is not None:
             _restore_schema_names(entries, src.all_schemas)
@@ -1220,7 +1221,9 @@ def migrate_schema(
     schemas = src.dumped_schemas()
     if not schemas:
         raise SchemaMigrationError("the selection matches nothing in the source")
-    preamble, sections = _dump_sections(dump, source, config, src, src.undumped_schemas())
+    # pre_data needs its own section only; post_data plans both, so a comment follows its pre-data object.
+    preamble, sections = _dump_sections(dump, source, config, src, src.undumped_schemas(),
+                                        PHASES[:1] if phase == "pre_data" else PHASES)
     entries = sections[phase]
     log(f"schema phase={phase} pg_dump={dump.major} entries={len(entries)} schemas={','.join(schemas)}")
     rewriter = DefinitionRewriter(NameMapper(config.mapping), src.columns, src.relkinds, src.left_out_columns(config))
