@@ -34,7 +34,7 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
-from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
+from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name, unmatched_entries
 from airflow_pgmigrate.engine.pgdump import (
     available_clients,
     client_env,
@@ -131,6 +131,10 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
                 jobs: int | None = None) -> list[TablePlan]:
     """The tables to copy (partitions rather than their partitioned parents), costliest first, with their chunks."""
     schema = read_source_schema(src, config)
+    unmatched = unmatched_entries(config, schema.tables, schema.selected)
+    if unmatched:
+        raise FullLoadError("the migration config has entries that match no table it migrates (they would do "
+                            f"nothing): {'; '.join(unmatched)}. Select the tables they name, or remove the entries")
     mapper = NameMapper(config.mapping)
     column_selection = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
     version = catalog.server_version_num(src)

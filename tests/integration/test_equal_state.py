@@ -158,3 +158,45 @@ def test_verification_names_an_injected_difference_of_every_kind(migration_env):
     assert "partitioned table public.payment lacks partition(s) public.payment_2 that the source has" in named
     assert "sequence public.invoice_no (ascending) is behind the source (1 against 500)" in named
     assert f"large objects with different data: 1 (oid {oid})" in named
+
+
+def test_xml_on_a_destination_without_libxml_fails_the_precheck_naming_the_columns(migration_env, pg_servers):
+    other = pg_servers.other_version()
+    if other is None:
+        pytest.skip("only one PostgreSQL major version on this machine")
+    env = migration_env
+    env.src("CREATE TABLE public.feeds (id int PRIMARY KEY, doc xml, docs xml[], title text);"
+            "CREATE TABLE public.plain (id int PRIMARY KEY)")
+    dbname = env.destination_db
+    other.create_database(dbname)
+    try:
+        if other.execute("SELECT count(*) FROM pg_config() WHERE name = 'CONFIGURE' AND setting LIKE "
+                         "'%with-libxml%'", dbname) != [(0,)]:
+            pytest.skip(f"PostgreSQL {other.major} here was built with libxml")
+        report = env.precheck(destination=other.info(dbname))
+        item = report.result("xml_support")
+        assert item.status == "failed"
+        assert item.objects == ["public.feeds.doc", "public.feeds.docs"]
+        assert "unsupported XML feature" in item.detail
+        # Leaving the columns out is the way through.
+        report = env.precheck(destination=other.info(dbname), objects={"columns": {"public.feeds": ["id", "title"]}})
+        assert report.result("xml_support").status == "passed"
+    finally:
+        other.drop_database(dbname)
+
+
+def test_config_entries_that_match_no_migrated_table_fail_the_precheck_by_name(migration_env):
+    env = migration_env
+    env.src(PAYMENTS + "CREATE TABLE public.other (id int PRIMARY KEY)")
+    report = env.precheck(
+        objects={"tables": ["public.payment"], "columns": {"public.other": ["id"]}},
+        filters={"public.payment": "amount > 2", "public.payment_1": "id > 5", "public.other": "id > 0",
+                 "public.gone": "id > 0"},
+        mapping={"tables": {"public.other": "renamed"}})
+    item = report.result("selected_objects")
+    assert item.status == "failed"
+    assert item.objects == ["filters names public.other, which the selection does not migrate",
+                            "filters names public.gone, which does not exist",
+                            "objects.columns names public.other, which the selection does not migrate",
+                            "mapping.tables names public.other, which the selection does not migrate"]
+    assert report.result("row_filters").status == "passed"  # the parent's and a partition's filter are fine
