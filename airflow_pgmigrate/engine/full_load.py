@@ -35,6 +35,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name, unmatched_entries
+from airflow_pgmigrate.engine.nonstreamed import sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.pgdump import (
     available_clients,
     client_env,
@@ -44,7 +45,6 @@ from airflow_pgmigrate.engine.pgdump import (
 )
 from airflow_pgmigrate.engine.publication import ensure_publication
 from airflow_pgmigrate.engine.schema import read_source_schema
-from airflow_pgmigrate.engine.nonstreamed import sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.slots import drop_leftover_slot, watch_slot_creation
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.engine.state import MigrationState

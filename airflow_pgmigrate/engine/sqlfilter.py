@@ -12,8 +12,8 @@ given as text (``query_to_xml``, ``ts_rewrite``, ``dblink``) and user functions 
 
 from __future__ import annotations
 
-from functools import lru_cache
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from airflow_pgmigrate.exceptions import PgMigrateError
