@@ -200,3 +200,22 @@ def test_config_entries_that_match_no_migrated_table_fail_the_precheck_by_name(m
                             "objects.columns names public.other, which the selection does not migrate",
                             "mapping.tables names public.other, which the selection does not migrate"]
     assert report.result("row_filters").status == "passed"  # the parent's and a partition's filter are fine
+
+
+def test_a_sequence_a_default_function_calls_by_name_migrates_with_a_table_selection(migration_env):
+    """Selecting only the table: the function its default calls is needed, and so is the sequence the function's
+    body names (the catalog records no dependency on it)."""
+    env = migration_env
+    env.src(SEQUENCES)
+    _use_sequences(env, 40)
+    config = start_migration(env, objects={"tables": ["public.codes"]},
+                             cutover={"freeze_source": True, "sequence_offset": 10})
+    _use_sequences(env, 2)
+    catch_up(env, config)
+    try:
+        report = run_cutover(config, env.source_info(), env.destination_info())
+    finally:
+        _unfreeze(env)
+    assert [(e["sequence"], e["value"]) for e in report["sequences"]] == [("public.code_seq", 52)]
+    env.dst("INSERT INTO public.codes (n) VALUES (0)")
+    assert env.dst("SELECT code FROM public.codes WHERE n = 0") == [("C53",)]
