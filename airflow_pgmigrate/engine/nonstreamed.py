@@ -30,6 +30,7 @@ from airflow_pgmigrate.engine.names import NameMapper, QualifiedName
 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
+    from airflow_pgmigrate.engine.schema import SourceSchema
 
 #: Bytes of a large object read (or digested) at a time.
 LO_PIECE = 1024 * 1024
@@ -85,12 +86,13 @@ _SEQUENCES = """
 """
 
 
-def migrated_sequences(config: MigrationConfig, src: psycopg.Connection) -> dict[QualifiedName, tuple[int, int, int]]:
+def migrated_sequences(config: MigrationConfig, src: psycopg.Connection,
+                       schema: SourceSchema | None = None) -> dict[QualifiedName, tuple[int, int, int]]:
     """The sequences the schema step migrates, with (increment, minimum, maximum): every sequence of a migrated
     schema (but those owned by a table left out), and those the selected tables own or use elsewhere."""
     from airflow_pgmigrate.engine.schema import read_source_schema
 
-    schema = read_source_schema(src, config)
+    schema = schema or read_source_schema(src, config)
     needed = {QualifiedName(s, n) for kind, s, n in schema.needed if kind == "SEQUENCE" and s}
     out = {}
     for nsp, rel, increment, minimum, maximum in src.execute(_SEQUENCES).fetchall():
@@ -102,11 +104,12 @@ def migrated_sequences(config: MigrationConfig, src: psycopg.Connection) -> dict
     return out
 
 
-def read_sequences(config: MigrationConfig, src: psycopg.Connection) -> list[SequenceState]:
+def read_sequences(config: MigrationConfig, src: psycopg.Connection,
+                   schema: SourceSchema | None = None) -> list[SequenceState]:
     """Each migrated sequence's value on ``src`` (in whatever snapshot its transaction holds)."""
     mapper = NameMapper(config.mapping)
     states = []
-    for name, (increment, minimum, maximum) in sorted(migrated_sequences(config, src).items()):
+    for name, (increment, minimum, maximum) in sorted(migrated_sequences(config, src, schema).items()):
         row = src.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
             sql.Identifier(name.schema, name.name))).fetchone()
         assert row is not None
@@ -286,9 +289,10 @@ def sync_large_objects_between(source: ConnectionInfo, destination: ConnectionIn
     return result
 
 
-def compare_state(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.Connection) -> dict[str, Any]:
+def compare_state(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.Connection,
+                  schema: SourceSchema | None = None) -> dict[str, Any]:
     """Sequences and large objects of both sides, ``src`` in whatever snapshot its transaction holds."""
-    return {"sequences": compare_sequences(read_sequences(config, src), dst),
+    return {"sequences": compare_sequences(read_sequences(config, src, schema), dst),
             "large_objects": compare_large_objects(src, dst)}
 
 

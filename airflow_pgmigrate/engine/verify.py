@@ -237,7 +237,8 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
             src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             src.read_only = True
             src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        selected = read_source_schema(src, config).selected
+        schema = read_source_schema(src, config)
+        selected = schema.selected
         checks = plan_checks(config, src, selected)
         partitions = compare_partitions(config, src, dst, selected)
         same_partitions = {parse_qualified_name(p["table"]) for p in partitions if p["equal"]}
@@ -254,7 +255,7 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                 f"differing_buckets={result.differing_buckets} missing={result.missing_count} "
                 f"extra={result.extra_count} different={result.different_count} "
                 f"seconds={time.monotonic() - t0:.2f}")
-        state = compare_state(config, src, dst)
+        state = compare_state(config, src, dst, schema)
         if snapshot is not None:
             src.rollback()
     report = {
