@@ -131,7 +131,7 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
                 jobs: int | None = None) -> list[TablePlan]:
     """The tables to copy (partitions rather than their partitioned parents), costliest first, with their chunks."""
     schema = read_source_schema(src, config)
-    unmatched = unmatched_entries(config, schema.tables, schema.selected)
+    unmatched = unmatched_entries(config, schema.tables, schema.selected, schema.whole_schemas)
     if unmatched:
         raise FullLoadError("the migration config has entries that match no table it migrates (they would do "
                             f"nothing): {'; '.join(unmatched)}. Select the tables they name, or remove the entries")

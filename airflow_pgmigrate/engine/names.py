@@ -103,12 +103,15 @@ def is_selected(table: QualifiedName, selection: ObjectSelection) -> bool:
     return TableSelector(selection)(table)
 
 
-def unmatched_entries(config: MigrationConfig, existing: Iterable[QualifiedName],
-                      moved: Iterable[QualifiedName]) -> list[str]:
+def unmatched_entries(config: MigrationConfig, existing: Iterable[QualifiedName], moved: Iterable[QualifiedName],
+                      schemas: Iterable[str] = ()) -> list[str]:
     """The config entries naming a table (row filters, column selections, table and column mappings) that match no
-    relation the migration moves: each would silently do nothing, so each is an error, named."""
+    relation the migration moves, and schema mappings for a schema it does not move (``schemas``: those migrated
+    whole): each would silently do nothing, so each is an error, named."""
     existing, moved = set(existing), set(moved)
-    out = []
+    moved_schemas = {n.schema for n in moved} | set(schemas)
+    out = [f"mapping.schemas names {schema}, a schema the migration does not move"
+           for schema in config.mapping.schemas if schema not in moved_schemas]
     for section, entries in (("filters", config.filters), ("objects.columns", config.objects.columns),
                              ("mapping.tables", config.mapping.tables), ("mapping.columns", config.mapping.columns)):
         for key in entries:

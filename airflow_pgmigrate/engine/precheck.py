@@ -516,7 +516,7 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
     # Every entry naming a table must match one the migration moves (partitions of selected tables included).
     ancestors = catalog.partition_ancestors(ctx.src)
     moved = selected_names | {name for name, above in ancestors.items() if set(above) & selected_names}
-    problems.extend(unmatched_entries(config, by_name, moved))
+    problems.extend(unmatched_entries(config, by_name, moved, ctx.scope_schemas()))
     for key, cols in config.objects.columns.items():
         name = parse_qualified_name(key)
         table = by_name.get(name)

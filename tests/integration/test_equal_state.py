@@ -192,10 +192,10 @@ def test_config_entries_that_match_no_migrated_table_fail_the_precheck_by_name(m
         objects={"tables": ["public.payment"], "columns": {"public.other": ["id"]}},
         filters={"public.payment": "amount > 2", "public.payment_1": "id > 5", "public.other": "id > 0",
                  "public.gone": "id > 0"},
-        mapping={"tables": {"public.other": "renamed"}})
+        mapping={"tables": {"public.other": "renamed"}, "schemas": {"sales": "shop"}})
     item = report.result("selected_objects")
     assert item.status == "failed"
-    assert item.objects == ["filters names public.other, which the selection does not migrate",
+    assert item.objects == ["mapping.schemas names sales, a schema the migration does not move","filters names public.other, which the selection does not migrate",
                             "filters names public.gone, which does not exist",
                             "objects.columns names public.other, which the selection does not migrate",
                             "mapping.tables names public.other, which the selection does not migrate"]
