@@ -221,25 +221,16 @@ def _grantee(user: str) -> str:
 
 
 def _migrated_sequences(ctx: PrecheckContext) -> list[tuple[QualifiedName, bool]]:
-    """Sequences the selected tables own or use in a default (read at full load and cutover): (name, readable)."""
+    """Every sequence the migration sets (the non-streamed state's own list): (name, readable by the account)."""
+    from airflow_pgmigrate.engine.nonstreamed import migrated_sequences
+
     assert ctx.src is not None
-    oids = [t.oid for t in ctx.selected]
-    rows = ctx.src.execute(
-        """
-        SELECT n.nspname, s.relname, has_sequence_privilege(s.oid, 'SELECT')
-          FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
-         WHERE s.relkind = 'S' AND (
-               EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid
-                       AND d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(%(oids)s)
-                       AND d.deptype IN ('a', 'i'))
-            OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_attrdef ad ON ad.oid = d.objid
-                       WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass
-                       AND d.refobjid = s.oid AND ad.adrelid = ANY(%(oids)s)))
-         ORDER BY 1, 2
-        """,
-        {"oids": oids},
-    ).fetchall()
-    return [(QualifiedName(r[0], r[1]), bool(r[2])) for r in rows]
+    out = []
+    for name in sorted(migrated_sequences(ctx.config, ctx.src)):
+        row = ctx.src.execute("SELECT has_sequence_privilege(%s, 'SELECT')",
+                              (sql.Identifier(name.schema, name.name).as_string(ctx.src),)).fetchone()
+        out.append((name, bool(row and row[0])))
+    return out
 
 
 def _unreadable_large_objects(ctx: PrecheckContext) -> list[int]:
@@ -462,7 +453,7 @@ def check_destination_privileges(ctx: PrecheckContext) -> list[CheckResult]:
                 missing.append(f"{', '.join(lacks)} on {table}")
                 fixes.append(f"GRANT {', '.join(lacks)} ON {_q(table)} TO {to};")
         if ctx.src is not None:
-            sequences = [_q(QualifiedName(ctx.mapper.schema(s.schema), s.name)) for s, _ in _migrated_sequences(ctx)]
+            sequences = [_q(ctx.mapper.table(s)) for s, _ in _migrated_sequences(ctx)]
             for schema, name in ctx.dst.execute(
                     "SELECT n.nspname, c.relname FROM unnest(%s::text[]) AS t(name) "
                     "JOIN pg_class c ON c.oid = to_regclass(t.name) JOIN pg_namespace n ON n.oid = c.relnamespace "

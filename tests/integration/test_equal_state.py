@@ -219,3 +219,15 @@ def test_a_sequence_a_default_function_calls_by_name_migrates_with_a_table_selec
     assert [(e["sequence"], e["value"]) for e in report["sequences"]] == [("public.code_seq", 52)]
     env.dst("INSERT INTO public.codes (n) VALUES (0)")
     assert env.dst("SELECT code FROM public.codes WHERE n = 0") == [("C53",)]
+
+
+def test_the_precheck_asks_for_select_on_every_sequence_the_migration_sets(migration_env):
+    env = migration_env
+    env.src("CREATE SEQUENCE public.invoice_no; CREATE TABLE public.t (id int PRIMARY KEY)")
+    env.create_role(env.source, "pgm_seqless", "seqless-pw")
+    env.src("GRANT SELECT ON public.t TO pgm_seqless")
+    report = env.precheck(source=env.source_info("pgm_seqless", "seqless-pw"), migration_types=["full"],
+                          objects={"schemas": ["public"]})
+    item = report.result("source_privileges")
+    assert item.status == "failed"
+    assert 'GRANT SELECT ON SEQUENCE "public"."invoice_no" TO "pgm_seqless";' in item.fix
