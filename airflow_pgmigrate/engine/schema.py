@@ -236,6 +236,11 @@ def _partitions_of(conn: psycopg.Connection, parents: set[QualifiedName]) -> set
     return {QualifiedName(s, t) for s, t in rows}
 
 
+_NAME_PART = r'(?:"[^"]+"|[A-Za-z0-9_$]+)'
+#: A sequence function called with a sequence name as a literal: nextval('invoice_no'), currval('"S".x').
+_SEQUENCE_CALL = rf"(?:nextval|currval|setval)\s*\(\s*'({_NAME_PART}(?:\.{_NAME_PART})?)'"
+
+
 def _sequences_called_by_name(conn: psycopg.Connection,
                               needed: set[tuple[str, str | None, str]]) -> set[tuple[str, str | None, str]]:
     """Sequences that a needed function calls by name in its body (``nextval('invoice_no')``): the catalog records
@@ -244,17 +249,16 @@ def _sequences_called_by_name(conn: psycopg.Connection,
     if not functions:
         return set()
     rows = conn.execute(
-        r"""
+        """
         SELECT DISTINCT sn.nspname, s.relname
           FROM pg_proc p JOIN pg_namespace pn ON pn.oid = p.pronamespace
           JOIN unnest(%s::text[], %s::text[]) AS f(s, n)
             ON f.s = pn.nspname AND f.n = p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
-          CROSS JOIN LATERAL regexp_matches(p.prosrc, '(?:nextval|currval|setval)\s*\(\s*''([A-Za-z0-9_."$]+)''',
-                                            'gi') AS m
+          CROSS JOIN LATERAL regexp_matches(p.prosrc, %s, 'gi') AS m
           JOIN pg_class s ON s.oid = to_regclass(m[1]) AND s.relkind = 'S'
           JOIN pg_namespace sn ON sn.oid = s.relnamespace
         """,
-        ([s for s, _ in functions], [n for _, n in functions]),
+        ([s for s, _ in functions], [n for _, n in functions], _SEQUENCE_CALL),
     ).fetchall()
     return {("SEQUENCE", schema, name) for schema, name in rows}
 
