@@ -242,10 +242,11 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
         checks = plan_checks(config, src, selected)
         partitions = compare_partitions(config, src, dst, selected)
         same_partitions = {parse_qualified_name(p["table"]) for p in partitions if p["equal"]}
+        partitioned = {c.source for c in checks if c.partitioned}
         leaves: dict[QualifiedName, TableResult] = {}
         for check in sorted(checks, key=lambda c: c.partitioned):  # leaves first: a parent may be made of them
             t0 = time.monotonic()
-            if check.below is not None and {check.source, *check.below} & set(_partitioned(checks)) <= same_partitions:
+            if check.below is not None and {check.source, *check.below} & partitioned <= same_partitions:
                 result = _through_partitions(check, leaves)
             else:
                 result = compare_table(check, src, dst)
@@ -281,10 +282,6 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
     log(f"verify done tables={len(results)} equal={report['equal']} differences={report['differences']} "
         f"seconds={report['seconds']}")
     return report
-
-
-def _partitioned(checks: list[TableCheck]) -> set[QualifiedName]:
-    return {c.source for c in checks if c.partitioned}
 
 
 def _through_partitions(check: TableCheck, done: dict[QualifiedName, TableResult]) -> TableResult:
