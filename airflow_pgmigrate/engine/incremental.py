@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
-from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, TableTarget
+from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, RowsNotMatched, TableTarget
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.failures import sync_failure_message
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
@@ -787,8 +787,9 @@ class IncrementalSync:
         except ApplyError:
             dst.rollback()
             raise
-        except psycopg.Error as exc:
-            # Set-based writes can trip over transient unique conflicts: replay the batch in source order.
+        except (psycopg.Error, RowsNotMatched) as exc:
+            # Set-based writes can trip over transient unique conflicts, and a set-based UPDATE or DELETE that
+            # missed a row does not say which change it was: replay the batch in source order.
             dst.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
             applier.staging_rolled_back(staging)  # staging tables created since the savepoint are gone
             self.log(f"incremental batch replayed one change at a time after: {str(exc).strip()[:200]}")
