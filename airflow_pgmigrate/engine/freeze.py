@@ -12,8 +12,9 @@ A freeze makes new write sessions impossible, not just discouraged:
 4. Quiet check: nothing prepared, no other session holds a transaction id.
 
 What it cannot stop: a superuser connects whatever the privileges, and may ``SET default_transaction_read_only =
-off``; a role that is a member of the migration's role connects with its privileges. Both are named in the report
-(``can_still_connect``); the cutover checks again, right before the slot is released, that no change arrived.
+off``; a role that is a member of the migration's role connects with its privileges; replication connections
+(walsenders, serving other replicas) are not ended. The roles are named in the report (``can_still_connect``); the
+cutover checks again from the slot, right before it is released, that no change to a migrated table arrived.
 """
 
 from __future__ import annotations
@@ -181,9 +182,10 @@ def unfreeze_source(source: ConnectionInfo, state: MigrationState, log: Callable
     return statements
 
 
-def _end_sessions(src: psycopg.Connection) -> tuple[int, list[Session]]:
+def _end_sessions(src: psycopg.Connection, me: str) -> tuple[int, list[Session]]:
     """End every other client session in the database, round after round, until none is left; returns how many
-    were ended and those that could not be (another superuser's, for an account that is not one)."""
+    were ended and those left: the ones that could not be ended (another superuser's, for an account that is not
+    one) and other roles' that keep connecting. The migration's own role may connect again (a sensor's poke)."""
     ended: set[int] = set()
     refused: dict[int, Session] = {}
     for _ in range(END_ROUNDS):
@@ -198,18 +200,19 @@ def _end_sessions(src: psycopg.Connection) -> tuple[int, list[Session]]:
             except psycopg.errors.InsufficientPrivilege:
                 refused[session.pid] = session
         time.sleep(0.2)
-    return len(ended), list(refused.values()) + [s for s in sessions(src) if s.pid not in refused]
+    return len(ended), list(refused.values()) + [s for s in sessions(src) if s.pid not in refused and s.user != me]
 
 
 def quiet_problems(src: psycopg.Connection) -> list[str]:
     """What shows that something besides the migration may write: prepared transactions, other sessions holding a
-    transaction id (autovacuum's own aside)."""
+    transaction id. Autovacuum (its own catalog updates) and replication connections (walsenders serve other
+    replicas and are not ended; a write through one reaches the slot like any other) are left out here."""
     problems = [f"prepared transaction {p}" for p in prepared_transactions(src)]
     problems += [f"session {s.describe()}" for s in sessions(src, writing_only=True)]
     rows = src.execute(
         "SELECT backend_type, pid FROM pg_stat_activity WHERE datname = current_database() "
         "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL "
-        "AND backend_type NOT IN ('client backend', 'autovacuum worker')").fetchall()
+        "AND backend_type NOT IN ('client backend', 'autovacuum worker', 'walsender')").fetchall()
     problems += [f"{kind} (pid {pid}) holding a transaction id" for kind, pid in rows]
     return problems
 
@@ -239,7 +242,7 @@ def freeze_source(source: ConnectionInfo, state: MigrationState, *, wait_prepare
         try:
             _apply(src, record)
             state.put(STATE_KEY, record)
-            ended, left = _end_sessions(src)
+            ended, left = _end_sessions(src, record["role"])
             problems = [f"session {s.describe()} could not be ended" for s in left] + quiet_problems(src)
             if problems:
                 raise FreezeError("the source did not fall quiet after the freeze: " + "; ".join(problems)
