@@ -193,10 +193,16 @@ class Batch:
 
 
 class Applier:
-    """Writes batches on one destination connection (in the caller's transaction)."""
+    """Writes batches on one destination connection (in the caller's transaction).
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    With ``count_rows`` (destination triggers and foreign keys do not fire: ``session_replication_role = replica``),
+    every UPDATE and DELETE must touch exactly the rows its changes name; without it a destination trigger or an
+    ON DELETE CASCADE may legitimately have touched them first, so the counts are not checked.
+    """
+
+    def __init__(self, conn: psycopg.Connection, *, count_rows: bool = True) -> None:
         self.conn = conn
+        self.count_rows = count_rows
         self._staging: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
 
     def staging_mark(self) -> dict[tuple[str, tuple[str, ...]], sql.Identifier]:
@@ -253,7 +259,7 @@ class Applier:
             stage = self._stage(t, t.key_names, [list(k) for k in deletes], key_positions)
             cur = self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m}").format(
                 t=t.ident, s=stage, m=self._match(t, "d", "s")))
-            if not t.upsert and cur.rowcount != len(deletes):
+            if self.count_rows and not t.upsert and cur.rowcount != len(deletes):
                 raise RowsNotMatched(f"DELETE of {t.source} touched {cur.rowcount} of {len(deletes)} rows")
         # Rows whose unchanged TOAST columns are unknown are written with the columns known, grouped by shape.
         complete = tuple(i for i, _ in t.columns)
@@ -297,7 +303,7 @@ class Applier:
             cur = self.conn.execute(sql.SQL("UPDATE {t} AS d SET {sets} FROM {s} AS s WHERE {m}").format(
                 t=t.ident, s=stage, m=self._match(t, "d", "s"),
                 sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c)) for c in set_cols)))
-            if not insert_missing and cur.rowcount != len(rows):
+            if self.count_rows and not insert_missing and cur.rowcount != len(rows):
                 raise RowsNotMatched(f"UPDATE of {t.source} touched {cur.rowcount} of {len(rows)} rows")
         if not insert_missing:
             return
@@ -356,7 +362,7 @@ class Applier:
                     raise ApplyError(f"a row of {t.source} entered the destination's selection with unchanged "
                                      "TOASTed values the source did not send; set REPLICA IDENTITY FULL on it")
                 written += self._insert(t, [(n, new[i]) for i, n in cols], overwrite=False, returning=returning)
-            elif cur.rowcount != 1 and not t.upsert:
+            elif self.count_rows and cur.rowcount != 1 and not t.upsert:
                 raise ApplyError(_not_matched(t, "UPDATE", self._expected(t, old), cur.rowcount))
             elif by_ctid:
                 written += [r[0] for r in cur.fetchall()]
@@ -364,7 +370,7 @@ class Applier:
             assert change.old is not None
             where = self._where(t, change.old)
             cur = self.conn.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(t=t.ident, w=where[0]), where[1])
-            if cur.rowcount != 1 and not t.upsert:
+            if self.count_rows and cur.rowcount != 1 and not t.upsert:
                 raise ApplyError(_not_matched(t, "DELETE", self._expected(t, change.old), cur.rowcount))
         if t.row_filter and change.kind in "IU" and change.new is not None and t.key:
             where = self._where(t, change.new)

@@ -130,7 +130,8 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
                            "cutover.allow_differences)", report)
 
     t0 = time.monotonic()
-    _check_writes_stopped(config, source, destination, state, report, started, log, "right before the release",
+    _check_writes_stopped(config, source, destination, state, report, started, log,
+                          "since the writes-stopped check (during verification or right before the release)",
                           already=int(verification.get("changes_applied") or 0))
     step("final_check", t0)
 

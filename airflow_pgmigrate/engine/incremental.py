@@ -213,10 +213,15 @@ class _Writer:
     """
 
     def __init__(self, sync: IncrementalSync, dst: psycopg.Connection, applier: Applier, result: SyncResult,
-                 applied: int) -> None:
+                 applied: int, confirmed: int) -> None:
         self._sync, self._dst, self._applier, self._result = sync, dst, applier, result
         self.applied = applied
-        self.feedback = DurableFeedback(applied)
+        # The recorded position may come from a run that died before its commits were flushed: durable only once the
+        # destination's flush position passes its WAL position now.
+        self.feedback = DurableFeedback(min(confirmed, applied))
+        if applied > confirmed:
+            self.feedback.committed(applied, _wal_lsn(dst, "pg_current_wal_insert_lsn"))
+            dst.rollback()
         self.error: BaseException | None = None
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=1)
         self._pending = 0  # items submitted and not finished
@@ -535,7 +540,8 @@ class IncrementalSync:
             unpack_from = struct.unpack_from
             tables = self.tables  # relation oid -> target (None: not migrated); a new Relation message resets one
             txn_commit_lsn = 0
-            writer = _Writer(self, dst, Applier(dst), result, applied)
+            confirmed = lsn_to_int(slot_row[0]) if slot_row[0] else 0
+            writer = _Writer(self, dst, Applier(dst, count_rows=self._replica_role), result, applied, confirmed)
             batch = self.new_batch()
             batch_last_end = 0
             batch_commit_time: int | None = None

@@ -138,6 +138,38 @@ def test_freeze_makes_new_write_sessions_impossible_and_the_unfreeze_restores_th
         conn.execute("INSERT INTO public.orders (amount, note) VALUES (1, 'after rollback')")
 
 
+def test_a_superuser_writing_after_the_freeze_stops_the_cutover_before_the_release(migration_env):
+    """What the freeze cannot prevent (a superuser connects and turns read-only off) the cutover still sees."""
+    env = migration_env
+    env.src(TABLE)
+    env.create_role(env.source, "pgm_dba", "dba-pw", "SUPERUSER")
+    config = start_migration(env, cutover={"freeze_source": True, "writes_stopped_check_seconds": 3})
+    catch_up(env, config)
+    dba = env.source.info(env.source_db, "pgm_dba", "dba-pw")
+    writer = Writer(dba, "dba-console")
+    starter = threading.Thread(target=lambda: (_wait_frozen(env), time.sleep(1.0), writer.start()), daemon=True)
+    starter.start()
+    try:
+        with pytest.raises(CutoverError) as info:
+            run_cutover(config, env.source_info(), env.destination_info())
+    finally:
+        starter.join(10)
+        writer.stop()
+    message = str(info.value)
+    assert "row change(s) to migrated tables arrived after the drain" in message, message
+    assert "application 'dba-console', user pgm_dba" in message and "superuser session" in message, message
+    assert _slot_kept(env, config)
+    report = run_cutover(config, env.source_info(), env.destination_info())
+    assert report["status"] == "completed" and report["verification"]["equal"] is True
+    assert _rows(env.src, "dba-console") == writer.committed == _rows(env.dst, "dba-console") > 0
+
+
+def _wait_frozen(env) -> None:
+    deadline = time.monotonic() + 30
+    while not _frozen_settings(env) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_unfrozen_cutover_does_not_release_while_writes_keep_arriving(migration_env):
     env = migration_env
     env.src(TABLE)
