@@ -51,9 +51,12 @@ class Session:
     client: str | None
     idle_seconds: float | None
     xid: str | None
+    #: Details of another role's session are hidden from an account without pg_read_all_stats.
+    hidden: bool = False
 
     def describe(self) -> str:
-        where = f"from {self.client}" if self.client else "local socket"
+        where = f"from {self.client}" if self.client else \
+            "address not shown to the migration's account" if self.hidden else "local socket"
         idle = f", last active {self.idle_seconds:.1f} s ago" if self.idle_seconds is not None else ""
         writing = ", in a transaction that writes" if self.xid else ""
         return f"application {self.application or '(none)'!r}, user {self.user}, {where} (pid {self.pid}{idle}{writing})"
@@ -61,13 +64,15 @@ class Session:
 
 def sessions(src: psycopg.Connection, *, writing_only: bool = False) -> list[Session]:
     """Other client sessions in the current database (not this one), most recently active first; with
-    ``writing_only``, those holding a transaction id."""
+    ``writing_only``, those holding a transaction id. Another role's session whose details are hidden (no
+    pg_read_all_stats) counts as a client session."""
     rows = src.execute(
         "SELECT pid, usename, coalesce(application_name, ''), client_addr::text, "
-        "extract(epoch FROM now() - state_change)::float8, backend_xid::text FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+        "extract(epoch FROM now() - state_change)::float8, backend_xid::text, backend_type IS NULL "
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND coalesce(backend_type, 'client backend') = 'client backend' "
         "AND (NOT %s OR backend_xid IS NOT NULL) ORDER BY state_change DESC NULLS LAST", (writing_only,)).fetchall()
-    return [Session(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
+    return [Session(int(r[0]), r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
 
 
 def writers(src: psycopg.Connection, since_seconds: float, own_application: str) -> list[Session]:
@@ -166,7 +171,8 @@ def unfreeze_statements(record: dict[str, Any]) -> list[str]:
     return [s.as_string(None) for s in statements]
 
 
-def unfreeze_source(source: ConnectionInfo, state: MigrationState, log: Callable[[str], None]) -> list[str]:
+def unfreeze_source(source: ConnectionInfo, state: MigrationState,
+                    log: Callable[[str], None] = lambda message: None) -> list[str]:
     """Undo the recorded freeze (when the cutover refuses to go on); returns the statements run."""
     record = state.get(STATE_KEY)
     if not record or record.get("status") == "restored":

@@ -12,6 +12,8 @@ import pytest
 
 from airflow_pgmigrate.config import MigrationConfig
 from airflow_pgmigrate.engine.cutover import CutoverError, run_cutover
+from airflow_pgmigrate.engine.freeze import FreezeError, freeze_source, unfreeze_source
+from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.exceptions import ConfigError
 from tests.integration.test_incremental import catch_up, start_migration
 
@@ -202,3 +204,33 @@ def test_automatic_approval_without_a_freeze_is_refused_by_config_validation():
         MigrationConfig.from_dict({"name": "m", "source": {"conn_id": "a"}, "destination": {"conn_id": "b"},
                                    "cutover": {"approval": "automatic"}})
     assert "cutover.approval" in str(info.value) and "freeze_source" in str(info.value)
+
+
+def test_a_freeze_that_cannot_take_hold_is_undone_exactly(migration_env):
+    """A source account that owns the database but is no superuser (as on Amazon RDS) cannot end a superuser's
+    session: the freeze refuses, names the session, and leaves the database exactly as it was; once the session is
+    gone it freezes, and the unfreeze restores the grants and the setting."""
+    env = migration_env
+    env.src(TABLE)
+    app = _app(env)
+    env.create_role(env.source, "pgm_owner", "owner-pw")
+    env.source.execute(f'ALTER DATABASE "{env.source_db}" OWNER TO pgm_owner; GRANT pg_signal_backend TO pgm_owner')
+    env.source.execute(f'ALTER DATABASE "{env.source_db}" SET default_transaction_read_only = off')
+    owner = env.source.info(env.source_db, "pgm_owner", "owner-pw")
+    state = MigrationState(env.destination_info(), "pgmigrate", "tfreeze")
+    before = _frozen_settings(env)
+    with psycopg.connect(**{**env.source_info().connect_kwargs(), "application_name": "dba-psql"}):
+        with pytest.raises(FreezeError) as info:
+            freeze_source(owner, state)
+    assert "user postgres, address not shown" in str(info.value) and "could not be ended" in str(info.value), info.value
+    assert _frozen_settings(env) == before == [(["default_transaction_read_only=off"],)]
+    assert env.src("SELECT has_database_privilege('public', current_database(), 'CONNECT')") == [(True,)]
+
+    frozen = freeze_source(owner, state)
+    assert frozen["revoked_connect_from"] == ["PUBLIC"] and frozen["granted_connect_to"] == []
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(**app.connect_kwargs())
+    assert unfreeze_source(owner, state) == frozen["unfreeze"]
+    assert _frozen_settings(env) == before
+    with psycopg.connect(**app.connect_kwargs(), autocommit=True) as conn:
+        conn.execute("INSERT INTO public.orders (amount, note) VALUES (1, 'after unfreeze')")
