@@ -502,11 +502,6 @@ class CutoverSettings(_Validated):
         offset = values.get("sequence_offset")
         if isinstance(offset, int) and offset < 0:
             _problem(errors, "sequence_offset", f"must be 0 or more, got {offset}", "use 0 for no offset")
-        if values.get("approval") == "automatic" and values.get("freeze_source") is False:
-            _problem(errors, "approval", "is automatic while freeze_source is false: nobody would say that the "
-                     "application stopped writing, and writes after the slot is released are lost",
-                     "set freeze_source: true (the cutover stops the writes itself), or approval: manual (you "
-                     "answer the cutover question once the application stopped writing)")
         for name, low, high in (("prepared_transactions_wait_seconds", 0, 3600),
                                 ("writes_stopped_check_seconds", 1, 600)):
             value = values.get(name)
@@ -711,6 +706,13 @@ class MigrationConfig(_Validated):
                 _problem(errors, "destination.conn_id", "is the same connection and database as the source",
                          "point destination at another database")
         types_ = values.get("migration_types")
+        cutover = values.get("cutover")
+        if (isinstance(cutover, CutoverSettings) and cutover.approval == "automatic" and not cutover.freeze_source
+                and "incremental" in (types_ or MIGRATION_TYPES)):
+            _problem(errors, "cutover.approval", "is automatic while cutover.freeze_source is false: nobody would say "
+                     "that the application stopped writing, and writes after the slot is released are lost",
+                     "set cutover.freeze_source: true (the cutover stops the writes itself), or approval: manual "
+                     "(you answer the cutover question once the application stopped writing)")
         if types_ is not None:
             if not types_:
                 _problem(errors, "migration_types", "is empty",

@@ -234,3 +234,9 @@ def test_a_freeze_that_cannot_take_hold_is_undone_exactly(migration_env):
     assert _frozen_settings(env) == before
     with psycopg.connect(**app.connect_kwargs(), autocommit=True) as conn:
         conn.execute("INSERT INTO public.orders (amount, note) VALUES (1, 'after unfreeze')")
+
+
+def test_automatic_approval_without_a_freeze_is_accepted_where_there_is_no_cutover():
+    config = MigrationConfig.from_dict({"name": "m", "source": {"conn_id": "a"}, "destination": {"conn_id": "b"},
+                                        "migration_types": ["schema", "full"], "cutover": {"approval": "automatic"}})
+    assert config.cutover.freeze_source is False
