@@ -235,3 +235,30 @@ def test_a_selected_table_brings_the_schema_of_the_extension_it_needs(migration_
     assert env.dst("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'") == \
         [("ext",)]
     assert env.dst("SELECT to_regclass('app.c') IS NOT NULL, to_regclass('app.other')") == [(True, None)]
+
+
+def test_a_rerun_reports_grants_and_comments_that_changed_on_the_source(migration_env):
+    """A re-run must not call an object identical, nor keep quiet, when its grants or comment changed on the source:
+    the destination would keep a privilege the source revoked."""
+    from airflow_pgmigrate.engine.state import MigrationState
+
+    env = migration_env
+    for role in ("rv_reader", "rv_writer"):
+        env.create_role(env.source, role, "pw")
+        env.create_role(env.destination, role, "pw")
+    env.src("CREATE TABLE public.t (id int PRIMARY KEY); GRANT SELECT ON public.t TO rv_reader;"
+            "COMMENT ON TABLE public.t IS 'first';"
+            "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+            "REVOKE ALL ON FUNCTION public.f() FROM PUBLIC; GRANT EXECUTE ON FUNCTION public.f() TO rv_reader")
+    config = env.config(schema_migration={"migrate_grants": True})
+    state = MigrationState(env.destination_info(), config.state_schema, config.name)
+    for phase in ("pre_data", "post_data"):
+        migrate_schema(config, env.source_info(), env.destination_info(), phase, state=state)
+    env.src("REVOKE SELECT ON public.t FROM rv_reader; GRANT SELECT ON public.t TO rv_writer;"
+            "COMMENT ON TABLE public.t IS 'second'; REVOKE EXECUTE ON FUNCTION public.f() FROM rv_reader")
+    again = migrate_schema(config, env.source_info(), env.destination_info(), "pre_data", state=state).to_dict()
+    differing = {d["object"] for d in again["differing"]}
+    assert {"acl public.TABLE t", "comment public.TABLE t", "acl public.FUNCTION f()"} <= differing, again["skipped"]
+    identical = {s["object"] for s in again["skipped"] if s["reason"] == "exists already, identical"}
+    assert not identical & differing
+    assert env.dst("SELECT has_table_privilege('rv_reader', 'public.t', 'SELECT')") == [(True,)]
