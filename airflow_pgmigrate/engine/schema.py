@@ -1327,12 +1327,13 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
         raise SchemaMigrationError(
             f"{len(conflicts)} object(s) already exist in the destination: {names}; nothing was changed. Drop or "
             "rename them, map the tables to other names, or set conflicting_tables: ignore", report.to_dict())
-    destination_entries: set[str] = set()
-    if conflicts:
-        text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config, other_schemas))
-        destination_entries = {normalize_sql(e.settings + e.sql) for e in split_dump(text)[1]}
     skipped_tables = {p.table for p in existing if p.entry.type == "TABLE" and p.table is not None}
     existing_keys = {p.key for p in existing}
+    parts = {id(p) for p in plan if p not in existing and _part_of_existing(p, skipped_tables, existing_keys)}
+    destination_entries: set[str] = set()
+    if conflicts or any(id(p) in parts and p.entry.type in _COMPARED_PARTS for p in plan):
+        text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config, other_schemas))
+        destination_entries = {normalize_sql(e.settings + e.sql) for e in split_dump(text)[1]}
     for item in plan:
         same = bool(destination_entries) and normalize_sql(item.entry.settings + item.sql) in destination_entries
         if item in existing or same:
@@ -1345,11 +1346,26 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
             else:
                 item.reason = "exists already, differs"
                 report.differing.append({"object": str(item.entry), "expected": redact(item.sql.strip())})
-        elif item.table in skipped_tables and item.entry.type in (
-                "DEFAULT", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE ATTACH", "COMMENT", "ACL"):
-            item.run, item.reason = False, "belongs to a table that exists already"
-        elif item.entry.type in ("COMMENT", "ACL") and item.target is not None and item.target in existing_keys:
+        elif id(item) in parts:
             item.run, item.reason = False, "belongs to an object that exists already"
+            if item.entry.type in _COMPARED_PARTS:
+                # A grant, comment or default that changed on the source: kept as it is, and said so.
+                item.reason += ", differs"
+                report.differing.append({"object": str(item.entry), "expected": redact(item.sql.strip())})
+
+
+#: Entries that only add to an object (its grants, comment, column default, sequence owner): compared with the
+#: destination's when their object exists already, so a grant revoked on the source is reported, not left silently.
+_COMPARED_PARTS = ("COMMENT", "ACL", "DEFAULT", "SEQUENCE OWNED BY")
+
+
+def _part_of_existing(item: PlannedEntry, existing_tables: set[QualifiedName | None],
+                      existing_keys: set[tuple[str, str | None, str]]) -> bool:
+    """Whether an entry belongs to an object that exists already in the destination (and is not run again)."""
+    if item.table in existing_tables and item.entry.type in (
+            "DEFAULT", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE ATTACH", "COMMENT", "ACL"):
+        return True
+    return item.entry.type in ("COMMENT", "ACL") and item.target is not None and item.target in existing_keys
 
 
 def _execute_entry(conn: psycopg.Connection, item: PlannedEntry) -> None:
