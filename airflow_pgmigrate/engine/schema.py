@@ -32,15 +32,15 @@ from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelec
 from airflow_pgmigrate.engine.pgdump import (
     DumpEntry,
     PgDump,
-    PgDumpError,
+    available_pg_dumps,
     find_pg_dump,
     object_family,
     reset_entry_settings,
     run_pg_dump,
     split_dump,
+    supports_tls,
     tag_name,
     tag_target,
-    tls_capable_pg_dump,
 )
 from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError, deparse, statement_text
 from airflow_pgmigrate.engine.secrets import redact
@@ -1295,14 +1295,15 @@ def migrate_schema(
 
 
 def _source_pg_dump(source_major: int, destination_major: int, source: ConnectionInfo) -> PgDump:
-    """pg_dump of the newer of both versions when there is one (that can reach the source as securely): a newer
-    pg_dump writes what the older server means in the newer server's terms (``GRANT ALL`` of PostgreSQL 15 becomes
-    the list of its privileges, without the MAINTAIN of PostgreSQL 17+)."""
+    """pg_dump of the newer of both versions when there is one that reaches the source as securely (built with TLS,
+    unless the connection disables TLS; ``sslmode=prefer`` must not become a dump in clear): a newer pg_dump writes
+    what the older server means in the newer server's terms (``GRANT ALL`` of PostgreSQL 15 becomes the list of its
+    privileges, without the MAINTAIN of PostgreSQL 17+). Otherwise the source's own version."""
     if destination_major > source_major:
-        try:
-            return tls_capable_pg_dump(find_pg_dump(destination_major), source)
-        except PgDumpError:
-            pass
+        plain = source.params.get("sslmode", "prefer") == "disable"
+        newer = [d for d in available_pg_dumps() if d.major >= destination_major and (plain or supports_tls(d.path))]
+        if newer:
+            return newer[0]
     return find_pg_dump(source_major)
 
 
