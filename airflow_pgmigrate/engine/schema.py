@@ -42,7 +42,13 @@ from airflow_pgmigrate.engine.pgdump import (
     tag_name,
     tag_target,
 )
-from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError, deparse, statement_text
+from airflow_pgmigrate.engine.rewrite import (
+    DefinitionRewriter,
+    RewriteError,
+    deparse,
+    parse_sql_name,
+    statement_text,
+)
 from airflow_pgmigrate.engine.secrets import redact
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -1334,7 +1340,9 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
     destination_entries: set[str] = set()
     if conflicts or any(id(p) in parts and p.entry.type in _COMPARED_PARTS for p in plan):
         text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config, other_schemas))
-        destination_entries = {normalize_sql(e.settings + e.sql) for e in split_dump(text)[1]}
+        dumped = split_dump(text)[1]
+        destination_entries = {normalize_sql(e.settings + e.sql) for e in dumped}
+        _report_extra_parts(conn, plan, existing, dumped, report)
     for item in plan:
         same = bool(destination_entries) and normalize_sql(item.entry.settings + item.sql) in destination_entries
         if item in existing or same:
@@ -1355,15 +1363,69 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
                 report.differing.append({"object": str(item.entry), "expected": redact(item.sql.strip())})
 
 
+def _report_extra_parts(conn: psycopg.Connection, plan: list[PlannedEntry], existing: list[PlannedEntry],
+                        dumped: list[DumpEntry], report: SchemaReport) -> None:
+    """Grants and comments the destination holds on an existing object and the source no longer has (a privilege
+    revoked on the source back to the default, for which pg_dump writes nothing): the destination keeps them, so
+    they are reported under ``differing``."""
+    objects = {key: item for item in existing if (key := _destination_key(item)) is not None}
+    if not objects:
+        return
+    planned = {normalize_sql(p.entry.settings + p.sql) for p in plan}
+    tags = {(p.entry.type, p.entry.name) for p in plan if p.entry.type in ("COMMENT", "ACL")}
+    routines = _routine_tags(conn)
+    for entry in dumped:
+        target = tag_target(entry) if entry.type in ("COMMENT", "ACL") else None
+        if target is None or (entry.type, entry.name) in tags:
+            continue  # an entry the plan has too is compared as such
+        if target[0] == "ROUTINE" and target[1] is not None:
+            target = ("ROUTINE", target[1], routines.get((target[1], target[2]), target[2]))
+        item = objects.get(target)
+        if item is not None and normalize_sql(entry.settings + entry.sql) not in planned:
+            report.differing.append({"object": str(entry), "expected": f"nothing: the source has no such "
+                                     f"{'grant' if entry.type == 'ACL' else 'comment'} on {item.entry}; the "
+                                     f"destination keeps {redact(entry.sql.strip())}"})
+
+
+def _destination_key(item: PlannedEntry) -> tuple[str, str | None, str] | None:
+    """(family, schema, name) of an existing object in the destination, as COMMENT and ACL tags are resolved to."""
+    what = _created_object(item.sql)
+    if what is None:
+        return None
+    kind, args = what
+    if kind in ("relation", "type"):
+        name = parse_sql_name(args)
+        return (kind.upper() if kind == "type" else "RELATION", name.schema, name.name)
+    if kind == "schema":
+        return ("SCHEMA", None, args)
+    if kind == "function":
+        signature = item.entry.name[item.entry.name.index("("):] if "(" in item.entry.name else "()"
+        return ("ROUTINE", args[0] if len(args) == 2 else "public", args[-1] + signature)
+    return None
+
+
+def _routine_tags(conn: psycopg.Connection) -> dict[tuple[str, str], str]:
+    """(schema, signature with argument names, as tags write it) -> the entry's own signature, of a database."""
+    path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT set_config('search_path', '', false)")
+    try:
+        return {(s, named): tag for s, named, tag in conn.execute(
+            "SELECT n.nspname, quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')', "  # noqa: S608 - constant
+            + ROUTINE_TAG + " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')")}
+    finally:
+        conn.execute("SELECT set_config('search_path', %s, false)", (path,))
+
+
 #: Entries that only add to an object (its grants, comment, column default, sequence owner): compared with the
 #: destination's when their object exists already, so a grant revoked on the source is reported, not left silently.
 _COMPARED_PARTS = ("COMMENT", "ACL", "DEFAULT", "SEQUENCE OWNED BY")
 
 
-def _part_of_existing(item: PlannedEntry, existing_tables: set[QualifiedName | None],
+def _part_of_existing(item: PlannedEntry, existing_tables: set[QualifiedName],
                       existing_keys: set[tuple[str, str | None, str]]) -> bool:
     """Whether an entry belongs to an object that exists already in the destination (and is not run again)."""
-    if item.table in existing_tables and item.entry.type in (
+    if item.table is not None and item.table in existing_tables and item.entry.type in (
             "DEFAULT", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE ATTACH", "COMMENT", "ACL"):
         return True
     return item.entry.type in ("COMMENT", "ACL") and item.target is not None and item.target in existing_keys

@@ -237,26 +237,34 @@ def test_a_selected_table_brings_the_schema_of_the_extension_it_needs(migration_
     assert env.dst("SELECT to_regclass('app.c') IS NOT NULL, to_regclass('app.other')") == [(True, None)]
 
 
-def test_a_rerun_reports_grants_and_comments_that_changed_on_the_source(migration_env):
-    """A re-run must not call an object identical, nor keep quiet, when its grants or comment changed on the source:
-    the destination would keep a privilege the source revoked."""
+def rerun_after_change(env, roles: tuple[str, ...], before: str, change: str) -> dict:
+    """Both phases with grants, then ``change`` on the source, then pre_data again: its report."""
     from airflow_pgmigrate.engine.state import MigrationState
 
-    env = migration_env
-    for role in ("rv_reader", "rv_writer"):
+    for role in roles:
         env.create_role(env.source, role, "pw")
         env.create_role(env.destination, role, "pw")
-    env.src("CREATE TABLE public.t (id int PRIMARY KEY); GRANT SELECT ON public.t TO rv_reader;"
-            "COMMENT ON TABLE public.t IS 'first';"
-            "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1';"
-            "REVOKE ALL ON FUNCTION public.f() FROM PUBLIC; GRANT EXECUTE ON FUNCTION public.f() TO rv_reader")
+    env.src(before)
     config = env.config(schema_migration={"migrate_grants": True})
     state = MigrationState(env.destination_info(), config.state_schema, config.name)
     for phase in ("pre_data", "post_data"):
         migrate_schema(config, env.source_info(), env.destination_info(), phase, state=state)
-    env.src("REVOKE SELECT ON public.t FROM rv_reader; GRANT SELECT ON public.t TO rv_writer;"
-            "COMMENT ON TABLE public.t IS 'second'; REVOKE EXECUTE ON FUNCTION public.f() FROM rv_reader")
-    again = migrate_schema(config, env.source_info(), env.destination_info(), "pre_data", state=state).to_dict()
+    env.src(change)
+    return migrate_schema(config, env.source_info(), env.destination_info(), "pre_data", state=state).to_dict()
+
+
+def test_a_rerun_reports_grants_and_comments_that_changed_on_the_source(migration_env):
+    """A re-run must not call an object identical, nor keep quiet, when its grants or comment changed on the source:
+    the destination would keep a privilege the source revoked."""
+    env = migration_env
+    again = rerun_after_change(
+        env, ("rv_reader", "rv_writer"),
+        "CREATE TABLE public.t (id int PRIMARY KEY); GRANT SELECT ON public.t TO rv_reader;"
+        "COMMENT ON TABLE public.t IS 'first';"
+        "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+        "REVOKE ALL ON FUNCTION public.f() FROM PUBLIC; GRANT EXECUTE ON FUNCTION public.f() TO rv_reader",
+        "REVOKE SELECT ON public.t FROM rv_reader; GRANT SELECT ON public.t TO rv_writer;"
+        "COMMENT ON TABLE public.t IS 'second'; REVOKE EXECUTE ON FUNCTION public.f() FROM rv_reader")
     differing = {d["object"] for d in again["differing"]}
     assert {"acl public.TABLE t", "comment public.TABLE t", "acl public.FUNCTION f()"} <= differing, again
     identical = {s["object"] for s in again["skipped"] if s["reason"] == "exists already, identical"}
@@ -286,23 +294,16 @@ def test_user_mapping_secrets_stay_out_of_the_report_and_the_log(migration_env):
 def test_a_rerun_reports_grants_and_comments_the_source_no_longer_has(migration_env):
     """A grant revoked back to the default (pg_dump then writes no ACL at all) or a comment removed on the source
     leaves the destination wider than the source: the re-run says so instead of calling the objects identical."""
-    from airflow_pgmigrate.engine.state import MigrationState
-
-    env = migration_env
-    env.create_role(env.source, "rv_reader", "pw")
-    env.create_role(env.destination, "rv_reader", "pw")
-    env.src("CREATE TABLE public.t (id int PRIMARY KEY, note text); GRANT SELECT ON public.t TO rv_reader;"
-            "GRANT UPDATE (note) ON public.t TO rv_reader; COMMENT ON TABLE public.t IS 'first';"
-            "CREATE FUNCTION public.f(p_id bigint) RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';"
-            "REVOKE ALL ON FUNCTION public.f(bigint) FROM PUBLIC; COMMENT ON FUNCTION public.f(bigint) IS 'one'")
-    config = env.config(schema_migration={"migrate_grants": True})
-    state = MigrationState(env.destination_info(), config.state_schema, config.name)
-    for phase in ("pre_data", "post_data"):
-        migrate_schema(config, env.source_info(), env.destination_info(), phase, state=state)
-    env.src("REVOKE ALL ON public.t FROM rv_reader; REVOKE UPDATE (note) ON public.t FROM rv_reader;"
-            "COMMENT ON TABLE public.t IS NULL; GRANT EXECUTE ON FUNCTION public.f(bigint) TO PUBLIC;"
-            "COMMENT ON FUNCTION public.f(bigint) IS NULL")
-    again = migrate_schema(config, env.source_info(), env.destination_info(), "pre_data", state=state).to_dict()
+    again = rerun_after_change(
+        migration_env, ("rv_reader",),
+        "CREATE TABLE public.t (id int PRIMARY KEY, note text); GRANT SELECT ON public.t TO rv_reader;"
+        "GRANT UPDATE (note) ON public.t TO rv_reader; COMMENT ON TABLE public.t IS 'first';"
+        "CREATE FUNCTION public.f(p_id bigint) RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';"
+        "REVOKE ALL ON FUNCTION public.f(bigint) FROM PUBLIC; COMMENT ON FUNCTION public.f(bigint) IS 'one'",
+        "REVOKE ALL ON public.t FROM rv_reader; REVOKE UPDATE (note) ON public.t FROM rv_reader;"
+        "COMMENT ON TABLE public.t IS NULL; GRANT EXECUTE ON FUNCTION public.f(bigint) TO PUBLIC;"
+        "COMMENT ON FUNCTION public.f(bigint) IS NULL")
     differing = {d["object"] for d in again["differing"]}
     assert {"acl public.TABLE t", "acl public.COLUMN t.note", "comment public.TABLE t",
             "acl public.FUNCTION f(p_id bigint)", "comment public.FUNCTION f(p_id bigint)"} <= differing, again
+
