@@ -1252,6 +1252,12 @@ def migrate_schema(
         roles = {r[0] for r in dst_conn.execute("SELECT rolname FROM pg_roles")}
     dump = _source_pg_dump(src.major, dst_major, source)
     report.pg_dump = f"{dump.major} ({dump.path})"
+    if dump.major < dst_major:
+        report.review.append({"object": f"pg_dump {dump.major}", "reason": (
+            f"no pg_dump {dst_major} or later that reaches the source with TLS: GRANT ALL is written in PostgreSQL "
+            f"{dump.major}'s terms and grants everything ALL means in PostgreSQL {dst_major} (MAINTAIN from 17 on); "
+            f"install the PostgreSQL {dst_major} client programs built with TLS, or set sslmode=disable on a source "
+            "connection that needs no TLS")})
     schemas = src.dumped_schemas()
     if not schemas:
         raise SchemaMigrationError("the selection matches nothing in the source")
