@@ -658,16 +658,23 @@ class _Planner:
         return True
 
     def _cast_selected(self, entry: DumpEntry) -> bool:
-        """A cast migrates with a partial selection when its types and function all live in migrated schemas."""
+        """A cast migrates with a partial selection when its types and function all migrate: their schema migrates
+        whole, or the selected tables need them (a schema some of whose objects migrate is not enough)."""
         stmt = _first_statement(entry.sql)
         if type(stmt).__name__ != "CreateCastStmt":
             return False
         names = [[getattr(n, "sval", "") for n in t.names or ()] for t in (stmt.sourcetype, stmt.targettype)]
         if stmt.func is not None:
             names.append([getattr(n, "sval", "") for n in stmt.func.objname or ()])
-        schemas = {n[0] for n in names if len(n) >= 2} - {"pg_catalog"}
-        migrated = self.src.whole_schemas | {s for _, s, _ in self.src.needed if s is not None}
-        return bool(schemas) and schemas <= migrated
+        own = [n for n in names if len(n) >= 2 and n[0] != "pg_catalog"]
+        return bool(own) and all(self._migrates(n[0], n[-1]) for n in own)
+
+    def _migrates(self, schema: str, name: str) -> bool:
+        """Whether the type, table or routine ``schema.name`` (a routine: any of that name) migrates."""
+        src = self.src
+        if schema in src.whole_schemas or QualifiedName(schema, name) in src.selected:
+            return True
+        return any(s == schema and (n == name or n.startswith(name + "(")) for _, s, n in src.needed)
 
 
 def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationConfig,
