@@ -317,3 +317,16 @@ def test_a_cast_of_types_a_table_selection_leaves_out_is_not_migrated(migration_
     assert env.dst("SELECT to_regclass('app.c') IS NOT NULL, to_regtype('app.amount')") == [(True, None)]
     skipped = {s["object"]: s["reason"] for s in pre.skipped}
     assert "database-wide object" in skipped.get("cast CAST (app.amount AS numeric)", ""), skipped
+
+
+def test_the_comment_of_a_skipped_foreign_key_is_left_out_with_it(migration_env):
+    env = migration_env
+    env.src(FOREIGN_KEYS + "COMMENT ON CONSTRAINT notes_customer ON public.notes IS 'to the excluded table'")
+    config = env.config(objects={"schemas": ["public"], "exclude": ["public.customers"]},
+                        schema_migration={"foreign_keys_to_excluded": "skip"})
+    run(env, config, "pre_data")
+    post = run(env, config, "post_data")
+    skipped = {s["object"]: s["reason"] for s in post.skipped}
+    assert "belongs to an object that is not migrated" in skipped.get(
+        "comment public.CONSTRAINT notes_customer ON notes", ""), skipped
+    assert env.dst("SELECT conname FROM pg_constraint WHERE contype = 'f' ORDER BY 1") == [("orders_parent_id_fkey",)]
