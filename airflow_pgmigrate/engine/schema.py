@@ -535,6 +535,8 @@ class _Planner:
     #: ``schema_migration.exclude_indexes`` compiled, and the patterns that matched an index.
     index_patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
     matched: set[str] = field(default_factory=set)
+    #: (table, constraint) of foreign keys left out by ``foreign_keys_to_excluded: skip`` -> the reason.
+    skipped_keys: dict[tuple[QualifiedName, str], str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index_patterns = {p: re.compile(fnmatch.translate(p))
@@ -632,12 +634,19 @@ class _Planner:
             return src.view_kept(table) and not self._index_left_out(entry)
         if table not in src.selected:
             return False  # an excluded (or not selected) table and everything of it
+        constraint = _constraint_of(entry, table) if entry.type in ("FK CONSTRAINT", "COMMENT") else None
+        if entry.type == "COMMENT" and constraint in self.skipped_keys:
+            self.report.skip(str(entry), f"belongs to an object that is not migrated: {self.skipped_keys[constraint]}")
+            return False
         if entry.type == "FK CONSTRAINT":
             referenced = _referenced_table(entry)
             if referenced is not None and referenced in src.tables and referenced not in src.selected:
                 if self.config.schema_migration.foreign_keys_to_excluded == "skip":
-                    self.report.skip(str(entry), f"references {referenced}, which is not selected "
-                                                 "(schema_migration.foreign_keys_to_excluded: skip)")
+                    reason = f"references {referenced}, which is not selected " \
+                             "(schema_migration.foreign_keys_to_excluded: skip)"
+                    self.report.skip(str(entry), reason)
+                    if constraint is not None:
+                        self.skipped_keys[constraint] = reason
                     return False
                 self.errors.append(f"foreign key {entry.name} of {table} references {referenced}, which is not "
                                    f"selected: select {referenced} too, exclude {table}, or set "
@@ -778,6 +787,18 @@ def _planned(entry: DumpEntry, table: QualifiedName | None, src: SourceSchema, r
                                   f"renamed names: {', '.join(words)}"})
     return PlannedEntry(entry, result.sql, table if table in src.tables else None, key=_entry_key(entry, table),
                         target=_target_key(entry, src) if entry.type in ("COMMENT", "ACL") else None)
+
+
+def _constraint_of(entry: DumpEntry, table: QualifiedName) -> tuple[QualifiedName, str] | None:
+    """(table, constraint name) of a table constraint's entry, or of a comment on a table constraint."""
+    stmt = _first_statement(entry.sql)
+    kind = type(stmt).__name__
+    if kind == "CommentStmt" and stmt.objtype.name == "OBJECT_TABCONSTRAINT":
+        return (table, getattr(stmt.object[-1], "sval", ""))
+    if kind == "AlterTableStmt":
+        name = next((c.def_.conname for c in stmt.cmds or () if getattr(c.def_, "conname", None)), None)
+        return (table, name) if name else None
+    return None
 
 
 def _referenced_table(entry: DumpEntry) -> QualifiedName | None:
