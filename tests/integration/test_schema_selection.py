@@ -237,8 +237,8 @@ def test_a_selected_table_brings_the_schema_of_the_extension_it_needs(migration_
     assert env.dst("SELECT to_regclass('app.c') IS NOT NULL, to_regclass('app.other')") == [(True, None)]
 
 
-def rerun_after_change(env, roles: tuple[str, ...], before: str, change: str) -> dict:
-    """Both phases with grants, then ``change`` on the source, then pre_data again: its report."""
+def rerun_after_change(env, roles: tuple[str, ...], before: str, change: str, phase: str = "pre_data") -> dict:
+    """Both phases with grants, then ``change`` on the source, then ``phase`` again: its report."""
     from airflow_pgmigrate.engine.state import MigrationState
 
     for role in roles:
@@ -250,7 +250,7 @@ def rerun_after_change(env, roles: tuple[str, ...], before: str, change: str) ->
     for phase in ("pre_data", "post_data"):
         migrate_schema(config, env.source_info(), env.destination_info(), phase, state=state)
     env.src(change)
-    return migrate_schema(config, env.source_info(), env.destination_info(), "pre_data", state=state).to_dict()
+    return migrate_schema(config, env.source_info(), env.destination_info(), phase, state=state).to_dict()
 
 
 def test_a_rerun_reports_grants_and_comments_that_changed_on_the_source(migration_env):
@@ -330,3 +330,20 @@ def test_the_comment_of_a_skipped_foreign_key_is_left_out_with_it(migration_env)
     assert "belongs to an object that is not migrated" in skipped.get(
         "comment public.CONSTRAINT notes_customer ON notes", ""), skipped
     assert env.dst("SELECT conname FROM pg_constraint WHERE contype = 'f' ORDER BY 1") == [("orders_parent_id_fkey",)]
+
+
+def test_a_rerun_reports_default_privileges_that_changed_on_the_source(migration_env):
+    """Running a changed ALTER DEFAULT PRIVILEGES again would add its grants to the ones the first run made (the
+    destination's future tables readable by both roles): it is reported instead, and the destination kept."""
+    env = migration_env
+    again = rerun_after_change(
+        env, ("rv_reader", "rv_writer"),
+        "CREATE TABLE public.t (id int PRIMARY KEY);"
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO rv_reader",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE SELECT ON TABLES FROM rv_reader;"
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO rv_writer", "post_data")
+    assert again["created_total"] == 0, again["objects"]
+    assert "default acl public.DEFAULT PRIVILEGES FOR TABLES" in {d["object"] for d in again["differing"]}, (again["skipped"], again["differing"])
+    env.dst("CREATE TABLE public.later (id int)")
+    assert env.dst("SELECT has_table_privilege('rv_reader', 'public.later', 'SELECT'), "
+                   "has_table_privilege('rv_writer', 'public.later', 'SELECT')") == [(True, False)]
