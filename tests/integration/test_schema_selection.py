@@ -247,8 +247,8 @@ def rerun_after_change(env, roles: tuple[str, ...], before: str, change: str, ph
     env.src(before)
     config = env.config(schema_migration={"migrate_grants": True})
     state = MigrationState(env.destination_info(), config.state_schema, config.name)
-    for phase in ("pre_data", "post_data"):
-        migrate_schema(config, env.source_info(), env.destination_info(), phase, state=state)
+    for first in ("pre_data", "post_data"):
+        migrate_schema(config, env.source_info(), env.destination_info(), first, state=state)
     env.src(change)
     return migrate_schema(config, env.source_info(), env.destination_info(), phase, state=state).to_dict()
 
