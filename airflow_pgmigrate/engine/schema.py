@@ -1359,7 +1359,8 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
         if what is not None and _exists(conn, what, item.entry.name):
             item.creates = (what[0], str(what[1]))
             existing.append(item)
-    if not existing:
+    defaults = [p for p in plan if p.entry.type == "DEFAULT ACL"]
+    if not existing and not defaults:
         return
     ours = phase == "post_data" or bool(state is not None and (state.get("schema.pre_data") or {}).get("completed"))
     conflicts = [p for p in existing if p.creates and p.creates[0] not in _NOT_COMPARED]
@@ -1372,11 +1373,14 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
     existing_keys = {p.key for p in existing}
     parts = {id(p) for p in plan if p not in existing and _part_of_existing(p, skipped_tables, existing_keys)}
     destination_entries: set[str] = set()
-    if conflicts or any(id(p) in parts and p.entry.type in _COMPARED_PARTS for p in plan):
+    if conflicts or defaults or any(id(p) in parts and p.entry.type in _COMPARED_PARTS for p in plan):
         text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config, other_schemas))
         dumped = split_dump(text)[1]
         destination_entries = {normalize_sql(e.settings + e.sql) for e in dumped}
         _report_extra_parts(conn, plan, existing, dumped, report)
+        # Default privileges the destination has already: running the source's again would add to them.
+        held = {(e.schema, e.name) for e in dumped if e.type == "DEFAULT ACL"}
+        parts |= {id(p) for p in defaults if (p.entry.schema, p.entry.name) in held}
     for item in plan:
         same = bool(destination_entries) and normalize_sql(item.entry.settings + item.sql) in destination_entries
         if item in existing or same:
@@ -1451,9 +1455,9 @@ def _routine_tags(conn: psycopg.Connection) -> dict[tuple[str, str], str]:
         conn.execute("SELECT set_config('search_path', %s, false)", (path,))
 
 
-#: Entries that only add to an object (its grants, comment, column default, sequence owner): compared with the
-#: destination's when their object exists already, so a grant revoked on the source is reported, not left silently.
-_COMPARED_PARTS = ("COMMENT", "ACL", "DEFAULT", "SEQUENCE OWNED BY")
+#: Entries that only add to an object (its grants, comment, column default, sequence owner; a role's default
+#: privileges in a schema): compared with the destination's when their object exists already, so a grant revoked on the source is reported, not left silently.
+_COMPARED_PARTS = ("COMMENT", "ACL", "DEFAULT", "SEQUENCE OWNED BY", "DEFAULT ACL")
 
 
 def _part_of_existing(item: PlannedEntry, existing_tables: set[QualifiedName],
