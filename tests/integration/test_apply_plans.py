@@ -104,3 +104,28 @@ def test_small_upsert_batch_against_large_table_is_planned_as_index_lookups(big_
     half = BATCH_KEYS // 2
     assert env.dst("SELECT count(*), count(*) FILTER (WHERE v = 7), count(*) FILTER (WHERE v = 1) "
                    "FROM public.big") == [(TABLE_ROWS - half + BATCH_KEYS, half, BATCH_KEYS)]
+
+
+def test_join_strategy_follows_the_batch_size_against_the_table(big_table):
+    """Lookups are forced only while the batch is small against its table: a batch that rewrites most of a small
+    table gets the session's own planner settings back (there a hash join over the table is the cheaper plan)."""
+    env = big_table
+    env.dst("CREATE TABLE public.small (id int PRIMARY KEY, v int NOT NULL, body text);"
+            "INSERT INTO public.small SELECT g, 0, 'x' FROM generate_series(1, 1000) g")
+    big, small = _target(upsert=False), TableTarget(
+        source=QualifiedName("public", "small"), target=QualifiedName("public", "small"),
+        columns=[(0, "id"), (1, "v"), (2, "body")], key=[0], key_names=["id"], upsert=False, row_filter=None)
+    with connect(env.destination_info(), autocommit=False) as conn:
+        conn.execute("SET session_replication_role = replica")
+        applier = Applier(conn, count_rows=True)
+        settings = "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')"
+        for table, rows, expected in ((big, 100, ("off", "off")), (small, 800, ("on", "on")),
+                                      (big, 100, ("off", "off"))):
+            batch = Batch()
+            for key in range(1, rows + 1):
+                batch.add(1, table, Change("U", 1, [_key(key), b"2", b"y"], None), 10)
+            applier.apply(batch)
+            assert conn.execute(settings).fetchone() == expected, table.target
+        conn.commit()
+        assert conn.execute(settings).fetchone() == ("on", "on"), "the settings last only as long as the transaction"
+    assert env.dst("SELECT count(*) FROM public.small WHERE v = 2") == [(800,)]
