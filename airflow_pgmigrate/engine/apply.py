@@ -217,7 +217,7 @@ class Applier:
         self.conn = conn
         self.count_rows = count_rows
         self._staging: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
-        #: Target table -> (estimated rows, when read), for the choice of join strategy.
+        #: Target table -> (staged rows below which its statements are index lookups, when read).
         self._table_rows: dict[str, tuple[float, float]] = {}
         #: The session's enable_hashjoin and enable_mergejoin, restored for statements the planner chooses freely.
         self._join_settings: tuple[str, str] | None = None
@@ -261,15 +261,22 @@ class Applier:
                 copy.write(block)
         return ident
 
-    def _rows_of(self, t: TableTarget) -> float:
-        """The target table's row count as the planner estimates it (from its statistics, or its size when it was
-        never analysed; partitions included)."""
+    def _lookup_limit(self, t: TableTarget) -> float:
+        """Below how many staged rows a statement on ``t`` is planned as index lookups: a share of the table's rows
+        as the planner estimates them (statistics, or its size when never analysed; partitions included), or 0 when
+        no valid index of the destination table starts with a key column (lookups would then scan it per key)."""
         name = str(t.target)
         known = self._table_rows.get(name)
         now = time.monotonic()
         if known is None or now - known[1] > TABLE_SIZE_SECONDS:
+            indexed = self.conn.execute(
+                "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = i.indkey[0] WHERE i.indrelid = format('%%I.%%I', %s::text, %s::text)::regclass "
+                "AND i.indisvalid AND i.indpred IS NULL AND a.attname = ANY(%s::text[]))",
+                (t.target.schema, t.target.name, t.key_names)).fetchone()
             row = self.conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT FROM {}").format(t.ident)).fetchone()
-            known = (float(row[0][0]["Plan"]["Plan Rows"]) if row else 0.0, now)
+            rows = float(row[0][0]["Plan"]["Plan Rows"]) if row and indexed and indexed[0] else 0.0
+            known = (LOOKUP_SHARE * rows, now)
             self._table_rows[name] = known
         return known[0]
 
@@ -282,7 +289,7 @@ class Applier:
                                     "current_setting('enable_mergejoin')").fetchone()
             assert row is not None
             self._join_settings = (str(row[0]), str(row[1]))
-        hashjoin, mergejoin = ("off", "off") if staged < LOOKUP_SHARE * self._rows_of(t) else self._join_settings
+        hashjoin, mergejoin = ("off", "off") if staged < self._lookup_limit(t) else self._join_settings
         self.conn.execute("SELECT set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)",
                           (hashjoin, mergejoin))
 

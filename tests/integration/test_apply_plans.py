@@ -129,3 +129,22 @@ def test_join_strategy_follows_the_batch_size_against_the_table(big_table):
         conn.commit()
         assert conn.execute(settings).fetchone() == ("on", "on"), "the settings last only as long as the transaction"
     assert env.dst("SELECT count(*) FROM public.small WHERE v = 2") == [(800,)]
+
+
+def test_no_forced_lookups_where_the_destination_has_no_index_on_the_key(big_table):
+    """A destination table whose key has no index (dropped, or never built) would be scanned once per staged key by a
+    forced nested loop: the planner stays free there."""
+    env = big_table
+    env.dst("ALTER TABLE public.big DROP CONSTRAINT big_pkey")
+    t = _target(upsert=False)
+    batch = Batch()
+    for key in range(1, 2001):
+        batch.add(1, t, Change("U", 1, [_key(key), b"2", b"y"], None), 10)
+    with connect(env.destination_info(), autocommit=False) as conn:
+        conn.execute("SET session_replication_role = replica")
+        explaining = ExplainingConnection(conn, '"public"."big"')
+        Applier(explaining, count_rows=True).apply(batch)  # type: ignore[arg-type]
+        conn.commit()
+    [(_, plan)] = explaining.plans
+    assert "Hash Join" in plan or "Merge Join" in plan, plan
+    assert env.dst("SELECT count(*) FROM public.big WHERE v = 2") == [(2000,)]
