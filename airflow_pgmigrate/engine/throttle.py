@@ -21,12 +21,21 @@ class TokenBucket:
         self._last = time.monotonic()
         self._lock = threading.Lock()
 
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds ``take(amount)`` would sleep now (nothing is consumed)."""
+        with self._lock:
+            self._refill()
+            return max(0.0, (amount - self._tokens) / self.rate)
+
     def take(self, amount: float) -> None:
         """Consume ``amount`` tokens, sleeping as long as needed (amounts above the burst are paid off in debt)."""
         with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
+            self._refill()
             self._tokens -= amount
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
         if wait > 0:
@@ -54,6 +63,32 @@ class Throttle:
     def on_rows(self, amount: int) -> None:
         if self.rows is not None and amount:
             self.rows.take(amount)
+
+    @property
+    def rows_per_second(self) -> float | None:
+        return self.rows.rate if self.rows is not None else None
+
+    @property
+    def bytes_per_second(self) -> float | None:
+        return self.bytes.rate if self.bytes is not None else None
+
+    def pay(self, rows: int, nbytes: int, deadline: float | None = None) -> bool:
+        """Pay for a write of ``rows`` rows and ``nbytes`` bytes, sleeping until both caps allow it.
+
+        With a ``deadline`` (``time.monotonic()`` seconds), nothing is paid and False is returned at once when the
+        caps would allow the write only after it: a caller with a time window never sleeps past its end. One payer
+        at a time (the incremental sync's reading thread): the two waits overlap, so the sleep is the longer one.
+        """
+        owed: list[tuple[TokenBucket, int]] = []
+        for bucket, amount in ((self.rows, rows), (self.bytes, nbytes)):
+            if bucket is not None and amount > 0:
+                owed.append((bucket, amount))
+        if deadline is not None and owed:
+            if time.monotonic() + max(bucket.wait_for(amount) for bucket, amount in owed) > deadline:
+                return False
+        for bucket, amount in owed:
+            bucket.take(amount)
+        return True
 
     def before_query(self) -> None:
         if self.queries is not None:
