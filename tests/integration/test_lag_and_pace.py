@@ -98,6 +98,44 @@ def test_lag_seconds_grows_while_paused_or_throttled_and_returns_to_zero(migrati
     assert_equal(env, ["public.t"])
 
 
+def test_wal_with_nothing_for_the_migration_is_no_lag_and_an_unread_backlog_never_claims_zero(migration_env,
+                                                                                               monkeypatch):
+    from airflow_pgmigrate.engine import incremental
+
+    env = migration_env
+    env.src(TABLE + "; CREATE TABLE public.other (id bigint PRIMARY KEY, v text)")
+    config = start_migration(env, objects={"exclude": ["public.other"]})
+    stop = threading.Event()
+
+    def other_writes() -> None:  # WAL and commits the migration has nothing to apply for
+        with psycopg.connect(**env.source_info().connect_kwargs(), autocommit=True) as conn:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                conn.execute("INSERT INTO public.other VALUES (%s, repeat('o', 500))", (n,))
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=other_writes, daemon=True)
+    writer.start()
+    try:
+        time.sleep(0.5)
+        results = [poke(env, config, 2)[0] for _ in range(3)]
+    finally:
+        stop.set()
+        writer.join(10)
+    for result in results:
+        assert result.caught_up and result.lag_seconds == 0 and result.lag_basis == "nothing_unapplied", result
+    assert any(result.lag_bytes > 0 for result in results), "WAL was left unread: the read-ahead decided"
+
+    # A backlog the stream does not reach in time (no read-ahead at all here): the unread WAL's age, never 0.
+    env.src("DO $$ BEGIN FOR i IN 1..300 LOOP INSERT INTO public.t VALUES (i, 'x'); COMMIT; END LOOP; END $$")
+    time.sleep(1)
+    monkeypatch.setattr(incremental, "READ_AHEAD_SECONDS", 0.0)
+    result, took = poke(env, config, 0)
+    assert result.lag_bytes > 0 and result.lag_basis == "unread_wal_age" and 0 < result.lag_seconds <= took + 0.5, \
+        (took, result)
+
+
 def _context(run_id: str = "manual__lag") -> dict:
     from types import SimpleNamespace
 
