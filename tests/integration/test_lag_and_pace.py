@@ -58,11 +58,12 @@ def poke(env, config, window: float, **kwargs) -> tuple[SyncResult, float]:
     return result, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_lag_seconds_grows_while_paused_or_throttled_and_returns_to_zero(migration_env):
     env = migration_env
     env.src(TABLE)
     config = start_migration(env)
-    throttled = env.config(throttling={"incremental": {"rows_per_second": 15}})
+    throttled = env.config(throttling={"incremental": {"rows_per_second": 5}})
     with SteadyWriter(env, rate=40):
         time.sleep(1)
         first, _ = poke(env, config, 10)
@@ -74,7 +75,7 @@ def test_lag_seconds_grows_while_paused_or_throttled_and_returns_to_zero(migrati
         paused, _ = poke(env, config, 0)
         waited = time.monotonic() - caught_up_at
         assert paused.transactions == 0 and paused.lag_basis == "oldest_unapplied_commit", paused
-        assert waited - 2 <= paused.lag_seconds <= waited + 1, (paused, waited)
+        assert waited - 2 <= paused.lag_seconds <= waited + first.lag_seconds + 1, (paused, waited)
         oldest = datetime.fromisoformat(paused.oldest_unapplied_commit_time or "")
         assert oldest.isoformat() >= (first.last_commit_time or ""), "the oldest unapplied commit follows the applied"
 
@@ -92,7 +93,7 @@ def test_lag_seconds_grows_while_paused_or_throttled_and_returns_to_zero(migrati
             result, _ = poke(env, config, 10)
             if result.caught_up:
                 break
-        assert result.caught_up and result.lag_seconds < 1.5, result
+        assert result.caught_up and result.lag_seconds < 2, result
     quiet = catch_up(env, config)
     assert quiet.lag_seconds == 0 and quiet.lag_bytes == 0 and quiet.lag_basis == "nothing_unapplied", quiet
     assert_equal(env, ["public.t"])
@@ -254,7 +255,10 @@ def test_caps_hold_over_five_second_windows(migration_env, cap):
     rates = [r[0 if cap == "rows_per_second" else 1] for r in _windows(active, 5.0)]
     assert len(rates) > 50, len(rates)
     assert max(rates) <= 1.15 * limit, (max(rates), limit)
-    assert min(rates) >= 0.85 * limit, (min(rates), limit)
+    average = (active[-1][1 if cap == "rows_per_second" else 2] - active[0][1 if cap == "rows_per_second" else 2]) \
+        / (active[-1][0] - active[0][0])
+    assert average >= 0.85 * limit, (average, limit)  # the cap is used, not only respected
+    assert min(rates) >= 0.6 * limit, (min(rates), limit)  # and no silence between lumps
     catch_up(env, config)
     assert_equal(env, ["public.t"])
 
