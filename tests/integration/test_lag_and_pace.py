@@ -3,7 +3,6 @@ over five-second windows: against real servers under a steady write load from a 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from datetime import datetime
@@ -12,6 +11,7 @@ import psycopg
 import pytest
 
 from airflow_pgmigrate.engine.incremental import SyncResult, run_incremental
+from tests.hardening.test_operability_watchdog import _alerts, _context
 from tests.integration.test_incremental import assert_equal, catch_up, start_migration
 
 pytestmark = pytest.mark.integration
@@ -137,13 +137,6 @@ def test_wal_with_nothing_for_the_migration_is_no_lag_and_an_unread_backlog_neve
         (took, result)
 
 
-def _context(run_id: str = "manual__lag") -> dict:
-    from types import SimpleNamespace
-
-    ti = SimpleNamespace(dag_id="lag", task_id="incremental_sync", run_id=run_id, map_index=-1)
-    return {"run_id": run_id, "ti": ti}
-
-
 def test_not_delayed_flips_on_seconds_and_the_alert_fires_once_per_crossing(migration_env, tmp_path):
     from airflow_pgmigrate.sensors.incremental import IncrementalSyncSensor
 
@@ -158,25 +151,22 @@ def test_not_delayed_flips_on_seconds_and_the_alert_fires_once_per_crossing(migr
     env.src(TABLE)
     start_migration(env, **{k: v for k, v in config.items() if k != "name"})
 
-    def kinds() -> list[str]:
-        return [json.loads(line)["kind"] for line in alerts.read_text().splitlines()] if alerts.exists() else []
-
     sensor = IncrementalSyncSensor(task_id="incremental_sync", config=config, window_seconds=10)
     with SteadyWriter(env, rate=40):
         time.sleep(1)
         assert sensor.poke(_context()).is_done
-        assert kinds() == []
+        assert _alerts(alerts) == []
         time.sleep(5)  # the sync is paused: the destination falls behind by seconds, not by many bytes
         sensor.window_seconds = 0
         for _ in range(2):
             answer = sensor.poke(_context())
             assert not answer.is_done and answer.xcom_value["not_delayed"] is False
             assert answer.xcom_value["lag_seconds"] > 3 and answer.xcom_value["lag_bytes"] < 1024 ** 3
-        assert kinds() == ["lag_high"], "once per crossing, not at every poke"
+        assert _alerts(alerts) == ["lag_high"], "once per crossing, not at every poke"
         sensor.window_seconds = 10
         answer = sensor.poke(_context())
         assert answer.is_done and answer.xcom_value["lag_seconds"] <= 3, answer.xcom_value
-        assert kinds() == ["lag_high", "lag_recovered"]
+        assert _alerts(alerts) == ["lag_high", "lag_recovered"]
 
 
 @pytest.mark.parametrize("caps", [{"rows_per_second": 10}, {"mb_per_second": 0.002}, {"rows_per_second": 400}],
