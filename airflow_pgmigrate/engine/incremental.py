@@ -132,8 +132,9 @@ class _Pace:
     after the last commit (from the transaction committed at ``unapplied_time`` on) is left for the next run.
     """
 
-    def __init__(self, sync: IncrementalSync, window_seconds: float, deadline: float) -> None:
-        self.sync, self.window_seconds, self.deadline = sync, window_seconds, deadline
+    def __init__(self, sync: IncrementalSync, window_seconds: float, deadline: float,
+                 keep_alive: Callable[[], None]) -> None:
+        self.sync, self.window_seconds, self.deadline, self.keep_alive = sync, window_seconds, deadline, keep_alive
         self.limits = sync._batch_limits(window_seconds)
         self.over = False
         self.unapplied_time: int | None = None
@@ -146,7 +147,7 @@ class _Pace:
         if self.over:
             return False
         first = not self.commits
-        if self.sync.throttle.pay(part.changes, part.bytes, None if first else self.deadline):
+        if self.sync.throttle.pay(part.changes, part.bytes, None if first else self.deadline, self._sleep):
             if first and not self._told and time.monotonic() > self.deadline:
                 self._told = True
                 self.sync._warn_overrun(self.window_seconds, txn)
@@ -155,6 +156,15 @@ class _Pace:
         self.left_at(oldest_unapplied if oldest_unapplied is not None else
                      txn.begin.commit_time if txn is not None else None)
         return False
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait in steps of a second at most, telling the source we are alive after each full one: a long payment
+        (a huge row at a small cap) must not let the source's wal_sender_timeout end the stream."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 1.0))
+            if left > 1.0:
+                self.keep_alive()
 
     def committed(self, transactions: int) -> None:
         self.commits += 1
@@ -647,7 +657,8 @@ class IncrementalSync:
             oldest_unapplied: int | None = None
             stream_xid: int | None = None
             deadline = started + window_seconds
-            pace = _Pace(self, window_seconds, deadline)
+            self._feedback = (applied, applied)
+            pace = _Pace(self, window_seconds, deadline, lambda: self._send_feedback(repl, *self._feedback))
             part_changes, part_bytes, commit_changes, commit_bytes = pace.limits
             parted = False  # a part of the transaction being read was written (flushed at its commit)
 

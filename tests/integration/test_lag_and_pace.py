@@ -270,3 +270,19 @@ def test_a_transaction_larger_than_any_window_at_the_caps_is_still_applied(migra
     result, took = poke(env, throttled, 1)
     assert result.caught_up and result.changes == 1 and took <= 3, (took, result)
     assert_equal(env, ["public.t"])
+
+
+@pytest.mark.slow
+def test_a_long_payment_keeps_the_replication_connection_alive(migration_env):
+    """A transaction of two 150 kB rows at 20 kB/s: 7 s to pay for each, while the source ends a replication
+    connection silent for 2 s; the second row is read after the first is paid."""
+    env = migration_env
+    env.src(TABLE)
+    start_migration(env)
+    env.src(f'ALTER DATABASE "{env.source_db}" SET wal_sender_timeout = \'2s\'')
+    throttled = env.config(throttling={"incremental": {"mb_per_second": 0.02}})
+    env.src("INSERT INTO public.t SELECT k, string_agg(md5(g::text), '') FROM generate_series(1, 4700) g, "
+            "generate_series(1, 2) k GROUP BY k")
+    result, took = poke(env, throttled, 1)
+    assert result.changes == 2 and took >= 12, (took, result)
+    assert_equal(env, ["public.t"])

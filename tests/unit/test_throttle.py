@@ -31,3 +31,10 @@ def test_no_cap_no_wait():
     started = time.monotonic()
     assert throttle.pay(10**9, 10**12, deadline=started)
     assert time.monotonic() - started < 0.05
+
+
+def test_the_caller_does_the_waiting():
+    waits: list[float] = []
+    throttle = Throttle(mb_per_second=1)
+    assert throttle.pay(0, 2 * 1024 * 1024, sleep=waits.append)
+    assert len(waits) == 1 and 1.7 <= waits[0] <= 2.0, waits
