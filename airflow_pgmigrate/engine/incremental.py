@@ -870,7 +870,8 @@ class IncrementalSync:
         result.seconds = round(time.monotonic() - started, 3)
         self.log(f"incremental applied_lsn={result.applied_lsn} transactions={result.transactions} "
                  f"changes={result.changes} skipped={result.skipped_transactions} caught_up={result.caught_up} "
-                 f"lag_bytes={result.lag_bytes} lag_s={result.lag_seconds:.1f} seconds={result.seconds}")
+                 f"lag_bytes={result.lag_bytes} lag_s={result.lag_seconds:.1f} lag_basis={result.lag_basis} "
+                 f"throttled={result.throttled} seconds={result.seconds}")
         return result
 
     def _check_new_partitions(self, src: psycopg.Connection, version: int) -> None:
