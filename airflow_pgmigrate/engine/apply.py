@@ -218,7 +218,7 @@ class Applier:
         self.count_rows = count_rows
         self._staging: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
         #: Target table -> (staged rows below which its statements are index lookups, when read).
-        self._table_rows: dict[str, tuple[float, float]] = {}
+        self._lookup_limits: dict[str, tuple[float, float]] = {}
         #: The session's enable_hashjoin and enable_mergejoin, restored for statements the planner chooses freely.
         self._join_settings: tuple[str, str] | None = None
 
@@ -266,7 +266,7 @@ class Applier:
         as the planner estimates them (statistics, or its size when never analysed; partitions included), or 0 when
         no valid index of the destination table starts with a key column (lookups would then scan it per key)."""
         name = str(t.target)
-        known = self._table_rows.get(name)
+        known = self._lookup_limits.get(name)
         now = time.monotonic()
         if known is None or now - known[1] > TABLE_SIZE_SECONDS:
             indexed = self.conn.execute(
@@ -277,7 +277,7 @@ class Applier:
             row = self.conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT FROM {}").format(t.ident)).fetchone()
             rows = float(row[0][0]["Plan"]["Plan Rows"]) if row and indexed and indexed[0] else 0.0
             known = (LOOKUP_SHARE * rows, now)
-            self._table_rows[name] = known
+            self._lookup_limits[name] = known
         return known[0]
 
     def _plan_joins(self, t: TableTarget, staged: int) -> None:
