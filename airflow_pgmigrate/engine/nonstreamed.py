@@ -11,7 +11,9 @@ The cutover's ``sequence_offset`` moves it further away from the values already 
 
 Large objects: the database's large objects, all of them (they belong to no schema). Each side computes a digest of
 every object's data in pieces on the server, so only digests cross the network; objects whose digest differs are
-copied again, objects gone from the source are unlinked on the destination.
+copied again, objects gone from the source are unlinked on the destination. Their owners and grants are carried as
+the schema step carries every other object's (``schema_migration.owner_mapping`` and ``migrate_grants``, onto roles
+that exist on the destination), and then compared too.
 """
 
 from __future__ import annotations
@@ -196,6 +198,84 @@ def large_object_digests(conn: psycopg.Connection) -> dict[int, str]:
     return {oid: hashlib.sha256("|".join(parts).encode()).hexdigest() for oid, parts in pieces.items()}
 
 
+#: A large object's owner and its grants to roles other than the owner, as (grantee or PUBLIC, privilege, grantable).
+ObjectRoles = tuple[str | None, tuple[tuple[str, str, bool], ...]]
+
+_LO_ROLES = """
+    SELECT m.oid::bigint, pg_get_userbyid(m.lomowner),
+           coalesce((SELECT json_agg(json_build_array(CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                                          ELSE pg_get_userbyid(a.grantee) END,
+                                                     a.privilege_type, a.is_grantable))
+                       FROM aclexplode(m.lomacl) a WHERE a.grantee <> m.lomowner), '[]'::json)
+      FROM pg_largeobject_metadata m
+"""
+_LO_PRIVILEGES = frozenset({"SELECT", "UPDATE"})
+
+
+def large_object_roles(conn: psycopg.Connection) -> dict[int, ObjectRoles]:
+    """oid -> (owner, grants) of every large object on ``conn``'s side."""
+    return {int(oid): (str(owner), tuple(sorted((str(g), str(p), bool(o)) for g, p, o in grants)))
+            for oid, owner, grants in conn.execute(_LO_ROLES).fetchall()}
+
+
+@dataclass(frozen=True)
+class LargeObjectRoles:
+    """How large objects' owners and grants are carried: as the schema step carries every other object's (owners
+    with ``owner_mapping``, grants with ``migrate_grants``), onto roles that exist on the destination."""
+
+    owner_mapping: dict[str, str]
+    grants: bool
+
+    @classmethod
+    def of(cls, config: MigrationConfig) -> LargeObjectRoles | None:
+        """None when the migration carries neither owners nor grants (objects belong to its account)."""
+        settings = config.schema_migration
+        if not settings.owner_mapping and not settings.migrate_grants:
+            return None
+        return cls(dict(settings.owner_mapping), settings.migrate_grants)
+
+    def expected(self, source: dict[int, ObjectRoles], dst: psycopg.Connection) -> dict[int, ObjectRoles]:
+        """What each object's owner and grants should be on the destination (owner None: not carried)."""
+        from airflow_pgmigrate.engine.schema import RoleMapper
+
+        existing = {str(r[0]) for r in dst.execute("SELECT rolname FROM pg_roles").fetchall()}
+        roles = RoleMapper(self.owner_mapping, existing, self.grants)
+        out: dict[int, ObjectRoles] = {}
+        for oid, (owner, grants) in source.items():
+            target = roles.target(owner) if self.owner_mapping and owner else None
+            mapped = [("PUBLIC" if g == "PUBLIC" else roles.target(g), p, o) for g, p, o in grants] if self.grants \
+                else []
+            out[oid] = (target, tuple(sorted((str(g), p, o) for g, p, o in mapped if g is not None)))
+        return out
+
+    def differ(self, expected: ObjectRoles | None, actual: ObjectRoles | None) -> bool:
+        """Whether the destination's owner or grants differ from those expected (what is not carried is ignored)."""
+        if expected is None or actual is None:
+            return False
+        return (expected[0] is not None and expected[0] != actual[0]) or (self.grants and expected[1] != actual[1])
+
+    def differing(self, src: psycopg.Connection, dst: psycopg.Connection) -> tuple[dict[int, ObjectRoles], list[int]]:
+        """(expected owner and grants per object, the objects whose owner or grants differ on the destination)."""
+        expected = self.expected(large_object_roles(src), dst)
+        actual = large_object_roles(dst)
+        return expected, sorted(oid for oid in expected if self.differ(expected[oid], actual.get(oid)))
+
+
+def give_large_object(dst: psycopg.Connection, oid: int, roles: ObjectRoles | None) -> None:
+    """Set a freshly created destination object's owner and grants (``roles`` from LargeObjectRoles.expected)."""
+    if roles is None:
+        return
+    owner, grants = roles
+    if owner is not None:
+        dst.execute(sql.SQL("ALTER LARGE OBJECT {} OWNER TO {}").format(sql.Literal(oid), sql.Identifier(owner)))
+    for grantee, privilege, grantable in grants:
+        if privilege not in _LO_PRIVILEGES:
+            continue
+        dst.execute(sql.SQL("GRANT {} ON LARGE OBJECT {} TO {}{}").format(
+            sql.SQL(privilege), sql.Literal(oid), sql.SQL("PUBLIC") if grantee == "PUBLIC" else sql.Identifier(grantee),
+            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+
+
 def copy_large_object(src: psycopg.Connection, dst: psycopg.Connection, oid: int,
                       on_bytes: Callable[[int], Any] | None = None) -> int:
     """Create (or replace) one large object on the destination with the source's data; returns its size."""
@@ -221,27 +301,38 @@ def _in_transactions(dst: psycopg.Connection, oids: list[int], action: Callable[
 
 
 def sync_large_objects(src: psycopg.Connection, dst: psycopg.Connection, *, compare_first: bool = True,
-                       on_bytes: Callable[[int], Any] | None = None) -> dict[str, int]:
-    """Make the destination's large objects those of ``src``: copy the new and changed ones, unlink the ones gone.
-    ``compare_first=False`` copies every source object without digesting (the full load into an empty database)."""
+                       on_bytes: Callable[[int], Any] | None = None,
+                       roles: LargeObjectRoles | None = None) -> dict[str, int]:
+    """Make the destination's large objects those of ``src``: copy the new and changed ones (data, or owner and
+    grants when ``roles`` carries them), unlink the ones gone. ``compare_first=False`` copies every source object
+    without digesting (the full load into an empty database)."""
+    expected, wrong_roles = roles.differing(src, dst) if roles is not None else ({}, [])
     if compare_first:
         here, there = large_object_digests(src), large_object_digests(dst)
-        copy = sorted(oid for oid, digest in here.items() if there.get(oid) != digest)
+        copy = sorted({oid for oid, digest in here.items() if there.get(oid) != digest} | set(wrong_roles))
         gone = sorted(oid for oid in there if oid not in here)
     else:
         copy = [int(r[0]) for r in src.execute("SELECT oid::bigint FROM pg_largeobject_metadata ORDER BY oid")]
         gone = []
-    _in_transactions(dst, copy, lambda oid: copy_large_object(src, dst, oid, on_bytes))
+
+    def bring(oid: int) -> None:
+        copy_large_object(src, dst, oid, on_bytes)
+        give_large_object(dst, oid, expected.get(oid))
+
+    _in_transactions(dst, copy, bring)
     _in_transactions(dst, gone, lambda oid: dst.execute("SELECT lo_unlink(%s)", (oid,)))
     return {"copied": len(copy), "removed": len(gone)}
 
 
-def compare_large_objects(src: psycopg.Connection, dst: psycopg.Connection) -> dict[str, Any]:
-    """Count and per-object digests of both sides; names (oids) what is missing, extra or different."""
+def compare_large_objects(src: psycopg.Connection, dst: psycopg.Connection,
+                          roles: LargeObjectRoles | None = None) -> dict[str, Any]:
+    """Count and per-object digests of both sides (and owners and grants when ``roles`` carries them); names (oids)
+    what is missing, extra or different."""
     here, there = large_object_digests(src), large_object_digests(dst)
     missing = sorted(oid for oid in here if oid not in there)
     extra = sorted(oid for oid in there if oid not in here)
-    different = sorted(oid for oid in here if oid in there and here[oid] != there[oid])
+    wrong_roles = set(roles.differing(src, dst)[1]) if roles is not None else set()
+    different = sorted(oid for oid in here if oid in there and (here[oid] != there[oid] or oid in wrong_roles))
     return {"source_count": len(here), "destination_count": len(there),
             "missing_count": len(missing), "extra_count": len(extra), "different_count": len(different),
             "missing": missing[:MAX_NAMED], "extra": extra[:MAX_NAMED], "different": different[:MAX_NAMED],
@@ -281,10 +372,11 @@ def sync_sequences(config: MigrationConfig, source: ConnectionInfo, destination:
 
 def sync_large_objects_between(source: ConnectionInfo, destination: ConnectionInfo, *, snapshot: str | None = None,
                                compare_first: bool = True, on_bytes: Callable[[int], Any] | None = None,
-                               log: Log = _quiet) -> dict[str, int]:
-    """Bring the source's large objects (in ``snapshot`` when given) to the destination."""
+                               roles: LargeObjectRoles | None = None, log: Log = _quiet) -> dict[str, int]:
+    """Bring the source's large objects (in ``snapshot`` when given) to the destination, with their owners and
+    grants when ``roles`` carries them."""
     with source_snapshot(source, snapshot) as src, connect(destination) as dst:
-        result = sync_large_objects(src, dst, compare_first=compare_first, on_bytes=on_bytes)
+        result = sync_large_objects(src, dst, compare_first=compare_first, on_bytes=on_bytes, roles=roles)
     log(f"large_objects copied={result['copied']} removed={result['removed']}")
     return result
 
@@ -293,16 +385,19 @@ def compare_state(config: MigrationConfig, src: psycopg.Connection, dst: psycopg
                   schema: SourceSchema | None = None) -> dict[str, Any]:
     """Sequences and large objects of both sides, ``src`` in whatever snapshot its transaction holds."""
     return {"sequences": compare_sequences(read_sequences(config, src, schema), dst),
-            "large_objects": compare_large_objects(src, dst)}
+            "large_objects": compare_large_objects(src, dst, LargeObjectRoles.of(config))}
 
 
 __all__ = [
+    "LargeObjectRoles",
     "SequenceState",
     "apply_sequences",
     "compare_large_objects",
     "compare_sequences",
     "compare_state",
     "copy_large_object",
+    "give_large_object",
+    "large_object_roles",
     "large_object_digests",
     "migrated_sequences",
     "read_sequences",

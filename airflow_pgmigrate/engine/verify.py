@@ -27,7 +27,12 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
-from airflow_pgmigrate.engine.nonstreamed import compare_state, sync_large_objects_between, sync_sequences
+from airflow_pgmigrate.engine.nonstreamed import (
+    LargeObjectRoles,
+    compare_state,
+    sync_large_objects_between,
+    sync_sequences,
+)
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -355,7 +360,8 @@ def verify_migration(config: MigrationConfig, source: ConnectionInfo, destinatio
                     break
             # Sequences and large objects are not streamed: brought to the snapshot too (sequences only forward).
             sync_sequences(config, source, destination, snapshot=snapshot, log=log)
-            sync_large_objects_between(source, destination, snapshot=snapshot, log=log)
+            sync_large_objects_between(source, destination, snapshot=snapshot, roles=LargeObjectRoles.of(config),
+                                       log=log)
             report = compare(config, source, destination, snapshot=snapshot, log=log)
         report["lsn"] = lsn
         return report
