@@ -275,3 +275,25 @@ def test_large_objects_keep_their_mapped_owner_and_grants_and_verification_compa
     assert verification["equal"] is False
     assert verification["large_objects"]["different"] == [owned]
     assert any(f"oid {owned}" in line for line in differences(verification))
+
+
+def test_a_sequence_a_function_calls_by_an_unqualified_name_migrates_with_a_table_selection(migration_env):
+    """nextval('code_seq') in a function of schema app (which sets its search_path, as a secure function does):
+    the name resolves in the function's schema, not in the migration's session's search_path."""
+    env = migration_env
+    env.src("""CREATE SCHEMA app;
+               CREATE SEQUENCE app.code_seq;
+               CREATE FUNCTION app.next_code() RETURNS text LANGUAGE plpgsql SET search_path = app, pg_temp AS $$
+               BEGIN RETURN 'C' || nextval('code_seq'); END $$;
+               CREATE TABLE app.codes (code text PRIMARY KEY DEFAULT app.next_code(), n int);
+               INSERT INTO app.codes (n) SELECT g FROM generate_series(1, 30) g""")
+    config = start_migration(env, objects={"tables": ["app.codes"]}, cutover={"freeze_source": True})
+    env.src("INSERT INTO app.codes (n) VALUES (31)")
+    catch_up(env, config)
+    try:
+        report = run_cutover(config, env.source_info(), env.destination_info())
+    finally:
+        _unfreeze(env)
+    assert [(e["sequence"], e["value"]) for e in report["sequences"]] == [("app.code_seq", 31)]
+    env.dst("INSERT INTO app.codes (n) VALUES (0)")
+    assert env.dst("SELECT code FROM app.codes WHERE n = 0") == [("C32",)]
