@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_pgmigrate.engine.cutover import CutoverError, run_cutover
+from airflow_pgmigrate.engine.precheck import run_precheck
 from airflow_pgmigrate.engine.verify import compare, differences
 from tests.integration.test_incremental import catch_up, start_migration
 
@@ -297,3 +298,27 @@ def test_a_sequence_a_function_calls_by_an_unqualified_name_migrates_with_a_tabl
     assert [(e["sequence"], e["value"]) for e in report["sequences"]] == [("app.code_seq", 31)]
     env.dst("INSERT INTO app.codes (n) VALUES (0)")
     assert env.dst("SELECT code FROM app.codes WHERE n = 0") == [("C32",)]
+
+
+def test_large_objects_the_destination_holds_already_fail_the_precheck_before_the_migration_replaces_them(
+        migration_env):
+    """The migration makes the destination's large objects exactly the source's: the full load replaces an object of
+    the same oid and the cutover unlinks the others. Objects of the destination's own (its oids clash with the
+    source's, as oids count up from the same start on every cluster) are named by the precheck before anything is
+    copied, not lost."""
+    env = migration_env
+    env.src("CREATE TABLE public.docs (id int PRIMARY KEY, body oid);"
+            "INSERT INTO public.docs VALUES (1, lo_from_bytea(0, 'source data'))")
+    (shared,) = env.src("SELECT body FROM public.docs")[0]
+    env.dst(f"SELECT lo_from_bytea({shared}, 'the destination''s own data')")
+    (own,) = env.dst("SELECT lo_from_bytea(0, 'only on the destination')")[0]
+    report = env.precheck(migration_types=["schema", "full", "incremental"])
+    item = report.result("destination_large_objects")
+    assert item.status == "failed", item
+    assert f"{shared}" in item.detail and f"{own}" in item.detail
+    assert "lo_unlink" in item.fix
+    # Once the migration's full load copied the source's objects, they are the migration's own: no failure.
+    env.dst("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
+    config = start_migration(env)
+    report = run_precheck(config, env.source_info(), env.destination_info())
+    assert report.result("destination_large_objects").status == "passed"
