@@ -52,6 +52,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "name_conflicts",
     "extensions",
     "xml_support",
+    "destination_large_objects",
     "pg_dump",
     "destination_space",
     "long_transactions",
@@ -707,6 +708,32 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
                    "or set conflicting_tables: ignore to keep them", objects=names)]
 
 
+def check_destination_large_objects(ctx: PrecheckContext) -> list[CheckResult]:
+    """The migration makes the destination's large objects exactly the source's (the full load replaces an object of
+    the same oid, the cutover unlinks the others): objects of the destination's own are named before any is lost."""
+    from airflow_pgmigrate.engine.nonstreamed import compare_large_objects
+
+    assert ctx.src is not None and ctx.dst is not None
+    row = ctx.dst.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+    if not row or not row[0]:
+        return [passed("destination_large_objects", "the destination holds no large object")]
+    state = MigrationState(ctx.destination, ctx.config.state_schema, ctx.config.name)
+    if state.read(ctx.dst, "full_load"):
+        return [passed("destination_large_objects", f"the destination's {row[0]} large object(s) were copied by "
+                       "this migration's full load")]
+    found = compare_large_objects(ctx.src, ctx.dst)
+    at_risk = [*found["different"], *found["extra"]]
+    if not at_risk:
+        return [passed("destination_large_objects", f"the destination's {row[0]} large object(s) are the source's")]
+    oids = [str(o) for o in at_risk]
+    return [failed("destination_large_objects",
+                   f"the destination already holds large objects of its own: {found['different_count']} with the oid "
+                   f"of a source object but other data (the full load would replace them) and {found['extra_count']} "
+                   f"that the source does not have (the cutover would unlink them): oid {_listing(oids)}",
+                   "migrate into a database without large objects of its own, or, if they are not needed, remove "
+                   "them on the destination: SELECT lo_unlink(oid) FROM pg_largeobject_metadata;", objects=oids)]
+
+
 _XML_COLUMNS = """
     SELECT n.nspname, c.relname, a.attname
       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -882,6 +909,7 @@ _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "name_conflicts": (check_name_conflicts, ("schema", "full", "incremental"), True, True),
     "extensions": (check_extensions, ("schema",), True, True),
     "xml_support": (check_xml_support, ("schema", "full", "incremental"), True, True),
+    "destination_large_objects": (check_destination_large_objects, ("full",), True, True),
     "pg_dump": (check_pg_dump, ("schema",), True, True),
     "destination_space": (check_destination_space, ("full",), True, False),
     "long_transactions": (check_long_transactions, ("incremental",), True, False),
