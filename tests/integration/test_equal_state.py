@@ -186,6 +186,32 @@ def test_xml_on_a_destination_without_libxml_fails_the_precheck_naming_the_colum
         other.drop_database(dbname)
 
 
+def test_xml_inside_a_composite_type_or_a_domain_over_an_array_is_found_by_the_precheck(migration_env, pg_servers):
+    """xml nested in a composite type, a table's row type, or a domain over xml[]: the copy fails on a destination
+    without libxml just as for a plain xml column, so the precheck names these columns too."""
+    other = pg_servers.other_version()
+    if other is None:
+        pytest.skip("only one PostgreSQL major version on this machine")
+    env = migration_env
+    env.src("CREATE TYPE public.entry AS (title text, body xml);"
+            "CREATE DOMAIN public.xml_list AS xml[];"
+            "CREATE TABLE public.feeds (id int PRIMARY KEY, entry public.entry, entries public.entry[],"
+            " list public.xml_list, title text);"
+            "CREATE TABLE public.holder (id int PRIMARY KEY, feed public.feeds)")
+    dbname = env.destination_db
+    other.create_database(dbname)
+    try:
+        if other.execute("SELECT count(*) FROM pg_config() WHERE name = 'CONFIGURE' AND setting LIKE "
+                         "'%with-libxml%'", dbname) != [(0,)]:
+            pytest.skip(f"PostgreSQL {other.major} here was built with libxml")
+        item = env.precheck(destination=other.info(dbname)).result("xml_support")
+        assert item.status == "failed", item
+        assert item.objects == ["public.feeds.entry", "public.feeds.entries", "public.feeds.list",
+                                "public.holder.feed"]
+    finally:
+        other.drop_database(dbname)
+
+
 def test_config_entries_that_match_no_migrated_table_fail_the_precheck_by_name(migration_env):
     env = migration_env
     env.src(PAYMENTS + "CREATE TABLE public.other (id int PRIMARY KEY)")
