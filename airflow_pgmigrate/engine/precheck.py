@@ -735,18 +735,25 @@ def check_destination_large_objects(ctx: PrecheckContext) -> list[CheckResult]:
 
 
 _XML_COLUMNS = """
+    WITH RECURSIVE holds_xml(oid) AS (
+        SELECT 'xml'::regtype::oid
+      UNION
+        SELECT t.oid FROM holds_xml h JOIN pg_type t
+            ON h.oid IN (t.typbasetype, t.typelem)
+            OR t.typrelid IN (SELECT a.attrelid FROM pg_attribute a
+                               WHERE a.atttypid = h.oid AND a.attnum > 0 AND NOT a.attisdropped)
+    )
     SELECT n.nspname, c.relname, a.attname
       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-      JOIN pg_type t ON t.oid = a.atttypid
-      LEFT JOIN pg_type e ON e.oid = t.typelem
      WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
-       AND 'xml'::regtype IN (t.oid, t.typbasetype, e.oid, e.typbasetype)
+       AND a.atttypid IN (SELECT oid FROM holds_xml)
      ORDER BY 1, 2, a.attnum
 """
 
 
 def check_xml_support(ctx: PrecheckContext) -> list[CheckResult]:
-    """xml values need a destination built with libxml: probe it when migrated columns hold xml, before any copy."""
+    """xml values need a destination built with libxml: probe it when migrated columns hold xml (directly, or in an
+    array, a domain or a composite type, at any depth), before any copy."""
     assert ctx.src is not None and ctx.dst is not None
     chosen = {parse_qualified_name(k): set(v) for k, v in ctx.config.objects.columns.items()}
     columns = [f"{QualifiedName(s, t)}.{c}" for s, t, c in ctx.src.execute(
