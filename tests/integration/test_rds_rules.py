@@ -201,3 +201,27 @@ def test_a_rule_that_cannot_be_removed_never_fails_a_cutover_that_released_the_s
     allow_revoke()
     IngressCleanupOperator(task_id="remove_ingress_rules", config=config.to_dict()).execute({})
     assert ingress_cidrs(ec2, sg_id) == []
+
+
+def test_the_adhoc_precheck_leaves_the_rule_of_a_migration_in_progress(migration_env, aws):
+    """The ad hoc precheck DAG run on the config of a migration whose incremental sync is under way (its slot
+    exists) shares the migration's record and description: its cleanup must not cut the running sync off the
+    database. Once the migration is released, the same cleanup removes the rule."""
+    from airflow_pgmigrate.engine.incremental import release
+    from airflow_pgmigrate.templates.migration_dag import build_adhoc_precheck_dag
+    from tests.integration.test_incremental import start_migration
+
+    rds, ec2, sg_id = aws
+    env = migration_env
+    env.src("CREATE TABLE IF NOT EXISTS public.orders (id bigint PRIMARY KEY)")
+    config = start_migration(env, rds={"db_instance_identifier": "shop-prod", "worker_cidrs": [WORKER],
+                                       "manage_security_group": True})
+    assert _precheck(env, config, rds, ec2).result("rds_security_group").status == "passed"
+    cleanup = build_adhoc_precheck_dag().get_task("remove_ingress_rules")
+    cleanup.config = config.to_dict()  # as the trigger form renders it
+    cleanup.execute({})
+    assert ingress_cidrs(ec2, sg_id) == [("tcp", 5432, 5432, WORKER)]
+    assert [r.cidr for r in _ledger(env, config).read()] == [WORKER]
+    release(config, env.source_info())
+    cleanup.execute({})
+    assert ingress_cidrs(ec2, sg_id) == [] and _ledger(env, config).read() == []
