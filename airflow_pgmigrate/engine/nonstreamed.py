@@ -356,11 +356,20 @@ def source_snapshot(source: ConnectionInfo, snapshot: str | None) -> Iterator[ps
             src.rollback()
 
 
-def sync_sequences(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
-                   snapshot: str | None = None, offset: int = 0, log: Log = _quiet) -> list[dict[str, Any]]:
-    """Set every migrated sequence on the destination from the source (+ ``offset``); returns what was set."""
+def sequences_of(config: MigrationConfig, source: ConnectionInfo, snapshot: str | None = None) -> list[SequenceState]:
+    """Every migrated sequence's state on the source. Sequences are not transactional: in ``snapshot`` too, each
+    shows its value at the time of reading, at or beyond its value at the snapshot."""
     with source_snapshot(source, snapshot) as src:
-        states = read_sequences(config, src)
+        return read_sequences(config, src)
+
+
+def sync_sequences(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
+                   snapshot: str | None = None, offset: int = 0, states: list[SequenceState] | None = None,
+                   log: Log = _quiet) -> list[dict[str, Any]]:
+    """Set every migrated sequence on the destination from the source (+ ``offset``), from ``states`` when the
+    caller read them already; returns what was set."""
+    if states is None:
+        states = sequences_of(config, source, snapshot)
     with connect(destination) as dst:
         out = apply_sequences(dst, states, offset)
     missing = [e["sequence"] for e in out if e.get("missing")]
@@ -382,9 +391,13 @@ def sync_large_objects_between(source: ConnectionInfo, destination: ConnectionIn
 
 
 def compare_state(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.Connection,
-                  schema: SourceSchema | None = None) -> dict[str, Any]:
-    """Sequences and large objects of both sides, ``src`` in whatever snapshot its transaction holds."""
-    return {"sequences": compare_sequences(read_sequences(config, src, schema), dst),
+                  schema: SourceSchema | None = None, sequences: list[SequenceState] | None = None) -> dict[str, Any]:
+    """Sequences and large objects of both sides, ``src`` in whatever snapshot its transaction holds; the
+    sequences against ``sequences`` when given (the source's states the destination was set from at a snapshot:
+    read again later, a sequence a running load advances would look behind)."""
+    if sequences is None:
+        sequences = read_sequences(config, src, schema)
+    return {"sequences": compare_sequences(sequences, dst),
             "large_objects": compare_large_objects(src, dst, LargeObjectRoles.of(config))}
 
 
@@ -401,6 +414,7 @@ __all__ = [
     "large_object_digests",
     "migrated_sequences",
     "read_sequences",
+    "sequences_of",
     "source_snapshot",
     "sync_large_objects",
     "sync_large_objects_between",

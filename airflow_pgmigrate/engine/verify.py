@@ -29,7 +29,9 @@ from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
 from airflow_pgmigrate.engine.nonstreamed import (
     LargeObjectRoles,
+    SequenceState,
     compare_state,
+    sequences_of,
     sync_large_objects_between,
     sync_sequences,
 )
@@ -230,9 +232,11 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
 
 
 def compare(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
-            snapshot: str | None = None, log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+            snapshot: str | None = None, sequences: list[SequenceState] | None = None,
+            log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Compare everything the migration moves: the rows of every table (partitioned ones too), the set of
-    partitions, sequences and large objects. With ``snapshot``, the source is read in that exported snapshot."""
+    partitions, sequences and large objects. With ``snapshot``, the source is read in that exported snapshot, and
+    the sequences are compared with ``sequences`` when given (the states read at that snapshot)."""
     from airflow_pgmigrate.engine.schema import read_source_schema
 
     started = time.monotonic()
@@ -261,7 +265,7 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                 f"differing_buckets={result.differing_buckets} missing={result.missing_count} "
                 f"extra={result.extra_count} different={result.different_count} "
                 f"seconds={time.monotonic() - t0:.2f}")
-        state = compare_state(config, src, dst, schema)
+        state = compare_state(config, src, dst, schema, sequences)
         if snapshot is not None:
             src.rollback()
     report = {
@@ -359,10 +363,11 @@ def verify_migration(config: MigrationConfig, source: ConnectionInfo, destinatio
                 if sync.run(window_seconds=600, stop_before_lsn=lsn, take_lock=False).caught_up:
                     break
             # Sequences and large objects are not streamed: brought to the snapshot too (sequences only forward).
-            sync_sequences(config, source, destination, snapshot=snapshot, log=log)
+            states = sequences_of(config, source, snapshot)
+            sync_sequences(config, source, destination, states=states, log=log)
             sync_large_objects_between(source, destination, snapshot=snapshot, roles=LargeObjectRoles.of(config),
                                        log=log)
-            report = compare(config, source, destination, snapshot=snapshot, log=log)
+            report = compare(config, source, destination, snapshot=snapshot, sequences=states, log=log)
         report["lsn"] = lsn
         return report
     finally:
