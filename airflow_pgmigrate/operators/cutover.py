@@ -76,7 +76,7 @@ class ReleaseOperator(MigrationBaseOperator):
         remover = _rule_remover(self)
         rules = MigrationState(self.destination_info, config.state_schema, config.name).get("added_ingress_rules")
         if remover is not None and rules:
-            removed = [r.to_dict() for r in remover(rules)]
+            removed = remover(rules)
         return {**dropped, "removed_ingress_rules": removed}
 
 
