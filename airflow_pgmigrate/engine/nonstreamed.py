@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 #: Bytes of a large object read (or digested) at a time.
 LO_PIECE = 1024 * 1024
+#: Large objects copied per destination transaction (their first pieces held in memory at once: at most this many
+#: pieces).
+LO_BATCH = 32
 #: Objects named per kind of difference at most (the counts are always exact).
 MAX_NAMED = 100
 
@@ -276,28 +279,40 @@ def give_large_object(dst: psycopg.Connection, oid: int, roles: ObjectRoles | No
             sql.SQL(" WITH GRANT OPTION" if grantable else "")))
 
 
-def copy_large_object(src: psycopg.Connection, dst: psycopg.Connection, oid: int,
-                      on_bytes: Callable[[int], Any] | None = None) -> int:
-    """Create (or replace) one large object on the destination with the source's data; returns its size."""
-    if dst.execute("SELECT 1 FROM pg_largeobject_metadata WHERE oid = %s", (oid,)).fetchone():
-        dst.execute("SELECT lo_unlink(%s)", (oid,))
-    dst.execute("SELECT lo_create(%s)", (oid,))
-    offset = 0
+def _copy_rest(src: psycopg.Connection, dst: psycopg.Connection, oid: int, offset: int,
+               on_bytes: Callable[[int], Any] | None) -> None:
+    """Copy an object's data from ``offset`` on, a piece at a time (objects larger than their first piece)."""
     while True:
         row = src.execute("SELECT lo_get(%s, %s, %s)", (oid, offset, LO_PIECE)).fetchone()
         piece = bytes(row[0]) if row and row[0] is not None else b""
         if not piece:
-            return offset
+            return
         if on_bytes is not None:
             on_bytes(len(piece))
         dst.execute("SELECT lo_put(%s, %s, %s)", (oid, offset, piece))
         offset += len(piece)
 
 
-def _in_transactions(dst: psycopg.Connection, oids: list[int], action: Callable[[int], Any]) -> None:
-    for oid in oids:
+def copy_large_objects(src: psycopg.Connection, dst: psycopg.Connection, oids: list[int],
+                       on_bytes: Callable[[int], Any] | None = None,
+                       roles: dict[int, ObjectRoles] | None = None) -> None:
+    """Create (or replace) these objects on the destination with the source's data (and ``roles``' owner and
+    grants), ``LO_BATCH`` objects per destination transaction: their first pieces in one round trip each way, the
+    rest of a larger object piece by piece."""
+    for start in range(0, len(oids), LO_BATCH):
+        batch = oids[start:start + LO_BATCH]
+        first = [(int(oid), bytes(data)) for oid, data in src.execute(
+            "SELECT o::bigint, lo_get(o, 0, %s) FROM unnest(%s::oid[]) AS o", (LO_PIECE, batch)).fetchall()]
         with dst.transaction():
-            action(oid)
+            dst.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = ANY(%s::oid[])", (batch,))
+            dst.execute("SELECT lo_from_bytea(o, d) FROM unnest(%s::oid[], %s::bytea[]) AS t(o, d)",
+                        ([oid for oid, _ in first], [data for _, data in first]))
+            for oid, data in first:
+                if on_bytes is not None:
+                    on_bytes(len(data))
+                if len(data) == LO_PIECE:
+                    _copy_rest(src, dst, oid, LO_PIECE, on_bytes)
+                give_large_object(dst, oid, (roles or {}).get(oid))
 
 
 def sync_large_objects(src: psycopg.Connection, dst: psycopg.Connection, *, compare_first: bool = True,
@@ -314,13 +329,10 @@ def sync_large_objects(src: psycopg.Connection, dst: psycopg.Connection, *, comp
     else:
         copy = [int(r[0]) for r in src.execute("SELECT oid::bigint FROM pg_largeobject_metadata ORDER BY oid")]
         gone = []
-
-    def bring(oid: int) -> None:
-        copy_large_object(src, dst, oid, on_bytes)
-        give_large_object(dst, oid, expected.get(oid))
-
-    _in_transactions(dst, copy, bring)
-    _in_transactions(dst, gone, lambda oid: dst.execute("SELECT lo_unlink(%s)", (oid,)))
+    copy_large_objects(src, dst, copy, on_bytes, expected)
+    if gone:
+        with dst.transaction():
+            dst.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE oid = ANY(%s::oid[])", (gone,))
     return {"copied": len(copy), "removed": len(gone)}
 
 
@@ -408,7 +420,7 @@ __all__ = [
     "compare_large_objects",
     "compare_sequences",
     "compare_state",
-    "copy_large_object",
+    "copy_large_objects",
     "give_large_object",
     "large_object_roles",
     "large_object_digests",

@@ -387,8 +387,9 @@ def test_verification_during_sync_gives_no_false_alarm_on_sequences_a_running_lo
 def test_large_objects_of_every_size_arrive_whole(migration_env):
     """Empty, one byte, exactly one piece (1 MB), one piece and a byte, several pieces, and many small objects (more
     than one batch): the full load and the cutover's copy bring each whole, the digests agree."""
-    from airflow_pgmigrate.engine.nonstreamed import LO_PIECE, large_object_digests
     import psycopg
+
+    from airflow_pgmigrate.engine.nonstreamed import LO_PIECE, large_object_digests
 
 
     env = migration_env
