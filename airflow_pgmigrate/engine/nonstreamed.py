@@ -339,16 +339,17 @@ def sync_large_objects(src: psycopg.Connection, dst: psycopg.Connection, *, comp
 def compare_large_objects(src: psycopg.Connection, dst: psycopg.Connection,
                           roles: LargeObjectRoles | None = None) -> dict[str, Any]:
     """Count and per-object digests of both sides (and owners and grants when ``roles`` carries them); names (oids)
-    what is missing, extra or different."""
+    what is missing, extra, different (data) or differently owned or granted (``other_roles``)."""
     here, there = large_object_digests(src), large_object_digests(dst)
     missing = sorted(oid for oid in here if oid not in there)
     extra = sorted(oid for oid in there if oid not in here)
-    wrong_roles = set(roles.differing(src, dst)[1]) if roles is not None else set()
-    different = sorted(oid for oid in here if oid in there and (here[oid] != there[oid] or oid in wrong_roles))
+    different = sorted(oid for oid in here if oid in there and here[oid] != there[oid])
+    other_roles = [oid for oid in roles.differing(src, dst)[1] if oid in there] if roles is not None else []
     return {"source_count": len(here), "destination_count": len(there),
             "missing_count": len(missing), "extra_count": len(extra), "different_count": len(different),
-            "missing": missing[:MAX_NAMED], "extra": extra[:MAX_NAMED], "different": different[:MAX_NAMED],
-            "equal": not (missing or extra or different)}
+            "other_roles_count": len(other_roles), "missing": missing[:MAX_NAMED], "extra": extra[:MAX_NAMED],
+            "different": different[:MAX_NAMED], "other_roles": other_roles[:MAX_NAMED],
+            "equal": not (missing or extra or different or other_roles)}
 
 
 # -- from a source to a destination ----------------------------------------------------------------------------

@@ -282,7 +282,7 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                              + sum(len(p["missing"]) + len(p["extra"]) for p in partitions)
                              + sum(1 for s in state["sequences"] if not s["equal"])
                              + sum(state["large_objects"][k] for k in ("missing_count", "extra_count",
-                                                                       "different_count")))
+                                                                       "different_count", "other_roles_count")))
     lo = state["large_objects"]
     log(f"verify sequences={len(state['sequences'])} behind={sum(1 for s in state['sequences'] if not s['equal'])} "
         f"large_objects={lo['source_count']}/{lo['destination_count']} partitioned_tables={len(partitions)}")
@@ -324,7 +324,8 @@ def differences(report: dict[str, Any], limit: int = 5) -> list[str]:
             out.append(f"sequence {seq['sequence']} ({seq['direction']}) is {seq['problem']}")
     lo = report.get("large_objects") or {}
     for kind, words in (("missing", "missing on the destination"), ("extra", "only on the destination"),
-                        ("different", "with different data")):
+                        ("different", "with different data"),
+                        ("other_roles", "with another owner or other grants than the source's (mapped)")):
         if lo.get(f"{kind}_count"):
             oids = ", ".join(map(str, lo[kind][:limit]))
             out.append(f"large objects {words}: {lo[f'{kind}_count']} (oid {oids})")
