@@ -395,3 +395,20 @@ def test_large_objects_of_every_size_arrive_whole(migration_env):
             psycopg.connect(**env.destination_info().connect_kwargs()) as dst:
         source = large_object_digests(src)
         assert len(source) == 2 * len(sizes) + 300 and large_object_digests(dst) == source
+
+
+def test_a_sequence_offset_cut_short_by_the_sequence_bound_is_reported(migration_env):
+    """sequence_offset 1000 on a sequence 5 values below its MAXVALUE: set to the bound (never beyond), and the
+    report and the log say the offset was cut short: the application gets 0 values before nextval fails."""
+    from airflow_pgmigrate.engine.nonstreamed import sync_sequences
+
+    env = migration_env
+    env.src("CREATE SEQUENCE public.small MAXVALUE 1000; SELECT setval('public.small', 995);"
+            "CREATE SEQUENCE public.roomy; CREATE TABLE public.t (id int PRIMARY KEY)")
+    config = start_migration(env, objects={"schemas": ["public"]})
+    lines: list[str] = []
+    entries = {e["sequence"]: e for e in sync_sequences(config, env.source_info(), env.destination_info(),
+                                                        offset=1000, log=lines.append)}
+    assert entries["public.small"]["value"] == 1000 and entries["public.small"]["offset_cut_short"] is True
+    assert "offset_cut_short" not in entries["public.roomy"]
+    assert any("public.small" in line and "MAXVALUE" in line for line in lines), lines
