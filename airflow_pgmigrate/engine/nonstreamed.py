@@ -149,6 +149,8 @@ def apply_sequences(dst: psycopg.Connection, states: list[SequenceState], offset
             out.append({**entry, "missing": True})
             continue
         value, called = state.with_offset(offset)
+        if offset and value != state.position + (offset if state.increment > 0 else -offset):
+            entry["offset_cut_short"] = True  # the bound (MAXVALUE / MINVALUE) leaves less room than asked
         wanted = SequenceState(state.source, state.target, value, called, state.increment, state.minimum,
                                state.maximum)
         if wanted.ahead_of(_position(state, current)) and (value, called) != current:
@@ -389,6 +391,11 @@ def sync_sequences(config: MigrationConfig, source: ConnectionInfo, destination:
     log(f"sequences set count={len(out) - len(missing)} offset={offset}")
     if missing:
         log(f"sequences warning: not on the destination (verification reports them): {', '.join(missing)}")
+    short = [e["sequence"] for e in out if e.get("offset_cut_short")]
+    if short:
+        log(f"sequences warning: the offset of {offset} does not fit below MAXVALUE (above MINVALUE for a descending "
+            f"sequence), set at the bound: {', '.join(short)}; raise the bound on the destination "
+            "(ALTER SEQUENCE ... MAXVALUE ...) or the next values run out")
     return out
 
 
