@@ -286,3 +286,24 @@ def test_a_long_payment_keeps_the_replication_connection_alive(migration_env):
     result, took = poke(env, throttled, 1)
     assert result.changes == 2 and took >= 12, (took, result)
     assert_equal(env, ["public.t"])
+
+
+def test_a_large_transaction_behind_small_ones_waits_for_the_poke_that_starts_with_it(migration_env):
+    """Five small transactions, then one of 2,000 changes (5 s at 400 changes/s: no 1 s window carries it). The poke
+    that starts with the small ones commits them and stops within its window, leaving the large one; it is not
+    applied whole at the caps only because the small ones were still in the batch. The next poke starts with it."""
+    env = migration_env
+    env.src(TABLE)
+    start_migration(env)
+    throttled = env.config(throttling={"incremental": {"rows_per_second": 400}})
+    for i in range(5):
+        env.src(f"INSERT INTO public.t VALUES ({i}, 'small')")
+    env.src("INSERT INTO public.t SELECT g, 'big' FROM generate_series(1000, 2999) g")
+    result, took = poke(env, throttled, 1)
+    assert took <= 2.5, (took, result)
+    assert result.throttled and result.transactions == 5 and result.changes == 5, result
+    assert result.lag_basis == "oldest_unapplied_commit" and result.lag_seconds > 0, result
+    assert env.dst("SELECT count(*) FROM public.t") == [(5,)]
+    result, _ = poke(env, throttled, 1)
+    assert result.transactions == 1 and result.changes == 2000, result
+    assert_equal(env, ["public.t"])
