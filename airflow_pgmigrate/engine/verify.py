@@ -27,7 +27,14 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
-from airflow_pgmigrate.engine.nonstreamed import compare_state, sync_large_objects_between, sync_sequences
+from airflow_pgmigrate.engine.nonstreamed import (
+    LargeObjectRoles,
+    SequenceState,
+    compare_state,
+    sequences_of,
+    sync_large_objects_between,
+    sync_sequences,
+)
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -225,9 +232,11 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
 
 
 def compare(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
-            snapshot: str | None = None, log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+            snapshot: str | None = None, sequences: list[SequenceState] | None = None,
+            log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Compare everything the migration moves: the rows of every table (partitioned ones too), the set of
-    partitions, sequences and large objects. With ``snapshot``, the source is read in that exported snapshot."""
+    partitions, sequences and large objects. With ``snapshot``, the source is read in that exported snapshot, and
+    the sequences are compared with ``sequences`` when given (the states read at that snapshot)."""
     from airflow_pgmigrate.engine.schema import read_source_schema
 
     started = time.monotonic()
@@ -256,7 +265,7 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                 f"differing_buckets={result.differing_buckets} missing={result.missing_count} "
                 f"extra={result.extra_count} different={result.different_count} "
                 f"seconds={time.monotonic() - t0:.2f}")
-        state = compare_state(config, src, dst, schema)
+        state = compare_state(config, src, dst, schema, sequences)
         if snapshot is not None:
             src.rollback()
     report = {
@@ -273,7 +282,7 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                              + sum(len(p["missing"]) + len(p["extra"]) for p in partitions)
                              + sum(1 for s in state["sequences"] if not s["equal"])
                              + sum(state["large_objects"][k] for k in ("missing_count", "extra_count",
-                                                                       "different_count")))
+                                                                       "different_count", "other_roles_count")))
     lo = state["large_objects"]
     log(f"verify sequences={len(state['sequences'])} behind={sum(1 for s in state['sequences'] if not s['equal'])} "
         f"large_objects={lo['source_count']}/{lo['destination_count']} partitioned_tables={len(partitions)}")
@@ -315,7 +324,8 @@ def differences(report: dict[str, Any], limit: int = 5) -> list[str]:
             out.append(f"sequence {seq['sequence']} ({seq['direction']}) is {seq['problem']}")
     lo = report.get("large_objects") or {}
     for kind, words in (("missing", "missing on the destination"), ("extra", "only on the destination"),
-                        ("different", "with different data")):
+                        ("different", "with different data"),
+                        ("other_roles", "with another owner or other grants than the source's (mapped)")):
         if lo.get(f"{kind}_count"):
             oids = ", ".join(map(str, lo[kind][:limit]))
             out.append(f"large objects {words}: {lo[f'{kind}_count']} (oid {oids})")
@@ -357,9 +367,11 @@ def verify_migration(config: MigrationConfig, source: ConnectionInfo, destinatio
                 if result.caught_up:
                     break
             # Sequences and large objects are not streamed: brought to the snapshot too (sequences only forward).
-            sync_sequences(config, source, destination, snapshot=snapshot, log=log)
-            sync_large_objects_between(source, destination, snapshot=snapshot, log=log)
-            report = compare(config, source, destination, snapshot=snapshot, log=log)
+            states = sequences_of(config, source, snapshot)
+            sync_sequences(config, source, destination, states=states, log=log)
+            sync_large_objects_between(source, destination, snapshot=snapshot, roles=LargeObjectRoles.of(config),
+                                       log=log)
+            report = compare(config, source, destination, snapshot=snapshot, sequences=states, log=log)
         report["lsn"] = lsn
         report["changes_applied"] = applied  # brought over to reach the snapshot (the cutover counts them as late)
         return report
