@@ -375,11 +375,12 @@ class FullLoad:
 
     def _copy_chunk(self, plan: TablePlan, chunk: Chunk, snapshot: str, src: psycopg.Connection,
                     dst: psycopg.Connection) -> ChunkResult:
+        if not plan.columns:
+            return self._copy_rows_without_columns(plan, chunk, snapshot, src, dst)
         started = time.monotonic()
         fmt = sql.SQL("(FORMAT binary)" if plan.binary else "(FORMAT text)")
         conditions = [c for c in (plan.row_filter, chunk.where) if c]
-        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(sql.SQL(f"({c})") for c in conditions) \
-            if conditions else sql.SQL("")
+        where = _where_clause(conditions)
         select = sql.SQL("SELECT {cols} FROM ONLY {table}{where}").format(
             cols=sql.SQL(", ").join(map(sql.Identifier, plan.columns)), table=_ident(plan.source_name), where=where)
         if conditions:
@@ -423,15 +424,44 @@ class FullLoad:
             else:
                 rows = copy_rows
             seconds = time.monotonic() - started
-            dst.execute(sql.SQL(
-                "INSERT INTO {} (migration, chunk_id, table_name, rows, bytes, seconds, skipped_rows) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)").format(self.state.chunks_table),
-                (self.config.name, chunk.id, chunk.table, rows, copied, seconds, skipped))
+            self._record_chunk(dst, chunk, rows, copied, seconds, skipped)
         if self._psql is None:
             src.commit()
         if counter is not None and self.throttle.counts_rows:
             self.throttle.on_rows(max(0, rows - counted))
         return ChunkResult(chunk, rows, copied, seconds, skipped)
+
+    def _record_chunk(self, dst: psycopg.Connection, chunk: Chunk, rows: int, copied: int, seconds: float,
+                      skipped: int) -> None:
+        """The chunk's row in the state table, in the transaction that wrote its rows."""
+        dst.execute(sql.SQL(
+            "INSERT INTO {} (migration, chunk_id, table_name, rows, bytes, seconds, skipped_rows) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)").format(self.state.chunks_table),
+            (self.config.name, chunk.id, chunk.table, rows, copied, seconds, skipped))
+
+    def _copy_rows_without_columns(self, plan: TablePlan, chunk: Chunk, snapshot: str, src: psycopg.Connection,
+                                   dst: psycopg.Connection) -> ChunkResult:
+        """Copy the rows of a table with no column to copy (``CREATE TABLE t ()``, or only generated columns).
+
+        Such rows exist and count (``INSERT INTO t DEFAULT VALUES``), but COPY cannot name zero columns: the rows
+        are counted in the snapshot and the destination gets as many rows of defaults (generated columns computed
+        there). With ``conflicting_tables: ignore`` nothing can clash without a key, so every row is added.
+        """
+        started = time.monotonic()
+        conditions = [c for c in (plan.row_filter, chunk.where) if c]
+        self.throttle.before_query()
+        src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        row = src.execute(sql.SQL("SELECT count(*) FROM ONLY {}{}").format(
+            _ident(plan.source_name), _where_clause(conditions))).fetchone()
+        src.commit()
+        count = int(row[0]) if row else 0
+        with dst.transaction():
+            rows = dst.execute(sql.SQL("INSERT INTO {} SELECT FROM generate_series(1, %s)").format(
+                _ident(plan.target_name)), (count,)).rowcount
+            seconds = time.monotonic() - started
+            self._record_chunk(dst, chunk, rows, 0, seconds, 0)
+        self.throttle.on_rows(rows)
+        return ChunkResult(chunk, rows, 0, seconds)
 
     @staticmethod
     def _empty_for_freeze(dst: psycopg.Connection, target: sql.Composable) -> bool:
@@ -875,6 +905,13 @@ class FullLoad:
             if p.staging:
                 continue  # pre-existing rows stay (conflicting_tables: ignore); the copy skips clashes
             dst.execute(sql.SQL("TRUNCATE {}").format(_ident(p.target_name)))
+
+
+def _where_clause(conditions: list[str]) -> sql.Composable:
+    """`` WHERE (a) AND (b)`` of normalised conditions (a row filter, a chunk's range), or nothing."""
+    if not conditions:
+        return sql.SQL("")
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(sql.SQL(f"({c})") for c in conditions)
 
 
 def _largest_first(todo: list[tuple[TablePlan, Chunk]]) -> list[tuple[TablePlan, Chunk]]:

@@ -289,7 +289,8 @@ class IncrementalSync:
                 "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
                 "AND NOT attisdropped AND attgenerated = ''", (sql.Identifier(target.schema, target.name)
                                                              .as_string(dst),))]
-            if not existing:
+            if not existing and dst.execute("SELECT to_regclass(%s)", (sql.Identifier(
+                    target.schema, target.name).as_string(dst),)).fetchone() == (None,):
                 raise SyncError(f"destination table {target} (for {name}) does not exist: run the schema and full "
                                 "load steps first")
             self._destination_columns[target] = existing
