@@ -132,6 +132,8 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
                 jobs: int | None = None) -> list[TablePlan]:
     """The tables to copy (partitions rather than their partitioned parents), costliest first, with their chunks."""
     schema = read_source_schema(src, config)
+    if not schema.selected:
+        raise FullLoadError(nothing_selected(config, src.info.dbname))
     mapper = NameMapper(config.mapping)
     column_selection = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
     version = catalog.server_version_num(src)
@@ -176,6 +178,18 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
         plan.chunks = _chunks(src, table, min(MAX_PARTS, parts), version)
     plans.sort(key=lambda p: p.cost, reverse=True)
     return plans
+
+
+def nothing_selected(config: MigrationConfig, dbname: str) -> str:
+    """The error for a selection that matches no table: which entries were read, and how to fix them."""
+    objects = config.objects
+    entries = [f"objects.{key}: [{', '.join(values)}]" for key, values in (
+        ("schemas", objects.schemas), ("tables", objects.tables), ("include", objects.include),
+        ("exclude", objects.exclude)) if values]
+    return (f"nothing selected: {'; '.join(entries) or 'the whole database'} matches no table of the source "
+            f"database {dbname}. Correct the names in objects.schemas, objects.tables or objects.include (they are "
+            "exact and case-sensitive; the precheck item selected_objects suggests near misses), or narrow "
+            "objects.exclude (exclude always wins)")
 
 
 def _relation_sizes(src: psycopg.Connection, oid: int) -> tuple[int, int]:

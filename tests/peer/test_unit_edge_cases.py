@@ -46,3 +46,21 @@ def test_tables_without_columns_full_load_only(migration_env):
     assert migration_env.dst("SELECT (SELECT count(*) FROM public.nocols), (SELECT count(*) FROM public.gen)") \
         == [(3, 5)]
     assert_migrated(migration_env)
+
+
+@pytest.mark.parametrize("objects, named", [
+    ({"tables": ["public.Orders"]}, "objects.tables: [public.Orders]"),
+    ({"schemas": ["public"], "exclude": ["public.*"]}, "objects.exclude: [public.*]"),
+])
+def test_full_load_with_nothing_selected_says_so(migration_env, objects, named):
+    from airflow_pgmigrate.engine.full_load import FullLoadError, run_full_load
+
+    migration_env.src("CREATE TABLE public.orders (id int PRIMARY KEY)")
+    config = migration_env.config(objects=objects)
+    with pytest.raises(FullLoadError) as info:
+        run_full_load(config, migration_env.source_info(), migration_env.destination_info())
+    message = str(info.value)
+    assert message.startswith("nothing selected: ") and named in message and "objects.tables" in message
+    assert migration_env.src("SELECT count(*) FROM pg_publication") == [(0,)]
+    assert migration_env.src("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()") \
+        == [(0,)]
