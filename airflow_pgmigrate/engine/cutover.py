@@ -4,6 +4,8 @@
    sessions still connected to it are ended, so no write can slip in. Otherwise the approval is the user's word that
    writes stopped, and verification still reads a snapshot so a late write cannot produce a false "equal".
 2. Drain: changes are applied until the applied LSN reaches the source's WAL position at the freeze.
+   Then materialized views get the source's state: refreshed from the complete tables if populated on the source
+   (a REFRESH there sends no row change), unpopulated otherwise.
 3. Every destination sequence is set from the source (+ ``cutover.sequence_offset``).
 4. Verify every table; a difference stops the cutover unless ``cutover.allow_differences``.
 5. Release the slot and the publication; remove the security-group rule the precheck added, if any.
@@ -21,6 +23,7 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.incremental import SyncError, release, run_incremental
+from airflow_pgmigrate.engine.matviews import sync_materialized_views
 from airflow_pgmigrate.engine.sequences import sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.verify import compare, verify_migration
@@ -111,6 +114,11 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
     step("drain", t0, transactions=transactions, applied_lsn=result.applied_lsn)
 
     t0 = time.monotonic()
+    report["materialized_views"] = refresh_materialized_views(config, source, destination, log)
+    step("materialized_views", t0, refreshed=sum(1 for v in report["materialized_views"]
+                                                 if v["action"] == "refreshed"))
+
+    t0 = time.monotonic()
     report["sequences"] = sync_sequences(config, source, destination, offset=config.cutover.sequence_offset,
                                          log=log)
     step("sequences", t0, count=len(report["sequences"]))
@@ -126,6 +134,7 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
         tables = [f"{t['table']} (missing {t['missing_count']}, extra {t['extra_count']}, different "
                   f"{t['different_count']}: {', '.join((t['missing'] + t['extra'] + t['different'])[:5])})"
                   for t in verification["tables"] if not t["equal"]]
+        tables += [_view_difference(v) for v in verification.get("materialized_views", []) if not v["equal"]]
         raise CutoverError("cutover stopped: the destination differs from the source in " + "; ".join(tables)
                            + ". The slot is kept: fix the cause, then run the cutover again (or set "
                            "cutover.allow_differences)", report)
@@ -140,6 +149,22 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
 
     report["seconds"] = round(time.monotonic() - started, 3)
     return _completed(config, source, destination, state, report, log)
+
+
+def refresh_materialized_views(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,
+                               log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """After the drain, before verification: a REFRESH MATERIALIZED VIEW on the source during sync sends no row
+    change, so each materialized view populated on the source is refreshed on the destination from its complete
+    tables now, and one the source holds unpopulated is left (or made) unpopulated."""
+    return sync_materialized_views(config, source, destination, log=log)
+
+
+def _view_difference(view: dict[str, Any]) -> str:
+    if view["source_populated"] != view["destination_populated"]:
+        return (f"materialized view {view['view']} (populated on the source: {view['source_populated']}, on the "
+                f"destination: {view['destination_populated']})")
+    return (f"materialized view {view['view']} (missing {view['missing_count']}, extra {view['extra_count']} row(s): "
+            "the source's contents are older than its tables? REFRESH it on the source before the cutover)")
 
 
 def _slot_exists(config: MigrationConfig, source: ConnectionInfo) -> bool:

@@ -34,6 +34,7 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
 from airflow_pgmigrate.engine.pgdump import (
     available_clients,
@@ -137,11 +138,12 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
     mapper = NameMapper(config.mapping)
     column_selection = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
     version = catalog.server_version_num(src)
+    without_rows = tables_without_rows(src, config)
     plans: list[TablePlan] = []
     tables: list[catalog.TableInfo] = []
     for name in sorted(schema.selected):
         table = schema.tables[name]
-        if table.relkind != "r":
+        if table.relkind != "r" or name in without_rows:
             continue
         generated = {r[0] for r in src.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
@@ -773,6 +775,14 @@ class FullLoad:
             previous = self.state.read(dst, "full_load") or {}
             plans = plan_tables(config, src, dst, self.jobs) if not previous.get("plan") else \
                 [_plan_from_dict(p) for p in previous["plan"]]
+            definition_only = sorted(str(t) for t in tables_without_rows(src, config))
+            if incremental and not plans:
+                raise FullLoadError(f"every selected table is in objects.exclude_data ({', '.join(definition_only)}): "
+                                    "there are no rows to copy or changes to sync. Remove incremental from "
+                                    "migration_types, or narrow objects.exclude_data")
+            if definition_only:
+                self.log(f"full_load definition_only={','.join(definition_only)} (objects.exclude_data): "
+                         "created by the schema migration, rows not copied")
             done = self._done_chunks(dst)
             slot_there = self._slot_exists(src, slot) if incremental else False
             if previous.get("completed") and (slot_there or not incremental):
@@ -797,6 +807,8 @@ class FullLoad:
             "slot": slot if incremental else None,
             "publication": config.publication_name if incremental else None,
             "plan": [asdict(p) for p in plans],
+            # Selected tables whose rows do not migrate (objects.exclude_data): incremental sync leaves them out.
+            "definition_only": definition_only,
             "table_start_lsn": dict(previous.get("table_start_lsn") or {}),
         }
         results: dict[str, ChunkResult] = {}

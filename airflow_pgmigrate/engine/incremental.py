@@ -460,7 +460,8 @@ class IncrementalSync:
             self._planned_types = {parse_qualified_name(p["source"]): p.get("column_types") or {}
                                    for p in full_load.get("plan") or []}
             selector = TableSelector(config.objects)
-            self._selector = lambda name: name in planned or selector(name)
+            without_rows = {parse_qualified_name(t) for t in full_load.get("definition_only") or []}
+            self._selector = lambda name: name not in without_rows and (name in planned or selector(name))
             self._start_lsns = start_lsns
             self._replica_role = self._set_replica_role(dst)
             result = SyncResult(applied_lsn=int_to_lsn(applied), target_lsn=int_to_lsn(target))

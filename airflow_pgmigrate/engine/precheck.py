@@ -16,6 +16,7 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import matches
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
 from airflow_pgmigrate.engine.sqlfilter import volatile_calls
@@ -523,6 +524,10 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
             left_out = [c for c in key_cols if c not in cols]
             if left_out:
                 problems.append(f"the column selection of {name} leaves out key column(s) {', '.join(left_out)}")
+    for i, pattern in enumerate(config.objects.exclude_data):
+        if not any(matches([pattern], t.name) for t in ctx.selected):
+            problems.append(f"objects.exclude_data[{i}] {pattern!r} matches no selected table: correct it (names are "
+                            "exact and case-sensitive) or remove it")
     for section, mapping in (("mapping.tables", config.mapping.tables), ("mapping.columns", config.mapping.columns),
                              ("filters", config.filters)):
         for key in mapping:

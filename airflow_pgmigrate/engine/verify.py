@@ -1,5 +1,7 @@
 """Data verification: compare source and destination table by table, through the mapping, selection and filters.
 
+Materialized views are compared too: populated or not, and their rows (see engine/matviews.py).
+
 Per table: row counts, then a checksum per bucket of rows (rows are spread over buckets by a hash of their key), then,
 for each bucket that differs, the keys themselves: missing in the destination, extra, or different. Each side
 computes its checksums in SQL, so only bucket sums and the keys of differing buckets cross the network.
@@ -21,6 +23,8 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import tables_without_rows
+from airflow_pgmigrate.engine.matviews import compare_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.exceptions import PgMigrateError
@@ -103,9 +107,10 @@ def plan_checks(config: MigrationConfig, src: psycopg.Connection) -> list[TableC
     selector = TableSelector(config.objects)
     mapper = NameMapper(config.mapping)
     columns_of = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
+    without_rows = tables_without_rows(src, config)
     checks = []
     for name, table in sorted(tables.items()):
-        if table.relkind != "r" or not selector(name):
+        if table.relkind != "r" or not selector(name) or name in without_rows:
             continue
         if table.is_partition and not selector(name):
             continue
@@ -185,18 +190,33 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                 f"differing_buckets={result.differing_buckets} missing={result.missing_count} "
                 f"extra={result.extra_count} different={result.different_count} "
                 f"seconds={time.monotonic() - t0:.2f}")
+        views = _compare_views(config, src, dst, log)
+        definition_only = sorted(str(t) for t in tables_without_rows(src, config))
         if snapshot is not None:
             src.rollback()
     report = {
-        "equal": all(r.equal for r in results),
+        "equal": all(r.equal for r in results) and all(v["equal"] for v in views),
         "tables": [r.to_dict() for r in results],
         "rows": sum(r.source_rows for r in results),
-        "differences": sum(r.missing_count + r.extra_count + r.different_count for r in results),
+        "differences": sum(r.missing_count + r.extra_count + r.different_count for r in results)
+        + sum(max(1, v["missing_count"] + v["extra_count"]) for v in views if not v["equal"]),
+        "materialized_views": views,
+        # Selected tables whose rows do not migrate (objects.exclude_data): listed, not compared.
+        "definition_only": definition_only,
         "seconds": round(time.monotonic() - started, 3),
     }
     log(f"verify done tables={len(results)} equal={report['equal']} differences={report['differences']} "
         f"seconds={report['seconds']}")
     return report
+
+
+def _compare_views(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.Connection,
+                   log: Callable[[str], None]) -> list[dict[str, Any]]:
+    views = compare_materialized_views(config, src, dst)
+    for v in views:
+        log(f"verify materialized_view={v['view']} populated={v['source_populated']}/{v['destination_populated']} "
+            f"rows={v['source_rows']}/{v['destination_rows']} equal={v['equal']}")
+    return views
 
 
 def verify_migration(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,

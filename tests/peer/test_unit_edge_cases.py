@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.peer.rig import Inventory, assert_migrated, migrate
+from tests.peer.rig import assert_migrated, migrate
 
 NO_COLUMNS = """
 CREATE TABLE public.nocols ();
