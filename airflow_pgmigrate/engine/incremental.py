@@ -29,6 +29,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, TableTarget
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.failures import sync_failure_message
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgoutput import (
@@ -705,8 +706,10 @@ class IncrementalSync:
              ORDER BY 1, 2
             """, {"pub": publication}).fetchall()
         excluded = TableSelector(self.config.objects).exclude
+        without_rows = tables_without_rows(src, self.config)  # partitions whose rows do not migrate (exclude_data)
         new = [(QualifiedName(schema, name), QualifiedName(root_schema, root)) for schema, name, root_schema, root in rows
-               if not any(p.match(QualifiedName(schema, name).key) for p in excluded)]
+               if not any(p.match(QualifiedName(schema, name).key) for p in excluded)
+               and QualifiedName(schema, name) not in without_rows]
         if new:
             names = ", ".join(f"{name} (of {root})" for name, root in new)
             raise SyncError(f"DDL on the source: partition(s) {names} were created after the full load and are not "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -160,9 +160,23 @@ def _object_counts(conn: psycopg.Connection, skip: list[str]) -> Counter[str]:
 
 
 def assert_same(source: Inventory, destination: Inventory, *, nonempty: bool = True,
-                rows_only: set[tuple[str, str]] | None = None) -> None:
-    """Both inventories hold the same: every difference is listed in the assertion message."""
+                without_rows: frozenset[tuple[str, str]] = frozenset(),
+                unpopulated: frozenset[tuple[str, str]] = frozenset()) -> None:
+    """Both inventories hold the same: every difference is listed in the assertion message.
+
+    ``without_rows``: tables whose definition migrated without rows (empty on the destination); ``unpopulated``:
+    materialized views expected unpopulated on the destination whatever the source's state."""
     problems = []
+    for name in without_rows:
+        if destination.tables.get(name) != Counter():
+            problems.append(f"table {name} should exist without rows on the destination")
+    for name in unpopulated:
+        if destination.matviews.get(name) != (False, None):
+            problems.append(f"materialized view {name} should exist unpopulated on the destination")
+    source = replace(source, tables={k: v for k, v in source.tables.items() if k not in without_rows},
+                     matviews={k: v for k, v in source.matviews.items() if k not in unpopulated})
+    destination = replace(destination, tables={k: v for k, v in destination.tables.items() if k not in without_rows},
+                          matviews={k: v for k, v in destination.matviews.items() if k not in unpopulated})
     for kind, here, there in (("table", source.tables, destination.tables),
                               ("sequence", source.sequences, destination.sequences),
                               ("materialized view", source.matviews, destination.matviews)):
