@@ -81,23 +81,34 @@ def _key_text(key: list[str]) -> sql.Composable:
 
 
 def _bucket_query(table: QualifiedName, columns: list[str], key: list[str], row_filter: str | None,
-                  buckets: int) -> sql.Composed:
+                  buckets: int, only: bool = True) -> sql.Composed:
     where = sql.SQL(" WHERE ({})").format(sql.SQL(row_filter)) if row_filter else sql.SQL("")
     return sql.SQL(
         "SELECT mod(abs(hashtext({k})::bigint), {n}) AS b, count(*), "
-        "sum(('x' || substr({h}, 1, 15))::bit(60)::bigint) FROM ONLY {t}{w} GROUP BY 1"
-    ).format(k=_key_text(key), n=sql.Literal(buckets), h=_row_hash(columns),
+        "sum(('x' || substr({h}, 1, 15))::bit(60)::bigint) FROM {o}{t}{w} GROUP BY 1"
+    ).format(k=_key_text(key), n=sql.Literal(buckets), h=_row_hash(columns), o=_only(only),
              t=sql.Identifier(table.schema, table.name), w=where)
 
 
+def _only(only: bool) -> sql.Composable:
+    return sql.SQL("ONLY " if only else "")
+
+
+def _partitioned(conn: psycopg.Connection, table: QualifiedName) -> bool:
+    """A destination table prepared as a partitioned table holds its rows in its partitions (``ONLY`` sees none)."""
+    row = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+                       (sql.Identifier(table.schema, table.name).as_string(conn),)).fetchone()
+    return bool(row and row[0] == "p")
+
+
 def _rows_query(table: QualifiedName, columns: list[str], key: list[str], row_filter: str | None, buckets: int,
-                wanted: list[int]) -> sql.Composed:
+                wanted: list[int], only: bool = True) -> sql.Composed:
     conditions = [sql.SQL("mod(abs(hashtext({k})::bigint), {n}) = ANY({b})").format(
         k=_key_text(key), n=sql.Literal(buckets), b=sql.Literal(wanted))]
     if row_filter:
         conditions.append(sql.SQL("({})").format(sql.SQL(row_filter)))
-    return sql.SQL("SELECT {k}, {h} FROM ONLY {t} WHERE {c}").format(
-        k=_key_text(key), h=_row_hash(columns), t=sql.Identifier(table.schema, table.name),
+    return sql.SQL("SELECT {k}, {h} FROM {o}{t} WHERE {c}").format(
+        k=_key_text(key), h=_row_hash(columns), o=_only(only), t=sql.Identifier(table.schema, table.name),
         c=sql.SQL(" AND ").join(conditions))
 
 
@@ -134,8 +145,9 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
     """Compare one table; ``src`` may be inside a snapshot transaction."""
     source_sums = {b: (n, s) for b, n, s in src.execute(
         _bucket_query(check.source, check.columns, check.key, check.row_filter, buckets)).fetchall()}
+    only = not _partitioned(dst, check.target)
     target_sums = {b: (n, s) for b, n, s in dst.execute(
-        _bucket_query(check.target, check.target_columns, check.target_key, None, buckets)).fetchall()}
+        _bucket_query(check.target, check.target_columns, check.target_key, None, buckets, only)).fetchall()}
     result = TableResult(str(check.source), str(check.target), sum(n for n, _ in source_sums.values()),
                          sum(n for n, _ in target_sums.values()), buckets)
     differing = sorted(b for b in set(source_sums) | set(target_sums) if source_sums.get(b) != target_sums.get(b))
@@ -149,7 +161,7 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
         source_rows.setdefault(key, []).append(digest)
     target_rows: dict[str, list[str]] = {}
     for key, digest in dst.execute(_rows_query(check.target, check.target_columns, check.target_key, None,
-                                               buckets, differing)):
+                                               buckets, differing, only)):
         target_rows.setdefault(key, []).append(digest)
     for key in sorted(set(source_rows) | set(target_rows)):
         here, there = sorted(source_rows.get(key, [])), sorted(target_rows.get(key, []))
