@@ -187,8 +187,11 @@ def assert_same(source: Inventory, destination: Inventory, *, nonempty: bool = T
                 problems.append(f"{kind} {name} extra on the destination")
             elif here[name] != there[name]:
                 problems.append(f"{kind} {name} differs: {_summary(here[name])} -> {_summary(there[name])}")
-    if source.large_objects != destination.large_objects:
-        problems.append(f"large objects differ: {len(source.large_objects)} -> {len(destination.large_objects)}")
+    lo_here, lo_there = source.large_objects, destination.large_objects
+    if lo_here != lo_there:
+        problems.append(f"large objects differ: missing {sorted(set(lo_here) - set(lo_there))}, extra "
+                        f"{sorted(set(lo_there) - set(lo_here))}, different "
+                        f"{sorted(o for o in set(lo_here) & set(lo_there) if lo_here[o] != lo_there[o])}")
     if source.objects != destination.objects:
         problems.append(f"object counts differ: {_counter_diff(source.objects, destination.objects)}")
     assert not problems, "\n".join(problems)
