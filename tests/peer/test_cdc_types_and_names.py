@@ -130,3 +130,22 @@ def test_update_that_changes_nothing_in_keyless_tables(migration_env):
         "UPDATE public.xpto2 SET c1 = c1, c2 = c2",
     ])
     assert_migrated(migration_env)
+
+
+def test_replica_trigger_raising_large_notices_while_changes_apply(migration_env):
+    migration_env.src("""
+        CREATE TABLE public.metrics (id int PRIMARY KEY, time timestamptz, name text, value numeric);
+        CREATE FUNCTION public.notify_on_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE NOTICE 'a row was inserted into metrics: %', repeat('a', 32 * 1024);
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER insert_notice_trigger AFTER INSERT ON public.metrics FOR EACH ROW
+            EXECUTE FUNCTION public.notify_on_insert();
+        ALTER TABLE public.metrics ENABLE REPLICA TRIGGER insert_notice_trigger;""")
+    run = migrate(migration_env, changes="INSERT INTO public.metrics SELECT g, now(), 'm' || g, g / 3.0 "
+                                         "FROM generate_series(1, 300) g")
+    assert run.cutover["verification"]["equal"] is True
+    # The trigger fires on the destination while changes are applied (as on a subscriber): 300 notices of 32 kB.
+    assert migration_env.dst("SELECT count(*) FROM public.metrics") == [(300,)]
+    assert migration_env.dst("SELECT tgenabled FROM pg_trigger WHERE tgname = 'insert_notice_trigger'") == [("R",)]

@@ -104,3 +104,16 @@ def test_excluding_a_referenced_table_drops_the_foreign_keys_to_it(migration_env
     migrate(migration_env, objects={"schemas": ["foo"], "exclude": ["foo.tbl_status", "foo.skip_me"]},
             schema_migration={"foreign_keys_to_excluded": "skip"}, changes=DURING_SYNC[:2])
     assert migration_env.dst("SELECT count(*) FROM foo.tbl1") == [(201,)]
+
+
+def test_an_excluded_table_is_neither_published_nor_synced(migration_env):
+    migration_env.src(SOURCE + "CREATE TABLE foo.staff (id int PRIMARY KEY, name text); "
+                               "INSERT INTO foo.staff VALUES (1, 'Mike');")
+    run = migrate(migration_env, objects={"schemas": ["foo"], "exclude": ["foo.staff", "foo.skip_me"]},
+                  changes=["UPDATE foo.staff SET name = 'changed'", "INSERT INTO foo.staff VALUES (2, 'new')",
+                           "INSERT INTO foo.tbl1 (note) VALUES ('synced')"], cutover=False)
+    published = migration_env.src("SELECT tablename FROM pg_publication_tables WHERE pubname = %s ORDER BY 1",
+                                  (run.config.publication_name,))
+    assert ("staff",) not in published and ("tbl1",) in published
+    assert migration_env.dst("SELECT to_regclass('foo.staff')") == [(None,)]
+    assert migration_env.dst("SELECT count(*) FROM foo.tbl1 WHERE note = 'synced'") == [(1,)]
