@@ -24,6 +24,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.incremental import SyncError, release, run_incremental
 from airflow_pgmigrate.engine.matviews import sync_materialized_views
+from airflow_pgmigrate.engine.schema import read_source_schema
 from airflow_pgmigrate.engine.sequences import sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.verify import compare, verify_migration
@@ -156,7 +157,9 @@ def refresh_materialized_views(config: MigrationConfig, source: ConnectionInfo, 
     """After the drain, before verification: a REFRESH MATERIALIZED VIEW on the source during sync sends no row
     change, so each materialized view populated on the source is refreshed on the destination from its complete
     tables now, and one the source holds unpopulated is left (or made) unpopulated."""
-    return sync_materialized_views(config, source, destination, log=log)
+    with connect(source) as src:
+        schema = read_source_schema(src, config)
+    return sync_materialized_views(config, schema, source, destination, log=log)
 
 
 def _view_difference(view: dict[str, Any]) -> str:

@@ -9,25 +9,19 @@ partitioned table are matched with it.
 from __future__ import annotations
 
 import fnmatch
-import re
-from typing import TYPE_CHECKING
 
 import psycopg
 
 from airflow_pgmigrate.engine.names import QualifiedName
 
-if TYPE_CHECKING:
-    from airflow_pgmigrate.config import MigrationConfig
-
 
 def matches(patterns: list[str], table: QualifiedName) -> bool:
     """Whether ``schema.table`` (unquoted) matches one of the glob ``patterns``."""
-    return any(re.fullmatch(fnmatch.translate(p), table.key) for p in patterns)
+    return any(fnmatch.fnmatchcase(table.key, p) for p in patterns)
 
 
-def tables_without_rows(conn: psycopg.Connection, config: MigrationConfig) -> set[QualifiedName]:
-    """Source tables matching ``objects.exclude_data``, with every partition (at any depth) of those."""
-    patterns = config.objects.exclude_data
+def tables_without_rows(conn: psycopg.Connection, patterns: list[str]) -> set[QualifiedName]:
+    """Source tables matching ``patterns`` (``objects.exclude_data``), with every partition (at any depth) of those."""
     if not patterns:
         return set()
     rows = conn.execute(

@@ -138,7 +138,7 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
     mapper = NameMapper(config.mapping)
     column_selection = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
     version = catalog.server_version_num(src)
-    without_rows = tables_without_rows(src, config)
+    without_rows = tables_without_rows(src, config.objects.exclude_data)
     plans: list[TablePlan] = []
     tables: list[catalog.TableInfo] = []
     for name in sorted(schema.selected):
@@ -775,14 +775,7 @@ class FullLoad:
             previous = self.state.read(dst, "full_load") or {}
             plans = plan_tables(config, src, dst, self.jobs) if not previous.get("plan") else \
                 [_plan_from_dict(p) for p in previous["plan"]]
-            definition_only = sorted(str(t) for t in tables_without_rows(src, config))
-            if incremental and not plans:
-                raise FullLoadError(f"every selected table is in objects.exclude_data ({', '.join(definition_only)}): "
-                                    "there are no rows to copy or changes to sync. Remove incremental from "
-                                    "migration_types, or narrow objects.exclude_data")
-            if definition_only:
-                self.log(f"full_load definition_only={','.join(definition_only)} (objects.exclude_data): "
-                         "created by the schema migration, rows not copied")
+            definition_only = self._definition_only(src, plans)
             done = self._done_chunks(dst)
             slot_there = self._slot_exists(src, slot) if incremental else False
             if previous.get("completed") and (slot_there or not incremental):
@@ -807,8 +800,7 @@ class FullLoad:
             "slot": slot if incremental else None,
             "publication": config.publication_name if incremental else None,
             "plan": [asdict(p) for p in plans],
-            # Selected tables whose rows do not migrate (objects.exclude_data): incremental sync leaves them out.
-            "definition_only": definition_only,
+            "definition_only": definition_only,  # rows not migrated (objects.exclude_data): sync skips them
             "table_start_lsn": dict(previous.get("table_start_lsn") or {}),
         }
         results: dict[str, ChunkResult] = {}
@@ -878,6 +870,19 @@ class FullLoad:
         self.log(f"full_load done tables={len(tables)} rows={record['rows']} MB={record['bytes'] / 1048576:.1f} "
                  f"seconds={seconds:.1f} MB/s={record['mb_per_second']} consistent_lsn={record['consistent_lsn']}")
         return record
+
+    def _definition_only(self, src: psycopg.Connection, plans: list[TablePlan]) -> list[str]:
+        """The selected tables whose rows do not migrate (``objects.exclude_data``); refuses an incremental migration
+        left with nothing to sync."""
+        definition_only = sorted(str(t) for t in tables_without_rows(src, self.config.objects.exclude_data))
+        if self.config.wants("incremental") and not plans:
+            raise FullLoadError(f"every selected table is in objects.exclude_data ({', '.join(definition_only)}): "
+                                "there are no rows to copy or changes to sync. Remove incremental from "
+                                "migration_types, or narrow objects.exclude_data")
+        if definition_only:
+            self.log(f"full_load definition_only={','.join(definition_only)} (objects.exclude_data): "
+                     "created by the schema migration, rows not copied")
+        return definition_only
 
     def _skip_compression(self, targets: set[str], plans: list[TablePlan]) -> list[tuple[str, str]]:
         """``STORAGE EXTERNAL`` for the incompressible columns of the tables about to be copied (see

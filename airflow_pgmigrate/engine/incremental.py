@@ -455,14 +455,10 @@ class IncrementalSync:
                 applied = self._ensure_progress(dst)
                 full_load = self.state.read(dst, "full_load") or {}
             start_lsns = {k: lsn_to_int(v) for k, v in (full_load.get("table_start_lsn") or {}).items() if v}
-            # The full load's tables (partitions of a selected partitioned table included) are the publication's.
-            planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
             self._type_names = {}
             self._planned_types = {parse_qualified_name(p["source"]): p.get("column_types") or {}
                                    for p in full_load.get("plan") or []}
-            selector = TableSelector(config.objects)
-            without_rows = {parse_qualified_name(t) for t in full_load.get("definition_only") or []}
-            self._selector = lambda name: name not in without_rows and (name in planned or selector(name))
+            self._selector = _synced_tables(config, full_load)
             self._start_lsns = start_lsns
             self._replica_role = self._set_replica_role(dst)
             result = SyncResult(applied_lsn=int_to_lsn(applied), target_lsn=int_to_lsn(target))
@@ -706,7 +702,7 @@ class IncrementalSync:
              ORDER BY 1, 2
             """, {"pub": publication}).fetchall()
         excluded = TableSelector(self.config.objects).exclude
-        without_rows = tables_without_rows(src, self.config)  # partitions whose rows do not migrate (exclude_data)
+        without_rows = tables_without_rows(src, self.config.objects.exclude_data)  # rows that do not migrate
         new = [(QualifiedName(schema, name), QualifiedName(root_schema, root)) for schema, name, root_schema, root in rows
                if not any(p.match(QualifiedName(schema, name).key) for p in excluded)
                and QualifiedName(schema, name) not in without_rows]
@@ -834,6 +830,16 @@ def release(config: MigrationConfig, source: ConnectionInfo, *, log: Callable[[s
     log(f"release slot={config.slot_name} dropped={dropped['slot']} publication={config.publication_name} "
         f"dropped={dropped['publication']}")
     return dropped
+
+
+def _synced_tables(config: MigrationConfig, full_load: dict[str, Any]) -> Callable[[QualifiedName], bool]:
+    """Whether changes of a source table are applied: the full load's tables (partitions of a selected partitioned
+    table included: they are the publication's) and selected tables, but never one whose rows do not migrate
+    (``objects.exclude_data``, recorded by the full load)."""
+    planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
+    without_rows = {parse_qualified_name(t) for t in full_load.get("definition_only") or []}
+    selector = TableSelector(config.objects)
+    return lambda name: name not in without_rows and (name in planned or selector(name))
 
 
 def run_incremental(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -29,6 +29,17 @@ from airflow_pgmigrate.engine.names import NameMapper, QualifiedName
 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
+
+
+class ViewCatalog(Protocol):
+    """What the schema migration read of the source (``schema.SourceSchema``) that decides which views migrated."""
+
+    #: Schemas migrated whole (views migrate with their schema).
+    whole_schemas: set[str]
+    #: Views and materialized views left out by the selection patterns.
+    excluded_views: set[QualifiedName]
+    #: Relation -> relations it reads (views and materialized views).
+    view_tables: dict[QualifiedName, set[QualifiedName]]
 
 
 @dataclass
@@ -49,13 +60,10 @@ class MaterializedView:
         return sql.Identifier(self.target.schema, self.target.name)
 
 
-def migrated_materialized_views(config: MigrationConfig, src: psycopg.Connection,
+def migrated_materialized_views(config: MigrationConfig, schema: ViewCatalog, src: psycopg.Connection,
                                 dst: psycopg.Connection) -> list[MaterializedView]:
     """The materialized views the schema migration created on the destination, in dependency order."""
-    from airflow_pgmigrate.engine.schema import read_source_schema
-
-    schema = read_source_schema(src, config)
-    without_rows = tables_without_rows(src, config)
+    without_rows = tables_without_rows(src, config.objects.exclude_data)
     populated = {QualifiedName(s, n): bool(p) for s, n, p in src.execute(
         "SELECT n.nspname, c.relname, c.relispopulated FROM pg_class c JOIN pg_namespace n "
         "ON n.oid = c.relnamespace WHERE c.relkind = 'm'")}
@@ -105,7 +113,8 @@ def _dependency_order(views: list[QualifiedName],
     return done
 
 
-def sync_materialized_views(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
+def sync_materialized_views(config: MigrationConfig, schema: ViewCatalog, source: ConnectionInfo,
+                            destination: ConnectionInfo, *,
                             log: Callable[[str], None] = lambda message: None) -> list[dict[str, Any]]:
     """Give each migrated materialized view its source state on the destination (see the module's docstring).
 
@@ -114,7 +123,7 @@ def sync_materialized_views(config: MigrationConfig, source: ConnectionInfo, des
     """
     out = []
     with connect(source) as src, connect(destination) as dst:
-        for view in migrated_materialized_views(config, src, dst):
+        for view in migrated_materialized_views(config, schema, src, dst):
             row = dst.execute("SELECT relispopulated FROM pg_class WHERE oid = %s::regclass",
                               (view.ident.as_string(dst),)).fetchone()
             populated_there = bool(row and row[0])
@@ -133,12 +142,12 @@ def sync_materialized_views(config: MigrationConfig, source: ConnectionInfo, des
     return out
 
 
-def compare_materialized_views(config: MigrationConfig, src: psycopg.Connection,
+def compare_materialized_views(config: MigrationConfig, schema: ViewCatalog, src: psycopg.Connection,
                                dst: psycopg.Connection) -> list[dict[str, Any]]:
     """Each migrated materialized view on both sides: populated or not, and its rows (as a multiset of row
     digests). ``src`` may be inside a snapshot transaction."""
     results = []
-    for view in migrated_materialized_views(config, src, dst):
+    for view in migrated_materialized_views(config, schema, src, dst):
         row = dst.execute("SELECT relispopulated FROM pg_class WHERE oid = %s::regclass",
                           (view.ident.as_string(dst),)).fetchone()
         populated_there = bool(row and row[0])
@@ -163,5 +172,5 @@ def _row_digests(conn: psycopg.Connection, ident: sql.Identifier) -> Counter[str
     return Counter(r[0] for r in conn.execute(sql.SQL("SELECT md5(ROW(v.*)::text) FROM {} AS v").format(ident)))
 
 
-__all__ = ["MaterializedView", "compare_materialized_views", "migrated_materialized_views",
+__all__ = ["MaterializedView", "ViewCatalog", "compare_materialized_views", "migrated_materialized_views",
            "sync_materialized_views"]

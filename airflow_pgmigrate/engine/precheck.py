@@ -7,6 +7,7 @@ here changes either database, except recording security-group rules the RDS chec
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,6 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
-from airflow_pgmigrate.engine.definition_only import matches
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
 from airflow_pgmigrate.engine.sqlfilter import volatile_calls
@@ -525,7 +525,7 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
             if left_out:
                 problems.append(f"the column selection of {name} leaves out key column(s) {', '.join(left_out)}")
     for i, pattern in enumerate(config.objects.exclude_data):
-        if not any(matches([pattern], t.name) for t in ctx.selected):
+        if not any(fnmatch.fnmatchcase(t.name.key, pattern) for t in ctx.selected):
             problems.append(f"objects.exclude_data[{i}] {pattern!r} matches no selected table: correct it (names are "
                             "exact and case-sensitive) or remove it")
     for section, mapping in (("mapping.tables", config.mapping.tables), ("mapping.columns", config.mapping.columns),

@@ -841,7 +841,7 @@ def migrate_schema(
                                 before_commit=record if state is not None else None)
     else:
         _run_post_data(destination, preamble, todo, config.schema_migration.index_jobs, report, log)
-        report.refreshed += [v["view"] for v in sync_materialized_views(config, source, destination, log=log)
+        report.refreshed += [v["view"] for v in sync_materialized_views(config, src, source, destination, log=log)
                              if v["action"] == "refreshed"]
     report.seconds = time.monotonic() - started
     if state is not None:

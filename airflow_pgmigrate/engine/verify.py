@@ -26,6 +26,7 @@ from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.matviews import compare_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
+from airflow_pgmigrate.engine.schema import read_source_schema
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -118,7 +119,7 @@ def plan_checks(config: MigrationConfig, src: psycopg.Connection) -> list[TableC
     selector = TableSelector(config.objects)
     mapper = NameMapper(config.mapping)
     columns_of = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
-    without_rows = tables_without_rows(src, config)
+    without_rows = tables_without_rows(src, config.objects.exclude_data)
     checks = []
     for name, table in sorted(tables.items()):
         if table.relkind != "r" or not selector(name) or name in without_rows:
@@ -203,7 +204,7 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                 f"extra={result.extra_count} different={result.different_count} "
                 f"seconds={time.monotonic() - t0:.2f}")
         views = _compare_views(config, src, dst, log)
-        definition_only = sorted(str(t) for t in tables_without_rows(src, config))
+        definition_only = sorted(str(t) for t in tables_without_rows(src, config.objects.exclude_data))
         if snapshot is not None:
             src.rollback()
     report = {
@@ -224,7 +225,7 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
 
 def _compare_views(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.Connection,
                    log: Callable[[str], None]) -> list[dict[str, Any]]:
-    views = compare_materialized_views(config, src, dst)
+    views = compare_materialized_views(config, read_source_schema(src, config), src, dst)
     for v in views:
         log(f"verify materialized_view={v['view']} populated={v['source_populated']}/{v['destination_populated']} "
             f"rows={v['source_rows']}/{v['destination_rows']} equal={v['equal']}")
