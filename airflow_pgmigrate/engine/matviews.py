@@ -50,10 +50,17 @@ class MaterializedView:
     populated: bool
     #: Tables it reads (through views too) whose rows do not migrate: it stays unpopulated.
     reads_without_rows: list[QualifiedName]
+    #: Materialized views it reads that are unpopulated on the source: it cannot be refreshed (a difference).
+    reads_unpopulated: list[QualifiedName]
 
     @property
-    def wanted_populated(self) -> bool:
+    def expected_populated(self) -> bool:
+        """Populated on the destination: as on the source, unless it reads tables whose rows do not migrate."""
         return self.populated and not self.reads_without_rows
+
+    @property
+    def can_populate(self) -> bool:
+        return self.expected_populated and not self.reads_unpopulated
 
     @property
     def ident(self) -> sql.Identifier:
@@ -77,7 +84,8 @@ def migrated_materialized_views(config: MigrationConfig, schema: ViewCatalog, sr
         if found.fetchone() == (None,):
             continue
         reads = _reads(name, schema.view_tables)
-        views.append(MaterializedView(name, target, populated[name], sorted(reads & without_rows)))
+        views.append(MaterializedView(name, target, populated[name], sorted(reads & without_rows),
+                                      sorted(r for r in reads if populated.get(r) is False)))
     return views
 
 
@@ -127,7 +135,7 @@ def sync_materialized_views(config: MigrationConfig, schema: ViewCatalog, source
             row = dst.execute("SELECT relispopulated FROM pg_class WHERE oid = %s::regclass",
                               (view.ident.as_string(dst),)).fetchone()
             populated_there = bool(row and row[0])
-            if view.wanted_populated:
+            if view.can_populate:
                 dst.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(view.ident))
                 action = "refreshed"
             elif populated_there:
@@ -137,6 +145,8 @@ def sync_materialized_views(config: MigrationConfig, schema: ViewCatalog, source
                 action = "left unpopulated"
             if view.populated and view.reads_without_rows:
                 action += f": reads {', '.join(map(str, view.reads_without_rows))} whose rows do not migrate"
+            elif view.expected_populated and view.reads_unpopulated:
+                action += f": reads {', '.join(map(str, view.reads_unpopulated))}, unpopulated on the source"
             log(f"materialized_view={view.target} action={action.split(':')[0].replace(' ', '_')}")
             out.append({"view": str(view.target), "source": str(view.source), "action": action})
     return out
@@ -154,7 +164,7 @@ def compare_materialized_views(config: MigrationConfig, schema: ViewCatalog, src
         here = _row_digests(src, sql.Identifier(view.source.schema, view.source.name)) if view.populated else Counter()
         there = _row_digests(dst, view.ident) if populated_there else Counter()
         missing, extra = here - there, there - here
-        expected = view.wanted_populated
+        expected = view.expected_populated
         results.append({
             "view": str(view.source), "target": str(view.target),
             "source_populated": view.populated, "destination_populated": populated_there,

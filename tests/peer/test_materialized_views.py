@@ -79,3 +79,18 @@ def test_verification_reports_a_materialized_view_populated_on_one_side_only(mig
     assert report["equal"] is False and report["differences"] == 1
     (view,) = [v for v in report["materialized_views"] if not v["equal"]]
     assert view["view"] == "public.mv_never" and view["destination_populated"] is True
+
+
+def test_a_view_reading_one_the_source_emptied_is_reported_not_a_crash(migration_env):
+    migration_env.src(VIEWS)
+    run = migrate(migration_env, cutover=False)
+    # mv_a stays populated on the source, but reads mv_b, now emptied: it cannot be refreshed anywhere.
+    migration_env.src("REFRESH MATERIALIZED VIEW public.mv_b WITH NO DATA")
+    with pytest.raises(CutoverError) as info:
+        run_cutover(run.config, migration_env.source_info(), migration_env.destination_info())
+    migration_env.source.execute(f'ALTER DATABASE "{migration_env.source_db}" RESET default_transaction_read_only')
+    actions = {v["view"]: v["action"] for v in info.value.report["materialized_views"]}
+    assert actions["public.mv_b"] == "emptied"
+    assert actions["public.mv_a"] == "emptied: reads public.mv_b, unpopulated on the source"
+    assert "materialized view public.mv_a (populated on the source: True, on the destination: False)" in \
+        str(info.value)
