@@ -65,6 +65,8 @@ def test_truncate_reaches_a_partitioned_target(migration_env):
                            "INSERT INTO partitioned_target.events VALUES (9, 1, 'after the truncate')"])
     assert buckets(migration_env) == [(0, 1)]
     assert run.cutover["verification"]["equal"] is True
+    assert migration_env.dst("SELECT id, bucket, payload FROM partitioned_target.events") == \
+        migration_env.src("SELECT id, bucket, payload FROM partitioned_target.events")
 
 
 def test_partitioned_source_into_a_plain_target(migration_env):
