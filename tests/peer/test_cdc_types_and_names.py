@@ -8,6 +8,7 @@ key under REPLICA IDENTITY FULL, multi-row deletes and TRUNCATE. We decode pgout
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from tests.peer.rig import assert_migrated, migrate
@@ -143,8 +144,12 @@ def test_replica_trigger_raising_large_notices_while_changes_apply(migration_env
         CREATE TRIGGER insert_notice_trigger AFTER INSERT ON public.metrics FOR EACH ROW
             EXECUTE FUNCTION public.notify_on_insert();
         ALTER TABLE public.metrics ENABLE REPLICA TRIGGER insert_notice_trigger;""")
-    run = migrate(migration_env, changes="INSERT INTO public.metrics SELECT g, now(), 'm' || g, g / 3.0 "
-                                         "FROM generate_series(1, 300) g")
+    def many_small_transactions(env) -> None:  # one notice-raising row per transaction, as a busy source sends
+        with psycopg.connect(**env.source_info().connect_kwargs(), autocommit=True) as conn:
+            for g in range(1, 301):
+                conn.execute("INSERT INTO public.metrics VALUES (%s, now(), %s, %s / 3.0)", (g, f"m{g}", g))
+
+    run = migrate(migration_env, changes=many_small_transactions)
     assert run.cutover["verification"]["equal"] is True
     # The trigger fires on the destination while changes are applied (as on a subscriber): 300 notices of 32 kB.
     assert migration_env.dst("SELECT count(*) FROM public.metrics") == [(300,)]
