@@ -10,7 +10,7 @@ import difflib
 import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -24,7 +24,7 @@ from airflow_pgmigrate.engine.state import MigrationState
 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
-    from airflow_pgmigrate.engine.rds import RdsInspector
+    from airflow_pgmigrate.engine.rds import IngressRule, RdsInspector, SourceFacts
 
 MIN_SOURCE_VERSION = 100004
 
@@ -51,9 +51,11 @@ CHECK_NAMES: tuple[str, ...] = (
     "long_transactions",
     "prepared_transactions",
     "rds_instance",
+    "rds_endpoint",
     "rds_logical_replication",
     "rds_public_access",
     "rds_security_group",
+    "rds_storage",
 )
 
 
@@ -811,6 +813,56 @@ def check_prepared_transactions(ctx: PrecheckContext) -> list[CheckResult]:
                    objects=[p["gid"] for p in prepared])]
 
 
+def _source_facts(ctx: PrecheckContext) -> SourceFacts:
+    """Where the source connection goes and what the server it reached says (RDS endpoint and replication checks)."""
+    from airflow_pgmigrate.engine.rds import SourceFacts
+
+    facts = SourceFacts(ctx.source.host, ctx.source.port)
+    if ctx.src is None:
+        return facts
+    try:
+        row = ctx.src.execute("SELECT current_setting('wal_level'), pg_is_in_recovery()").fetchone()
+    except psycopg.Error:
+        return facts
+    assert row is not None
+    return SourceFacts(ctx.source.host, ctx.source.port, str(row[0]), bool(row[1]))
+
+
+def _rds_items(ctx: PrecheckContext, rds: RdsInspector | None, skip: set[str],
+               record_rules: Callable[[list[IngressRule]], None] | None) -> tuple[list[CheckResult], list[IngressRule]]:
+    """The RDS items (never raising: an unexpected error is a failed item), and the ingress rules they added."""
+    config = ctx.config
+    assert config.rds is not None
+    if rds is None:
+        return [failed("rds_instance", "rds is configured but no AWS client was given to the precheck",
+                       "configure rds.aws_conn_id or AWS credentials for the workers")], []
+    # A rule is added only where it can be recorded first (the destination's state), and never for a skipped item.
+    record = record_rules if ctx.dst is not None and "rds_security_group" not in skip else None
+    try:
+        outcome = rds.check(config.rds, config.name, need_logical_replication=config.wants("incremental"),
+                            source=_source_facts(ctx), record=record)
+    except Exception as exc:  # noqa: BLE001 - the report is always produced
+        return [failed("rds_instance", f"the RDS check itself failed: {type(exc).__name__}: {exc}",
+                       "fix the cause named here and run the precheck again")], []
+    results = [skipped(r.name, "skipped by configuration") if r.name in skip else r for r in outcome.results]
+    return results, outcome.added_rules
+
+
+def _rds_destination_space(ctx: PrecheckContext, rds: RdsInspector | None, report: PrecheckReport) -> None:
+    """Replace the generic ``destination_space`` (PostgreSQL cannot tell free disk space) by CloudWatch's figure
+    when the destination is an RDS instance these AWS credentials see."""
+    current = report.result("destination_space") if "destination_space" in report.statuses() else None
+    if rds is None or current is None or not current.detail.startswith("the selected source data"):
+        return
+    try:
+        found = rds.destination_space(ctx.destination.host, sum(t.size_bytes for t in ctx.selected))
+    except Exception as exc:  # noqa: BLE001 - the report is always produced
+        found = failed("destination_space", f"reading the destination's free storage failed: {exc}",
+                       "fix the cause, or skip destination_space")
+    if found is not None:
+        report.results = [found if r is current else r for r in report.results]
+
+
 #: Item -> (function, migration types it applies to, needs source, needs destination).
 _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "source_version": (check_source_version, ("schema", "full", "incremental"), True, False),
@@ -841,9 +893,12 @@ def run_precheck(
     *,
     rds: RdsInspector | None = None,
     skip: Iterable[str] = (),
-    record_rules: Callable[[list[dict[str, Any]]], None] | None = None,
+    record_rules: Callable[[list[IngressRule]], None] | None = None,
 ) -> PrecheckReport:
-    """Run every item that applies to the config's migration types; never raises for a failed item."""
+    """Run every item that applies to the config's migration types; never raises for a failed item.
+
+    ``record_rules`` keeps the ingress rules the RDS check adds (it is called before each is added); without it, or
+    when the destination cannot be reached, no rule is added."""
     skip_set = set(config.precheck.skip) | set(skip)
     report = PrecheckReport(migration=config.name)
     ctx = PrecheckContext(config, source, destination)
@@ -887,16 +942,10 @@ def run_precheck(
                                 "grant the account read access to the catalog views, or skip this item")])
 
         if config.rds is not None:
-            if rds is None:
-                add([failed("rds_instance", "rds is configured but no AWS client was given to the precheck",
-                            "configure rds.aws_conn_id or AWS credentials for the workers")])
-            else:
-                outcome = rds.check(config.rds, config.name, need_logical_replication=config.wants("incremental"))
-                add([skipped(r.name, "skipped by configuration") if r.name in skip_set else r
-                     for r in outcome.results])
-                report.added_ingress_rules = [r.to_dict() for r in outcome.added_rules]
-                if report.added_ingress_rules and record_rules is not None:
-                    record_rules(report.added_ingress_rules)
+            results, added = _rds_items(ctx, rds, skip_set, record_rules)
+            add(results)
+            report.added_ingress_rules = [r.to_dict() for r in added]
+            _rds_destination_space(ctx, rds, report)
     finally:
         for opened in (ctx.src, ctx.dst):
             if opened is not None:
