@@ -257,7 +257,7 @@ class IncrementalSync:
         self.throttle = Throttle(mb_per_second=caps.mb_per_second, rows_per_second=caps.rows_per_second)
         self.tables: dict[int, TableTarget | None] = {}
         self.relations: dict[int, Relation] = {}
-        self._destination_columns: dict[QualifiedName, list[str]] = {}
+        self._destination_shapes: dict[QualifiedName, tuple[list[str], set[str]]] = {}
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -284,22 +284,14 @@ class IncrementalSync:
         for table_key, cols in self.config.objects.columns.items():
             if parse_qualified_name(table_key) == name:
                 wanted = set(cols)
-        existing = self._destination_columns.get(target)
-        if existing is None:
-            existing = [r[0] for r in dst.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
-                "AND NOT attisdropped AND attgenerated = ''", (sql.Identifier(target.schema, target.name)
-                                                             .as_string(dst),))]
-            if not existing and dst.execute("SELECT to_regclass(%s)", (sql.Identifier(
-                    target.schema, target.name).as_string(dst),)).fetchone() == (None,):
-                raise SyncError(f"destination table {target} (for {name}) does not exist: run the schema and full "
-                                "load steps first")
-            self._destination_columns[target] = existing
+        existing, generated = self._destination_columns(dst, target, name)
         columns: list[tuple[int, str]] = []
         for i, col in enumerate(rel.columns):
             if wanted is not None and col.name not in wanted:
                 continue
             mapped = mapper.column(name, col.name)
+            if mapped in generated:
+                continue  # sent by PostgreSQL 18+ (publish_generated_columns); the destination computes its own
             if mapped not in existing:
                 raise SyncError(f"DDL on the source: {name} has a column {col.name!r} that the destination table "
                                 f"{target} lacks (added after the full load?). Incremental sync stopped before "
@@ -331,6 +323,22 @@ class IncrementalSync:
         upsert = bool(row_filter) or self.config.conflicting_tables == "ignore"
         return TableTarget(name, target, columns, key, key_names, upsert, row_filter,
                            start_lsns.get(name.key, start_lsns.get(str(name), 0)))
+
+    def _destination_columns(self, dst: psycopg.Connection, target: QualifiedName,
+                             name: QualifiedName) -> tuple[list[str], set[str]]:
+        """A destination table's columns that changes write, and its generated ones (looked up once per run)."""
+        shape = self._destination_shapes.get(target)
+        if shape is None:
+            ident = sql.Identifier(target.schema, target.name).as_string(dst)
+            rows = dst.execute("SELECT attname, attgenerated <> '' FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                               "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (ident,)).fetchall()
+            # A table without columns exists all the same (CREATE TABLE t ()): ask the catalog, not its columns.
+            if not rows and dst.execute("SELECT to_regclass(%s)", (ident,)).fetchone() == (None,):
+                raise SyncError(f"destination table {target} (for {name}) does not exist: run the schema and full "
+                                "load steps first")
+            shape = ([n for n, gen in rows if not gen], {n for n, gen in rows if gen})
+            self._destination_shapes[target] = shape
+        return shape
 
     def _check_type_changes(self, rel: Relation, name: QualifiedName, target: QualifiedName, migrated: list[str],
                             mapper: NameMapper, dst: psycopg.Connection) -> None:

@@ -72,9 +72,8 @@ def test_exclude_data_keeps_definitions_without_rows_through_load_sync_and_cutov
     # Nothing of the schemas left out, nor of the excluded table.
     assert migration_env.dst("SELECT count(*) FROM pg_namespace WHERE nspname = 'other'") == [(0,)]
     assert migration_env.dst("SELECT to_regclass('foo.skip_me')") == [(None,)]
+    migration_env.src("DROP TABLE foo.skip_me")  # excluded: the source compares without it (and its constraints)
     source = Inventory.read(migration_env.source_info(), skip_schemas=frozenset({"pgmigrate", "other"}))
-    source.tables.pop(("foo", "skip_me"))
-    source.objects.subtract({"relkind r": 1, "relkind i": 1, "constraint p": 1})
     assert_same(source, Inventory.read(migration_env.destination_info()),
                 without_rows=frozenset({("foo", "big_log"), ("parts", "sellers_archive")}),
                 unpopulated=frozenset({("foo", "log_summary")}))

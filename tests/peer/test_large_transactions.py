@@ -64,7 +64,7 @@ def test_large_streamed_aborted_and_partly_rolled_back_transactions(migration_en
 
     report = run_cutover(run.config, migration_env.source_info(), migration_env.destination_info())
     migration_env.source.execute(f'ALTER DATABASE "{migration_env.source_db}" RESET default_transaction_read_only')
-    assert streamed and streamed[0][0] >= 3, f"the scenario must stream its large transactions, got {streamed}"
+    assert streamed and streamed[0][0] >= 2, f"the scenario must stream its large transactions, got {streamed}"
     assert report["verification"]["equal"] is True
     counts = migration_env.dst(COUNTS)
     assert counts == migration_env.src(COUNTS) == [(300, 0, 200, 520)], (counts, migration_env.src(COUNTS))

@@ -183,3 +183,54 @@ def test_names_holding_newlines(migration_env):
                       "INSERT INTO public.\"two\nlines\" VALUES (1, E'a\\nb')")
     migrate(migration_env, changes="INSERT INTO public.\"two\nlines\" VALUES (2, 'x')")
     assert_migrated(migration_env)
+
+
+@pytest.fixture(scope="module")
+def postgresql_18(pg_servers):
+    """A PostgreSQL 18 source (wal_level=logical) and destination, whatever version the session's servers run."""
+    from airflow_pgmigrate.testing.local_postgres import SOURCE_SETTINGS, LocalPostgres, find_binaries
+    from tests.conftest import Servers
+
+    if 18 not in find_binaries():
+        pytest.skip("no PostgreSQL 18 binaries")
+    if pg_servers.source.major == 18:
+        yield pg_servers
+        return
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="pgmigrate-pg18-"))
+    base.chmod(0o755)  # the unprivileged server user must reach its cluster below
+    source = LocalPostgres(base / "source", major=18, settings=SOURCE_SETTINGS).start()
+    try:
+        yield Servers(source, pg_servers.other_version(), base)
+    finally:
+        source.stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_generated_columns_under_replica_identity_full_on_postgresql_18(postgresql_18, monkeypatch):
+    """PostgreSQL 18 refuses UPDATE and DELETE on a published table whose replica identity (FULL) holds a generated
+    column the publication does not send: the migration's publication sends them, and apply leaves them to the
+    destination to compute."""
+    from tests.conftest import MigrationEnv
+
+    env = MigrationEnv(postgresql_18, "gen18_src", "gen18_dst", monkeypatch)
+    env.source.create_database(env.source_db)
+    env.destination.create_database(env.destination_db)
+    try:
+        env.src(NO_COLUMNS + "CREATE TABLE public.mixed (a int, b int GENERATED ALWAYS AS (a * 2) STORED);"
+                             "ALTER TABLE public.mixed REPLICA IDENTITY FULL; INSERT INTO public.mixed VALUES (1), (2);")
+        run = migrate(env, changes=["INSERT INTO public.gen DEFAULT VALUES", "UPDATE public.gen SET nb = DEFAULT",
+                                    "DELETE FROM public.gen WHERE ctid = (SELECT max(ctid) FROM public.gen)",
+                                    "UPDATE public.mixed SET a = 10 WHERE a = 1", "DELETE FROM public.mixed WHERE a = 2",
+                                    "INSERT INTO public.mixed VALUES (3)"])
+        assert run.cutover["verification"]["equal"] is True
+        assert env.dst("SELECT a, b FROM public.mixed ORDER BY a") == [(3, 6), (10, 20)]
+        assert_migrated(env)
+    finally:
+        env.source.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+                           params=(env.source_db,))
+        env.source.drop_database(env.source_db)
+        env.destination.drop_database(env.destination_db)
