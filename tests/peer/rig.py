@@ -51,14 +51,12 @@ def apply_changes(env: Any, changes: Changes) -> None:
             conn.execute(statement)
 
 
-def migrate(env: Any, *, changes: Changes = None, cutover: bool = True, allowed_failures: frozenset[str] = frozenset(),
-            **overrides: Any) -> Run:
+def migrate(env: Any, *, changes: Changes = None, cutover: bool = True, **overrides: Any) -> Run:
     """The whole migration of ``env``'s databases, as a user runs it (see the module's docstring)."""
     overrides.setdefault("cutover", {"freeze_source": True})
     config = env.config(**overrides)
     report = env.precheck(**overrides)
-    failed = {r.name for r in report.results if r.status == "failed"} - allowed_failures
-    assert not failed, [(r.name, r.detail) for r in report.results if r.name in failed]
+    assert not report.failures, [(r.name, r.detail) for r in report.failures]
     source, destination = env.source_info(), env.destination_info()
     state = MigrationState(destination, config.state_schema, config.name)
     schema: dict[str, Any] = {}
