@@ -234,3 +234,34 @@ def test_generated_columns_under_replica_identity_full_on_postgresql_18(postgres
                            params=(env.source_db,))
         env.source.drop_database(env.source_db)
         env.destination.drop_database(env.destination_db)
+
+
+def test_a_named_publication_must_send_generated_columns_on_postgresql_18(postgresql_18, monkeypatch):
+    """With ``incremental.publication``, the owner's publication is checked instead: on PostgreSQL 18 it must send
+    generated columns for a REPLICA IDENTITY FULL table holding one, else the source's own UPDATEs would fail."""
+    from airflow_pgmigrate.engine.full_load import run_full_load
+    from airflow_pgmigrate.engine.publication import PublicationError
+    from tests.conftest import MigrationEnv
+
+    env = MigrationEnv(postgresql_18, "pub18_src", "pub18_dst", monkeypatch)
+    env.source.create_database(env.source_db)
+    env.destination.create_database(env.destination_db)
+    try:
+        env.src(NO_COLUMNS + "CREATE PUBLICATION owners FOR TABLE public.nocols, public.gen;")
+        config = env.config(incremental={"publication": "owners"})
+        report = env.precheck(incremental={"publication": "owners"})
+        (item,) = [r for r in report.failures if r.name == "publication"]
+        assert "does not send generated columns" in item.detail and "public.gen" in item.detail
+        assert "ALTER PUBLICATION \"owners\" SET (publish_generated_columns = stored);" in item.fix
+        with pytest.raises(PublicationError, match="publish_generated_columns = stored"):
+            run_full_load(config, env.source_info(), env.destination_info())
+        env.src("ALTER PUBLICATION owners SET (publish_generated_columns = stored)")
+        run = migrate(env, incremental={"publication": "owners"}, changes=["UPDATE public.gen SET nb = DEFAULT",
+                                                                          "INSERT INTO public.gen DEFAULT VALUES"])
+        assert run.cutover["verification"]["equal"] is True
+        assert_migrated(env)
+    finally:
+        env.source.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+                           params=(env.source_db,))
+        env.source.drop_database(env.source_db)
+        env.destination.drop_database(env.destination_db)
