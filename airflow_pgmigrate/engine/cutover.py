@@ -6,8 +6,12 @@
 2. Drain: changes are applied until the applied LSN reaches the source's WAL position at the freeze.
    Then materialized views get the source's state: refreshed from the complete tables if populated on the source
    (a REFRESH there sends no row change), unpopulated otherwise.
-3. Every destination sequence is set from the source (+ ``cutover.sequence_offset``).
-4. Verify every table; a difference stops the cutover unless ``cutover.allow_differences``.
+3. Non-streamed state (:mod:`airflow_pgmigrate.engine.nonstreamed`): every migrated sequence is set from the source
+   (``cutover.sequence_offset`` away from the used values, in the sequence's direction), and the large objects
+   created, changed or deleted during sync are brought over.
+4. Verify what the migration moves (rows of every table and partitioned table, partitions, sequences, large
+   objects, materialized views); a difference stops the cutover, naming the object, unless
+   ``cutover.allow_differences``.
 5. Release the slot and the publication; remove the security-group rule the precheck added, if any.
 6. Record the report (times of each step, downtime window, rows, LSNs, verification) in the migration state.
 """
@@ -24,10 +28,9 @@ from psycopg import sql
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.incremental import SyncError, release, run_incremental
 from airflow_pgmigrate.engine.matviews import sync_materialized_views
-from airflow_pgmigrate.engine.schema import read_source_schema
-from airflow_pgmigrate.engine.sequences import sync_sequences
+from airflow_pgmigrate.engine.nonstreamed import sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
-from airflow_pgmigrate.engine.verify import compare, verify_migration
+from airflow_pgmigrate.engine.verify import compare, differences, verify_migration
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 if TYPE_CHECKING:
@@ -124,6 +127,10 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
                                          log=log)
     step("sequences", t0, count=len(report["sequences"]))
 
+    t0 = time.monotonic()  # logical decoding does not carry large objects: those changed during sync come now
+    report["large_objects"] = sync_large_objects_between(source, destination, log=log)
+    step("large_objects", t0, **report["large_objects"])
+
     t0 = time.monotonic()
     verification = compare(config, source, destination, log=log) if frozen else \
         verify_migration(config, source, destination, log=log)
@@ -132,11 +139,8 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
     if not verification["equal"] and not config.cutover.allow_differences:
         report["status"] = "stopped: verification found differences"
         state.put("cutover", report)
-        tables = [f"{t['table']} (missing {t['missing_count']}, extra {t['extra_count']}, different "
-                  f"{t['different_count']}: {', '.join((t['missing'] + t['extra'] + t['different'])[:5])})"
-                  for t in verification["tables"] if not t["equal"]]
-        tables += [_view_difference(v) for v in verification.get("materialized_views", []) if not v["equal"]]
-        raise CutoverError("cutover stopped: the destination differs from the source in " + "; ".join(tables)
+        raise CutoverError("cutover stopped: the destination differs from the source: "
+                           + "; ".join(differences(verification))
                            + ". The slot is kept: fix the cause, then run the cutover again (or set "
                            "cutover.allow_differences)", report)
 
@@ -157,17 +161,11 @@ def refresh_materialized_views(config: MigrationConfig, source: ConnectionInfo, 
     """After the drain, before verification: a REFRESH MATERIALIZED VIEW on the source during sync sends no row
     change, so each materialized view populated on the source is refreshed on the destination from its complete
     tables now, and one the source holds unpopulated is left (or made) unpopulated."""
+    from airflow_pgmigrate.engine.schema import read_source_schema
+
     with connect(source) as src:
         schema = read_source_schema(src, config)
     return sync_materialized_views(config, schema, source, destination, log=log)
-
-
-def _view_difference(view: dict[str, Any]) -> str:
-    if view["source_populated"] != view["destination_populated"]:
-        return (f"materialized view {view['view']} (populated on the source: {view['source_populated']}, on the "
-                f"destination: {view['destination_populated']})")
-    return (f"materialized view {view['view']} (missing {view['missing_count']}, extra {view['extra_count']} row(s): "
-            "the source's contents are older than its tables? REFRESH it on the source before the cutover)")
 
 
 def _slot_exists(config: MigrationConfig, source: ConnectionInfo) -> bool:

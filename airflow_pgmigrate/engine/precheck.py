@@ -17,7 +17,13 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
-from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
+from airflow_pgmigrate.engine.names import (
+    NameMapper,
+    QualifiedName,
+    TableSelector,
+    parse_qualified_name,
+    unmatched_entries,
+)
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
 from airflow_pgmigrate.engine.sqlfilter import volatile_calls
 from airflow_pgmigrate.engine.state import MigrationState
@@ -46,6 +52,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "c_functions",
     "name_conflicts",
     "extensions",
+    "xml_support",
     "pg_dump",
     "destination_space",
     "long_transactions",
@@ -217,25 +224,16 @@ def _grantee(user: str) -> str:
 
 
 def _migrated_sequences(ctx: PrecheckContext) -> list[tuple[QualifiedName, bool]]:
-    """Sequences the selected tables own or use in a default (read at full load and cutover): (name, readable)."""
+    """Every sequence the migration sets (the non-streamed state's own list): (name, readable by the account)."""
+    from airflow_pgmigrate.engine.nonstreamed import migrated_sequences
+
     assert ctx.src is not None
-    oids = [t.oid for t in ctx.selected]
-    rows = ctx.src.execute(
-        """
-        SELECT n.nspname, s.relname, has_sequence_privilege(s.oid, 'SELECT')
-          FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
-         WHERE s.relkind = 'S' AND (
-               EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid
-                       AND d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(%(oids)s)
-                       AND d.deptype IN ('a', 'i'))
-            OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_attrdef ad ON ad.oid = d.objid
-                       WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass
-                       AND d.refobjid = s.oid AND ad.adrelid = ANY(%(oids)s)))
-         ORDER BY 1, 2
-        """,
-        {"oids": oids},
-    ).fetchall()
-    return [(QualifiedName(r[0], r[1]), bool(r[2])) for r in rows]
+    out = []
+    for name in sorted(migrated_sequences(ctx.config, ctx.src)):
+        row = ctx.src.execute("SELECT has_sequence_privilege(%s, 'SELECT')",
+                              (sql.Identifier(name.schema, name.name).as_string(ctx.src),)).fetchone()
+        out.append((name, bool(row and row[0])))
+    return out
 
 
 def _unreadable_large_objects(ctx: PrecheckContext) -> list[int]:
@@ -458,7 +456,7 @@ def check_destination_privileges(ctx: PrecheckContext) -> list[CheckResult]:
                 missing.append(f"{', '.join(lacks)} on {table}")
                 fixes.append(f"GRANT {', '.join(lacks)} ON {_q(table)} TO {to};")
         if ctx.src is not None:
-            sequences = [_q(QualifiedName(ctx.mapper.schema(s.schema), s.name)) for s, _ in _migrated_sequences(ctx)]
+            sequences = [_q(ctx.mapper.table(s)) for s, _ in _migrated_sequences(ctx)]
             for schema, name in ctx.dst.execute(
                     "SELECT n.nspname, c.relname FROM unnest(%s::text[]) AS t(name) "
                     "JOIN pg_class c ON c.oid = to_regclass(t.name) JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -497,7 +495,6 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
     by_name = {t.name: t for t in ctx.tables}
     selected_names = {t.name for t in ctx.selected}
     problems: list[str] = []
-    warnings: list[str] = []
     assert ctx.src is not None
     schemas = set(catalog.list_schemas(ctx.src))
     for schema in config.objects.schemas:
@@ -510,14 +507,15 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
         if name not in by_name:
             close = difflib.get_close_matches(str(name), keys, n=1, cutoff=0.6)
             problems.append(f"table {name} does not exist" + (f" (did you mean {close[0]}?)" if close else ""))
+    # Every entry naming a table must match one the migration moves (partitions of selected tables included).
+    ancestors = catalog.partition_ancestors(ctx.src)
+    moved = selected_names | {name for name, above in ancestors.items() if set(above) & selected_names}
+    problems.extend(unmatched_entries(config, by_name, moved, ctx.scope_schemas()))
     for key, cols in config.objects.columns.items():
         name = parse_qualified_name(key)
         table = by_name.get(name)
         if table is None:
-            problems.append(f"columns are selected for {name}, which does not exist")
-            continue
-        if name not in selected_names:
-            warnings.append(f"columns are selected for {name}, which is not selected")
+            continue  # named above
         unknown = [c for c in cols if c not in table.column_names]
         if unknown:
             problems.append(f"{name} has no column {', '.join(unknown)}")
@@ -530,14 +528,6 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
         if not any(fnmatch.fnmatchcase(t.name.key, pattern) for t in ctx.selected):
             problems.append(f"objects.exclude_data[{i}] {pattern!r} matches no selected table: correct it (names are "
                             "exact and case-sensitive) or remove it")
-    for section, mapping in (("mapping.tables", config.mapping.tables), ("mapping.columns", config.mapping.columns),
-                             ("filters", config.filters)):
-        for key in mapping:
-            name = parse_qualified_name(key)
-            if name not in by_name:
-                problems.append(f"{section} names {name}, which does not exist")
-            elif name not in selected_names:
-                warnings.append(f"{section} names {name}, which is not selected")
     for key, renames in config.mapping.columns.items():
         table = by_name.get(parse_qualified_name(key))
         if table is not None:
@@ -550,10 +540,8 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
     if problems:
         results.append(failed("selected_objects", "; ".join(problems),
                               "correct objects / mapping / filters in the migration config (names are exact and "
-                              "case-sensitive; quote a part holding a dot: \"my.schema\".orders)", objects=problems))
-    if warnings:
-        results.append(warning("selected_objects", "; ".join(warnings),
-                               "select these tables, or remove the entries that name them", objects=warnings))
+                              "case-sensitive; quote a part holding a dot: \"my.schema\".orders); select the "
+                              "tables an entry names, or remove the entry", objects=problems))
     if not results:
         size = sum(t.size_bytes for t in ctx.selected)
         results.append(passed("selected_objects", f"{len(ctx.selected)} table(s) selected, {_size(size)}"))
@@ -737,6 +725,38 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
                    "or set conflicting_tables: ignore to keep them", objects=names)]
 
 
+_XML_COLUMNS = """
+    SELECT n.nspname, c.relname, a.attname
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN pg_type t ON t.oid = a.atttypid
+      LEFT JOIN pg_type e ON e.oid = t.typelem
+     WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
+       AND 'xml'::regtype IN (t.oid, t.typbasetype, e.oid, e.typbasetype)
+     ORDER BY 1, 2, a.attnum
+"""
+
+
+def check_xml_support(ctx: PrecheckContext) -> list[CheckResult]:
+    """xml values need a destination built with libxml: probe it when migrated columns hold xml, before any copy."""
+    assert ctx.src is not None and ctx.dst is not None
+    chosen = {parse_qualified_name(k): set(v) for k, v in ctx.config.objects.columns.items()}
+    columns = [f"{QualifiedName(s, t)}.{c}" for s, t, c in ctx.src.execute(
+        _XML_COLUMNS, ([t.oid for t in ctx.selected],)).fetchall()
+        if QualifiedName(s, t) not in chosen or c in chosen[QualifiedName(s, t)]]
+    if not columns:
+        return [passed("xml_support", "no migrated column holds xml")]
+    try:
+        with ctx.dst.transaction(force_rollback=True):
+            ctx.dst.execute("SELECT '<a/>'::xml")
+    except psycopg.Error as exc:
+        message = (exc.diag.message_primary or str(exc)).strip()
+        return [failed("xml_support", f"the destination cannot hold xml values ({message}), and "
+                       f"{len(columns)} migrated column(s) are xml: {', '.join(columns)}",
+                       "use a destination PostgreSQL built with libxml (--with-libxml; every packaged build is), or "
+                       "leave these columns out with objects.columns", objects=columns)]
+    return [passed("xml_support", f"the destination accepts xml ({len(columns)} xml column(s) migrate)")]
+
+
 def check_extensions(ctx: PrecheckContext) -> list[CheckResult]:
     assert ctx.src is not None and ctx.dst is not None
     used = {k: v for k, v in catalog.installed_extensions(ctx.src).items() if k != "plpgsql"}
@@ -879,6 +899,7 @@ _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "c_functions": (check_c_functions, ("schema",), True, False),
     "name_conflicts": (check_name_conflicts, ("schema", "full", "incremental"), True, True),
     "extensions": (check_extensions, ("schema",), True, True),
+    "xml_support": (check_xml_support, ("schema", "full", "incremental"), True, True),
     "pg_dump": (check_pg_dump, ("schema",), True, True),
     "destination_space": (check_destination_space, ("full",), True, False),
     "long_transactions": (check_long_transactions, ("incremental",), True, False),
