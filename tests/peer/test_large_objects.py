@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import psycopg
-import pytest
 
 from tests.peer.rig import Inventory, assert_migrated, migrate
 
@@ -39,8 +38,6 @@ def test_large_objects_copy_exactly_with_their_oids(migration_env):
     assert sorted(s for _, s in sizes) == sorted(SIZES)
 
 
-@pytest.mark.xfail(strict=False, reason="issue #11 (eq-state): large objects created, changed or removed on the "
-                                        "source during incremental sync do not reach the destination")
 def test_large_objects_changed_during_sync_reach_the_destination(migration_env):
     migration_env.src("CREATE TABLE public.images (id serial PRIMARY KEY, image oid)")
     first, second = import_objects(migration_env, [1000, 2000])

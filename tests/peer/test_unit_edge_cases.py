@@ -166,8 +166,6 @@ def test_sequences_used_by_tables_keep_their_values(migration_env):
     assert migration_env.dst("SELECT last_value, is_called FROM public.identity_table_id_seq") == [(669, True)]
 
 
-@pytest.mark.xfail(strict=False, reason="issue #11 (eq-state owns sequences): a sequence no table uses is created but "
-                                        "its value is not set from the source")
 def test_standalone_sequences_keep_their_values(migration_env):
     migration_env.src(SEQUENCES)
     migrate(migration_env, changes="SELECT nextval('public.standalone_id_seq')")
