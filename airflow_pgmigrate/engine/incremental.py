@@ -2,13 +2,15 @@
 
 One ``run()`` streams and applies for a bounded window (or until caught up) and returns the lag. The last applied
 source commit is recorded in the destination in the same transaction as the changes it covers, and the source is told
-(flush LSN) only what is committed there: a restart at any instant skips what was applied and loses nothing.
+(flush LSN) only what the destination has made durable (:class:`DurableFeedback`): a restart, or a crash of the
+destination whatever its ``synchronous_commit``, at any instant skips what was applied and loses nothing.
 Rolled-back transactions never reach us (the server decodes committed ones only; streamed ones that abort are
 dropped). Streamed in-progress transactions (protocol 2) spill to a temporary file, so memory stays bounded.
 """
 
 from __future__ import annotations
 
+import collections
 import gc
 import queue
 import re
@@ -27,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
-from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, TableTarget
+from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, RowsNotMatched, TableTarget
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.failures import sync_failure_message
@@ -160,21 +162,67 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+class DurableFeedback:
+    """The one owner of what may be reported to the source as flushed: the end LSN of the last source transaction
+    whose destination commit is durable, never more.
+
+    A destination commit returns before its WAL is flushed when the destination runs ``synchronous_commit = off``
+    (a bulk-load target, a test server); a crash then takes the commit back, and a source told it was flushed would
+    never send it again. As PostgreSQL's own apply worker does, each commit is remembered with the destination's WAL
+    position after it, and a source position becomes reportable once the destination's flush position
+    (``pg_current_wal_flush_lsn()``) has passed that point. The writer thread adds, the reading thread asks.
+    """
+
+    def __init__(self, applied: int) -> None:
+        self._lock = threading.Lock()
+        #: (source end LSN, destination WAL position after its commit), oldest first.
+        self._pending: collections.deque[tuple[int, int]] = collections.deque()
+        self.position = applied
+
+    @property
+    def settled(self) -> bool:
+        """Whether every commit made so far is known to be durable."""
+        return not self._pending
+
+    def committed(self, source_end: int, destination_lsn: int) -> None:
+        with self._lock:
+            self._pending.append((source_end, destination_lsn))
+
+    def flushed(self, destination_flushed: int) -> int:
+        """The source position that may be reported, now that the destination flushed up to ``destination_flushed``."""
+        with self._lock:
+            while self._pending and self._pending[0][1] <= destination_flushed:
+                self.position = max(self.position, self._pending.popleft()[0])
+            return self.position
+
+
+def _wal_lsn(conn: psycopg.Connection, function: str) -> int:
+    row = conn.execute(f"SELECT {function}()::text").fetchone()
+    assert row is not None
+    return lsn_to_int(row[0])
+
+
 class _Writer:
     """Writes on the destination in a thread of its own, in order, while the stream is read and decoded.
 
     The destination's work (and the wait for it) overlaps decoding. Items: ``("commit", batch, end_lsn, time)``
     writes a batch and commits it with its progress row; ``("partial", batch)`` writes part of a large transaction
     into the open destination transaction; ``("progress", None, end_lsn, time)`` only moves the progress row. One
-    item waits while another is written, so memory stays bounded. ``applied`` is the end LSN of the last commit: the
-    only position ever reported to the source as flushed. The first error stops the writer; the reading thread
-    raises it at its next ``submit``, ``check`` or ``drain``.
+    item waits while another is written, so memory stays bounded. ``applied`` is the end LSN of the last commit;
+    each commit is handed to ``feedback``, which alone decides what the source is told is flushed. The first error
+    stops the writer; the reading thread raises it at its next ``submit``, ``check`` or ``drain``.
     """
 
     def __init__(self, sync: IncrementalSync, dst: psycopg.Connection, applier: Applier, result: SyncResult,
-                 applied: int) -> None:
+                 applied: int, confirmed: int) -> None:
         self._sync, self._dst, self._applier, self._result = sync, dst, applier, result
         self.applied = applied
+        # The recorded position may come from a run that died before its commits were flushed: durable only once the
+        # destination's flush position passes its WAL position now.
+        self.feedback = DurableFeedback(min(confirmed, applied))
+        if applied > confirmed:
+            self.feedback.committed(applied, _wal_lsn(dst, "pg_current_wal_insert_lsn"))
+            dst.rollback()
         self.error: BaseException | None = None
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=1)
         self._pending = 0  # items submitted and not finished
@@ -203,6 +251,24 @@ class _Writer:
             while self._pending:
                 self._done.wait()
         self.check()
+
+    def flushed(self, lookup: psycopg.Connection) -> int:
+        """The source position that may be reported as flushed now (asks the destination only when needed)."""
+        if self.feedback.settled:
+            return self.feedback.position
+        return self.feedback.flushed(_wal_lsn(lookup, "pg_current_wal_flush_lsn"))
+
+    def make_durable(self) -> int:
+        """After ``drain``: flush the destination's WAL (a write committed with ``synchronous_commit = on`` flushes
+        every commit before it), so that everything applied may be reported; returns the reportable position."""
+        dst = self._dst
+        if not self.feedback.settled:
+            with dst.transaction():
+                dst.execute("SET LOCAL synchronous_commit = on")
+                self._sync._touch_progress(dst)  # a commit that wrote nothing would not wait for the flush
+            self.feedback.flushed(_wal_lsn(dst, "pg_current_wal_flush_lsn"))
+            dst.rollback()
+        return self.feedback.position
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop after the item being written (the caller closes the connection afterwards)."""
@@ -241,6 +307,8 @@ class _Writer:
         self._result.changes += self._uncommitted
         self._uncommitted = 0
         self.applied = end_lsn
+        self.feedback.committed(end_lsn, _wal_lsn(dst, "pg_current_wal_insert_lsn"))
+        dst.rollback()  # the read above opened a transaction
         if commit_time is not None:
             self._result.last_commit_time = pg_time(commit_time).isoformat()
 
@@ -480,7 +548,8 @@ class IncrementalSync:
             unpack_from = struct.unpack_from
             tables = self.tables  # relation oid -> target (None: not migrated); a new Relation message resets one
             txn_commit_lsn = 0
-            writer = _Writer(self, dst, Applier(dst), result, applied)
+            confirmed = lsn_to_int(slot_row[0]) if slot_row[0] else 0
+            writer = _Writer(self, dst, Applier(dst, count_rows=self._replica_role), result, applied, confirmed)
             batch = self.new_batch()
             batch_last_end = 0
             batch_commit_time: int | None = None
@@ -513,12 +582,12 @@ class IncrementalSync:
             while True:
                 now = time.monotonic()
                 if now - last_feedback >= FEEDBACK_SECONDS:
-                    done = writer.applied
+                    done = writer.flushed(lookup)
                     # Idle: nothing read is waiting to be committed (no batch, no transaction recorded only as
-                    # pending progress, no partial write, nothing in the writer's hands): only then may the
-                    # position the source reported be confirmed as flushed.
+                    # pending progress, no partial write, nothing in the writer's hands, every commit durable):
+                    # only then may the position the source reported be confirmed as flushed.
                     idle = (txn is None and not batch and not progress_pending and stream_xid is None and not spills
-                            and writer.idle)
+                            and writer.idle and writer.feedback.settled)
                     writer.check()  # after reading idle: a writer that failed meanwhile stops us here
                     self._send_feedback(repl, received, done if not idle else max(done, position),
                                         reply=stop_when_caught_up)
@@ -545,7 +614,7 @@ class IncrementalSync:
                     if txn is None and not batch and stream_xid is None and not spills:
                         position = max(position, wal_end)
                     if reply:
-                        self._send_feedback(repl, received, writer.applied)
+                        self._send_feedback(repl, received, writer.feedback.position)
                         last_feedback = time.monotonic()
                     continue
                 if kind != 119:  # 'w': XLogData
@@ -668,7 +737,8 @@ class IncrementalSync:
             elif oldest_unapplied is not None:
                 result.lag_seconds = max(0.0, (datetime.now(UTC) - pg_time(oldest_unapplied))
                                          .total_seconds())
-            self._send_feedback(repl, received, applied if spills or txn else max(applied, position))
+            durable = writer.make_durable()
+            self._send_feedback(repl, received, durable if spills or txn else max(durable, position))
         except psycopg.Error as exc:
             # Nothing of the failed batch committed: the recorded position is the writer's last commit.
             raise SyncError(sync_failure_message(exc, int_to_lsn(writer.applied if writer is not None else applied))
@@ -775,6 +845,10 @@ class IncrementalSync:
         ).format(self._progress_table()), (self.config.name, int_to_lsn(end_lsn),
                                            pg_time(commit_time) if commit_time is not None else None))
 
+    def _touch_progress(self, dst: psycopg.Connection) -> None:
+        dst.execute(sql.SQL("UPDATE {} SET applied_at = now() WHERE migration = %s").format(self._progress_table()),
+                    (self.config.name,))
+
     def _apply_partial(self, dst: psycopg.Connection, applier: Applier, batch: Batch) -> None:
         """Part of a transaction too large to hold: written, not committed (its commit records progress)."""
         self._write(dst, applier, batch)
@@ -798,8 +872,9 @@ class IncrementalSync:
         except ApplyError:
             dst.rollback()
             raise
-        except psycopg.Error as exc:
-            # Set-based writes can trip over transient unique conflicts: replay the batch in source order.
+        except (psycopg.Error, RowsNotMatched) as exc:
+            # Set-based writes can trip over transient unique conflicts, and a set-based UPDATE or DELETE that
+            # missed a row does not say which change it was: replay the batch in source order.
             dst.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
             applier.staging_rolled_back(staging)  # staging tables created since the savepoint are gone
             self.log(f"incremental batch replayed one change at a time after: {str(exc).strip()[:200]}")
@@ -858,4 +933,4 @@ def run_incremental(config: MigrationConfig, source: ConnectionInfo, destination
     return IncrementalSync(config, source, destination, log=log).run(**kwargs)
 
 
-__all__ = ["IncrementalSync", "SyncError", "SyncResult", "release", "run_incremental", "slot_lag"]
+__all__ = ["DurableFeedback", "IncrementalSync", "SyncError", "SyncResult", "release", "run_incremental", "slot_lag"]

@@ -111,10 +111,12 @@ def _cutover_tasks(config: MigrationConfig, plain: dict[str, Any], synced: Any) 
             body=(f"Incremental sync of **{config.name}** is not delayed (lag under "
                   f"{config.incremental.max_lag_seconds} s). Latest lag: "
                   "{{ ti.xcom_pull(task_ids='" + previous.task_id + "') }}\n\n"
-                  + ("Cutting over freezes the source database, drains, sets sequences and verifies every table."
+                  + ("Cutting over freezes the source database (no new sessions but the migration's, the others "
+                     "ended), drains, checks that no change still arrives, sets sequences and verifies every table."
                      if config.cutover.freeze_source else
                      "**Stop writes on the source before answering Cut over**: the answer is your word that writes "
-                     "stopped. The cutover then drains, sets sequences and verifies every table.")),
+                     "stopped. The cutover then drains, checks that no change still arrives (it stops, keeping the "
+                     "slot, if one does), sets sequences and verifies every table.")),
             options=options,
             options_mapping=mapping,
         )

@@ -15,9 +15,9 @@ least_privilege = build_migration_dag(
             "source": {"conn_id": "pgm_sec_source"},
             "destination": {"conn_id": "pgm_sec_destination"},
             "incremental": {"publication": OWNER_PUBLICATION},
-            # A source account that does not own the database cannot freeze it: the approval is the word that
-            # writes stopped (the test stops its writes before the cutover).
-            "cutover": {"approval": "automatic", "freeze_source": False, "sequence_offset": 5},
+            # A source account that does not own the database cannot freeze it: a person's approval is the word
+            # that writes stopped (the test stops its writes, then answers the cutover question).
+            "cutover": {"approval": "manual", "freeze_source": False, "sequence_offset": 5},
         }
     )
 )

@@ -62,7 +62,7 @@ def test_manual_approval_asks_in_the_ui_and_automatic_does_not():
     assert manual.task_dict["cutover_approval_3"].options == ["Cut over", "Abort"]
     automatic = build_migration_dag(MigrationConfig.from_dict({
         "name": "a", "source": {"conn_id": "a"}, "destination": {"conn_id": "b"},
-        "cutover": {"approval": "automatic"}}))
+        "cutover": {"approval": "automatic", "freeze_source": True}}))
     assert automatic.task_dict["cutover"].upstream_task_ids == {"incremental_sync"}
     assert not any(t.startswith("cutover_approval") for t in automatic.task_ids)
 
