@@ -53,7 +53,8 @@ def apply_changes(env: Any, changes: Changes) -> None:
 
 def migrate(env: Any, *, changes: Changes = None, cutover: bool = True, **overrides: Any) -> Run:
     """The whole migration of ``env``'s databases, as a user runs it (see the module's docstring)."""
-    overrides.setdefault("cutover", {"freeze_source": True})
+    # The source is known to be quiet once the changes ran: the shortest watch that writes stopped is enough.
+    overrides.setdefault("cutover", {"freeze_source": True, "writes_stopped_check_seconds": 1})
     config = env.config(**overrides)
     report = env.precheck(**overrides)
     assert not report.failures, [(r.name, r.detail) for r in report.failures]

@@ -9,7 +9,6 @@ key under REPLICA IDENTITY FULL, multi-row deletes and TRUNCATE. We decode pgout
 from __future__ import annotations
 
 import psycopg
-import pytest
 
 from tests.peer.rig import assert_migrated, migrate
 
@@ -118,8 +117,6 @@ def test_types_generated_columns_and_keyless_tables_sync(migration_env):
     assert_migrated(migration_env)
 
 
-@pytest.mark.xfail(strict=False, reason="issue #11 item 1 (eq-freeze): an UPDATE that changes nothing in a "
-                                        "REPLICA IDENTITY FULL table without key sends no new values to apply")
 def test_update_that_changes_nothing_in_keyless_tables(migration_env):
     migration_env.src(TYPES + "CREATE TABLE public.xpto2 (c1 text, c2 text); ALTER TABLE public.xpto2 "
                               "REPLICA IDENTITY FULL;")

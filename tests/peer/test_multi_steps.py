@@ -19,7 +19,7 @@ from tests.peer.test_whole_database import DATA, RICH
 
 def test_every_step_run_twice_migrates_once(migration_env):
     migration_env.src(RICH + DATA + "SELECT lo_from_bytea(0, 'a large object')")
-    config = migration_env.config(cutover={"freeze_source": True})
+    config = migration_env.config(cutover={"freeze_source": True, "writes_stopped_check_seconds": 1})
     source, destination = migration_env.source_info(), migration_env.destination_info()
     state = MigrationState(destination, config.state_schema, config.name)
     for _ in range(2):
