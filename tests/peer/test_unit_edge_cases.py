@@ -8,6 +8,8 @@ index, text search vectors, a function whose EXECUTE is revoked.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 
 from tests.peer.rig import assert_migrated, migrate
@@ -208,16 +210,28 @@ def postgresql_18(pg_servers):
         shutil.rmtree(base, ignore_errors=True)
 
 
+@contextmanager
+def databases(servers, monkeypatch, name: str):
+    """A source and a destination database on ``servers``, dropped (with the source's slots) afterwards."""
+    from tests.conftest import MigrationEnv
+
+    env = MigrationEnv(servers, f"{name}_src", f"{name}_dst", monkeypatch)
+    env.source.create_database(env.source_db)
+    env.destination.create_database(env.destination_db)
+    try:
+        yield env
+    finally:
+        env.source.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
+                           params=(env.source_db,))
+        env.source.drop_database(env.source_db)
+        env.destination.drop_database(env.destination_db)
+
+
 def test_generated_columns_under_replica_identity_full_on_postgresql_18(postgresql_18, monkeypatch):
     """PostgreSQL 18 refuses UPDATE and DELETE on a published table whose replica identity (FULL) holds a generated
     column the publication does not send: the migration's publication sends them, and apply leaves them to the
     destination to compute."""
-    from tests.conftest import MigrationEnv
-
-    env = MigrationEnv(postgresql_18, "gen18_src", "gen18_dst", monkeypatch)
-    env.source.create_database(env.source_db)
-    env.destination.create_database(env.destination_db)
-    try:
+    with databases(postgresql_18, monkeypatch, "gen18") as env:
         env.src(NO_COLUMNS + "CREATE TABLE public.mixed (a int, b int GENERATED ALWAYS AS (a * 2) STORED);"
                              "ALTER TABLE public.mixed REPLICA IDENTITY FULL; INSERT INTO public.mixed VALUES (1), (2);")
         run = migrate(env, changes=["INSERT INTO public.gen DEFAULT VALUES", "UPDATE public.gen SET nb = DEFAULT",
@@ -227,11 +241,6 @@ def test_generated_columns_under_replica_identity_full_on_postgresql_18(postgres
         assert run.cutover["verification"]["equal"] is True
         assert env.dst("SELECT a, b FROM public.mixed ORDER BY a") == [(3, 6), (10, 20)]
         assert_migrated(env)
-    finally:
-        env.source.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
-                           params=(env.source_db,))
-        env.source.drop_database(env.source_db)
-        env.destination.drop_database(env.destination_db)
 
 
 def test_a_named_publication_must_send_generated_columns_on_postgresql_18(postgresql_18, monkeypatch):
@@ -239,12 +248,8 @@ def test_a_named_publication_must_send_generated_columns_on_postgresql_18(postgr
     generated columns for a REPLICA IDENTITY FULL table holding one, else the source's own UPDATEs would fail."""
     from airflow_pgmigrate.engine.full_load import run_full_load
     from airflow_pgmigrate.engine.publication import PublicationError
-    from tests.conftest import MigrationEnv
 
-    env = MigrationEnv(postgresql_18, "pub18_src", "pub18_dst", monkeypatch)
-    env.source.create_database(env.source_db)
-    env.destination.create_database(env.destination_db)
-    try:
+    with databases(postgresql_18, monkeypatch, "pub18") as env:
         env.src(NO_COLUMNS + "CREATE PUBLICATION owners FOR TABLE public.nocols, public.gen;")
         config = env.config(incremental={"publication": "owners"})
         report = env.precheck(incremental={"publication": "owners"})
@@ -258,8 +263,3 @@ def test_a_named_publication_must_send_generated_columns_on_postgresql_18(postgr
                                                                           "INSERT INTO public.gen DEFAULT VALUES"])
         assert run.cutover["verification"]["equal"] is True
         assert_migrated(env)
-    finally:
-        env.source.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s",
-                           params=(env.source_db,))
-        env.source.drop_database(env.source_db)
-        env.destination.drop_database(env.destination_db)
