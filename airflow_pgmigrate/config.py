@@ -362,10 +362,20 @@ class SchemaSettings(_Validated):
     migrate_grants: bool = False
     #: Connections building indexes and constraints in parallel in the post-data phase.
     index_jobs: int = 2
+    #: A foreign key of a selected table that references a table not selected: "error" stops post_data before any
+    #: change; "skip" leaves the constraint out and lists it in the report.
+    foreign_keys_to_excluded: Literal["error", "skip"] = "error"
+    #: Indexes post_data does not build: ``schema.index`` names or globs (an index of a partitioned table takes its
+    #: partitions' indexes with it). Each must match an index that is not a constraint's.
+    exclude_indexes: list[str] = field(default_factory=list)
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
         errors: list[Problem] = []
+        for i, pattern in enumerate(values.get("exclude_indexes") or []):
+            if isinstance(pattern, str) and "." not in pattern:
+                _problem(errors, f"exclude_indexes[{i}]", f"the pattern {pattern!r} has no schema part",
+                         f"patterns match schema.index: write *.{pattern} or public.{pattern}")
         jobs = values.get("index_jobs")
         if isinstance(jobs, int) and not 1 <= jobs <= 32:
             _problem(errors, "index_jobs", f"must be between 1 and 32, got {jobs}", "2 is the default")
