@@ -67,9 +67,6 @@ def test_extensions_their_types_and_indexes_and_a_foreign_key_cycle(migration_en
     assert_migrated(migration_env)
 
 
-@pytest.mark.xfail(strict=False, reason="issue #11, found by this scenario (schema-fidelity owns schema objects): an "
-                                        "extension that a selected table needs, installed in a schema outside the "
-                                        "selection, is created WITH SCHEMA of a schema pre_data did not create")
 def test_an_extension_used_by_a_selected_table_comes_with_it(migration_env):
     require_extensions(migration_env)
     migration_env.src(DDL + "CREATE SCHEMA other; CREATE EXTENSION ltree WITH SCHEMA other;")

@@ -96,13 +96,15 @@ def test_incremental_migration_of_only_definition_only_tables_is_refused(migrati
         run_full_load(config, migration_env.source_info(), migration_env.destination_info())
 
 
-@pytest.mark.xfail(strict=False, reason="issue #11 item 6 (schema-fidelity): excluding a table that selected tables "
-                                        "reference by foreign key is refused at post_data")
 def test_excluding_a_referenced_table_drops_the_foreign_keys_to_it(migration_env):
     migration_env.src(SOURCE)
-    migrate(migration_env, objects={"schemas": ["foo"], "exclude": ["foo.tbl_status", "foo.skip_me"]},
-            schema_migration={"foreign_keys_to_excluded": "skip"}, changes=DURING_SYNC[:2])
-    assert migration_env.dst("SELECT count(*) FROM foo.tbl1") == [(201,)]
+    run = migrate(migration_env, objects={"schemas": ["foo"],
+                                          "exclude": ["foo.tbl_status", "foo.status_names", "foo.skip_me"]},
+                  schema_migration={"foreign_keys_to_excluded": "skip"}, changes=DURING_SYNC[:2])
+    assert run.cutover["verification"]["equal"] is True
+    assert migration_env.dst("SELECT count(*) FROM foo.tbl1") == migration_env.src("SELECT count(*) FROM foo.tbl1")
+    assert migration_env.dst("SELECT count(*) FROM pg_constraint WHERE conrelid = 'foo.tbl1'::regclass "
+                             "AND contype = 'f'") == [(0,)]
 
 
 def test_an_excluded_table_is_neither_published_nor_synced(migration_env):

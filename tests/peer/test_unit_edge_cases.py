@@ -174,8 +174,6 @@ def test_standalone_sequences_keep_their_values(migration_env):
     assert_migrated(migration_env)
 
 
-@pytest.mark.xfail(strict=False, reason="issue #11 item 3 (schema-fidelity): a table whose name holds a newline is "
-                                        "left out by pre_data")
 def test_names_holding_newlines(migration_env):
     migration_env.src('CREATE TABLE public."with MyTableName\n     AS (SELECT row_id\n  " (row_id uuid PRIMARY KEY);'
                       'INSERT INTO public."with MyTableName\n     AS (SELECT row_id\n  " VALUES (gen_random_uuid());'
