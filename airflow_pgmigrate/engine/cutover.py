@@ -42,7 +42,7 @@ from airflow_pgmigrate.engine.freeze import (
 )
 from airflow_pgmigrate.engine.incremental import SyncError, SyncResult, release, run_incremental
 from airflow_pgmigrate.engine.matviews import sync_materialized_views
-from airflow_pgmigrate.engine.nonstreamed import sync_large_objects_between, sync_sequences
+from airflow_pgmigrate.engine.nonstreamed import LargeObjectRoles, sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.verify import compare, differences, verify_migration
 from airflow_pgmigrate.exceptions import PgMigrateError
@@ -127,7 +127,8 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
     step("sequences", t0, count=len(report["sequences"]))
 
     t0 = time.monotonic()  # logical decoding does not carry large objects: those changed during sync come now
-    report["large_objects"] = sync_large_objects_between(source, destination, log=log)
+    report["large_objects"] = sync_large_objects_between(source, destination, roles=LargeObjectRoles.of(config),
+                                                         log=log)
     step("large_objects", t0, **report["large_objects"])
 
     t0 = time.monotonic()

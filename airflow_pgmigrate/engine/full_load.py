@@ -36,7 +36,7 @@ from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name, unmatched_entries
-from airflow_pgmigrate.engine.nonstreamed import sync_large_objects_between, sync_sequences
+from airflow_pgmigrate.engine.nonstreamed import LargeObjectRoles, sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.pgdump import (
     available_clients,
     client_env,
@@ -743,7 +743,8 @@ class FullLoad:
 
     def _copy_large_objects(self, snapshot: str) -> int:
         copied = sync_large_objects_between(self.source, self.destination, snapshot=snapshot, compare_first=False,
-                                            on_bytes=self.throttle.on_bytes, log=self.log)
+                                            on_bytes=self.throttle.on_bytes, roles=LargeObjectRoles.of(self.config),
+                                            log=self.log)
         return copied["copied"]
 
     # -- entry point ---------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "name_conflicts",
     "extensions",
     "xml_support",
+    "destination_large_objects",
     "pg_dump",
     "destination_space",
     "long_transactions",
@@ -806,19 +807,52 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
                    "or set conflicting_tables: ignore to keep them", objects=names)]
 
 
+def check_destination_large_objects(ctx: PrecheckContext) -> list[CheckResult]:
+    """The migration makes the destination's large objects exactly the source's (the full load replaces an object of
+    the same oid, the cutover unlinks the others): objects of the destination's own are named before any is lost."""
+    from airflow_pgmigrate.engine.nonstreamed import compare_large_objects
+
+    assert ctx.src is not None and ctx.dst is not None
+    row = ctx.dst.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+    if not row or not row[0]:
+        return [passed("destination_large_objects", "the destination holds no large object")]
+    state = MigrationState(ctx.destination, ctx.config.state_schema, ctx.config.name)
+    if state.read(ctx.dst, "full_load"):
+        return [passed("destination_large_objects", f"the destination's {row[0]} large object(s) were copied by "
+                       "this migration's full load")]
+    found = compare_large_objects(ctx.src, ctx.dst)
+    at_risk = [*found["different"], *found["extra"]]
+    if not at_risk:
+        return [passed("destination_large_objects", f"the destination's {row[0]} large object(s) are the source's")]
+    oids = [str(o) for o in at_risk]
+    return [failed("destination_large_objects",
+                   f"the destination already holds large objects of its own: {found['different_count']} with the oid "
+                   f"of a source object but other data (the full load would replace them) and {found['extra_count']} "
+                   f"that the source does not have (the cutover would unlink them): oid {_listing(oids)}",
+                   "migrate into a database without large objects of its own, or, if they are not needed, remove "
+                   "them on the destination: SELECT lo_unlink(oid) FROM pg_largeobject_metadata;", objects=oids)]
+
+
 _XML_COLUMNS = """
+    WITH RECURSIVE holds_xml(oid) AS (
+        SELECT 'xml'::regtype::oid
+      UNION
+        SELECT t.oid FROM holds_xml h JOIN pg_type t
+            ON h.oid IN (t.typbasetype, t.typelem)
+            OR t.typrelid IN (SELECT a.attrelid FROM pg_attribute a
+                               WHERE a.atttypid = h.oid AND a.attnum > 0 AND NOT a.attisdropped)
+    )
     SELECT n.nspname, c.relname, a.attname
       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-      JOIN pg_type t ON t.oid = a.atttypid
-      LEFT JOIN pg_type e ON e.oid = t.typelem
      WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
-       AND 'xml'::regtype IN (t.oid, t.typbasetype, e.oid, e.typbasetype)
+       AND a.atttypid IN (SELECT oid FROM holds_xml)
      ORDER BY 1, 2, a.attnum
 """
 
 
 def check_xml_support(ctx: PrecheckContext) -> list[CheckResult]:
-    """xml values need a destination built with libxml: probe it when migrated columns hold xml, before any copy."""
+    """xml values need a destination built with libxml: probe it when migrated columns hold xml (directly, or in an
+    array, a domain or a composite type, at any depth), before any copy."""
     assert ctx.src is not None and ctx.dst is not None
     chosen = {parse_qualified_name(k): set(v) for k, v in ctx.config.objects.columns.items()}
     columns = [f"{QualifiedName(s, t)}.{c}" for s, t, c in ctx.src.execute(
@@ -983,6 +1017,7 @@ _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "name_conflicts": (check_name_conflicts, ("schema", "full", "incremental"), True, True),
     "extensions": (check_extensions, ("schema",), True, True),
     "xml_support": (check_xml_support, ("schema", "full", "incremental"), True, True),
+    "destination_large_objects": (check_destination_large_objects, ("full",), True, True),
     "pg_dump": (check_pg_dump, ("schema",), True, True),
     "destination_space": (check_destination_space, ("full",), True, False),
     "long_transactions": (check_long_transactions, ("incremental",), True, False),

@@ -313,14 +313,17 @@ def _partitions_of(conn: psycopg.Connection, parents: set[QualifiedName]) -> set
 
 
 _NAME_PART = r'(?:"[^"]+"|[A-Za-z0-9_$]+)'
-#: A sequence function called with a sequence name as a literal: nextval('invoice_no'), currval('"S".x').
-_SEQUENCE_CALL = rf"(?:nextval|currval|setval)\s*\(\s*'({_NAME_PART}(?:\.{_NAME_PART})?)'"
+#: A sequence function called with a sequence name as a literal: nextval('invoice_no'), currval('"S".x');
+#: the schema (when written) and the name are captured apart.
+_SEQUENCE_CALL = rf"(?:nextval|currval|setval)\s*\(\s*'(?:({_NAME_PART})\.)?({_NAME_PART})'"
+_NAME_TOKEN = rf"^{_NAME_PART}$"
 
 
 def _sequences_called_by_name(conn: psycopg.Connection,
                               needed: set[tuple[str, str | None, str]]) -> set[tuple[str, str | None, str]]:
     """Sequences that a needed function calls by name in its body (``nextval('invoice_no')``): the catalog records
-    no dependency on them, yet the function fails on the destination without them."""
+    no dependency on them, yet the function fails on the destination without them. An unqualified name resolves as
+    the function would: in the search_path it sets, else in its own schema, else in the session's path."""
     functions = sorted((s, n) for kind, s, n in needed if kind == "FUNCTION" and s)
     if not functions:
         return set()
@@ -328,13 +331,20 @@ def _sequences_called_by_name(conn: psycopg.Connection,
         """
         SELECT DISTINCT sn.nspname, s.relname
           FROM pg_proc p JOIN pg_namespace pn ON pn.oid = p.pronamespace
-          JOIN unnest(%s::text[], %s::text[]) AS f(s, n)
+          JOIN unnest(%(schemas)s::text[], %(names)s::text[]) AS f(s, n)
             ON f.s = pn.nspname AND f.n = p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
-          CROSS JOIN LATERAL regexp_matches(p.prosrc, %s, 'gi') AS m
-          JOIN pg_class s ON s.oid = to_regclass(m[1]) AND s.relkind = 'S'
+          CROSS JOIN LATERAL regexp_matches(p.prosrc, %(call)s, 'gi') AS m
+          CROSS JOIN LATERAL (SELECT CASE WHEN m[1] IS NOT NULL THEN to_regclass(m[1] || '.' || m[2]) ELSE coalesce(
+              (SELECT to_regclass(trim(e) || '.' || m[2])
+                 FROM unnest(string_to_array((SELECT substr(c, 13) FROM unnest(p.proconfig) c
+                                               WHERE c LIKE 'search_path=%%'), ',')) WITH ORDINALITY AS x(e, i)
+                WHERE trim(e) ~ %(token)s AND to_regclass(trim(e) || '.' || m[2]) IS NOT NULL ORDER BY i LIMIT 1),
+              to_regclass(quote_ident(pn.nspname) || '.' || m[2]), to_regclass(m[2])) END) AS r(seq)
+          JOIN pg_class s ON s.oid = r.seq AND s.relkind = 'S'
           JOIN pg_namespace sn ON sn.oid = s.relnamespace
         """,
-        ([s for s, _ in functions], [n for _, n in functions], _SEQUENCE_CALL),
+        {"schemas": [s for s, _ in functions], "names": [n for _, n in functions], "call": _SEQUENCE_CALL,
+         "token": _NAME_TOKEN},
     ).fetchall()
     return {("SEQUENCE", schema, name) for schema, name in rows}
 

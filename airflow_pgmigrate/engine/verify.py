@@ -31,7 +31,14 @@ from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.matviews import ViewCatalog, compare_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
-from airflow_pgmigrate.engine.nonstreamed import compare_state, sync_large_objects_between, sync_sequences
+from airflow_pgmigrate.engine.nonstreamed import (
+    LargeObjectRoles,
+    SequenceState,
+    compare_state,
+    sequences_of,
+    sync_large_objects_between,
+    sync_sequences,
+)
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -238,9 +245,11 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
 
 
 def compare(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
-            snapshot: str | None = None, log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+            snapshot: str | None = None, sequences: list[SequenceState] | None = None,
+            log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Compare everything the migration moves: the rows of every table (partitioned ones too), the set of
-    partitions, sequences and large objects. With ``snapshot``, the source is read in that exported snapshot."""
+    partitions, sequences and large objects. With ``snapshot``, the source is read in that exported snapshot, and
+    the sequences are compared with ``sequences`` when given (the states read at that snapshot)."""
     from airflow_pgmigrate.engine.schema import read_source_schema
 
     started = time.monotonic()
@@ -269,7 +278,7 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                 f"differing_buckets={result.differing_buckets} missing={result.missing_count} "
                 f"extra={result.extra_count} different={result.different_count} "
                 f"seconds={time.monotonic() - t0:.2f}")
-        state = compare_state(config, src, dst, schema)
+        state = compare_state(config, src, dst, schema, sequences)
         views = _compare_views(config, schema, src, dst, log)
         definition_only = sorted(str(t) for t in tables_without_rows(src, config.objects.exclude_data))
         if snapshot is not None:
@@ -290,7 +299,7 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                              + sum(len(p["missing"]) + len(p["extra"]) for p in partitions)
                              + sum(1 for s in state["sequences"] if not s["equal"])
                              + sum(state["large_objects"][k] for k in ("missing_count", "extra_count",
-                                                                       "different_count"))
+                                                                       "different_count", "other_roles_count"))
                              + sum(max(1, v["missing_count"] + v["extra_count"]) for v in views if not v["equal"]))
     lo = state["large_objects"]
     log(f"verify sequences={len(state['sequences'])} behind={sum(1 for s in state['sequences'] if not s['equal'])} "
@@ -342,7 +351,8 @@ def differences(report: dict[str, Any], limit: int = 5) -> list[str]:
             out.append(f"sequence {seq['sequence']} ({seq['direction']}) is {seq['problem']}")
     lo = report.get("large_objects") or {}
     for kind, words in (("missing", "missing on the destination"), ("extra", "only on the destination"),
-                        ("different", "with different data")):
+                        ("different", "with different data"),
+                        ("other_roles", "with another owner or other grants than the source's (mapped)")):
         if lo.get(f"{kind}_count"):
             oids = ", ".join(map(str, lo[kind][:limit]))
             out.append(f"large objects {words}: {lo[f'{kind}_count']} (oid {oids})")
@@ -394,9 +404,11 @@ def verify_migration(config: MigrationConfig, source: ConnectionInfo, destinatio
                 if result.caught_up:
                     break
             # Sequences and large objects are not streamed: brought to the snapshot too (sequences only forward).
-            sync_sequences(config, source, destination, snapshot=snapshot, log=log)
-            sync_large_objects_between(source, destination, snapshot=snapshot, log=log)
-            report = compare(config, source, destination, snapshot=snapshot, log=log)
+            states = sequences_of(config, source, snapshot)
+            sync_sequences(config, source, destination, states=states, log=log)
+            sync_large_objects_between(source, destination, snapshot=snapshot, roles=LargeObjectRoles.of(config),
+                                       log=log)
+            report = compare(config, source, destination, snapshot=snapshot, sequences=states, log=log)
         report["lsn"] = lsn
         report["changes_applied"] = applied  # brought over to reach the snapshot (the cutover counts them as late)
         return report

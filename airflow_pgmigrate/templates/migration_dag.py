@@ -255,7 +255,7 @@ def build_adhoc_precheck_dag(dag_id: str = "pgmigrate_adhoc_precheck") -> DAG:
         params={"config": _config_param()},
     ) as dag:
         precheck = PrecheckOperator(task_id="precheck", config="{{ params.config }}")
-        add_ingress_cleanup(None, "{{ params.config }}", [precheck])
+        add_ingress_cleanup(None, "{{ params.config }}", [precheck], precheck_only=True)
     return dag
 
 
