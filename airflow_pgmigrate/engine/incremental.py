@@ -139,6 +139,7 @@ class _Pace:
                  keep_alive: Callable[[], None]) -> None:
         self.sync, self.window_seconds, self.deadline, self.keep_alive = sync, window_seconds, deadline, keep_alive
         self.limits = sync._batch_limits(window_seconds)
+        self.capped = sync.throttle.rows_per_second is not None or sync.throttle.bytes_per_second is not None
         self.over = False
         self.unapplied_time: int | None = None
         self.commits = 0  # commits handed to the writer
@@ -168,6 +169,12 @@ class _Pace:
             time.sleep(min(left, 1.0))
             if left > 1.0:
                 self.keep_alive()
+
+    def first_alone(self, pending: bool) -> bool:
+        """Whether what was read before the next transaction must be committed first: the run's first commit is
+        paid whatever the window for the sake of a transaction no window carries, which must not be one read behind
+        others that were still waiting in the batch (the poke that starts with it applies it, not this one)."""
+        return self.capped and not self.commits and pending
 
     def committed(self, transactions: int) -> None:
         self.commits += 1
@@ -341,6 +348,10 @@ class _Writer:
         if self.feedback.settled:
             return self.feedback.position
         return self.feedback.flushed(_wal_lsn(lookup, "pg_current_wal_flush_lsn"))
+
+    def roll_back(self) -> None:
+        """After ``drain``: roll back the open destination transaction (parts of a transaction not committed)."""
+        self._dst.rollback()
 
     def make_durable(self) -> int:
         """After ``drain``: flush the destination's WAL (a write committed with ``synchronous_commit = on`` flushes
@@ -670,29 +681,12 @@ class IncrementalSync:
              stop_before_lsn: str | None, take_lock: bool) -> SyncResult:
         config = self.config
         started = time.monotonic()
-        slot = config.slot_name
-        with connect(self.source) as src:
-            version = catalog.server_version_num(src)
-            slot_row = src.execute("SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots "
-                                   "WHERE slot_name = %s", (slot,)).fetchone()
-            if slot_row is None:
-                raise SyncError(f"replication slot {slot} does not exist on the source: it was dropped, or the "
-                                "source failed over to a standby that does not have it. Drop any orphaned slot on "
-                                "the new primary and restart the migration from a fresh full load")
-            self._check_new_partitions(src, version)
-            self._ancestors = catalog.partition_ancestors(src)  # a partitioned table's filter applies to its partitions
-            start_sample = _wal_sample(src)
-            target = lsn_to_int(target_lsn) if target_lsn else start_sample.lsn
+        version, confirmed, start_sample = self._source_at_start()
+        target = lsn_to_int(target_lsn) if target_lsn else start_sample.lsn
         stop_at = lsn_to_int(stop_before_lsn) if stop_before_lsn else None
         if stop_at is not None:
             target = stop_at
-        lock_conn = connect(self.destination)
-        if take_lock:
-            locked = lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
-                                       (f"pgmigrate:{config.name}",)).fetchone()
-            if not locked or not locked[0]:
-                lock_conn.close()
-                raise SyncError(f"another applier of migration {config.name} is running on the destination")
+        lock_conn = self._applier_lock(take_lock)
         dst = connect(self.destination, autocommit=False)
         lookup = connect(self.destination)  # catalog lookups of the reading thread; dst belongs to the writer
         repl = connect(self.source, replication=True)
@@ -711,16 +705,11 @@ class IncrementalSync:
             self._start_lsns = start_lsns
             self._replica_role = self._set_replica_role(dst)
             result = SyncResult(applied_lsn=int_to_lsn(applied), target_lsn=int_to_lsn(target))
-            options = ["proto_version '2'", "streaming 'on'"] if version >= 140000 else ["proto_version '1'"]
-            options.append(f"publication_names {sql.Literal(config.publication_name).as_string(repl)}")
-            command = f"START_REPLICATION SLOT {sql.Identifier(slot).as_string(repl)} LOGICAL " \
-                      f"{int_to_lsn(applied)} ({', '.join(options)})"
-            repl.execute(command)
+            self._start_stream(repl, version, applied)
             decoder = Decoder()
             unpack_from = struct.unpack_from
             tables = self.tables  # relation oid -> target (None: not migrated); a new Relation message resets one
             txn_commit_lsn = 0
-            confirmed = lsn_to_int(slot_row[0]) if slot_row[0] else 0
             writer = _Writer(self, dst, Applier(dst, count_rows=self._replica_role), result, applied, confirmed)
             batch = self.new_batch()
             batch_last_end = 0
@@ -842,6 +831,8 @@ class IncrementalSync:
                         result.caught_up = not pace.over
                         pace.left_at(item.commit_time)
                         break  # committed at or after the stop point: left for later
+                    if pace.first_alone(bool(batch) or progress_pending):
+                        flush()
                     txn = _Txn(item, skip=item.commit_lsn < applied)
                     txn_commit_lsn = item.commit_lsn
                     continue
@@ -881,6 +872,8 @@ class IncrementalSync:
                         pace.left_at(item.commit_time)
                         break
                     if isinstance(item, StreamCommit):
+                        if pace.first_alone(bool(batch) or progress_pending):
+                            flush()
                         spill = spills.pop(item.xid, None)
                         txn = _Txn(Begin(item.commit_lsn, item.commit_time, item.xid),
                                    skip=item.commit_lsn < applied)
@@ -916,23 +909,8 @@ class IncrementalSync:
                     continue
             flush()
             writer.drain()
-            applied = writer.applied
-            if pace.over:
-                # Read but not written: nothing after the last commit may be confirmed, counted or measured, and
-                # parts of a transaction written before the caps stopped the run go back with the open transaction
-                # (the writer is idle after drain).
-                dst.rollback()
-                position = applied
-                result.transactions = pace.transactions
-                result.throttled = True
-            result.applied_lsn = int_to_lsn(applied)
-            with connect(self.source) as src:
-                end_sample = _wal_sample(src)
-            result.lag_bytes = max(0, end_sample.lsn - max(applied, position))
-            durable = writer.make_durable()
-            self._send_feedback(repl, received, durable if spills or txn else max(durable, position))
-            self._measure_lag_seconds(result, repl, pace.unapplied_time, (start_sample, end_sample),
-                                      max(applied, position), applied)
+            self._end_of_run(result, writer, repl, pace, start_sample, received, position,
+                             unsettled=bool(spills) or txn is not None)
         except psycopg.Error as exc:
             # Nothing of the failed batch committed: the recorded position is the writer's last commit.
             raise SyncError(sync_failure_message(exc, int_to_lsn(writer.applied if writer is not None else applied))
@@ -948,11 +926,69 @@ class IncrementalSync:
                 except Exception:  # noqa: BLE001 - closing on the way out
                     pass
         result.seconds = round(time.monotonic() - started, 3)
+        self._log_result(result)
+        return result
+
+    def _source_at_start(self) -> tuple[int, int, _WalSample]:
+        """The source's version, the slot's confirmed position and the WAL insert position now; stops when the slot
+        is gone or a partition was added after the full load."""
+        slot = self.config.slot_name
+        with connect(self.source) as src:
+            version = catalog.server_version_num(src)
+            slot_row = src.execute("SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots "
+                                   "WHERE slot_name = %s", (slot,)).fetchone()
+            if slot_row is None:
+                raise SyncError(f"replication slot {slot} does not exist on the source: it was dropped, or the "
+                                "source failed over to a standby that does not have it. Drop any orphaned slot on "
+                                "the new primary and restart the migration from a fresh full load")
+            self._check_new_partitions(src, version)
+            self._ancestors = catalog.partition_ancestors(src)  # a partitioned table's filter applies to its partitions
+            return version, lsn_to_int(slot_row[0]) if slot_row[0] else 0, _wal_sample(src)
+
+    def _applier_lock(self, take_lock: bool) -> psycopg.Connection:
+        """The destination session that holds the migration's applier lock (taken here unless the caller holds it)."""
+        name = self.config.name
+        lock_conn = connect(self.destination)
+        if take_lock:
+            locked = lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"pgmigrate:{name}",)).fetchone()
+            if not locked or not locked[0]:
+                lock_conn.close()
+                raise SyncError(f"another applier of migration {name} is running on the destination")
+        return lock_conn
+
+    def _start_stream(self, repl: psycopg.Connection, version: int, applied: int) -> None:
+        options = ["proto_version '2'", "streaming 'on'"] if version >= 140000 else ["proto_version '1'"]
+        options.append(f"publication_names {sql.Literal(self.config.publication_name).as_string(repl)}")
+        repl.execute(f"START_REPLICATION SLOT {sql.Identifier(self.config.slot_name).as_string(repl)} LOGICAL "
+                     f"{int_to_lsn(applied)} ({', '.join(options)})")
+
+    def _end_of_run(self, result: SyncResult, writer: _Writer, repl: psycopg.Connection, pace: _Pace,
+                    start_sample: _WalSample, received: int, position: int, *, unsettled: bool) -> None:
+        """After the writer drained: the applied position, the lag, and the last feedback to the source (the
+        position read only when nothing read is unsettled: no transaction or streamed one still open)."""
+        applied = writer.applied
+        if pace.over:
+            # Read but not written: nothing after the last commit may be confirmed, counted or measured, and
+            # parts of a transaction written before the caps stopped the run go back with the open transaction
+            # (the writer is idle after drain).
+            writer.roll_back()
+            position = applied
+            result.transactions = pace.transactions
+            result.throttled = True
+        result.applied_lsn = int_to_lsn(applied)
+        with connect(self.source) as src:
+            end_sample = _wal_sample(src)
+        result.lag_bytes = max(0, end_sample.lsn - max(applied, position))
+        durable = writer.make_durable()
+        self._send_feedback(repl, received, durable if unsettled else max(durable, position))
+        self._measure_lag_seconds(result, repl, pace.unapplied_time, (start_sample, end_sample),
+                                  max(applied, position), applied)
+
+    def _log_result(self, result: SyncResult) -> None:
         self.log(f"incremental applied_lsn={result.applied_lsn} transactions={result.transactions} "
                  f"changes={result.changes} skipped={result.skipped_transactions} caught_up={result.caught_up} "
                  f"lag_bytes={result.lag_bytes} lag_s={result.lag_seconds:.1f} lag_basis={result.lag_basis} "
                  f"throttled={result.throttled} seconds={result.seconds}")
-        return result
 
     def _check_new_partitions(self, src: psycopg.Connection, version: int) -> None:
         """Stop when a partition was added on the source after the full load: the publication lists the partitions

@@ -286,3 +286,30 @@ def test_a_long_payment_keeps_the_replication_connection_alive(migration_env):
     result, took = poke(env, throttled, 1)
     assert result.changes == 2 and took >= 12, (took, result)
     assert_equal(env, ["public.t"])
+
+
+def test_a_large_transaction_behind_small_ones_waits_for_the_poke_that_starts_with_it(migration_env):
+    """Five small transactions, then one of 2,000 changes (5 s at 400 changes/s: no 1 s window carries it). Pokes
+    that start with small ones commit them and stop within their window, leaving the large one; the poke that starts
+    with it applies it whole, alone. (The run's first commit is paid whatever the window for such a transaction only:
+    not because small ones read before it were still in the batch.)"""
+    env = migration_env
+    env.src(TABLE)
+    start_migration(env)
+    throttled = env.config(throttling={"incremental": {"rows_per_second": 400}})
+    for i in range(5):
+        env.src(f"INSERT INTO public.t VALUES ({i}, 'small')")
+    env.src("INSERT INTO public.t SELECT g, 'big' FROM generate_series(1000, 2999) g")
+    pokes = []
+    for _ in range(8):
+        result, took = poke(env, throttled, 1)
+        pokes.append((result, took))
+        if result.caught_up:
+            break
+    large = [result for result, _ in pokes if result.changes >= 2000]
+    assert len(large) == 1 and large[0].transactions == 1 and large[0].changes == 2000, pokes
+    assert pokes[0][0].throttled and pokes[0][0].transactions >= 1 and pokes[0][0].lag_seconds > 0, pokes
+    for result, took in pokes:
+        if result is not large[0]:
+            assert took <= 2.5, (took, result)
+    assert_equal(env, ["public.t"])
