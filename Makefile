@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv lint test test-fast test-faults demo demo-ui clean
+.PHONY: venv lint test test-fast test-faults test-peer demo demo-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: lint
 # Only the fault-injection, abuse and security suite (also part of `make test`).
 test-faults: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m hardening
+
+# Only the pgcopydb-style peer scenarios (tests/peer, also part of `make test`).
+test-peer: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m peer
 
 test-fast: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m "not integration"

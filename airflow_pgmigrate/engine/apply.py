@@ -397,6 +397,8 @@ class Applier:
         if change.kind == "I":
             assert change.new is not None
             written += self._insert(t, [(n, change.new[i]) for i, n in cols], overwrite=t.upsert, returning=returning)
+        elif change.kind == "U" and not cols:
+            return  # a row without columns to write (only generated ones) cannot change here
         elif change.kind == "U":
             assert change.new is not None
             old = change.old if change.old is not None else change.new
@@ -446,8 +448,10 @@ class Applier:
                 sql.SQL(", ").join(map(sql.Identifier, t.key_names)), action)
         else:
             conflict = sql.SQL("")
-        cur = self.conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({}){}{}").format(
-                                    t.ident, names, marks, conflict, returning or sql.SQL("")),
+        # A row of a table without columns to write (``CREATE TABLE t ()``, only generated columns) is all defaults.
+        rows = sql.SQL("({}) VALUES ({})").format(names, marks) if values else sql.SQL("DEFAULT VALUES")
+        cur = self.conn.execute(sql.SQL("INSERT INTO {} {}{}{}").format(
+                                    t.ident, rows, conflict, returning or sql.SQL("")),
                                 [_text(v) for _, v in values])
         return [r[0] for r in cur.fetchall()] if cur.description else []
 
@@ -463,8 +467,9 @@ class Applier:
         conds = [(sql.SQL("num_nulls({}) = 1").format(sql.Identifier(n)), None) if values[i] is None else
                  (sql.SQL("(num_nulls({c}) = 0 AND format('%%s', {c}) = %s)").format(c=sql.Identifier(n)), values[i])
                  for i, n in t.columns if values[i] is not UNCHANGED]
+        # No column to compare (a table without columns): any one row is that row.
         inner = sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(
-            t.ident, sql.SQL(" AND ").join(c for c, _ in conds))
+            t.ident, sql.SQL(" AND ").join(c for c, _ in conds) if conds else sql.SQL("true"))
         return inner, [_text(v) for _, v in conds if v is not None]
 
     @staticmethod

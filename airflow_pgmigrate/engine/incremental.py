@@ -31,6 +31,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, RowsNotMatched, TableTarget
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.failures import sync_failure_message
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgoutput import (
@@ -419,7 +420,7 @@ class IncrementalSync:
         self.throttle = Throttle(mb_per_second=caps.mb_per_second, rows_per_second=caps.rows_per_second)
         self.tables: dict[int, TableTarget | None] = {}
         self.relations: dict[int, Relation] = {}
-        self._destination_columns: dict[QualifiedName, list[str]] = {}
+        self._destination_shapes: dict[QualifiedName, tuple[list[str], set[str]]] = {}
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -446,21 +447,14 @@ class IncrementalSync:
         for table_key, cols in self.config.objects.columns.items():
             if parse_qualified_name(table_key) == name:
                 wanted = set(cols)
-        existing = self._destination_columns.get(target)
-        if existing is None:
-            existing = [r[0] for r in dst.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
-                "AND NOT attisdropped AND attgenerated = ''", (sql.Identifier(target.schema, target.name)
-                                                             .as_string(dst),))]
-            if not existing:
-                raise SyncError(f"destination table {target} (for {name}) does not exist: run the schema and full "
-                                "load steps first")
-            self._destination_columns[target] = existing
+        existing, generated = self._destination_columns(dst, target, name)
         columns: list[tuple[int, str]] = []
         for i, col in enumerate(rel.columns):
             if wanted is not None and col.name not in wanted:
                 continue
             mapped = mapper.column(name, col.name)
+            if mapped in generated:
+                continue  # sent by PostgreSQL 18+ (publish_generated_columns); the destination computes its own
             if mapped not in existing:
                 raise SyncError(f"DDL on the source: {name} has a column {col.name!r} that the destination table "
                                 f"{target} lacks (added after the full load?). Incremental sync stopped before "
@@ -492,6 +486,22 @@ class IncrementalSync:
         upsert = bool(row_filter) or self.config.conflicting_tables == "ignore"
         return TableTarget(name, target, columns, key, key_names, upsert, row_filter,
                            start_lsns.get(name.key, start_lsns.get(str(name), 0)))
+
+    def _destination_columns(self, dst: psycopg.Connection, target: QualifiedName,
+                             name: QualifiedName) -> tuple[list[str], set[str]]:
+        """A destination table's columns that changes write, and its generated ones (looked up once per run)."""
+        shape = self._destination_shapes.get(target)
+        if shape is None:
+            ident = sql.Identifier(target.schema, target.name).as_string(dst)
+            rows = dst.execute("SELECT attname, attgenerated <> '' FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                               "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (ident,)).fetchall()
+            # A table without columns exists all the same (CREATE TABLE t ()): ask the catalog, not its columns.
+            if not rows and dst.execute("SELECT to_regclass(%s)", (ident,)).fetchone() == (None,):
+                raise SyncError(f"destination table {target} (for {name}) does not exist: run the schema and full "
+                                "load steps first")
+            shape = ([n for n, gen in rows if not gen], {n for n, gen in rows if gen})
+            self._destination_shapes[target] = shape
+        return shape
 
     def _check_type_changes(self, rel: Relation, name: QualifiedName, target: QualifiedName, migrated: list[str],
                             mapper: NameMapper, dst: psycopg.Connection) -> None:
@@ -688,13 +698,10 @@ class IncrementalSync:
                 applied = self._ensure_progress(dst)
                 full_load = self.state.read(dst, "full_load") or {}
             start_lsns = {k: lsn_to_int(v) for k, v in (full_load.get("table_start_lsn") or {}).items() if v}
-            # The full load's tables (partitions of a selected partitioned table included) are the publication's.
-            planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
             self._type_names = {}
             self._planned_types = {parse_qualified_name(p["source"]): p.get("column_types") or {}
                                    for p in full_load.get("plan") or []}
-            selector = TableSelector(config.objects)
-            self._selector = lambda name: name in planned or selector(name)
+            self._selector = _synced_tables(config, full_load)
             self._start_lsns = start_lsns
             self._replica_role = self._set_replica_role(dst)
             result = SyncResult(applied_lsn=int_to_lsn(applied), target_lsn=int_to_lsn(target))
@@ -1005,8 +1012,10 @@ class IncrementalSync:
              ORDER BY 1, 2
             """, {"pub": publication}).fetchall()
         excluded = TableSelector(self.config.objects).exclude
+        without_rows = tables_without_rows(src, self.config.objects.exclude_data)  # rows that do not migrate
         new = [(QualifiedName(schema, name), QualifiedName(root_schema, root)) for schema, name, root_schema, root in rows
-               if not any(p.match(QualifiedName(schema, name).key) for p in excluded)]
+               if not any(p.match(QualifiedName(schema, name).key) for p in excluded)
+               and QualifiedName(schema, name) not in without_rows]
         if new:
             names = ", ".join(f"{name} (of {root})" for name, root in new)
             raise SyncError(f"DDL on the source: partition(s) {names} were created after the full load and are not "
@@ -1135,6 +1144,16 @@ def release(config: MigrationConfig, source: ConnectionInfo, *, log: Callable[[s
     log(f"release slot={config.slot_name} dropped={dropped['slot']} publication={config.publication_name} "
         f"dropped={dropped['publication']}")
     return dropped
+
+
+def _synced_tables(config: MigrationConfig, full_load: dict[str, Any]) -> Callable[[QualifiedName], bool]:
+    """Whether changes of a source table are applied: the full load's tables (partitions of a selected partitioned
+    table included: they are the publication's) and selected tables, but never one whose rows do not migrate
+    (``objects.exclude_data``, recorded by the full load)."""
+    planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
+    without_rows = {parse_qualified_name(t) for t in full_load.get("definition_only") or []}
+    selector = TableSelector(config.objects)
+    return lambda name: name not in without_rows and (name in planned or selector(name))
 
 
 def run_incremental(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,

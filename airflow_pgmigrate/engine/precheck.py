@@ -7,6 +7,7 @@ here changes either database, except recording security-group rules the RDS chec
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -526,6 +527,10 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
             left_out = [c for c in key_cols if c not in cols]
             if left_out:
                 problems.append(f"the column selection of {name} leaves out key column(s) {', '.join(left_out)}")
+    for i, pattern in enumerate(config.objects.exclude_data):
+        if not any(fnmatch.fnmatchcase(t.name.key, pattern) for t in ctx.selected):
+            problems.append(f"objects.exclude_data[{i}] {pattern!r} matches no selected table: correct it (names are "
+                            "exact and case-sensitive) or remove it")
     for key, renames in config.mapping.columns.items():
         table = by_name.get(parse_qualified_name(key))
         if table is not None:
@@ -635,22 +640,13 @@ def check_primary_keys(ctx: PrecheckContext) -> list[CheckResult]:
             if incremental and t.replica_identity not in ("i", "f"):
                 wrong_identity.append((t, next(iter(t.unique_not_null))))
             continue
-        if t.replica_identity == "f":
+        if incremental and t.replica_identity == "f":
             full_identity.append(t)
         else:
             no_key.append(t)
     results: list[CheckResult] = []
     if no_key:
-        names = [str(t.name) for t in no_key]
-        fix = "\n".join(f"ALTER TABLE {_q(t.name)} ADD PRIMARY KEY (...);" for t in no_key)
-        if incremental:
-            fix += ("\n-- or, if no key can be added (slower, and identical rows cannot be told apart):\n"
-                    + "\n".join(f"ALTER TABLE {_q(t.name)} REPLICA IDENTITY FULL;" for t in no_key))
-        results.append(failed("primary_keys",
-                              f"{len(no_key)} table(s) have no primary key and no unique constraint on NOT NULL "
-                              f"columns: {_listing(names)}; rows could be duplicated"
-                              + ("; their UPDATE and DELETE would fail on the source once published" if incremental
-                                 else ""), fix, objects=names))
+        results.append(_tables_without_key(ctx.config, no_key))
     if wrong_identity:
         names = [str(t.name) for t, _ in wrong_identity]
         results.append(failed("primary_keys",
@@ -667,6 +663,28 @@ def check_primary_keys(ctx: PrecheckContext) -> list[CheckResult]:
     if not results:
         results.append(passed("primary_keys", f"all {len(ctx.selected)} selected table(s) have a usable key"))
     return results
+
+
+def _tables_without_key(config: MigrationConfig, tables: list[catalog.TableInfo]) -> CheckResult:
+    """Tables without any key: a failure where the migration needs one to find rows again (incremental UPDATE and
+    DELETE, ``conflicting_tables: ignore``), a warning otherwise (a full load copies their rows exactly)."""
+    names = [str(t.name) for t in tables]
+    incremental = config.wants("incremental")
+    fix = "\n".join(f"ALTER TABLE {_q(t.name)} ADD PRIMARY KEY (...);" for t in tables)
+    listing = f"{len(tables)} table(s) have no primary key and no unique constraint on NOT NULL columns: " \
+              f"{_listing(names)}"
+    if incremental:
+        fix += ("\n-- or, if no key can be added (slower, and identical rows cannot be told apart):\n"
+                + "\n".join(f"ALTER TABLE {_q(t.name)} REPLICA IDENTITY FULL;" for t in tables))
+        return failed("primary_keys", f"{listing}; their UPDATE and DELETE would fail on the source once published",
+                      fix, objects=names)
+    if config.conflicting_tables == "ignore":
+        return failed("primary_keys", f"{listing}; conflicting_tables: ignore skips the rows already in the "
+                      "destination by key, so without one they would be duplicated",
+                      fix + "\n-- or set conflicting_tables: error and load into empty tables", objects=names)
+    return warning("primary_keys", f"{listing}; the full load copies their rows exactly, but incremental sync or "
+                   "conflicting_tables: ignore would need a key", "add a primary key where possible before syncing "
+                   "changes:\n" + fix, objects=names)
 
 
 def check_c_functions(ctx: PrecheckContext) -> list[CheckResult]:

@@ -28,6 +28,7 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.matviews import sync_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgdump import (
     DumpEntry,
@@ -1335,7 +1336,8 @@ def migrate_schema(
                                 before_commit=record if state is not None else None)
     else:
         _run_post_data(destination, preamble, todo, config.schema_migration.index_jobs, report, log)
-        _refresh_materialized_views(destination, src, config, rewriter, report, log)
+        report.refreshed += [v["view"] for v in sync_materialized_views(config, src, source, destination, log=log)
+                             if v["action"] == "refreshed"]
     report.seconds = time.monotonic() - started
     if state is not None:
         state.put(f"schema.{phase}", {**report.to_dict(), "completed": True})
@@ -1574,25 +1576,6 @@ def _run_post_data(destination: ConnectionInfo, preamble: str, todo: list[Planne
     except SchemaMigrationError as exc:
         raise SchemaMigrationError(f"{exc}\ntriggers, foreign keys and the rest were rolled back",
                                    report.to_dict()) from None
-
-
-def _refresh_materialized_views(destination: ConnectionInfo, src: SourceSchema, config: MigrationConfig,
-                                rewriter: DefinitionRewriter, report: SchemaReport,
-                                log: Callable[[str], None]) -> None:
-    views = sorted(name for name, kind in src.relkinds.items()
-                   if kind == "m" and name.schema in src.whole_schemas and name not in src.excluded_views)
-    if not views:
-        return
-    with connect(destination) as conn:
-        for view in views:
-            target = rewriter.relation(view)
-            ident = sql.Identifier(target.schema, target.name)
-            if conn.execute("SELECT to_regclass(%s)", (ident.as_string(conn),)).fetchone()[0] is None:  # type: ignore[index]
-                continue
-            t0 = time.monotonic()
-            conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident))
-            report.refreshed.append(str(target))
-            log(f"schema refreshed materialized_view={target} seconds={time.monotonic() - t0:.2f}")
 
 
 def expected_definitions(config: MigrationConfig, source: ConnectionInfo) -> list[str]:

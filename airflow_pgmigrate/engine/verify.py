@@ -8,6 +8,8 @@
 - The set of partitions of each partitioned table (a partition detached or attached on the source is named).
 - Sequences and large objects (see :mod:`airflow_pgmigrate.engine.nonstreamed`): every migrated sequence at or
   beyond the source's value in its direction; large objects by count and a digest of each object's data.
+- Materialized views: populated or not, and their rows (see :mod:`airflow_pgmigrate.engine.matviews`). Tables whose
+  rows do not migrate (``objects.exclude_data``) are listed, not compared.
 
 Consistency: the source is read in a snapshot and the destination holds exactly the changes committed before that
 snapshot (the caller pauses incremental sync at the snapshot's LSN, see :func:`verify_migration`), so a busy source
@@ -26,6 +28,8 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import tables_without_rows
+from airflow_pgmigrate.engine.matviews import ViewCatalog, compare_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
 from airflow_pgmigrate.engine.nonstreamed import (
     LargeObjectRoles,
@@ -147,9 +151,10 @@ def plan_checks(config: MigrationConfig, src: psycopg.Connection,
             below.setdefault(parent, []).append(name)
     mapper = NameMapper(config.mapping)
     columns_of = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
+    without_rows = tables_without_rows(src, config.objects.exclude_data)
     checks = []
     for name, table in sorted(tables.items()):
-        if table.relkind not in ("r", "p") or name not in selected:
+        if table.relkind not in ("r", "p") or name not in selected or name in without_rows:
             continue
         generated = {r[0] for r in src.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attgenerated <> ''", (table.oid,))}
@@ -160,7 +165,7 @@ def plan_checks(config: MigrationConfig, src: psycopg.Connection,
         check = TableCheck(name, mapper.table(name), columns, [mapper.column(name, c) for c in columns],
                            key, [mapper.column(name, c) for c in key], row_filter)
         if table.relkind == "p":
-            check.below = below.get(name, [])
+            check.below = [t for t in below.get(name, []) if t not in without_rows]
             check.leaf_oids = [tables[t].oid for t in check.below if tables[t].relkind == "r"]
         checks.append(check)
     return checks
@@ -183,6 +188,12 @@ def compare_partitions(config: MigrationConfig, src: psycopg.Connection, dst: ps
     return out
 
 
+def _partitioned(conn: psycopg.Connection, table: QualifiedName) -> bool:
+    row = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+                       (sql.Identifier(table.schema, table.name).as_string(conn),)).fetchone()
+    return bool(row and row[0] == "p")
+
+
 def _key_label(text: str) -> str:
     return text[1:-1] if text.startswith("(") and text.endswith(")") else text
 
@@ -194,8 +205,10 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
     source_where = _conditions(check.row_filter, check.leaf_oids if whole else None)
     source_sums = {b: (n, s) for b, n, s in src.execute(
         _bucket_query(check.source, check.columns, check.key, source_where, buckets, whole)).fetchall()}
+    # A destination table prepared as a partitioned table holds its rows in its partitions (ONLY would see none).
+    target_whole = whole or _partitioned(dst, check.target)
     target_sums = {b: (n, s) for b, n, s in dst.execute(
-        _bucket_query(check.target, check.target_columns, check.target_key, [], buckets, whole)).fetchall()}
+        _bucket_query(check.target, check.target_columns, check.target_key, [], buckets, target_whole)).fetchall()}
     result = TableResult(str(check.source), str(check.target), sum(n for n, _ in source_sums.values()),
                          sum(n for n, _ in target_sums.values()), buckets, whole)
     differing = sorted(b for b in set(source_sums) | set(target_sums) if source_sums.get(b) != target_sums.get(b))
@@ -209,7 +222,7 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
         source_rows.setdefault(key, []).append(digest)
     target_rows: dict[str, list[str]] = {}
     for key, digest in dst.execute(_rows_query(check.target, check.target_columns, check.target_key, [], buckets,
-                                               differing, whole)):
+                                               differing, target_whole)):
         target_rows.setdefault(key, []).append(digest)
     for key in sorted(set(source_rows) | set(target_rows)):
         here, there = sorted(source_rows.get(key, [])), sorted(target_rows.get(key, []))
@@ -266,6 +279,8 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                 f"extra={result.extra_count} different={result.different_count} "
                 f"seconds={time.monotonic() - t0:.2f}")
         state = compare_state(config, src, dst, schema, sequences)
+        views = _compare_views(config, schema, src, dst, log)
+        definition_only = sorted(str(t) for t in tables_without_rows(src, config.objects.exclude_data))
         if snapshot is not None:
             src.rollback()
     report = {
@@ -273,6 +288,8 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
         "partitions": partitions,
         "sequences": state["sequences"],
         "large_objects": state["large_objects"],
+        "materialized_views": views,
+        "definition_only": definition_only,
         "rows": sum(r.source_rows for r in results if not r.partitioned),
         "seconds": round(time.monotonic() - started, 3),
     }
@@ -282,7 +299,8 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                              + sum(len(p["missing"]) + len(p["extra"]) for p in partitions)
                              + sum(1 for s in state["sequences"] if not s["equal"])
                              + sum(state["large_objects"][k] for k in ("missing_count", "extra_count",
-                                                                       "different_count", "other_roles_count")))
+                                                                       "different_count", "other_roles_count"))
+                             + sum(max(1, v["missing_count"] + v["extra_count"]) for v in views if not v["equal"]))
     lo = state["large_objects"]
     log(f"verify sequences={len(state['sequences'])} behind={sum(1 for s in state['sequences'] if not s['equal'])} "
         f"large_objects={lo['source_count']}/{lo['destination_count']} partitioned_tables={len(partitions)}")
@@ -291,6 +309,15 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
     log(f"verify done tables={len(results)} equal={report['equal']} differences={report['differences']} "
         f"seconds={report['seconds']}")
     return report
+
+
+def _compare_views(config: MigrationConfig, schema: ViewCatalog, src: psycopg.Connection, dst: psycopg.Connection,
+                   log: Callable[[str], None]) -> list[dict[str, Any]]:
+    views = compare_materialized_views(config, schema, src, dst)
+    for v in views:
+        log(f"verify materialized_view={v['view']} populated={v['source_populated']}/{v['destination_populated']} "
+            f"rows={v['source_rows']}/{v['destination_rows']} equal={v['equal']}")
+    return views
 
 
 def _through_partitions(check: TableCheck, done: dict[QualifiedName, TableResult]) -> TableResult:
@@ -329,6 +356,16 @@ def differences(report: dict[str, Any], limit: int = 5) -> list[str]:
         if lo.get(f"{kind}_count"):
             oids = ", ".join(map(str, lo[kind][:limit]))
             out.append(f"large objects {words}: {lo[f'{kind}_count']} (oid {oids})")
+    for view in report.get("materialized_views", []):
+        if view["equal"]:
+            continue
+        if view["source_populated"] != view["destination_populated"]:
+            out.append(f"materialized view {view['view']} (populated on the source: {view['source_populated']}, on "
+                       f"the destination: {view['destination_populated']})")
+        else:
+            out.append(f"materialized view {view['view']} (missing {view['missing_count']}, extra "
+                       f"{view['extra_count']} row(s): the source's contents are older than its tables? REFRESH it "
+                       "on the source before the cutover)")
     return out
 
 
