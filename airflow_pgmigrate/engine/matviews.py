@@ -157,6 +157,7 @@ def compare_materialized_views(config: MigrationConfig, schema: ViewCatalog, src
     """Each migrated materialized view on both sides: populated or not, and its rows (a count and a checksum of row
     hashes; the rows missing or extra are counted only when those differ). ``src`` may be inside a snapshot."""
     results = []
+    stale_views: set[QualifiedName] = set()  # views are in dependency order: those a later one reads come first
     for view in migrated_materialized_views(config, schema, src, dst):
         row = dst.execute("SELECT relispopulated FROM pg_class WHERE oid = %s::regclass",
                           (view.ident.as_string(dst),)).fetchone()
@@ -165,7 +166,10 @@ def compare_materialized_views(config: MigrationConfig, schema: ViewCatalog, src
         here_sum = _checksum(src, source_ident) if view.populated else (0, 0)
         there_sum = _checksum(dst, view.ident) if populated_there else (0, 0)
         missing = extra = 0
+        stale = False
+        reads_stale = sorted(_reads(view.source, schema.view_tables) & stale_views)
         if here_sum != there_sum and view.populated and populated_there:  # narrow down only when they differ
+            stale = bool(reads_stale) or _refreshed_checksum(src, view.source) == there_sum
             here, there = _row_digests(src, source_ident), _row_digests(dst, view.ident)
             missing, extra = sum((here - there).values()), sum((there - here).values())
         expected = view.expected_populated
@@ -175,14 +179,36 @@ def compare_materialized_views(config: MigrationConfig, schema: ViewCatalog, src
             "source_rows": here_sum[0], "destination_rows": there_sum[0],
             "missing_count": missing if expected else 0,
             "extra_count": extra if expected else 0,
-            "equal": populated_there == expected and (not expected or here_sum == there_sum),
+            "equal": populated_there == expected and (not expected or here_sum == there_sum or stale),
             **({"note": f"left unpopulated: reads {', '.join(map(str, view.reads_without_rows))} whose rows do not "
                         "migrate"} if view.populated and view.reads_without_rows else {}),
+            **({"stale_on_source": True, "note": _stale_note(reads_stale, missing, extra)} if stale else {}),
         })
+        if stale:
+            stale_views.add(view.source)
     return results
 
 
-def _checksum(conn: psycopg.Connection, ident: sql.Identifier) -> tuple[int, int]:
+def _stale_note(reads_stale: list[QualifiedName], missing: int, extra: int) -> str:
+    counts = f"{missing} row(s) of the source's contents not there, {extra} more"
+    if reads_stale:
+        return (f"reads {', '.join(map(str, reads_stale))}, older on the source than its tables: the destination's "
+                f"contents follow the refreshed one(s) ({counts}); refresh them on the source too, or keep them")
+    return ("the source's contents are older than its tables: the destination holds what a refresh of the view on "
+            f"the source gives now ({counts}); refresh it on the source too, or keep it as it is")
+
+
+def _refreshed_checksum(src: psycopg.Connection, view: QualifiedName) -> tuple[int, int]:
+    """The checksum of what refreshing ``view`` on the source would give now: its defining query, run in ``src``'s
+    snapshot. A view the source has not refreshed since its tables changed is not a migration difference when the
+    destination holds exactly this."""
+    row = src.execute("SELECT pg_get_viewdef(%s::regclass)",
+                      (sql.Identifier(view.schema, view.name).as_string(src),)).fetchone()
+    query = str(row[0]).strip().rstrip(";") if row and row[0] else ""
+    return _checksum(src, sql.SQL("({})").format(sql.SQL(query))) if query else (-1, -1)
+
+
+def _checksum(conn: psycopg.Connection, ident: sql.Composable) -> tuple[int, int]:
     """Rows and the sum of a hash of each row's text: equal sums mean equal multisets of rows (up to collisions of
     60-bit hashes), computed in SQL so that no row crosses the network."""
     row = conn.execute(sql.SQL("SELECT count(*), coalesce(sum(('x' || substr(md5(ROW(v.*)::text), 1, 15))::bit(60)"

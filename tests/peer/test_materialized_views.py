@@ -11,7 +11,7 @@ import pytest
 
 from airflow_pgmigrate.engine.cutover import CutoverError, run_cutover
 from airflow_pgmigrate.engine.verify import compare
-from tests.peer.rig import Inventory, assert_migrated, assert_same, migrate
+from tests.peer.rig import Inventory, assert_migrated, migrate
 
 VIEWS = """
 CREATE TABLE public.src (id int PRIMARY KEY, val text);
@@ -52,22 +52,38 @@ def test_refresh_during_sync_reaches_the_destination_and_no_data_stays_unpopulat
     assert destination.matviews[("public", "mv_emptied")] == (False, None)
 
 
-def test_verification_names_a_materialized_view_the_source_did_not_refresh(migration_env):
+def test_a_materialized_view_the_source_did_not_refresh_is_named_without_blocking(migration_env):
     migration_env.src(VIEWS)
     run = migrate(migration_env, cutover=False)
     migration_env.src("INSERT INTO public.src VALUES (4, 'delta')")  # mv_b on the source is now stale
-    with pytest.raises(CutoverError) as info:
-        run_cutover(run.config, migration_env.source_info(), migration_env.destination_info())
-    migration_env.source.execute(f'ALTER DATABASE "{migration_env.source_db}" RESET default_transaction_read_only')
-    assert "materialized view public.mv_b (missing 0, extra 1 row(s)" in str(info.value)
-    assert "REFRESH it on the source" in str(info.value)
-    # Once refreshed on the source, the next cutover attempt refreshes the destination's and finishes.
-    migration_env.src("REFRESH MATERIALIZED VIEW public.mv_b; REFRESH MATERIALIZED VIEW public.mv_a;"
-                      "REFRESH MATERIALIZED VIEW public.mv_emptied")
     report = run_cutover(run.config, migration_env.source_info(), migration_env.destination_info())
     migration_env.source.execute(f'ALTER DATABASE "{migration_env.source_db}" RESET default_transaction_read_only')
     assert report["status"] == "completed"
-    assert_same(Inventory.read(migration_env.source_info()), Inventory.read(migration_env.destination_info()))
+    views = {v["view"]: v for v in report["verification"]["materialized_views"]}
+    stale = views["public.mv_b"]
+    assert stale["equal"] is True and stale["stale_on_source"] is True
+    assert (stale["source_rows"], stale["destination_rows"]) == (3, 4)
+    assert "older than its tables" in stale["note"] and "1 more" in stale["note"]
+    assert migration_env.dst("SELECT val FROM public.mv_b WHERE id = 4") == [("DELTA",)]
+    reader = views["public.mv_a"]  # reads mv_b through a view: follows the destination's refreshed mv_b
+    assert reader["equal"] is True and reader["stale_on_source"] is True and "reads public.mv_b" in reader["note"]
+
+
+def test_a_materialized_view_that_differs_from_a_refresh_too_stops_the_cutover(migration_env):
+    migration_env.src(VIEWS)
+    run = migrate(migration_env, cutover=False)
+    migration_env.src("INSERT INTO public.src VALUES (4, 'delta')")
+    run_cutover_config = run.config
+    # A row the destination's view holds that neither the source's view nor a refresh on the source gives.
+    migration_env.dst("CREATE FUNCTION public.drift() RETURNS trigger LANGUAGE plpgsql AS "
+                      "$$BEGIN NEW.val := NEW.val || '!'; RETURN NEW; END$$")
+    migration_env.dst("CREATE TRIGGER drift BEFORE INSERT ON public.src FOR EACH ROW EXECUTE FUNCTION public.drift()")
+    migration_env.dst("ALTER TABLE public.src ENABLE ALWAYS TRIGGER drift")
+    with pytest.raises(CutoverError) as info:
+        run_cutover(run_cutover_config, migration_env.source_info(), migration_env.destination_info())
+    migration_env.source.execute(f'ALTER DATABASE "{migration_env.source_db}" RESET default_transaction_read_only')
+    assert "materialized view public.mv_b (missing 0, extra 1 row(s), and not what a refresh on the source" \
+        in str(info.value)
 
 
 def test_verification_reports_a_materialized_view_populated_on_one_side_only(migration_env):
