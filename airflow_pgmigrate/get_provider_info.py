@@ -26,6 +26,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_pgmigrate.operators.base",
                     "airflow_pgmigrate.operators.cutover",
+                    "airflow_pgmigrate.operators.cutover_question",
                     "airflow_pgmigrate.operators.full_load",
                     "airflow_pgmigrate.operators.precheck",
                     "airflow_pgmigrate.operators.schema",
@@ -34,7 +35,8 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "sensors": [
-            {"integration-name": "PgMigrate", "python-modules": ["airflow_pgmigrate.sensors.incremental"]},
+            {"integration-name": "PgMigrate", "python-modules": ["airflow_pgmigrate.sensors.incremental",
+                                                                  "airflow_pgmigrate.sensors.cutover_wait"]},
         ],
         "hooks": [
             {
@@ -43,6 +45,8 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_pgmigrate.links.MigrationReportLink"],
+        "plugins": [{"name": "pgmigrate_reports",
+                     "plugin-class": "airflow_pgmigrate.plugins.reports.MigrationReportsPlugin"}],
         "notifications": [
             "airflow_pgmigrate.notifications.migration.AlertFileNotifier",
             "airflow_pgmigrate.notifications.migration.AlertLogNotifier",

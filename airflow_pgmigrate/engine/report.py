@@ -54,11 +54,13 @@ def report_path(config: MigrationConfig) -> Path:
     return report_directory(config) / f"{config.name}.html"
 
 
-def report_url(config: MigrationConfig) -> str:
-    """The link to the report: under ``report.base_url`` when set, else a file:// URL."""
+def report_url(config: MigrationConfig, server: str = "") -> str:
+    """The link to the report: under ``report.base_url`` when set, else the page Airflow's API server serves
+    (``<server>/pgmigrate/reports/<name>.html``; ``server`` is ``[api] base_url``, or empty for a link relative
+    to the Airflow UI's own address)."""
     if config.report.base_url:
         return f"{config.report.base_url.rstrip('/')}/{config.name}.html"
-    return report_path(config).absolute().as_uri()
+    return f"{server.rstrip('/')}/pgmigrate/reports/{config.name}.html"
 
 
 # -- collecting -----------------------------------------------------------------------------------------------------
@@ -82,6 +84,9 @@ class ReportData:
     full_load: dict[str, Any] | None = None
     cutover: dict[str, Any] | None = None
     watch: dict[str, Any] | None = None
+    #: Every answer to the cutover question (who, what, when), and the last verification while syncing.
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    verification: dict[str, Any] | None = None
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -121,7 +126,8 @@ def collect(config: MigrationConfig, destination: ConnectionInfo, conn: psycopg.
                       poke_marks=journal.poke_marks(conn), last_pokes=journal.last_pokes(conn, MAX_POKES_LISTED),
                       samples=journal.samples(conn, MAX_POINTS), tables=tables, copy_points=points,
                       full_load=state.read(conn, "full_load"), cutover=state.read(conn, "cutover"),
-                      watch=state.read(conn, WATCH_KEY))
+                      watch=state.read(conn, WATCH_KEY), answers=state.read(conn, "cutover_answers") or [],
+                      verification=state.read(conn, "verification"))
 
 
 # -- the timeline -------------------------------------------------------------------------------------------------
@@ -399,7 +405,9 @@ def render_html(data: ReportData, secrets: Iterable[str | None] = ()) -> str:
            f"<title>Migration report: {_esc(data.migration)}</title><style>{_CSS}</style></head><body>",
            f"<h1>Migration report: {_esc(data.migration)}</h1><dl>"]
     out += [f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in summary.items() if v not in (None, "")]
-    out.append("</dl><h2>Timeline</h2>")
+    out.append("</dl>")
+    out += decision_sections(data)
+    out.append("<h2>Timeline</h2>")
     out.append(gantt_svg(rows, now) or "<p class=\"muted\">No step recorded yet.</p>")
     out.append("<table><tr><th>step</th><th>kind</th><th>started (UTC)</th><th>finished (UTC)</th><th>duration</th>"
                "<th>outcome</th><th>detail</th><th>DAG run</th></tr>")
@@ -429,6 +437,62 @@ def render_html(data: ReportData, secrets: Iterable[str | None] = ()) -> str:
         if secret:
             page = page.replace(secret, "***").replace(html.escape(secret, quote=True), "***")
     return page
+
+
+def _answers_section(answers: list[dict[str, Any]]) -> list[str]:
+    out = ["<h2 id=\"answers\">Cutover question: answers</h2>"]
+    if not answers:
+        return out + ["<p class=\"muted\">Not answered yet.</p>"]
+    out.append("<table><tr><th>answered (UTC)</th><th>by</th><th>answer</th><th>lag then</th><th>DAG run</th></tr>")
+    for a in answers:
+        lag = "" if a.get("lag_bytes") is None else f"{format_bytes(a['lag_bytes'])}, {a.get('lag_seconds') or 0:.1f} s"
+        out.append(f"<tr><td>{_fmt_time(_parse_time(a.get('at')))}</td><td>{_esc(a.get('by'))}</td>"
+                   f"<td class=\"answer\">{_esc(a.get('answer'))}</td><td>{_esc(lag)}</td>"
+                   f"<td class=\"run\">{_esc(a.get('run_id') or '')}</td></tr>")
+    return out + ["</table>"]
+
+
+def _verification_section(verification: dict[str, Any] | None, when: str) -> list[str]:
+    if not verification:
+        return []
+    tables = verification.get("tables") or []
+    out = [f"<h2 id=\"verification\">Verification ({_esc(when)})</h2>",
+           f"<p>{len(tables)} table(s), {verification.get('rows', 0):,} rows, "
+           f"{verification.get('differences', 0):,} difference(s): "
+           f"{'equal' if verification.get('equal') else 'NOT equal'}.</p>",
+           "<table><tr><th>table</th><th>destination</th><th>source rows</th><th>destination rows</th>"
+           "<th>missing</th><th>extra</th><th>different</th><th>result</th></tr>"]
+    for t in tables:
+        out.append(f"<tr><td>{_esc(t.get('table'))}</td><td>{_esc(t.get('target'))}</td>"
+                   f"<td class=\"num\">{t.get('source_rows', 0):,}</td><td class=\"num\">{t.get('destination_rows', 0):,}"
+                   f"</td><td class=\"num\">{t.get('missing_count', 0)}</td><td class=\"num\">{t.get('extra_count', 0)}"
+                   f"</td><td class=\"num\">{t.get('different_count', 0)}</td>"
+                   f"<td>{'equal' if t.get('equal') else 'different'}</td></tr>")
+    return out + ["</table>"]
+
+
+def decision_sections(data: ReportData) -> list[str]:
+    """Who answered what, the verification (the cutover's, else the latest while syncing), the sequence values
+    set at cutover, and the next steps with the rollback statement."""
+    cutover = data.cutover or {}
+    out = _answers_section(data.answers)
+    if cutover.get("verification"):
+        out += _verification_section(cutover["verification"], "at cutover, source frozen")
+    else:
+        out += _verification_section(data.verification, "latest, while syncing")
+    sequences = cutover.get("sequences") or []
+    if sequences:
+        out.append("<h2 id=\"sequences\">Sequences set at cutover</h2><table><tr><th>sequence</th><th>value</th></tr>")
+        out += [f"<tr><td>{_esc(q.get('sequence'))}</td><td class=\"num\">{_esc(q.get('value'))}</td></tr>"
+                for q in sequences]
+        out.append("</table>")
+    steps = cutover.get("next_steps") or []
+    if steps:
+        out.append("<h2 id=\"next-steps\">Next steps and rollback</h2><ul>")
+        out += [f"<li><code>{_esc(line)}</code></li>" if "ALTER DATABASE" in line else f"<li>{_esc(line)}</li>"
+                for line in steps]
+        out.append("</ul>")
+    return out
 
 
 def write_report(config: MigrationConfig, destination: ConnectionInfo, *, directory: str | Path | None = None,
