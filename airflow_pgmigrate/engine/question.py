@@ -131,11 +131,14 @@ def _verification_lines(verification: dict[str, Any] | None) -> list[str]:
 
 
 def question_body(config: MigrationConfig, figures: WaitingFigures | None, verification: dict[str, Any] | None,
-                  *, report_link: str = "", asked: int = 1) -> str:
+                  *, report_link: str = "") -> str:
     """The question in Markdown: where the migration stands, and what each answer does."""
+    asked = datetime.now(UTC).strftime("%H:%M:%S")
     lines = [f"Incremental sync of **{config.name}** is not delayed (thresholds: "
-             f"{config.incremental.max_lag_seconds:g} s and {format_bytes(_size(config.incremental.max_lag_bytes))})."
-             + (f" Asked {asked} times so far." if asked > 1 else ""), ""]
+             f"{config.incremental.max_lag_seconds:g} s and {format_bytes(_size(config.incremental.max_lag_bytes))}). "
+             f"Figures as of {asked} UTC, when this question was asked"
+             + ("; the migration report below has the latest, refreshed while the question waits." if report_link
+                else "."), ""]
     if figures is None:
         lines.append("- **Lag:** not measured yet")
     else:
@@ -143,7 +146,8 @@ def question_body(config: MigrationConfig, figures: WaitingFigures | None, verif
         lines += [
             f"- **Lag:** {format_bytes(figures.lag_bytes)} of WAL, {figures.lag_seconds:.1f} s behind the source "
             f"(measured {figures.measured_at[11:19]} UTC)",
-            f"- **Writes on the source:** {format_rate(figures.source_wal_bytes_per_second)} of WAL"
+            "- **Writes on the source:** " + ("not measured yet" if figures.source_wal_bytes_per_second is None
+                                              else f"{format_rate(figures.source_wal_bytes_per_second)} of WAL")
             + ("" if figures.source_commits_per_second is None
                else f", {figures.source_commits_per_second:.1f} transactions per second"),
             f"- **Apply rate:** {format_rate(figures.apply_bytes_per_second)}",
@@ -159,8 +163,8 @@ def question_body(config: MigrationConfig, figures: WaitingFigures | None, verif
         "",
         f"- **{CUT_OVER}**: {freeze}, applies the last changes, sets the sequences, verifies every table, then drops "
         "the replication slot and the publication. The source stays intact for a rollback.",
-        f"- **{KEEP_SYNCING}**: nothing changes: the destination keeps following the source and this question comes "
-        "back with fresh figures. Not answering at all also keeps the destination in sync.",
+        f"- **{KEEP_SYNCING}**: nothing changes: the destination keeps following the source and this question is "
+        "open again (your answer is kept in the report). Not answering at all also keeps the destination in sync.",
         f"- **{ABORT}**: stops the migration: drops the replication slot and the publication on the source; the "
         "destination is left as it is.",
     ]

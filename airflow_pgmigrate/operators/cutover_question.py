@@ -1,20 +1,20 @@
 """CutoverQuestionOperator: the one cutover question, asked in the Airflow UI for as long as needed.
 
 The question is a human-in-the-loop branch: "Cut over" leads to the cutover task, "Abort" to the release task.
-"Keep syncing" changes nothing: the answer is recorded and the question is asked again, with fresh figures, as the
-task's next try (Airflow keeps one question per try, and each try's question and answer stay in its history). While
-it waits, :class:`~airflow_pgmigrate.sensors.cutover_wait.SyncUntilAnsweredSensor` keeps the destination in sync.
+"Keep syncing" changes nothing: the answer is recorded and the same question is open again at once. Airflow keeps one
+question text per task instance (a retry keeps it too), so the text carries the figures of when it was first asked,
+with their time, and links the migration report, whose figures the sync beside the question refreshes. While it waits, :class:`~airflow_pgmigrate.sensors.cutover_wait.SyncUntilAnsweredSensor` keeps the destination in sync.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLBranchOperator
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowException
 
 from airflow_pgmigrate.engine.question import (
     ABORT,
@@ -30,13 +30,6 @@ from airflow_pgmigrate.engine.question import (
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.operators.base import ConfigArg, MigrationTaskMixin
 
-#: How many times the question can come back after "Keep syncing" (each time is a try of the task).
-MAX_ASKS = 10_000
-
-
-class AskAgain(AirflowException):
-    """ "Keep syncing" was answered: the question comes back, with fresh figures, as the task's next try."""
-
 
 class CutoverQuestionOperator(MigrationTaskMixin, HITLBranchOperator):
     """Ask whether to cut over, showing the lag, the write rate, the estimated drain and the last verification.
@@ -44,25 +37,31 @@ class CutoverQuestionOperator(MigrationTaskMixin, HITLBranchOperator):
     :param config: the migration.
     :param cut_over_task_id: the task "Cut over" leads to.
     :param abort_task_id: the task "Abort" leads to.
-    :param ask_again_after: how soon the question comes back after "Keep syncing".
     """
 
     template_fields: Sequence[str] = ("config",)
     ui_color = "#fcf3cf"
+    figures_wait_seconds: float = 20.0
 
     def __init__(self, *, config: ConfigArg, cut_over_task_id: str = "cutover", abort_task_id: str = "release",
-                 ask_again_after: timedelta = timedelta(seconds=2), **kwargs: Any) -> None:
-        kwargs.setdefault("retries", MAX_ASKS)
+                 **kwargs: Any) -> None:
         super().__init__(subject="Cut over the migration?", options=list(OPTIONS),
-                         options_mapping={CUT_OVER: cut_over_task_id, ABORT: abort_task_id},
-                         retry_delay=ask_again_after, **kwargs)
+                         options_mapping={CUT_OVER: cut_over_task_id, ABORT: abort_task_id}, **kwargs)
         self.config = config
 
     def _figures(self, state: MigrationState) -> WaitingFigures | None:
-        figures = WaitingFigures.from_dict(state.get(WAITING_KEY))
-        if figures is None:
-            figures = lag_from_slot(self.migration, self.source_info)
-        return figures
+        """The figures of the sync beside the question, measured after now (it starts with the question: wait up to
+        ``figures_wait_seconds`` for its first window); else the lag read from the slot."""
+        asked = datetime.now(UTC).isoformat()
+        deadline = time.monotonic() + self.figures_wait_seconds
+        while True:
+            figures = WaitingFigures.from_dict(state.get(WAITING_KEY))
+            fresh = figures is not None and figures.measured_at >= asked
+            if fresh and figures is not None and figures.source_wal_bytes_per_second is not None:
+                return figures
+            if time.monotonic() >= deadline:
+                return figures if fresh else lag_from_slot(self.migration, self.source_info)
+            time.sleep(1)
 
     def execute(self, context: Context) -> Any:
         from airflow_pgmigrate.links import report_link
@@ -70,11 +69,9 @@ class CutoverQuestionOperator(MigrationTaskMixin, HITLBranchOperator):
         config = self.migration
         state = MigrationState(self.destination_info, config.state_schema, config.name)
         figures = self._figures(state)
-        ti = context["ti"]
         self.subject = f"Cut over migration {config.name}?"
         self.body = question_body(config, figures, state.get("verification"),
-                                  report_link=report_link(config) if config.report.enabled else "",
-                                  asked=int(getattr(ti, "try_number", 1) or 1))
+                                  report_link=report_link(config) if config.report.enabled else "")
         if figures is not None:
             self.log.info("cutover question asked lag_bytes=%d lag_s=%.1f", figures.lag_bytes, figures.lag_seconds)
         return super().execute(context)
@@ -92,9 +89,9 @@ class CutoverQuestionOperator(MigrationTaskMixin, HITLBranchOperator):
         self.log.info("cutover question answered answer=%s by=%s", answer, entry["by"])
         self.refresh_report(force=True)
         if answer == KEEP_SYNCING:
-            raise AskAgain(f"{KEEP_SYNCING} (answered by {entry['by']}): the destination keeps following the "
-                           "source; the question comes back with fresh figures")
+            self.log.info("the destination keeps following the source; the question is open again")
+            return super().execute(context)  # the same question, its answer cleared: the task waits again
         return super().execute_complete(context, event)
 
 
-__all__ = ["AskAgain", "CutoverQuestionOperator", "MAX_ASKS"]
+__all__ = ["CutoverQuestionOperator"]

@@ -54,6 +54,11 @@ class SyncUntilAnsweredSensor(IncrementalSyncSensor):
                           decision.get("by"))
             return PokeReturnValue(is_done=True, xcom_value=decision)
         before = self.__dict__.get("_activity")
+        if before is None:
+            try:
+                before = SourceActivity.read(self.source_info)  # the first window measures the write rate too
+            except (PgMigrateError, psycopg.Error):
+                before = None
         try:
             outcome = super().poke(context)
         except AirflowFailException:
