@@ -104,14 +104,14 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimated_drain_seconds(figures: WaitingFigures) -> float | None:
+def estimated_drain_seconds(figures: WaitingFigures) -> float:
     """How long the drain after the freeze should take: the pending WAL at the apply rate measured, else the lag
-    in seconds (the time the destination is behind), else unknown."""
+    in seconds (how far behind the source the destination is)."""
     if figures.lag_bytes <= 0:
         return 0.0
     if figures.apply_bytes_per_second:
         return figures.lag_bytes / figures.apply_bytes_per_second
-    return figures.lag_seconds if figures.lag_seconds else None
+    return figures.lag_seconds
 
 
 def _verification_lines(verification: dict[str, Any] | None) -> list[str]:

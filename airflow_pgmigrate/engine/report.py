@@ -87,6 +87,8 @@ class ReportData:
     #: Every answer to the cutover question (who, what, when), and the last verification while syncing.
     answers: list[dict[str, Any]] = field(default_factory=list)
     verification: dict[str, Any] | None = None
+    #: What the sync beside the cutover question measured last (engine/question.py).
+    waiting: dict[str, Any] | None = None
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -127,7 +129,7 @@ def collect(config: MigrationConfig, destination: ConnectionInfo, conn: psycopg.
                       samples=journal.samples(conn, MAX_POINTS), tables=tables, copy_points=points,
                       full_load=state.read(conn, "full_load"), cutover=state.read(conn, "cutover"),
                       watch=state.read(conn, WATCH_KEY), answers=state.read(conn, "cutover_answers") or [],
-                      verification=state.read(conn, "verification"))
+                      verification=state.read(conn, "verification"), waiting=state.read(conn, "waiting_sync"))
 
 
 # -- the timeline -------------------------------------------------------------------------------------------------
@@ -439,6 +441,27 @@ def render_html(data: ReportData, secrets: Iterable[str | None] = ()) -> str:
     return page
 
 
+def _waiting_section(waiting: dict[str, Any] | None) -> list[str]:
+    """The latest figures of the sync beside the cutover question (the question's own text keeps those of when it
+    was asked)."""
+    from airflow_pgmigrate.engine.question import WaitingFigures, estimated_drain_seconds, format_duration, format_rate
+
+    figures = WaitingFigures.from_dict(waiting)
+    if figures is None:
+        return []
+    rows = {
+        "lag": f"{format_bytes(figures.lag_bytes)} of WAL, {figures.lag_seconds:.1f} s behind the source",
+        "writes on the source": "not measured yet" if figures.source_wal_bytes_per_second is None else
+        f"{format_rate(figures.source_wal_bytes_per_second)} of WAL, "
+        f"{figures.source_commits_per_second or 0:.1f} transactions per second",
+        "apply rate": format_rate(figures.apply_bytes_per_second),
+        "estimated drain at the freeze": format_duration(estimated_drain_seconds(figures)),
+        "measured": f"{_fmt_time(_parse_time(figures.measured_at))} UTC",
+    }
+    return (["<h2 id=\"waiting\">While the cutover question waits</h2><dl>"]
+            + [f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows.items()] + ["</dl>"])
+
+
 def _answers_section(answers: list[dict[str, Any]]) -> list[str]:
     out = ["<h2 id=\"answers\">Cutover question: answers</h2>"]
     if not answers:
@@ -475,7 +498,8 @@ def decision_sections(data: ReportData) -> list[str]:
     """Who answered what, the verification (the cutover's, else the latest while syncing), the sequence values
     set at cutover, and the next steps with the rollback statement."""
     cutover = data.cutover or {}
-    out = _answers_section(data.answers)
+    out = [] if cutover else _waiting_section(data.waiting)
+    out += _answers_section(data.answers)
     if cutover.get("verification"):
         out += _verification_section(cutover["verification"], "at cutover, source frozen")
     else:

@@ -19,7 +19,13 @@ from airflow.sdk import Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_pgmigrate.engine.pgoutput import lsn_to_int
-from airflow_pgmigrate.engine.question import WAITING_KEY, SourceActivity, WaitingFigures, decision_key
+from airflow_pgmigrate.engine.question import (
+    WAITING_KEY,
+    SourceActivity,
+    WaitingFigures,
+    decision_key,
+    lag_from_slot,
+)
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.exceptions import PgMigrateError
 from airflow_pgmigrate.sensors.incremental import IncrementalSyncSensor
@@ -54,9 +60,11 @@ class SyncUntilAnsweredSensor(IncrementalSyncSensor):
                           decision.get("by"))
             return PokeReturnValue(is_done=True, xcom_value=decision)
         before = self.__dict__.get("_activity")
-        if before is None:
+        if before is None:  # the first window measures the write and apply rates too
             try:
-                before = SourceActivity.read(self.source_info)  # the first window measures the write rate too
+                before = SourceActivity.read(self.source_info)
+                start = lag_from_slot(config, self.source_info)
+                self.__dict__["_applied_lsn"] = start.applied_lsn if start is not None else None
             except (PgMigrateError, psycopg.Error):
                 before = None
         try:

@@ -77,7 +77,7 @@ class Writes(threading.Thread):
         self.join(timeout=10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def migrations(pg_servers) -> Iterator[dict[str, Migration]]:
     made = {}
     for name in MIGRATIONS:
@@ -98,7 +98,7 @@ def migrations(pg_servers) -> Iterator[dict[str, Migration]]:
             pg_servers.destination.drop_database(m.destination_db)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def airflow(migrations: dict[str, Migration]) -> Iterator[Deployment]:
     home = Path(tempfile.mkdtemp(prefix="pgmigrate-real-airflow-"))
     env = {"PGMIGRATE_REAL_MIGRATIONS": ",".join(migrations)}

@@ -74,7 +74,7 @@ def test_keep_syncing_then_cut_over_ends_green(airflow, migrations):
     assert all(a["by"] for a in answers)
     # The report is served by the API server, and the task's link points there.
     links = airflow.request("GET", f"/api/v2/dags/{m.dag_id}/dagRuns/{run_id}/taskInstances/cutover/links")
-    assert links["Migration report"] == f"{airflow.url}/pgmigrate/reports/real_cut.html"
+    assert links["extra_links"]["Migration report"] == f"{airflow.url}/pgmigrate/reports/real_cut.html"
     page = airflow.request("GET", "/pgmigrate/reports/real_cut.html")
     for words in ("Cutover question: answers", "Keep syncing", "Cut over", "Sequences set at cutover",
                   "ALTER DATABASE", "RESET default_transaction_read_only", "public.orders"):
