@@ -45,8 +45,6 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_pgmigrate.links.MigrationReportLink"],
-        "plugins": [{"name": "pgmigrate_reports",
-                     "plugin-class": "airflow_pgmigrate.plugins.reports.MigrationReportsPlugin"}],
         "notifications": [
             "airflow_pgmigrate.notifications.migration.AlertFileNotifier",
             "airflow_pgmigrate.notifications.migration.AlertLogNotifier",
