@@ -519,6 +519,36 @@ def decision_sections(data: ReportData) -> list[str]:
     return out
 
 
+def drop_state(config: MigrationConfig, destination: ConnectionInfo) -> str:
+    """Remove the migration's own state from the destination once the migration is over: the whole state schema, or
+    only this migration's rows when other migrations keep theirs there. Refused while incremental sync may still
+    need it (no completed cutover and no abort recorded). Returns what was done."""
+    from airflow_pgmigrate.exceptions import PgMigrateError
+
+    schema = config.state_schema
+    with connect(destination) as conn:
+        state = MigrationState(destination, schema, config.name)
+        cutover = state.read(conn, "cutover") or {}
+        aborted = any(a.get("answer") == "Abort" for a in state.read(conn, "cutover_answers") or [])
+        if config.wants("incremental") and cutover.get("status") != "completed" and not aborted:
+            raise PgMigrateError(f"the state of migration {config.name} is still needed: no completed cutover and no "
+                                 "abort recorded (incremental sync resumes from it); finish or abort the migration "
+                                 "first")
+        tables = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON "
+            "a.attrelid = c.oid WHERE n.nspname = %s AND c.relkind = 'r' AND a.attname = 'migration'",
+            (schema,)).fetchall()]
+        others = any(conn.execute(sql.SQL("SELECT 1 FROM {} WHERE migration <> %s LIMIT 1").format(
+            sql.Identifier(schema, t)), (config.name,)).fetchone() for t in tables)
+        if others:
+            for table in tables:
+                conn.execute(sql.SQL("DELETE FROM {} WHERE migration = %s").format(sql.Identifier(schema, table)),
+                             (config.name,))
+            return f"deleted the rows of migration {config.name} from schema {schema} (other migrations use it)"
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    return f"dropped schema {schema} from the destination"
+
+
 def write_report(config: MigrationConfig, destination: ConnectionInfo, *, directory: str | Path | None = None,
                  secrets: Iterable[str | None] = ()) -> Path:
     """Collect, render and write the report (atomically: a reader never sees half a file); returns its path."""
@@ -563,7 +593,7 @@ def connection_info_from_uri(uri: str, database: str | None = None) -> Connectio
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m airflow_pgmigrate.engine.report CONFIG [--destination URI] [--output DIR]``."""
+    """``python -m airflow_pgmigrate.engine.report CONFIG [--destination URI] [--output DIR] [--drop-state]``."""
     from airflow_pgmigrate.config import MigrationConfig
     from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -574,6 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--destination", help="the destination as a postgres URI; default: the environment "
                         "variable AIRFLOW_CONN_<DESTINATION CONN_ID> (as Airflow reads it)")
     parser.add_argument("--output", help="folder to write <name>.html to; default: report.directory of the config")
+    parser.add_argument("--drop-state", action="store_true",
+                        help="after writing the report, drop the migration's state schema from the destination "
+                             "(once the migration is over: cut over or aborted); the report file stays")
     args = parser.parse_args(argv)
     try:
         config = MigrationConfig.from_yaml(args.config)
@@ -583,6 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"AIRFLOW_CONN_{config.destination.conn_id.upper()}")
         info = connection_info_from_uri(uri, config.destination.database)
         path = write_report(config, info, directory=args.output)
+        if args.drop_state:
+            done = drop_state(config, info)
+            print(f"report: {done}; the report is kept in {path}", file=sys.stderr)
     except (PgMigrateError, psycopg.Error, OSError, ValueError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 1
@@ -590,7 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ReportData", "TimelineRow", "collect", "connection_info_from_uri", "gantt_svg", "line_chart_svg", "main",
+__all__ = ["ReportData", "TimelineRow", "collect", "connection_info_from_uri", "decision_sections", "drop_state",
+           "gantt_svg", "line_chart_svg", "main",
            "render_html", "report_directory", "report_path", "report_url", "timeline", "write_report"]
 
 

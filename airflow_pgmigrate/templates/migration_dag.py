@@ -16,6 +16,7 @@ from airflow_pgmigrate.operators.cutover_question import CutoverQuestionOperator
 from airflow_pgmigrate.operators.full_load import FullLoadOperator
 from airflow_pgmigrate.operators.precheck import PrecheckOperator
 from airflow_pgmigrate.operators.schema import SchemaMigrateOperator
+from airflow_pgmigrate.operators.start import StartIncrementalOperator
 from airflow_pgmigrate.operators.verify import VerifyOperator
 from airflow_pgmigrate.sensors.cutover_wait import SyncUntilAnsweredSensor
 from airflow_pgmigrate.sensors.incremental import IncrementalSyncSensor
@@ -53,6 +54,9 @@ def _migration_tasks(config: MigrationConfig) -> dict[str, Any]:
     if config.wants("schema"):
         tasks["schema_post_data"] = SchemaMigrateOperator(task_id="schema_post_data", config=plain,
                                                           phase="post_data")
+    if config.wants("incremental") and not config.wants("full"):
+        # No full load creates the slot: the destination was loaded by other means.
+        tasks["start_incremental"] = StartIncrementalOperator(task_id="start_incremental", config=plain, retries=2)
     if config.wants("incremental"):
         tasks["incremental_sync"] = IncrementalSyncSensor(task_id="incremental_sync", config=plain,
                                                           retries=3, mode=SYNC_MODE, poke_interval=2)
@@ -195,6 +199,7 @@ def build_adhoc_dag(dag_id: str = "pgmigrate_adhoc") -> DAG:
             SchemaMigrateOperator(task_id="schema_pre_data", config=config, phase="pre_data", trigger_rule=after),
             FullLoadOperator(task_id="full_load", config=config, retries=2, trigger_rule=after),
             SchemaMigrateOperator(task_id="schema_post_data", config=config, phase="post_data", trigger_rule=after),
+            StartIncrementalOperator(task_id="start_incremental", config=config, retries=2, trigger_rule=after),
             IncrementalSyncSensor(task_id="incremental_sync", config=config, retries=3, trigger_rule=after,
                                   mode=SYNC_MODE, poke_interval=2),
         ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.real_airflow.deployment import Deployment
+from airflow_pgmigrate.testing.airflow_deployment import Deployment
 
 DAGS = Path(__file__).parent / "dags"
 MIGRATIONS = ("real_cut", "real_abort", "real_ui")
@@ -114,8 +114,10 @@ def airflow(migrations: dict[str, Migration]) -> Iterator[Deployment]:
         yield deployment
     finally:
         deployment.stop()
+        left = deployment.leftovers()
         logs = ARTIFACTS / "real-airflow-logs"
         logs.mkdir(parents=True, exist_ok=True)
         for log in home.glob("*.log"):
             shutil.copy(log, logs / log.name)
         shutil.rmtree(home, ignore_errors=True)
+    assert left == [], f"processes of the deployment still running after stop(): {left}"

@@ -1,8 +1,9 @@
-"""A real Airflow deployment for tests: scheduler (LocalExecutor), dag processor, triggerer and API server, each a
-process of its own, in a throwaway AIRFLOW_HOME with its own SQLite metadata database, on a free port.
+"""A real Airflow deployment for tests and the demo: scheduler (LocalExecutor), dag processor, triggerer and API
+server, each a process of its own, in a throwaway AIRFLOW_HOME with its own SQLite metadata database.
 
 Each component runs in its own process group; ``stop()`` sends SIGTERM to every group, then SIGKILL after a grace
-period, so the LocalExecutor's workers and the task processes go too.
+period, so the LocalExecutor's workers and the task processes go too; any process still running with this
+deployment's AIRFLOW_HOME in its environment (one that left its group) is killed last.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Deployment:
         return json.loads(raw) if "json" in content_type else raw
 
     def stop(self, grace: float = 15.0) -> None:
+        """Stop every process of the deployment: SIGTERM to each component's group, SIGKILL after ``grace``."""
         for process in self.processes.values():
             _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -142,6 +144,24 @@ class Deployment:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+        for pid in self.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def leftovers(self) -> list[int]:
+        """Processes still running with this deployment's AIRFLOW_HOME in their environment (Linux /proc)."""
+        marker = f"AIRFLOW_HOME={self.home}".encode()
+        found = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0") and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+        return found
 
     # -- what the UI does -------------------------------------------------------------------------------------
 
