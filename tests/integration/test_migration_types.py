@@ -48,9 +48,11 @@ class WritesOnceSlotExists(threading.Thread):
             while self.done < self.count and not self.halt.is_set():
                 try:
                     with conn.transaction():
-                        conn.execute("INSERT INTO public.orders (customer_id, amount) VALUES (1, 7)")
+                        customer = conn.execute("INSERT INTO public.customers (name) VALUES ('new') "
+                                                "RETURNING id").fetchone()[0]
+                        conn.execute("INSERT INTO public.orders (customer_id, amount) VALUES (%s, 7)", (customer,))
                         conn.execute("UPDATE public.customers SET name = name || '+' WHERE id = %s",
-                                     (1 + self.done % 100,))
+                                     (max(1, customer - self.done % 100),))
                 except psycopg.Error:
                     return  # the cutover froze the source
                 self.done += 1
