@@ -121,3 +121,25 @@ def test_each_migration_type_combination_ends_equal(migration_env, airflow_db, k
         assert verified["equal"] is True and verified["rows"] == 1100
     for table in COMPARED:
         assert _digest(env.src, table) == _digest(env.dst, table), table
+
+
+def test_prepared_tables_that_differ_from_the_source_fail_the_precheck_with_each_difference(migration_env):
+    env = migration_env
+    env.src(TABLES + ROWS)
+    env.dst("CREATE TABLE public.customers (id integer PRIMARY KEY, name text NOT NULL);"
+            "CREATE TABLE public.orders (id bigint, customer_id bigint)")
+    report = env.precheck(migration_types=["full", "incremental"])
+    result = report.result("name_conflicts")
+    assert result.status == "failed"
+    assert "public.customers: column id is integer, bigint in the source" in result.objects
+    assert "public.orders: column amount is missing" in result.objects
+    assert "public.orders: key (none) differs from the source's (id)" in result.objects
+    assert "make the destination tables match the source" in result.fix
+
+
+def test_missing_prepared_tables_say_what_to_do(migration_env):
+    env = migration_env
+    env.src(TABLES)
+    result = env.precheck(migration_types=["incremental"]).result("name_conflicts")
+    assert result.status == "failed" and set(result.objects) == {"public.customers", "public.orders"}
+    assert "add schema to migration_types" in result.fix and "slot" not in result.detail
