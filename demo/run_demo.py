@@ -244,8 +244,8 @@ class MigrationProgress:
     """While ``dag.test()`` runs: Airflow's output goes to a log file, and only the migration's own progress lines
     (what its tasks log: steps, rows, MB/s, lag, the cutover's steps) and each task's end are printed."""
 
-    OURS = re.compile(r"\[(\w+)\s*\] (.*?) \[airflow\.task\.operators\.airflow_pgmigrate\.[^\]]*\].*?task_id=(\S+)")
-    TASK_END = re.compile(r"Marking task as (\w+)\..*?task_id=(\S+)")
+    OURS = re.compile(r"\[(\w+)\s*\] (.*?)\s+\[airflow\.task\.operators\.airflow_pgmigrate\.[\w.]*?(\w+)\] loc=")
+    TASK_END = re.compile(r"Task instance state updated .*new_state=(success|failed|skipped|up_for_retry)\b")
     ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
     def __init__(self, log: Path) -> None:
@@ -289,12 +289,14 @@ class MigrationProgress:
                 line = self.ANSI.sub("", line)
                 ours = self.OURS.search(line)
                 if ours is not None and ours.group(1) in ("info", "warning", "error"):
+                    step = re.sub(r"(Operator|Sensor)$", "", ours.group(3))
                     level = "" if ours.group(1) == "info" else f"{ours.group(1).upper()} "
-                    self._say(f"  {ours.group(3):<18} {level}{ours.group(2)}")
+                    self._step = step
+                    self._say(f"  {step:<18} {level}{ours.group(2)}")
                     continue
                 end = self.TASK_END.search(line)
-                if end is not None:
-                    self._say(f"  {end.group(2):<18} -> {end.group(1).lower()}")
+                if end is not None and getattr(self, "_step", None):
+                    self._say(f"  {self._step:<18} -> {end.group(1)}")
 
 
 def run_dag() -> int:
