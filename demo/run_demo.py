@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / ".demo"
+WORK = Path(os.environ.get("PGMIGRATE_DEMO_DIR") or ROOT / ".demo")  # where the servers, Airflow and reports go
 
 
 def main() -> int:
@@ -207,6 +207,7 @@ def run_ui(source, airflow_home: Path, configs: Path, port: int) -> int:  # noqa
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # also when started with SIGINT ignored (a background job)
     try:
         print(f"demo: starting Airflow (scheduler, dag processor, triggerer, API server) in {airflow_home} ...",
               flush=True)
