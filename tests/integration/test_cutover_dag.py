@@ -21,6 +21,9 @@ INSERT INTO public.orders (customer_id, amount) SELECT 1 + g % 200, g FROM gener
 
 
 class Writes(threading.Thread):
+    """A steady write load on the source (of ``env``: anything with ``source_info()``) until stopped, or until the
+    cutover freezes the source and ends the session."""
+
     def __init__(self, env) -> None:
         super().__init__(daemon=True)
         self.env = env

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from airflow_pgmigrate.testing.airflow_deployment import Deployment
+from tests.integration.test_cutover_dag import Writes  # noqa: F401 - the write load the tests share
 
 DAGS = Path(__file__).parent / "dags"
 MIGRATIONS = ("real_cut", "real_abort", "real_ui")
@@ -46,35 +46,6 @@ class Migration:
 
     def source_info(self):  # noqa: ANN201
         return self.servers.source.info(self.source_db)  # type: ignore[attr-defined]
-
-
-class Writes(threading.Thread):
-    """A steady write load on the source until stopped or until the cutover freezes the source."""
-
-    def __init__(self, migration: Migration) -> None:
-        super().__init__(daemon=True)
-        self.migration = migration
-        self.halt = threading.Event()
-        self.count = 0
-
-    def run(self) -> None:
-        import psycopg
-
-        with psycopg.connect(**self.migration.source_info().connect_kwargs(), autocommit=True) as conn:
-            while not self.halt.is_set():
-                try:
-                    with conn.transaction():
-                        conn.execute("INSERT INTO public.orders (customer_id, amount) VALUES (1, 1)")
-                        conn.execute("UPDATE public.orders SET amount = amount + 1 WHERE id = %s",
-                                     (1 + self.count % 3000,))
-                    self.count += 1
-                except psycopg.Error:
-                    return  # the cutover froze the source and ended this session
-                self.halt.wait(0.02)
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(timeout=10)
 
 
 @pytest.fixture(scope="package")

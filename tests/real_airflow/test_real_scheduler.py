@@ -28,7 +28,7 @@ def _waiting(airflow, m, run_id, seconds: float) -> list[dict]:
     while time.monotonic() < deadline:
         states = airflow.task_states(m.dag_id, run_id)
         assert not FAILED & set(states.values()), states
-        assert states["sync_while_waiting"] in ("running", "queued", "scheduled"), states
+        assert states["sync_while_waiting"] in ("running", "queued", "scheduled", "up_for_retry"), states
         rows = m.dst("SELECT value FROM pgmigrate.migration_state WHERE key = 'waiting_sync'")
         if rows:
             seen.append(rows[0][0])
@@ -81,7 +81,14 @@ def test_keep_syncing_then_cut_over_ends_green(airflow, migrations):
         assert words in page
 
 
-def test_abort_releases_the_slot_and_the_publication(airflow, migrations):
+def _sync_tries(airflow, m, run_id) -> int:
+    ti = airflow.request("GET", f"/api/v2/dags/{m.dag_id}/dagRuns/{run_id}/taskInstances/sync_while_waiting")
+    return int(ti["try_number"]) if ti["state"] == "running" else 0
+
+
+def test_a_scheduler_restart_then_abort(airflow, migrations):
+    """The scheduler restarts while the question waits (its LocalExecutor workers, and the sync they run, end with
+    it): the sync is retried and the destination keeps following; then Abort releases slot and publication."""
     m = migrations["real_abort"]
     run_id = "real_abort"
     writes = Writes(m)
@@ -89,7 +96,18 @@ def test_abort_releases_the_slot_and_the_publication(airflow, migrations):
     try:
         airflow.trigger(m.dag_id, run_id)
         airflow.open_question(m.dag_id, run_id, "cutover_question")
-        _waiting(airflow, m, run_id, 10)
+        _waiting(airflow, m, run_id, 6)
+        assert _sync_tries(airflow, m, run_id) == 1
+        airflow.restart("scheduler")
+        deadline = time.monotonic() + 240  # the heartbeat timeout (30 s here) finds the lost task, then a retry
+        while _sync_tries(airflow, m, run_id) < 2:
+            assert time.monotonic() < deadline, airflow.task_states(m.dag_id, run_id)
+            time.sleep(3)
+        before = m.dst("SELECT value FROM pgmigrate.migration_state WHERE key = 'waiting_sync'")[0][0]
+        seen = _waiting(airflow, m, run_id, 12)
+        assert seen[-1]["measured_at"] > before["measured_at"], "the retried sync measures again"
+        assert seen[-1]["applied_lsn"] != before["applied_lsn"], "and applies again"
+        airflow.open_question(m.dag_id, run_id, "cutover_question")  # the question waited through the restart
         airflow.answer(m.dag_id, run_id, "cutover_question", "Abort")
         state = airflow.wait_for_run(m.dag_id, run_id)
     finally:
