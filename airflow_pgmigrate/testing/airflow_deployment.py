@@ -71,7 +71,11 @@ class Deployment:
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(16),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-            # A task lost with its worker (a scheduler restart) is found after 30 s instead of 5 minutes.
+            # A task lost with its worker (a scheduler restart) is found within a minute instead of 5-10: a dead
+            # scheduler's tasks are adopted (or reset) by the next one at this interval, once its heartbeat is older
+            # than the threshold, and a task whose heartbeat stopped is failed (and retried) after the timeout.
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
