@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 import types
 import typing
@@ -34,6 +35,8 @@ CONN_ID_RE = re.compile(r"^[\w.-]+$")
 #: A destination table name written like ``sales.orders``: almost surely meant as a schema move, not a dot in a name.
 _SCHEMA_DOT_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
 MAX_IDENTIFIER_BYTES = 63
+#: The largest value a PostgreSQL sequence holds.
+BIGINT_MAX = 2**63 - 1
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -496,6 +499,9 @@ class CutoverSettings(_Validated):
         offset = values.get("sequence_offset")
         if isinstance(offset, int) and offset < 0:
             _problem(errors, "sequence_offset", f"must be 0 or more, got {offset}", "use 0 for no offset")
+        if isinstance(offset, int) and offset > BIGINT_MAX:
+            _problem(errors, "sequence_offset", f"{offset} does not fit a sequence (at most {BIGINT_MAX})",
+                     "use an offset a little above the number of values handed out while cutting over, such as 1000")
         return errors
 
 
@@ -951,6 +957,10 @@ def _coerce(tp: Any, value: Any, path: str, problems: list[Problem]) -> Any:
         return _INVALID if built is None else built
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                problems.append(Problem(path, f"{value} is not a number that can be used here",
+                                        "write a finite number (NaN and infinity are not allowed)"))
+                return _INVALID
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

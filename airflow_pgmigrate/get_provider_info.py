@@ -29,6 +29,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_pgmigrate.operators.cutover_question",
                     "airflow_pgmigrate.operators.full_load",
                     "airflow_pgmigrate.operators.precheck",
+                    "airflow_pgmigrate.operators.rds",
                     "airflow_pgmigrate.operators.schema",
                     "airflow_pgmigrate.operators.start",
                     "airflow_pgmigrate.operators.verify",

@@ -132,6 +132,41 @@ def list_tables(conn: psycopg.Connection) -> list[TableInfo]:
     return list(tables.values())
 
 
+def partition_ancestors(conn: psycopg.Connection) -> dict[QualifiedName, list[QualifiedName]]:
+    """Each partition -> the partitioned tables above it, nearest first (a row filter on one applies to it)."""
+    rows = conn.execute(
+        """
+        WITH RECURSIVE up(child, parent, depth) AS (
+            SELECT i.inhrelid, i.inhparent, 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE c.relispartition
+          UNION ALL
+            SELECT up.child, i.inhparent, up.depth + 1 FROM up JOIN pg_inherits i ON i.inhrelid = up.parent
+              JOIN pg_class c ON c.oid = i.inhrelid WHERE c.relispartition
+        )
+        SELECT cn.nspname, c.relname, pn.nspname, p.relname
+          FROM up JOIN pg_class c ON c.oid = up.child JOIN pg_namespace cn ON cn.oid = c.relnamespace
+          JOIN pg_class p ON p.oid = up.parent JOIN pg_namespace pn ON pn.oid = p.relnamespace
+         ORDER BY 1, 2, up.depth
+        """
+    ).fetchall()
+    out: dict[QualifiedName, list[QualifiedName]] = {}
+    for cs, cn, ps, pn in rows:
+        out.setdefault(QualifiedName(cs, cn), []).append(QualifiedName(ps, pn))
+    return out
+
+
+def partitions(conn: psycopg.Connection) -> dict[QualifiedName, set[QualifiedName]]:
+    """Each partitioned table -> its partitions (one level down)."""
+    out: dict[QualifiedName, set[QualifiedName]] = {}
+    for ps, pn, cs, cn in conn.execute(
+        "SELECT pn.nspname, p.relname, cn.nspname, c.relname FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid AND c.relispartition JOIN pg_namespace cn ON cn.oid = c.relnamespace "
+        "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = p.relnamespace"
+    ).fetchall():
+        out.setdefault(QualifiedName(ps, pn), set()).add(QualifiedName(cs, cn))
+    return out
+
+
 def list_schemas(conn: psycopg.Connection) -> list[str]:
     query = f"SELECT n.nspname FROM pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER} ORDER BY 1"  # noqa: S608 - constant
     rows = conn.execute(query).fetchall()
@@ -222,6 +257,8 @@ __all__ = [
     "list_schemas",
     "list_tables",
     "long_transactions",
+    "partition_ancestors",
+    "partitions",
     "prepared_transactions",
     "server_version_num",
     "setting",

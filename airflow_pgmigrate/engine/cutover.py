@@ -4,8 +4,11 @@
    sessions still connected to it are ended, so no write can slip in. Otherwise the approval is the user's word that
    writes stopped, and verification still reads a snapshot so a late write cannot produce a false "equal".
 2. Drain: changes are applied until the applied LSN reaches the source's WAL position at the freeze.
-3. Every destination sequence is set from the source (+ ``cutover.sequence_offset``).
-4. Verify every table; a difference stops the cutover unless ``cutover.allow_differences``.
+3. Non-streamed state (:mod:`airflow_pgmigrate.engine.nonstreamed`): every migrated sequence is set from the source
+   (``cutover.sequence_offset`` away from the used values, in the sequence's direction), and the large objects
+   created, changed or deleted during sync are brought over.
+4. Verify what the migration moves (rows of every table and partitioned table, partitions, sequences, large
+   objects); a difference stops the cutover, naming the object, unless ``cutover.allow_differences``.
 5. Release the slot and the publication; remove the security-group rule the precheck added, if any.
 6. Record the report (times of each step, downtime window, rows, LSNs, verification) in the migration state.
 """
@@ -21,9 +24,9 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.incremental import SyncError, release, run_incremental
-from airflow_pgmigrate.engine.sequences import sync_sequences
+from airflow_pgmigrate.engine.nonstreamed import sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
-from airflow_pgmigrate.engine.verify import compare, verify_migration
+from airflow_pgmigrate.engine.verify import compare, differences, verify_migration
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 if TYPE_CHECKING:
@@ -115,6 +118,10 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
                                          log=log)
     step("sequences", t0, count=len(report["sequences"]))
 
+    t0 = time.monotonic()  # logical decoding does not carry large objects: those changed during sync come now
+    report["large_objects"] = sync_large_objects_between(source, destination, log=log)
+    step("large_objects", t0, **report["large_objects"])
+
     t0 = time.monotonic()
     verification = compare(config, source, destination, log=log) if frozen else \
         verify_migration(config, source, destination, log=log)
@@ -123,10 +130,8 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
     if not verification["equal"] and not config.cutover.allow_differences:
         report["status"] = "stopped: verification found differences"
         state.put("cutover", report)
-        tables = [f"{t['table']} (missing {t['missing_count']}, extra {t['extra_count']}, different "
-                  f"{t['different_count']}: {', '.join((t['missing'] + t['extra'] + t['different'])[:5])})"
-                  for t in verification["tables"] if not t["equal"]]
-        raise CutoverError("cutover stopped: the destination differs from the source in " + "; ".join(tables)
+        raise CutoverError("cutover stopped: the destination differs from the source: "
+                           + "; ".join(differences(verification))
                            + ". The slot is kept: fix the cause, then run the cutover again (or set "
                            "cutover.allow_differences)", report)
 

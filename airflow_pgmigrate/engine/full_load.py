@@ -34,7 +34,8 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
-from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
+from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name, unmatched_entries
+from airflow_pgmigrate.engine.nonstreamed import sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.pgdump import (
     available_clients,
     client_env,
@@ -44,7 +45,6 @@ from airflow_pgmigrate.engine.pgdump import (
 )
 from airflow_pgmigrate.engine.publication import ensure_publication
 from airflow_pgmigrate.engine.schema import read_source_schema
-from airflow_pgmigrate.engine.sequences import sync_sequences
 from airflow_pgmigrate.engine.slots import drop_leftover_slot, watch_slot_creation
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.engine.state import MigrationState
@@ -65,7 +65,6 @@ INCOMPRESSIBLE_MIN_VALUES = 20
 INCOMPRESSIBLE_SAMPLE_PAGES = 64  # heap pages read (at random) for the sample
 #: ``split_tables_larger_than: auto`` leaves tables below this whole.
 AUTO_SPLIT_MIN_BYTES = 64 * 1024 * 1024
-LO_PIECE = 1024 * 1024
 
 
 class FullLoadError(PgMigrateError):
@@ -132,11 +131,16 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
                 jobs: int | None = None) -> list[TablePlan]:
     """The tables to copy (partitions rather than their partitioned parents), costliest first, with their chunks."""
     schema = read_source_schema(src, config)
+    unmatched = unmatched_entries(config, schema.tables, schema.selected, schema.whole_schemas)
+    if unmatched:
+        raise FullLoadError("the migration config has entries that match no table it migrates (they would do "
+                            f"nothing): {'; '.join(unmatched)}. Select the tables they name, or remove the entries")
     mapper = NameMapper(config.mapping)
     column_selection = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
     version = catalog.server_version_num(src)
     plans: list[TablePlan] = []
     tables: list[catalog.TableInfo] = []
+    ancestors = catalog.partition_ancestors(src)
     for name in sorted(schema.selected):
         table = schema.tables[name]
         if table.relkind != "r":
@@ -153,7 +157,8 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
         if config.conflicting_tables == "ignore":
             row = dst.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(_ident(target))).fetchone()
             staging = bool(row and row[0])
-        row_filter = safe_row_filter(config, name, src, "source")  # refuses VOLATILE calls before any runs
+        # A partitioned table's filter applies to its partitions; VOLATILE calls are refused before any runs.
+        row_filter = safe_row_filter(config, name, src, "source", ancestors.get(name, ()))
         plan = TablePlan(str(name), str(target), columns, target_columns, row_filter,
                          table.size_bytes, table.estimated_rows, binary, staging,
                          [mapper.column(name, c) for c in (table.key_columns or [])],
@@ -692,30 +697,9 @@ class FullLoad:
         return sync_sequences(self.config, self.source, self.destination, snapshot=snapshot, log=self.log)
 
     def _copy_large_objects(self, snapshot: str) -> int:
-        copied = 0
-        with connect(self.source, autocommit=False) as src, connect(self.destination, autocommit=False) as dst:
-            src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            oids = [r[0] for r in src.execute("SELECT oid FROM pg_largeobject_metadata ORDER BY oid")]
-            for oid in oids:
-                if dst.execute("SELECT 1 FROM pg_largeobject_metadata WHERE oid = %s", (oid,)).fetchone():
-                    dst.execute("SELECT lo_unlink(%s)", (oid,))
-                dst.execute("SELECT lo_create(%s)", (oid,))
-                offset = 0
-                while True:
-                    row = src.execute("SELECT lo_get(%s, %s, %s)", (oid, offset, LO_PIECE)).fetchone()
-                    piece = bytes(row[0]) if row and row[0] is not None else b""
-                    if not piece:
-                        break
-                    self.throttle.on_bytes(len(piece))
-                    dst.execute("SELECT lo_put(%s, %s, %s)", (oid, offset, piece))
-                    offset += len(piece)
-                dst.commit()
-                copied += 1
-            src.rollback()
-        if copied:
-            self.log(f"full_load large_objects={copied} copied")
-        return copied
+        copied = sync_large_objects_between(self.source, self.destination, snapshot=snapshot, compare_first=False,
+                                            on_bytes=self.throttle.on_bytes, log=self.log)
+        return copied["copied"]
 
     # -- entry point ---------------------------------------------------------------------------------------------
 

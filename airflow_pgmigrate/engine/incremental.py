@@ -317,7 +317,7 @@ class IncrementalSync:
                             f"ALTER TABLE {name} REPLICA IDENTITY FULL (or add a primary key)")
         key = [] if rel.replica_identity == "f" else [i for i, c in enumerate(rel.columns) if c.key]
         key_names = [mapper.column(name, rel.columns[i].name) for i in key]
-        row_filter = safe_row_filter(self.config, name, dst, "destination")
+        row_filter = safe_row_filter(self.config, name, dst, "destination", self._ancestors.get(name, ()))
         if row_filter:
             rewriter = DefinitionRewriter(mapper, {name: [c.name for c in rel.columns]}, {name: "r"})
             from pglast import parse_sql
@@ -430,6 +430,7 @@ class IncrementalSync:
                                 "source failed over to a standby that does not have it. Drop any orphaned slot on "
                                 "the new primary and restart the migration from a fresh full load")
             self._check_new_partitions(src, version)
+            self._ancestors = catalog.partition_ancestors(src)  # a partitioned table's filter applies to its partitions
             target = lsn_to_int(target_lsn) if target_lsn else lsn_to_int(
                 src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
         stop_at = lsn_to_int(stop_before_lsn) if stop_before_lsn else None
@@ -714,6 +715,7 @@ class IncrementalSync:
                             "not migrate")
 
     _selector: Callable[[QualifiedName], bool]
+    _ancestors: dict[QualifiedName, list[QualifiedName]]
     _planned_types: dict[QualifiedName, dict[str, str]]
     #: Source type names by (type oid, typmod), resolved once per run for the type-change check.
     _type_names: dict[tuple[int, int], str]

@@ -9,21 +9,27 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
-from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
+from airflow_pgmigrate.engine.names import (
+    NameMapper,
+    QualifiedName,
+    TableSelector,
+    parse_qualified_name,
+    unmatched_entries,
+)
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
 from airflow_pgmigrate.engine.sqlfilter import volatile_calls
 from airflow_pgmigrate.engine.state import MigrationState
 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
-    from airflow_pgmigrate.engine.rds import RdsInspector
+    from airflow_pgmigrate.engine.rds import IngressRule, RdsInspector, SourceFacts
 
 MIN_SOURCE_VERSION = 100004
 
@@ -45,14 +51,17 @@ CHECK_NAMES: tuple[str, ...] = (
     "c_functions",
     "name_conflicts",
     "extensions",
+    "xml_support",
     "pg_dump",
     "destination_space",
     "long_transactions",
     "prepared_transactions",
     "rds_instance",
+    "rds_endpoint",
     "rds_logical_replication",
     "rds_public_access",
     "rds_security_group",
+    "rds_storage",
 )
 
 
@@ -214,25 +223,16 @@ def _grantee(user: str) -> str:
 
 
 def _migrated_sequences(ctx: PrecheckContext) -> list[tuple[QualifiedName, bool]]:
-    """Sequences the selected tables own or use in a default (read at full load and cutover): (name, readable)."""
+    """Every sequence the migration sets (the non-streamed state's own list): (name, readable by the account)."""
+    from airflow_pgmigrate.engine.nonstreamed import migrated_sequences
+
     assert ctx.src is not None
-    oids = [t.oid for t in ctx.selected]
-    rows = ctx.src.execute(
-        """
-        SELECT n.nspname, s.relname, has_sequence_privilege(s.oid, 'SELECT')
-          FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
-         WHERE s.relkind = 'S' AND (
-               EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid
-                       AND d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(%(oids)s)
-                       AND d.deptype IN ('a', 'i'))
-            OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_attrdef ad ON ad.oid = d.objid
-                       WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass
-                       AND d.refobjid = s.oid AND ad.adrelid = ANY(%(oids)s)))
-         ORDER BY 1, 2
-        """,
-        {"oids": oids},
-    ).fetchall()
-    return [(QualifiedName(r[0], r[1]), bool(r[2])) for r in rows]
+    out = []
+    for name in sorted(migrated_sequences(ctx.config, ctx.src)):
+        row = ctx.src.execute("SELECT has_sequence_privilege(%s, 'SELECT')",
+                              (sql.Identifier(name.schema, name.name).as_string(ctx.src),)).fetchone()
+        out.append((name, bool(row and row[0])))
+    return out
 
 
 def _unreadable_large_objects(ctx: PrecheckContext) -> list[int]:
@@ -455,7 +455,7 @@ def check_destination_privileges(ctx: PrecheckContext) -> list[CheckResult]:
                 missing.append(f"{', '.join(lacks)} on {table}")
                 fixes.append(f"GRANT {', '.join(lacks)} ON {_q(table)} TO {to};")
         if ctx.src is not None:
-            sequences = [_q(QualifiedName(ctx.mapper.schema(s.schema), s.name)) for s, _ in _migrated_sequences(ctx)]
+            sequences = [_q(ctx.mapper.table(s)) for s, _ in _migrated_sequences(ctx)]
             for schema, name in ctx.dst.execute(
                     "SELECT n.nspname, c.relname FROM unnest(%s::text[]) AS t(name) "
                     "JOIN pg_class c ON c.oid = to_regclass(t.name) JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -494,7 +494,6 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
     by_name = {t.name: t for t in ctx.tables}
     selected_names = {t.name for t in ctx.selected}
     problems: list[str] = []
-    warnings: list[str] = []
     assert ctx.src is not None
     schemas = set(catalog.list_schemas(ctx.src))
     for schema in config.objects.schemas:
@@ -507,14 +506,15 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
         if name not in by_name:
             close = difflib.get_close_matches(str(name), keys, n=1, cutoff=0.6)
             problems.append(f"table {name} does not exist" + (f" (did you mean {close[0]}?)" if close else ""))
+    # Every entry naming a table must match one the migration moves (partitions of selected tables included).
+    ancestors = catalog.partition_ancestors(ctx.src)
+    moved = selected_names | {name for name, above in ancestors.items() if set(above) & selected_names}
+    problems.extend(unmatched_entries(config, by_name, moved, ctx.scope_schemas()))
     for key, cols in config.objects.columns.items():
         name = parse_qualified_name(key)
         table = by_name.get(name)
         if table is None:
-            problems.append(f"columns are selected for {name}, which does not exist")
-            continue
-        if name not in selected_names:
-            warnings.append(f"columns are selected for {name}, which is not selected")
+            continue  # named above
         unknown = [c for c in cols if c not in table.column_names]
         if unknown:
             problems.append(f"{name} has no column {', '.join(unknown)}")
@@ -523,14 +523,6 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
             left_out = [c for c in key_cols if c not in cols]
             if left_out:
                 problems.append(f"the column selection of {name} leaves out key column(s) {', '.join(left_out)}")
-    for section, mapping in (("mapping.tables", config.mapping.tables), ("mapping.columns", config.mapping.columns),
-                             ("filters", config.filters)):
-        for key in mapping:
-            name = parse_qualified_name(key)
-            if name not in by_name:
-                problems.append(f"{section} names {name}, which does not exist")
-            elif name not in selected_names:
-                warnings.append(f"{section} names {name}, which is not selected")
     for key, renames in config.mapping.columns.items():
         table = by_name.get(parse_qualified_name(key))
         if table is not None:
@@ -543,10 +535,8 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
     if problems:
         results.append(failed("selected_objects", "; ".join(problems),
                               "correct objects / mapping / filters in the migration config (names are exact and "
-                              "case-sensitive; quote a part holding a dot: \"my.schema\".orders)", objects=problems))
-    if warnings:
-        results.append(warning("selected_objects", "; ".join(warnings),
-                               "select these tables, or remove the entries that name them", objects=warnings))
+                              "case-sensitive; quote a part holding a dot: \"my.schema\".orders); select the "
+                              "tables an entry names, or remove the entry", objects=problems))
     if not results:
         size = sum(t.size_bytes for t in ctx.selected)
         results.append(passed("selected_objects", f"{len(ctx.selected)} table(s) selected, {_size(size)}"))
@@ -743,6 +733,38 @@ def check_prepared_tables(ctx: PrecheckContext) -> list[CheckResult]:
     return [passed("name_conflicts", detail)]
 
 
+_XML_COLUMNS = """
+    SELECT n.nspname, c.relname, a.attname
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN pg_type t ON t.oid = a.atttypid
+      LEFT JOIN pg_type e ON e.oid = t.typelem
+     WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
+       AND 'xml'::regtype IN (t.oid, t.typbasetype, e.oid, e.typbasetype)
+     ORDER BY 1, 2, a.attnum
+"""
+
+
+def check_xml_support(ctx: PrecheckContext) -> list[CheckResult]:
+    """xml values need a destination built with libxml: probe it when migrated columns hold xml, before any copy."""
+    assert ctx.src is not None and ctx.dst is not None
+    chosen = {parse_qualified_name(k): set(v) for k, v in ctx.config.objects.columns.items()}
+    columns = [f"{QualifiedName(s, t)}.{c}" for s, t, c in ctx.src.execute(
+        _XML_COLUMNS, ([t.oid for t in ctx.selected],)).fetchall()
+        if QualifiedName(s, t) not in chosen or c in chosen[QualifiedName(s, t)]]
+    if not columns:
+        return [passed("xml_support", "no migrated column holds xml")]
+    try:
+        with ctx.dst.transaction(force_rollback=True):
+            ctx.dst.execute("SELECT '<a/>'::xml")
+    except psycopg.Error as exc:
+        message = (exc.diag.message_primary or str(exc)).strip()
+        return [failed("xml_support", f"the destination cannot hold xml values ({message}), and "
+                       f"{len(columns)} migrated column(s) are xml: {', '.join(columns)}",
+                       "use a destination PostgreSQL built with libxml (--with-libxml; every packaged build is), or "
+                       "leave these columns out with objects.columns", objects=columns)]
+    return [passed("xml_support", f"the destination accepts xml ({len(columns)} xml column(s) migrate)")]
+
+
 def check_extensions(ctx: PrecheckContext) -> list[CheckResult]:
     assert ctx.src is not None and ctx.dst is not None
     used = {k: v for k, v in catalog.installed_extensions(ctx.src).items() if k != "plpgsql"}
@@ -819,6 +841,56 @@ def check_prepared_transactions(ctx: PrecheckContext) -> list[CheckResult]:
                    objects=[p["gid"] for p in prepared])]
 
 
+def _source_facts(ctx: PrecheckContext) -> SourceFacts:
+    """Where the source connection goes and what the server it reached says (RDS endpoint and replication checks)."""
+    from airflow_pgmigrate.engine.rds import SourceFacts
+
+    facts = SourceFacts(ctx.source.host, ctx.source.port)
+    if ctx.src is None:
+        return facts
+    try:
+        row = ctx.src.execute("SELECT current_setting('wal_level'), pg_is_in_recovery()").fetchone()
+    except psycopg.Error:
+        return facts
+    assert row is not None
+    return SourceFacts(ctx.source.host, ctx.source.port, str(row[0]), bool(row[1]))
+
+
+def _rds_items(ctx: PrecheckContext, rds: RdsInspector | None, skip: set[str],
+               record_rules: Callable[[list[IngressRule]], None] | None) -> tuple[list[CheckResult], list[IngressRule]]:
+    """The RDS items (never raising: an unexpected error is a failed item), and the ingress rules they added."""
+    config = ctx.config
+    assert config.rds is not None
+    if rds is None:
+        return [failed("rds_instance", "rds is configured but no AWS client was given to the precheck",
+                       "configure rds.aws_conn_id or AWS credentials for the workers")], []
+    # A rule is added only where it can be recorded first (the destination's state), and never for a skipped item.
+    record = record_rules if ctx.dst is not None and "rds_security_group" not in skip else None
+    try:
+        outcome = rds.check(config.rds, config.name, need_logical_replication=config.wants("incremental"),
+                            source=_source_facts(ctx), record=record)
+    except Exception as exc:  # noqa: BLE001 - the report is always produced
+        return [failed("rds_instance", f"the RDS check itself failed: {type(exc).__name__}: {exc}",
+                       "fix the cause named here and run the precheck again")], []
+    results = [skipped(r.name, "skipped by configuration") if r.name in skip else r for r in outcome.results]
+    return results, outcome.added_rules
+
+
+def _rds_destination_space(ctx: PrecheckContext, rds: RdsInspector | None, report: PrecheckReport) -> None:
+    """Replace the generic ``destination_space`` (PostgreSQL cannot tell free disk space) by CloudWatch's figure
+    when the destination is an RDS instance these AWS credentials see."""
+    current = report.result("destination_space") if "destination_space" in report.statuses() else None
+    if rds is None or current is None or not current.detail.startswith("the selected source data"):
+        return
+    try:
+        found = rds.destination_space(ctx.destination.host, sum(t.size_bytes for t in ctx.selected))
+    except Exception as exc:  # noqa: BLE001 - the report is always produced
+        found = failed("destination_space", f"reading the destination's free storage failed: {exc}",
+                       "fix the cause, or skip destination_space")
+    if found is not None:
+        report.results = [found if r is current else r for r in report.results]
+
+
 #: Item -> (function, migration types it applies to, needs source, needs destination).
 _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "source_version": (check_source_version, ("schema", "full", "incremental"), True, False),
@@ -835,6 +907,7 @@ _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "c_functions": (check_c_functions, ("schema",), True, False),
     "name_conflicts": (check_name_conflicts, ("schema", "full", "incremental"), True, True),
     "extensions": (check_extensions, ("schema",), True, True),
+    "xml_support": (check_xml_support, ("schema", "full", "incremental"), True, True),
     "pg_dump": (check_pg_dump, ("schema",), True, True),
     "destination_space": (check_destination_space, ("full",), True, False),
     "long_transactions": (check_long_transactions, ("incremental",), True, False),
@@ -849,9 +922,12 @@ def run_precheck(
     *,
     rds: RdsInspector | None = None,
     skip: Iterable[str] = (),
-    record_rules: Callable[[list[dict[str, Any]]], None] | None = None,
+    record_rules: Callable[[list[IngressRule]], None] | None = None,
 ) -> PrecheckReport:
-    """Run every item that applies to the config's migration types; never raises for a failed item."""
+    """Run every item that applies to the config's migration types; never raises for a failed item.
+
+    ``record_rules`` keeps the ingress rules the RDS check adds (it is called before each is added); without it, or
+    when the destination cannot be reached, no rule is added."""
     skip_set = set(config.precheck.skip) | set(skip)
     report = PrecheckReport(migration=config.name)
     ctx = PrecheckContext(config, source, destination)
@@ -895,16 +971,10 @@ def run_precheck(
                                 "grant the account read access to the catalog views, or skip this item")])
 
         if config.rds is not None:
-            if rds is None:
-                add([failed("rds_instance", "rds is configured but no AWS client was given to the precheck",
-                            "configure rds.aws_conn_id or AWS credentials for the workers")])
-            else:
-                outcome = rds.check(config.rds, config.name, need_logical_replication=config.wants("incremental"))
-                add([skipped(r.name, "skipped by configuration") if r.name in skip_set else r
-                     for r in outcome.results])
-                report.added_ingress_rules = [r.to_dict() for r in outcome.added_rules]
-                if report.added_ingress_rules and record_rules is not None:
-                    record_rules(report.added_ingress_rules)
+            results, added = _rds_items(ctx, rds, skip_set, record_rules)
+            add(results)
+            report.added_ingress_rules = [r.to_dict() for r in added]
+            _rds_destination_space(ctx, rds, report)
     finally:
         for opened in (ctx.src, ctx.dst):
             if opened is not None:

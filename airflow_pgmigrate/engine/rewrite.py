@@ -29,7 +29,7 @@ _COLUMN_SUBTYPES = frozenset({
     "AT_SetStatistics", "AT_SetStorage",
 })
 #: Relation kinds whose names follow the table mapping and case policy (others keep their names).
-RENAMED_RELKINDS = frozenset({"r", "p", "v", "m", "f"})
+RENAMED_RELKINDS = frozenset({"r", "p", "v", "m", "f", "S"})
 
 
 class RewriteError(Exception):
@@ -538,8 +538,9 @@ class DefinitionRewriter:
                 if hasattr(node.object, "sval"):
                     node.object.sval = self.schema(node.object.sval)
             elif kind == "DefElem" and node.defname == "sequence_name" and isinstance(node.arg, (tuple, list)):
-                if len(node.arg) == 2:
-                    node.arg[0].sval = self.schema(node.arg[0].sval)
+                if len(node.arg) == 2:  # an identity column's sequence
+                    target = self.relation(QualifiedName(node.arg[0].sval, node.arg[1].sval))
+                    node.arg[0].sval, node.arg[1].sval = target.schema, target.name
 
     def _regclass_literal(self, cast: Any) -> None:
         names = [getattr(n, "sval", "") for n in (cast.typeName.names or ())]

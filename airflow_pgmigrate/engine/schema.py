@@ -206,6 +206,7 @@ def read_source_schema(conn: psycopg.Connection, config: MigrationConfig) -> Sou
     ).fetchall():
         view_tables.setdefault(QualifiedName(vs, vn), set()).add(QualifiedName(ts, tn))
     needed = _needed_objects(conn, [tables[n].oid for n in selected])
+    needed |= _sequences_called_by_name(conn, needed)
     version = catalog.server_version_num(conn)
     extensions: dict[str, str] = dict(conn.execute(
         "SELECT e.extname, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
@@ -233,6 +234,33 @@ def _partitions_of(conn: psycopg.Connection, parents: set[QualifiedName]) -> set
         ([p.schema for p in parents], [p.name for p in parents]),
     ).fetchall()
     return {QualifiedName(s, t) for s, t in rows}
+
+
+_NAME_PART = r'(?:"[^"]+"|[A-Za-z0-9_$]+)'
+#: A sequence function called with a sequence name as a literal: nextval('invoice_no'), currval('"S".x').
+_SEQUENCE_CALL = rf"(?:nextval|currval|setval)\s*\(\s*'({_NAME_PART}(?:\.{_NAME_PART})?)'"
+
+
+def _sequences_called_by_name(conn: psycopg.Connection,
+                              needed: set[tuple[str, str | None, str]]) -> set[tuple[str, str | None, str]]:
+    """Sequences that a needed function calls by name in its body (``nextval('invoice_no')``): the catalog records
+    no dependency on them, yet the function fails on the destination without them."""
+    functions = sorted((s, n) for kind, s, n in needed if kind == "FUNCTION" and s)
+    if not functions:
+        return set()
+    rows = conn.execute(
+        """
+        SELECT DISTINCT sn.nspname, s.relname
+          FROM pg_proc p JOIN pg_namespace pn ON pn.oid = p.pronamespace
+          JOIN unnest(%s::text[], %s::text[]) AS f(s, n)
+            ON f.s = pn.nspname AND f.n = p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
+          CROSS JOIN LATERAL regexp_matches(p.prosrc, %s, 'gi') AS m
+          JOIN pg_class s ON s.oid = to_regclass(m[1]) AND s.relkind = 'S'
+          JOIN pg_namespace sn ON sn.oid = s.relnamespace
+        """,
+        ([s for s, _ in functions], [n for _, n in functions], _SEQUENCE_CALL),
+    ).fetchall()
+    return {("SEQUENCE", schema, name) for schema, name in rows}
 
 
 def _needed_objects(conn: psycopg.Connection, table_oids: list[int]) -> set[tuple[str, str | None, str]]:

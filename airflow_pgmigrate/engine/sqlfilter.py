@@ -12,6 +12,7 @@ given as text (``query_to_xml``, ``ts_rewrite``, ``dblink``) and user functions 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -168,10 +169,21 @@ def volatile_calls(conn: Any, condition: str) -> list[str]:
     return found
 
 
-def safe_row_filter(config: MigrationConfig, table: QualifiedName, conn: Any, where: str) -> str | None:
-    """The table's normalised row filter, after checking on ``conn``'s server that it calls nothing VOLATILE;
-    raise UnsafeRowFilter (naming the table, the calls and ``where``) otherwise."""
-    condition = config.row_filter(table)
+def inherited_row_filter(config: MigrationConfig, table: QualifiedName,
+                         ancestors: Sequence[QualifiedName] = ()) -> str | None:
+    """The row filter of a table: its own and those of the partitioned tables above it, all of them applying."""
+    conditions = [c for c in (config.row_filter(t) for t in (table, *ancestors)) if c is not None]
+    if len(conditions) <= 1:
+        return conditions[0] if conditions else None
+    return " AND ".join(f"({c})" for c in conditions)
+
+
+def safe_row_filter(config: MigrationConfig, table: QualifiedName, conn: Any, where: str,
+                    ancestors: Sequence[QualifiedName] = ()) -> str | None:
+    """The table's normalised row filter (with those of its partitioned ancestors), after checking on ``conn``'s
+    server that it calls nothing VOLATILE; raise UnsafeRowFilter (naming the table, the calls and ``where``)
+    otherwise."""
+    condition = inherited_row_filter(config, table, ancestors)
     if condition is None:
         return None
     volatile = volatile_calls(conn, condition)
@@ -183,4 +195,4 @@ def safe_row_filter(config: MigrationConfig, table: QualifiedName, conn: Any, wh
     return condition
 
 
-__all__ = ["UnsafeRowFilter", "normalize_row_filter", "safe_row_filter", "volatile_calls"]
+__all__ = ["UnsafeRowFilter", "inherited_row_filter", "normalize_row_filter", "safe_row_filter", "volatile_calls"]

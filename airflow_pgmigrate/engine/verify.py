@@ -1,8 +1,13 @@
-"""Data verification: compare source and destination table by table, through the mapping, selection and filters.
+"""Data verification: compare source and destination on everything the migration moves.
 
-Per table: row counts, then a checksum per bucket of rows (rows are spread over buckets by a hash of their key), then,
-for each bucket that differs, the keys themselves: missing in the destination, extra, or different. Each side
-computes its checksums in SQL, so only bucket sums and the keys of differing buckets cross the network.
+- Table rows, through the mapping, column selection and row filters (a partitioned table's filter applies to its
+  partitions), for every table moved and for each partitioned table as a whole (its rows through its partitions).
+  Per table: row counts, then a checksum per bucket of rows (rows are spread over buckets by a hash of their key),
+  then, for each bucket that differs, the keys themselves: missing in the destination, extra, or different. Each
+  side computes its checksums in SQL, so only bucket sums and the keys of differing buckets cross the network.
+- The set of partitions of each partitioned table (a partition detached or attached on the source is named).
+- Sequences and large objects (see :mod:`airflow_pgmigrate.engine.nonstreamed`): every migrated sequence at or
+  beyond the source's value in its direction; large objects by count and a digest of each object's data.
 
 Consistency: the source is read in a snapshot and the destination holds exactly the changes committed before that
 snapshot (the caller pauses incremental sync at the snapshot's LSN, see :func:`verify_migration`), so a busy source
@@ -21,7 +26,8 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
-from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
+from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
+from airflow_pgmigrate.engine.nonstreamed import compare_state, sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -42,6 +48,14 @@ class TableCheck:
     key: list[str]
     target_key: list[str]
     row_filter: str | None
+    #: A partitioned table: the tables below it that the migration moves, by name and (leaves) by oid. Its rows are
+    #: those of these leaves (read through it, not ONLY; on the source only from these leaves).
+    below: list[QualifiedName] | None = None
+    leaf_oids: list[int] = field(default_factory=list)
+
+    @property
+    def partitioned(self) -> bool:
+        return self.below is not None
 
 
 @dataclass
@@ -51,6 +65,7 @@ class TableResult:
     source_rows: int
     destination_rows: int
     buckets: int
+    partitioned: bool = False
     differing_buckets: int = 0
     missing: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
@@ -76,48 +91,89 @@ def _key_text(key: list[str]) -> sql.Composable:
     return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(map(sql.Identifier, key)))
 
 
-def _bucket_query(table: QualifiedName, columns: list[str], key: list[str], row_filter: str | None,
-                  buckets: int) -> sql.Composed:
-    where = sql.SQL(" WHERE ({})").format(sql.SQL(row_filter)) if row_filter else sql.SQL("")
+def _relation(table: QualifiedName, partitioned: bool) -> sql.Composed:
+    return sql.SQL("{}{}").format(sql.SQL("" if partitioned else "ONLY "), sql.Identifier(table.schema, table.name))
+
+
+def _conditions(row_filter: str | None, leaf_oids: list[int] | None) -> list[sql.Composable]:
+    """The row filter, and for a partitioned table on the source, its rows only from the leaves migrated."""
+    out: list[sql.Composable] = []
+    if row_filter:
+        out.append(sql.SQL("({})").format(sql.SQL(row_filter)))
+    if leaf_oids is not None:
+        out.append(sql.SQL("tableoid = ANY({}::oid[])").format(sql.Literal(leaf_oids)))
+    return out
+
+
+def _bucket_query(table: QualifiedName, columns: list[str], key: list[str], conditions: list[sql.Composable],
+                  buckets: int, partitioned: bool = False) -> sql.Composed:
+    where = sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(conditions)) if conditions else sql.SQL("")
     return sql.SQL(
         "SELECT mod(abs(hashtext({k})::bigint), {n}) AS b, count(*), "
-        "sum(('x' || substr({h}, 1, 15))::bit(60)::bigint) FROM ONLY {t}{w} GROUP BY 1"
-    ).format(k=_key_text(key), n=sql.Literal(buckets), h=_row_hash(columns),
-             t=sql.Identifier(table.schema, table.name), w=where)
+        "sum(('x' || substr({h}, 1, 15))::bit(60)::bigint) FROM {t}{w} GROUP BY 1"
+    ).format(k=_key_text(key), n=sql.Literal(buckets), h=_row_hash(columns), t=_relation(table, partitioned),
+             w=where)
 
 
-def _rows_query(table: QualifiedName, columns: list[str], key: list[str], row_filter: str | None, buckets: int,
-                wanted: list[int]) -> sql.Composed:
+def _rows_query(table: QualifiedName, columns: list[str], key: list[str], where: list[sql.Composable], buckets: int,
+                wanted: list[int], partitioned: bool = False) -> sql.Composed:
     conditions = [sql.SQL("mod(abs(hashtext({k})::bigint), {n}) = ANY({b})").format(
-        k=_key_text(key), n=sql.Literal(buckets), b=sql.Literal(wanted))]
-    if row_filter:
-        conditions.append(sql.SQL("({})").format(sql.SQL(row_filter)))
-    return sql.SQL("SELECT {k}, {h} FROM ONLY {t} WHERE {c}").format(
-        k=_key_text(key), h=_row_hash(columns), t=sql.Identifier(table.schema, table.name),
-        c=sql.SQL(" AND ").join(conditions))
+        k=_key_text(key), n=sql.Literal(buckets), b=sql.Literal(wanted)), *where]
+    return sql.SQL("SELECT {k}, {h} FROM {t} WHERE {c}").format(
+        k=_key_text(key), h=_row_hash(columns), t=_relation(table, partitioned), c=sql.SQL(" AND ").join(conditions))
 
 
-def plan_checks(config: MigrationConfig, src: psycopg.Connection) -> list[TableCheck]:
-    """Which tables to compare, with their columns and keys on each side (leaf tables, selected columns)."""
+def plan_checks(config: MigrationConfig, src: psycopg.Connection,
+                selected: set[QualifiedName] | None = None) -> list[TableCheck]:
+    """Which tables to compare, with their columns and keys on each side: every table the migration moves (the
+    partitions of a selected partitioned table included) and the partitioned tables themselves, read through their
+    partitions, each through its row filter (a partitioned table's applies to its partitions) and column selection."""
+    from airflow_pgmigrate.engine.schema import read_source_schema
+
     tables = {t.name: t for t in catalog.list_tables(src)}
-    selector = TableSelector(config.objects)
+    if selected is None:
+        selected = read_source_schema(src, config).selected
+    ancestors = catalog.partition_ancestors(src)
+    below: dict[QualifiedName, list[QualifiedName]] = {}
+    for name in sorted(n for n in ancestors if n in selected):
+        for parent in ancestors[name]:
+            below.setdefault(parent, []).append(name)
     mapper = NameMapper(config.mapping)
     columns_of = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
     checks = []
     for name, table in sorted(tables.items()):
-        if table.relkind != "r" or not selector(name):
-            continue
-        if table.is_partition and not selector(name):
+        if table.relkind not in ("r", "p") or name not in selected:
             continue
         generated = {r[0] for r in src.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attgenerated <> ''", (table.oid,))}
         wanted = columns_of.get(name)
         columns = [c for c in table.column_names if c not in generated and (wanted is None or c in wanted)]
         key = table.key_columns or columns
-        row_filter = safe_row_filter(config, name, src, "source")
-        checks.append(TableCheck(name, mapper.table(name), columns, [mapper.column(name, c) for c in columns],
-                                 key, [mapper.column(name, c) for c in key], row_filter))
+        row_filter = safe_row_filter(config, name, src, "source", ancestors.get(name, ()))
+        check = TableCheck(name, mapper.table(name), columns, [mapper.column(name, c) for c in columns],
+                           key, [mapper.column(name, c) for c in key], row_filter)
+        if table.relkind == "p":
+            check.below = below.get(name, [])
+            check.leaf_oids = [tables[t].oid for t in check.below if tables[t].relkind == "r"]
+        checks.append(check)
     return checks
+
+
+def compare_partitions(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.Connection,
+                       selected: set[QualifiedName]) -> list[dict[str, Any]]:
+    """For each partitioned table the migration moves: its partitions on each side (by destination name)."""
+    mapper = NameMapper(config.mapping)
+    here, there = catalog.partitions(src), catalog.partitions(dst)
+    out = []
+    for parent in sorted(p for p in here if p in selected):
+        target = mapper.table(parent)
+        wanted = {mapper.table(c) for c in here[parent] if c in selected}
+        found = there.get(target, set())
+        missing, extra = sorted(map(str, wanted - found)), sorted(map(str, found - wanted))
+        out.append({"table": str(parent), "target": str(target), "source_partitions": len(wanted),
+                    "destination_partitions": len(found), "missing": missing, "extra": extra,
+                    "equal": not (missing or extra)})
+    return out
 
 
 def _key_label(text: str) -> str:
@@ -127,24 +183,26 @@ def _key_label(text: str) -> str:
 def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Connection,
                   buckets: int = BUCKETS) -> TableResult:
     """Compare one table; ``src`` may be inside a snapshot transaction."""
+    whole = check.partitioned
+    source_where = _conditions(check.row_filter, check.leaf_oids if whole else None)
     source_sums = {b: (n, s) for b, n, s in src.execute(
-        _bucket_query(check.source, check.columns, check.key, check.row_filter, buckets)).fetchall()}
+        _bucket_query(check.source, check.columns, check.key, source_where, buckets, whole)).fetchall()}
     target_sums = {b: (n, s) for b, n, s in dst.execute(
-        _bucket_query(check.target, check.target_columns, check.target_key, None, buckets)).fetchall()}
+        _bucket_query(check.target, check.target_columns, check.target_key, [], buckets, whole)).fetchall()}
     result = TableResult(str(check.source), str(check.target), sum(n for n, _ in source_sums.values()),
-                         sum(n for n, _ in target_sums.values()), buckets)
+                         sum(n for n, _ in target_sums.values()), buckets, whole)
     differing = sorted(b for b in set(source_sums) | set(target_sums) if source_sums.get(b) != target_sums.get(b))
     result.differing_buckets = len(differing)
     if not differing:
         return result
     # Narrow down: the keys and row hashes of the differing buckets only.
     source_rows: dict[str, list[str]] = {}
-    for key, digest in src.execute(_rows_query(check.source, check.columns, check.key, check.row_filter, buckets,
-                                               differing)):
+    for key, digest in src.execute(_rows_query(check.source, check.columns, check.key, source_where, buckets,
+                                               differing, whole)):
         source_rows.setdefault(key, []).append(digest)
     target_rows: dict[str, list[str]] = {}
-    for key, digest in dst.execute(_rows_query(check.target, check.target_columns, check.target_key, None,
-                                               buckets, differing)):
+    for key, digest in dst.execute(_rows_query(check.target, check.target_columns, check.target_key, [], buckets,
+                                               differing, whole)):
         target_rows.setdefault(key, []).append(digest)
     for key in sorted(set(source_rows) | set(target_rows)):
         here, there = sorted(source_rows.get(key, [])), sorted(target_rows.get(key, []))
@@ -168,7 +226,10 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
 
 def compare(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
             snapshot: str | None = None, log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-    """Compare every selected table. With ``snapshot``, the source is read in that exported snapshot."""
+    """Compare everything the migration moves: the rows of every table (partitioned ones too), the set of
+    partitions, sequences and large objects. With ``snapshot``, the source is read in that exported snapshot."""
+    from airflow_pgmigrate.engine.schema import read_source_schema
+
     started = time.monotonic()
     results = []
     with connect(source, autocommit=snapshot is None) as src, connect(destination) as dst:
@@ -176,27 +237,89 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
             src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             src.read_only = True
             src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        checks = plan_checks(config, src)
-        for check in checks:
+        schema = read_source_schema(src, config)
+        selected = schema.selected
+        checks = plan_checks(config, src, selected)
+        partitions = compare_partitions(config, src, dst, selected)
+        same_partitions = {parse_qualified_name(p["table"]) for p in partitions if p["equal"]}
+        partitioned = {c.source for c in checks if c.partitioned}
+        leaves: dict[QualifiedName, TableResult] = {}
+        for check in sorted(checks, key=lambda c: c.partitioned):  # leaves first: a parent may be made of them
             t0 = time.monotonic()
-            result = compare_table(check, src, dst)
+            if check.below is not None and {check.source, *check.below} & partitioned <= same_partitions:
+                result = _through_partitions(check, leaves)
+            else:
+                result = compare_table(check, src, dst)
+            leaves[check.source] = result
             results.append(result)
             log(f"verify table={result.table} rows={result.source_rows}/{result.destination_rows} "
                 f"differing_buckets={result.differing_buckets} missing={result.missing_count} "
                 f"extra={result.extra_count} different={result.different_count} "
                 f"seconds={time.monotonic() - t0:.2f}")
+        state = compare_state(config, src, dst, schema)
         if snapshot is not None:
             src.rollback()
     report = {
-        "equal": all(r.equal for r in results),
         "tables": [r.to_dict() for r in results],
-        "rows": sum(r.source_rows for r in results),
-        "differences": sum(r.missing_count + r.extra_count + r.different_count for r in results),
+        "partitions": partitions,
+        "sequences": state["sequences"],
+        "large_objects": state["large_objects"],
+        "rows": sum(r.source_rows for r in results if not r.partitioned),
         "seconds": round(time.monotonic() - started, 3),
     }
+    named = differences(report)
+    report["equal"] = not named
+    report["differences"] = (sum(r.missing_count + r.extra_count + r.different_count for r in results)
+                             + sum(len(p["missing"]) + len(p["extra"]) for p in partitions)
+                             + sum(1 for s in state["sequences"] if not s["equal"])
+                             + sum(state["large_objects"][k] for k in ("missing_count", "extra_count",
+                                                                       "different_count")))
+    lo = state["large_objects"]
+    log(f"verify sequences={len(state['sequences'])} behind={sum(1 for s in state['sequences'] if not s['equal'])} "
+        f"large_objects={lo['source_count']}/{lo['destination_count']} partitioned_tables={len(partitions)}")
+    for line in named:
+        log(f"verify difference: {line}")
     log(f"verify done tables={len(results)} equal={report['equal']} differences={report['differences']} "
         f"seconds={report['seconds']}")
     return report
+
+
+def _through_partitions(check: TableCheck, done: dict[QualifiedName, TableResult]) -> TableResult:
+    """A partitioned table whose partitions are the same on both sides (at every level): its rows are those of its
+    leaves, compared already, so its counts are their sums (a difference in a row is named on its leaf)."""
+    leaves = [done[t] for t in check.below or [] if t in done and not done[t].partitioned]
+    return TableResult(str(check.source), str(check.target), sum(r.source_rows for r in leaves),
+                       sum(r.destination_rows for r in leaves), BUCKETS, True)
+
+
+def differences(report: dict[str, Any], limit: int = 5) -> list[str]:
+    """Every difference of a verification report, in words, each naming its object."""
+    out = []
+    for t in report.get("tables", []):
+        if not t["equal"]:
+            keys = ", ".join((t["missing"] + t["extra"] + t["different"])[:limit])
+            kind = "partitioned table" if t.get("partitioned") else "table"
+            out.append(f"{kind} {t['table']} (missing {t['missing_count']}, extra {t['extra_count']}, different "
+                       f"{t['different_count']}: {keys})" if keys else
+                       f"{kind} {t['table']} ({t['source_rows']} rows on the source, {t['destination_rows']} on "
+                       "the destination)")
+    for p in report.get("partitions", []):
+        if p["missing"]:
+            out.append(f"partitioned table {p['target']} lacks partition(s) {', '.join(p['missing'][:limit])} "
+                       "that the source has")
+        if p["extra"]:
+            out.append(f"partitioned table {p['target']} has partition(s) {', '.join(p['extra'][:limit])} "
+                       "that the source does not have (detached or dropped on the source?)")
+    for seq in report.get("sequences", []):
+        if not seq["equal"]:
+            out.append(f"sequence {seq['sequence']} ({seq['direction']}) is {seq['problem']}")
+    lo = report.get("large_objects") or {}
+    for kind, words in (("missing", "missing on the destination"), ("extra", "only on the destination"),
+                        ("different", "with different data")):
+        if lo.get(f"{kind}_count"):
+            oids = ", ".join(map(str, lo[kind][:limit]))
+            out.append(f"large objects {words}: {lo[f'{kind}_count']} (oid {oids})")
+    return out
 
 
 def verify_migration(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
@@ -236,6 +359,9 @@ def verify_migration(config: MigrationConfig, source: ConnectionInfo, destinatio
             for _ in range(100):
                 if sync.run(window_seconds=600, stop_before_lsn=lsn, take_lock=False).caught_up:
                     break
+            # Sequences and large objects are not streamed: brought to the snapshot too (sequences only forward).
+            sync_sequences(config, source, destination, snapshot=snapshot, log=log)
+            sync_large_objects_between(source, destination, snapshot=snapshot, log=log)
             report = compare(config, source, destination, snapshot=snapshot, log=log)
         report["lsn"] = lsn
         return report
@@ -247,4 +373,5 @@ class VerifyError(PgMigrateError):
     """Verification could not run."""
 
 
-__all__ = ["TableResult", "VerifyError", "compare", "compare_table", "plan_checks", "verify_migration"]
+__all__ = ["TableResult", "VerifyError", "compare", "compare_partitions", "compare_table", "differences", "plan_checks",
+           "verify_migration"]

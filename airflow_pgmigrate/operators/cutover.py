@@ -1,4 +1,4 @@
-"""CutoverOperator (freeze, drain, sequences, verify, release, report) and ReleaseOperator (abort)."""
+"""CutoverOperator (freeze, drain, sequences, large objects, verify, release, report) and ReleaseOperator (abort)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def _rule_remover(operator: MigrationBaseOperator) -> Any:
 
 class CutoverOperator(MigrationBaseOperator):
     """Switch the migration over once approved: freeze the source (if configured) or take the approval as the word
-    that writes stopped, drain the remaining changes, set sequences, verify every table, release the slot and
-    publication (and the security-group rule the precheck added), and return the cutover report.
+    that writes stopped, drain the remaining changes, set sequences and bring over the large objects changed during
+    sync, verify everything the migration moves, release the slot and publication (and the security-group rule the
+    precheck added), and return the cutover report.
 
     A verification difference fails the task (the slot is kept) unless ``cutover.allow_differences``.
     """

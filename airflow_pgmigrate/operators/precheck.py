@@ -43,14 +43,16 @@ class PrecheckOperator(MigrationBaseOperator):
         rds = None
         if config.rds is not None:
             from airflow_pgmigrate.engine.rds import RdsInspector
-            from airflow_pgmigrate.hooks.rds import rds_clients
+            from airflow_pgmigrate.hooks.rds import rds_client_factory
 
-            rds = RdsInspector(*rds_clients(config.rds))
-        state = MigrationState(self.destination_info, config.state_schema, config.name)
+            rds = RdsInspector(client_factory=rds_client_factory(config.rds))
+        from airflow_pgmigrate.engine.rds_ledger import IngressLedger
+
+        ledger = IngressLedger(MigrationState(self.destination_info, config.state_schema, config.name))
         self.log.info("precheck migration=%s types=%s source=%s destination=%s", config.name,
                       ",".join(config.migration_types), self.source_info.describe(), self.destination_info.describe())
         report = run_precheck(config, self.source_info, self.destination_info, rds=rds, skip=list(self.skip_checks),
-                              record_rules=lambda rules: state.put("added_ingress_rules", rules))
+                              record_rules=ledger.add)
         self.log.info("precheck report\n%s", report.format_table())
         self._emit_metrics(report.to_dict())
         result = report.to_dict()

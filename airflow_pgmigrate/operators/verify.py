@@ -9,7 +9,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_pgmigrate.engine.state import MigrationState
-from airflow_pgmigrate.engine.verify import verify_migration
+from airflow_pgmigrate.engine.verify import differences, verify_migration
 from airflow_pgmigrate.operators.base import MigrationBaseOperator
 
 
@@ -37,7 +37,7 @@ class VerifyOperator(MigrationBaseOperator):
         if not report["equal"] and self.fail_on_difference:
             context["ti"].xcom_push(key="verification", value=report)
             raise AirflowFailException(f"verification found {report['differences']} difference(s): "
-                                       + "; ".join(t["table"] for t in report["tables"] if not t["equal"]))
+                                       + "; ".join(differences(report)))
         return report
 
 

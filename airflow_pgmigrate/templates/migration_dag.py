@@ -20,6 +20,7 @@ from airflow_pgmigrate.operators.start import StartIncrementalOperator
 from airflow_pgmigrate.operators.verify import VerifyOperator
 from airflow_pgmigrate.sensors.cutover_wait import SyncUntilAnsweredSensor
 from airflow_pgmigrate.sensors.incremental import IncrementalSyncSensor
+from airflow_pgmigrate.templates.ingress_cleanup import add_ingress_cleanup
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def _migration_tasks(config: MigrationConfig) -> dict[str, Any]:
     chain(*tasks.values())
     if config.wants("incremental"):
         tasks.update(_cutover_tasks(config, plain, tasks["incremental_sync"]))
+    tasks.update(add_ingress_cleanup(config, plain, tasks.values()))
     wire_failure_alerts(config, tasks.values(), plain)
     return tasks
 
@@ -204,6 +206,7 @@ def build_adhoc_dag(dag_id: str = "pgmigrate_adhoc") -> DAG:
                                   mode=SYNC_MODE, poke_interval=2),
         ]
         chain(*steps)
+        steps += add_ingress_cleanup(None, config, steps).values()
         wire_failure_alerts(None, steps)
     return dag
 
@@ -230,7 +233,8 @@ def build_adhoc_precheck_dag(dag_id: str = "pgmigrate_adhoc_precheck") -> DAG:
         doc_md="Run the precheck of a migration given in the trigger form (see docs/configuration.md).",
         params={"config": _config_param()},
     ) as dag:
-        PrecheckOperator(task_id="precheck", config="{{ params.config }}")
+        precheck = PrecheckOperator(task_id="precheck", config="{{ params.config }}")
+        add_ingress_cleanup(None, "{{ params.config }}", [precheck])
     return dag
 
 

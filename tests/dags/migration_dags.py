@@ -88,5 +88,18 @@ cutover_manual = _fast(build_migration_dag(
     )
 ))
 
+rds_abort = _fast(build_migration_dag(
+    MigrationConfig.from_dict(
+        {
+            "name": "it_rds_abort",
+            "source": {"conn_id": "pgm_source"},
+            "destination": {"conn_id": "pgm_destination"},
+            "rds": {"db_instance_identifier": "shop-prod", "region": "us-east-1",
+                    "worker_cidrs": ["203.0.113.0/24"], "manage_security_group": True},
+            "cutover": {"approval": "manual"},
+        }
+    )
+))
+
 for _dag in (precheck_only, precheck_with_rds, schema_only, whole_migration):
     _fast(_dag)

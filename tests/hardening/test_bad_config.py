@@ -20,14 +20,14 @@ from psycopg import sql
 
 from airflow_pgmigrate.config import MigrationConfig
 from airflow_pgmigrate.engine.connection import connect
-from airflow_pgmigrate.engine.full_load import run_full_load
+from airflow_pgmigrate.engine.full_load import FullLoadError, run_full_load
 from airflow_pgmigrate.engine.incremental import release, run_incremental
 from airflow_pgmigrate.engine.names import QualifiedName
 from airflow_pgmigrate.engine.precheck import run_precheck
 from airflow_pgmigrate.engine.schema import SchemaMigrationError, migrate_schema
 from airflow_pgmigrate.engine.sqlfilter import UnsafeRowFilter, normalize_row_filter
 from airflow_pgmigrate.engine.state import MigrationState
-from airflow_pgmigrate.engine.verify import compare
+from airflow_pgmigrate.engine.verify import compare, verify_migration
 from airflow_pgmigrate.exceptions import ConfigError
 from tests.hardening.exact_compare import assert_tables_equal, catch_up, start_migration
 
@@ -467,8 +467,10 @@ def test_odd_names_migrate_and_replicate_exactly_when_renamed_to_other_odd_names
         conn.execute(sql.SQL("DELETE FROM {}.\"User\" WHERE id = 20").format(sql.Identifier(S3)))
     catch_up(config, source, destination)
     assert_tables_equal(source, destination, tables, kept)
-    verified = compare(config, source, destination)
+    verified = verify_migration(config, source, destination)  # brings the bigserial's sequence to the snapshot too
     assert verified["equal"], verified
+    (sequence,) = verified["sequences"]
+    assert sequence["sequence"].startswith(f"{d2}.表") and sequence["equal"]
     with connect(destination) as conn:
         columns = conn.execute(sql.SQL("SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute "
                                        "WHERE attrelid = {}::regclass AND attnum > 0").format(
@@ -498,21 +500,20 @@ def test_conflicting_and_overlong_destination_names_are_caught_by_the_precheck(m
     assert "columns a and b of public.t both map to b" in mapping.detail
     assert f"maps to a name longer than 63 bytes: {long_table.lower()}" in mapping.detail
     assert f"column {long_column} of public.{long_table} maps to a name longer than 63 bytes" in mapping.detail
-    selected = [r for r in report.results if r.name == "selected_objects" and r.status == "warning"]
-    assert selected and "mapping.tables names public.other, which is not selected" in selected[0].detail
-    assert "filters names public.other, which is not selected" in selected[0].detail
+    selected = [r for r in report.results if r.name == "selected_objects" and r.status == "failed"]
+    assert selected and "mapping.tables names public.other, which the selection does not migrate" in selected[0].detail
+    assert "filters names public.other, which the selection does not migrate" in selected[0].detail
     # Run anyway: the collision stops the schema step with the destination unchanged.
     with pytest.raises(SchemaMigrationError, match='column "b" specified more than once') as info:
         migrate_schema(config, env.source_info(), env.destination_info(), "pre_data")
     assert "the destination is as it was" in str(info.value)
     assert env.dst("SELECT count(*) FROM pg_class WHERE relname IN ('t', 'renamed', 'other')") == [(0,)]
-    # Entries for unselected tables are simply unused.
+    # Entries for unselected tables would do nothing: the full load's planning refuses them too, naming them.
     config = env.config(objects={"tables": ["public.t"]}, mapping={"tables": {"public.other": "renamed"}},
                         filters={"public.other": "id > 0"}, migration_types=["schema", "full"])
     env.src("INSERT INTO public.t VALUES (1, 2); INSERT INTO public.other VALUES (1)")
-    start_migration(config, env.source_info(), env.destination_info())
-    assert env.dst("SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'") \
-        == [("t",)]
+    with pytest.raises(FullLoadError, match="filters names public.other, which the selection does not migrate"):
+        start_migration(config, env.source_info(), env.destination_info())
 
 
 @pytest.mark.integration

@@ -53,7 +53,8 @@ def test_cutover_freezes_drains_sets_sequences_verifies_and_releases(migration_e
     migration_env.src("INSERT INTO public.orders (amount) SELECT g FROM generate_series(1, 50) g")
     report = run_cutover(config, migration_env.source_info(), migration_env.destination_info())
     assert report["status"] == "completed" and report["verification"]["equal"] is True
-    assert [s["step"] for s in report["steps"]] == ["freeze", "drain", "sequences", "verify", "release"]
+    assert [s["step"] for s in report["steps"]] == ["freeze", "drain", "sequences", "large_objects", "verify",
+                                                   "release"]
     assert report["released"] == {"slot": True, "publication": True}
     assert report["downtime_seconds"] is not None
     assert migration_env.dst("SELECT last_value FROM public.orders_id_seq") == [(1150,)]
@@ -71,6 +72,6 @@ def test_cutover_refuses_to_finish_on_a_difference(migration_env):
     migration_env.dst("DELETE FROM public.orders WHERE id = 42")
     with pytest.raises(CutoverError) as info:
         run_cutover(config, migration_env.source_info(), migration_env.destination_info())
-    assert "public.orders (missing 1, extra 0, different 0: 42)" in str(info.value)
+    assert "table public.orders (missing 1, extra 0, different 0: 42)" in str(info.value)
     assert migration_env.src("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
                              (config.slot_name,)) == [(1,)], "the slot is kept"

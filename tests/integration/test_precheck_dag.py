@@ -57,15 +57,21 @@ def test_precheck_task_fails_with_one_report(migration_env, airflow_db):
     assert failed == ["name_conflicts", "primary_keys"]
 
 
-def test_precheck_with_rds_adds_the_ingress_rule_and_records_it(migration_env, airflow_db, aws_env):
+def _rds_fixture():
     import boto3
 
-    from airflow_pgmigrate.engine.rds import IngressRule, RdsInspector
-    from tests.unit.test_rds import ingress_cidrs, make_instance, make_sg
+    from tests.unit.test_rds import make_instance, make_sg
 
     rds, ec2 = boto3.client("rds"), boto3.client("ec2")
     sg_id = make_sg(ec2)
     make_instance(rds, "shop-prod", sg_id)
+    return ec2, sg_id
+
+
+def test_precheck_with_rds_adds_the_ingress_rule_and_the_dag_removes_it(migration_env, airflow_db, aws_env):
+    from tests.unit.test_rds import ingress_cidrs
+
+    ec2, sg_id = _rds_fixture()
     migration_env.src("CREATE TABLE public.orders (id bigint PRIMARY KEY)")
 
     dag_run = _run("pgmigrate_it_precheck_rds")
@@ -75,13 +81,52 @@ def test_precheck_with_rds_adds_the_ingress_rule_and_records_it(migration_env, a
     statuses = {r["name"]: r["status"] for r in report["results"]}
     assert [statuses[n] for n in ("rds_instance", "rds_public_access", "rds_security_group")] == ["passed"] * 3
     assert statuses["rds_logical_replication"] == "skipped"  # this migration has no incremental sync
-    assert ("tcp", 5432, 5432, "203.0.113.0/24") in ingress_cidrs(ec2, sg_id)
-    # The rule is recorded in the migration's durable state, so the end of the migration can remove it.
+    (added,) = report["added_ingress_rules"]
+    assert added["group_id"] == sg_id and added["cidr"] == "203.0.113.0/24" and added["rule_id"]
+    # A [schema, full] migration has no cutover: its last task, a teardown, removes the rule it added.
+    assert _states(dag_run)["remove_ingress_rules"] == "success"
+    assert _xcom(dag_run, "remove_ingress_rules")["removed_ingress_rules"] == [added]
+    assert ingress_cidrs(ec2, sg_id) == []
     (recorded,) = migration_env.dst("SELECT value FROM pgmigrate.migration_state "
                                     "WHERE migration = 'it_precheck_rds' AND key = 'added_ingress_rules'")[0]
-    assert recorded == report["added_ingress_rules"] and recorded[0]["group_id"] == sg_id
-    removed = RdsInspector(rds, ec2).remove_ingress_rules(IngressRule.from_dict(r) for r in recorded)
-    assert len(removed) == 1
+    assert recorded == []
+
+
+def test_a_failed_migration_still_removes_the_rule(migration_env, airflow_db, aws_env):
+    from tests.unit.test_rds import ingress_cidrs
+
+    ec2, sg_id = _rds_fixture()
+    migration_env.src("CREATE TABLE public.orders (id bigint PRIMARY KEY); CREATE TABLE public.nokey (a int)")
+
+    dag_run = _run("pgmigrate_it_precheck_rds")
+
+    assert dag_run.state == "failed"  # the teardown's success does not hide the failed precheck
+    states = _states(dag_run)
+    assert states["precheck"] == "failed" and states["remove_ingress_rules"] == "success"
+    report = _xcom(dag_run, "precheck", key="precheck_report")
+    assert len(report["added_ingress_rules"]) == 1
+    assert len(_xcom(dag_run, "remove_ingress_rules")["removed_ingress_rules"]) == 1
+    assert ingress_cidrs(ec2, sg_id) == []
+
+
+def test_an_aborted_migration_removes_the_rule(migration_env, airflow_db, aws_env):
+    from tests.integration.hitl import Responder, prepare_orm
+    from tests.unit.test_rds import ingress_cidrs
+
+    prepare_orm()
+    ec2, sg_id = _rds_fixture()
+    migration_env.src("CREATE TABLE public.orders (id bigint PRIMARY KEY); INSERT INTO public.orders VALUES (1)")
+    responder = Responder("pgmigrate_it_rds_abort", [("cutover_question", "Abort")])
+    responder.start()
+    try:
+        dag_run = _run("pgmigrate_it_rds_abort")
+    finally:
+        responder.stop()
+    states = _states(dag_run)
+    assert dag_run.state == "success", states
+    assert states["release"] == "success" and states["cutover"] == "skipped"
+    assert states["remove_ingress_rules"] == "success"
+    assert len(_xcom(dag_run, "precheck")["added_ingress_rules"]) == 1
     assert ingress_cidrs(ec2, sg_id) == []
 
 

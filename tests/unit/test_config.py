@@ -361,6 +361,14 @@ _BAD: list[tuple[str, dict[str, Any], str]] = [
     ("non-positive lag seconds", _with(MINIMAL, incremental={"max_lag_seconds": 0}), "incremental.max_lag_seconds"),
     ("slot prefix with upper case", _with(MINIMAL, incremental={"slot_prefix": "PG-"}), "incremental.slot_prefix"),
     ("negative sequence offset", _with(MINIMAL, cutover={"sequence_offset": -1}), "cutover.sequence_offset"),
+    ("sequence offset beyond bigint", _with(MINIMAL, cutover={"sequence_offset": 2**63}), "cutover.sequence_offset"),
+    ("NaN lag seconds", _with(MINIMAL, incremental={"max_lag_seconds": float("nan")}), "incremental.max_lag_seconds"),
+    ("infinite lag seconds", _with(MINIMAL, incremental={"max_lag_seconds": float("inf")}),
+     "incremental.max_lag_seconds"),
+    ("NaN throttle", _with(MINIMAL, throttling={"full_load": {"mb_per_second": float("nan")}}),
+     "throttling.full_load.mb_per_second"),
+    ("infinite retry window", _with(MINIMAL, retry={"other_errors_minutes": float("-inf")}),
+     "retry.other_errors_minutes"),
     ("approval unknown", _with(MINIMAL, cutover={"approval": "auto"}), "cutover.approval"),
     ("section given as a list", _with(MINIMAL, objects=["public.orders"]), "objects"),
     ("state schema too long", _with(MINIMAL, state_schema="s" * 64), "state_schema"),
@@ -674,3 +682,12 @@ def test_connection_items_cannot_be_skipped() -> None:
         MigrationConfig.from_dict(_with(MINIMAL, precheck={"skip": ["c_functions", "source_connection"]}))
     assert info.value.fields == ["precheck.skip[1]"]
     assert "cannot be skipped" in info.value.problems[0].message
+
+
+def test_nan_in_yaml_is_an_error_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "nan.yaml"
+    path.write_text("name: shop\nsource: {conn_id: src}\ndestination: {conn_id: dst}\n"
+                    "incremental:\n  max_lag_seconds: .nan\n")
+    with pytest.raises(ConfigError) as info:
+        MigrationConfig.from_yaml(path)
+    assert "incremental.max_lag_seconds" in info.value.fields

@@ -89,6 +89,6 @@ def test_the_adhoc_dag_takes_the_config_from_its_trigger_form():
     dag = build_adhoc_dag()
     assert dag.params["config"]["name"] == "example"
     assert [t.task_id for t in dag.tasks] == ["precheck", "schema_pre_data", "full_load", "schema_post_data",
-                                             "start_incremental", "incremental_sync"]
+                                             "start_incremental", "incremental_sync", "remove_ingress_rules"]
     assert dag.task_dict["full_load"].config == "{{ params.config }}"
     assert dag.task_dict["full_load"].trigger_rule == "none_failed"
