@@ -67,16 +67,24 @@ class SyncUntilAnsweredSensor(IncrementalSyncSensor):
                 self.__dict__["_applied_lsn"] = start.applied_lsn if start is not None else None
             except (PgMigrateError, psycopg.Error):
                 before = None
+        self.__dict__["_in_window"] = True
         try:
             outcome = super().poke(context)
         except AirflowFailException:
             if state.get(key) is not None:
                 return PokeReturnValue(is_done=True)  # the answer came meanwhile (an abort released the slot)
             raise
+        finally:
+            self.__dict__["_in_window"] = False
         if isinstance(outcome.xcom_value, dict):
             self._record(state, outcome.xcom_value, before)
             self._verify_now_and_then(state)
         return PokeReturnValue(is_done=False)
+
+    def refresh_report(self, *, force: bool = False) -> None:
+        """While waiting, every window is "not delayed": rewrite the report every ``report_interval`` seconds, not
+        after each window; the task's end still rewrites it."""
+        super().refresh_report(force=force and not self.__dict__.get("_in_window"))
 
     def _record(self, state: MigrationState, data: dict[str, Any], before: SourceActivity | None) -> None:
         """Keep what this window measured for the question (best effort: the sync itself went well)."""
