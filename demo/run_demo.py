@@ -354,7 +354,8 @@ def run_dag() -> int:
                   f"review={len(schema['review'])} refreshed={len(schema['refreshed'])}")
     alerts = WORK / "alerts.jsonl"
     print(f"demo: alerts sent: {len(alerts.read_text().splitlines()) if alerts.exists() else 0} ({alerts})")
-    print(f"demo: migration report: {WORK / 'reports' / 'demo_shop.html'} (also the tasks' Migration report link)")
+    print(f"demo: migration report: {WORK / 'reports' / 'demo_shop.html'} (with make demo-ui, Airflow serves it: the "
+          "tasks' Migration report link)")
     print()
     print(f"demo: DAG run {dag_run.run_id} ended {dag_run.state}")
     return 0 if dag_run.state == "success" else 1
