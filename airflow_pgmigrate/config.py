@@ -360,10 +360,20 @@ class SchemaSettings(_Validated):
     migrate_grants: bool = False
     #: Connections building indexes and constraints in parallel in the post-data phase.
     index_jobs: int = 2
+    #: A foreign key of a selected table that references a table not selected: "error" stops post_data before any
+    #: change; "skip" leaves the constraint out and lists it in the report.
+    foreign_keys_to_excluded: Literal["error", "skip"] = "error"
+    #: Indexes post_data does not build: ``schema.index`` names or globs (an index of a partitioned table takes its
+    #: partitions' indexes with it). Each must match an index that is not a constraint's.
+    exclude_indexes: list[str] = field(default_factory=list)
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
         errors: list[Problem] = []
+        for i, pattern in enumerate(values.get("exclude_indexes") or []):
+            if isinstance(pattern, str) and "." not in pattern:
+                _problem(errors, f"exclude_indexes[{i}]", f"the pattern {pattern!r} has no schema part",
+                         f"patterns match schema.index: write *.{pattern} or public.{pattern}")
         jobs = values.get("index_jobs")
         if isinstance(jobs, int) and not 1 <= jobs <= 32:
             _problem(errors, "index_jobs", f"must be between 1 and 32, got {jobs}", "2 is the default")
@@ -484,10 +494,16 @@ def _retained_wal_problems(values: Mapping[str, Any]) -> list[Problem]:
 
 @dataclass
 class CutoverSettings(_Validated):
-    #: ``manual``: a person approves in the Airflow UI; ``automatic``: for unattended runs and tests.
+    #: ``manual``: a person approves in the Airflow UI; ``automatic``: for unattended runs (needs freeze_source).
     approval: ApprovalMode = "manual"
-    #: Set the source database read-only at cutover (else wait for the user's word that writes stopped).
+    #: Freeze the source at cutover: no new sessions but the migration's, the others ended, read-only by default
+    #: (else the approval is the user's word that writes stopped). See docs/cutover.md.
     freeze_source: bool = False
+    #: Prepared transactions in the source database block the freeze: wait up to this long for them to be committed
+    #: or rolled back (0: refuse at once, naming them).
+    prepared_transactions_wait_seconds: int = 0
+    #: After the drain, how long the cutover watches the slot for changes that still arrive before it releases.
+    writes_stopped_check_seconds: int = 3
     #: Added to every sequence value copied to the destination at cutover.
     sequence_offset: int = 0
     #: Finish the cutover even when verification finds differences.
@@ -502,6 +518,12 @@ class CutoverSettings(_Validated):
         if isinstance(offset, int) and offset > BIGINT_MAX:
             _problem(errors, "sequence_offset", f"{offset} does not fit a sequence (at most {BIGINT_MAX})",
                      "use an offset a little above the number of values handed out while cutting over, such as 1000")
+        for name, low, high in (("prepared_transactions_wait_seconds", 0, 3600),
+                                ("writes_stopped_check_seconds", 1, 600)):
+            value = values.get(name)
+            if isinstance(value, int) and not low <= value <= high:
+                _problem(errors, name, f"must be between {low} and {high} seconds, got {value}",
+                         f"the default is {cls.__dataclass_fields__[name].default}")
         return errors
 
 
@@ -701,6 +723,13 @@ class MigrationConfig(_Validated):
                 _problem(errors, "destination.conn_id", "is the same connection and database as the source",
                          "point destination at another database")
         types_ = values.get("migration_types")
+        cutover = values.get("cutover")
+        if (isinstance(cutover, CutoverSettings) and cutover.approval == "automatic" and not cutover.freeze_source
+                and "incremental" in (types_ or MIGRATION_TYPES)):
+            _problem(errors, "cutover.approval", "is automatic while cutover.freeze_source is false: nobody would say "
+                     "that the application stopped writing, and writes after the slot is released are lost",
+                     "set cutover.freeze_source: true (the cutover stops the writes itself), or approval: manual "
+                     "(you answer the cutover question once the application stopped writing)")
         if types_ is not None:
             if not types_:
                 _problem(errors, "migration_types", "is empty",

@@ -25,6 +25,11 @@ class ApplyError(PgMigrateError):
     """A change cannot be applied (DDL on the source, a row the destination cannot take)."""
 
 
+class RowsNotMatched(Exception):  # noqa: N818 - a signal to the caller, not an error shown to anyone
+    """A set-based UPDATE or DELETE touched another number of rows than the changes it applies: the caller replays
+    the batch one change at a time, in source order, which names the exact change whose row is missing."""
+
+
 def _escape(value: Value) -> bytes:
     if value is None:
         return b"\\N"
@@ -188,10 +193,16 @@ class Batch:
 
 
 class Applier:
-    """Writes batches on one destination connection (in the caller's transaction)."""
+    """Writes batches on one destination connection (in the caller's transaction).
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    With ``count_rows`` (destination triggers and foreign keys do not fire: ``session_replication_role = replica``),
+    every UPDATE and DELETE must touch exactly the rows its changes name; without it a destination trigger or an
+    ON DELETE CASCADE may legitimately have touched them first, so the counts are not checked.
+    """
+
+    def __init__(self, conn: psycopg.Connection, *, count_rows: bool = True) -> None:
         self.conn = conn
+        self.count_rows = count_rows
         self._staging: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
 
     def staging_mark(self) -> dict[tuple[str, tuple[str, ...]], sql.Identifier]:
@@ -246,8 +257,10 @@ class Applier:
         key_positions = list(range(len(t.key)))
         if deletes:
             stage = self._stage(t, t.key_names, [list(k) for k in deletes], key_positions)
-            self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m}").format(
+            cur = self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m}").format(
                 t=t.ident, s=stage, m=self._match(t, "d", "s")))
+            if self.count_rows and not t.upsert and cur.rowcount != len(deletes):
+                raise RowsNotMatched(f"DELETE of {t.source} touched {cur.rowcount} of {len(deletes)} rows")
         # Rows whose unchanged TOAST columns are unknown are written with the columns known, grouped by shape.
         complete = tuple(i for i, _ in t.columns)
         groups: dict[tuple[int, ...], list[list[Value]]] = {complete: []}
@@ -287,9 +300,11 @@ class Applier:
         stage = self._stage(t, staged_names, rows, positions)
         set_cols = [c for c in columns if c not in key_names]
         if set_cols:
-            self.conn.execute(sql.SQL("UPDATE {t} AS d SET {sets} FROM {s} AS s WHERE {m}").format(
+            cur = self.conn.execute(sql.SQL("UPDATE {t} AS d SET {sets} FROM {s} AS s WHERE {m}").format(
                 t=t.ident, s=stage, m=self._match(t, "d", "s"),
                 sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c)) for c in set_cols)))
+            if self.count_rows and not insert_missing and cur.rowcount != len(rows):
+                raise RowsNotMatched(f"UPDATE of {t.source} touched {cur.rowcount} of {len(rows)} rows")
         if not insert_missing:
             return
         missing = sql.SQL("NOT EXISTS (SELECT 1 FROM {t} AS d WHERE {m})").format(t=t.ident,
@@ -332,23 +347,31 @@ class Applier:
             written += self._insert(t, [(n, change.new[i]) for i, n in cols], overwrite=t.upsert, returning=returning)
         elif change.kind == "U":
             assert change.new is not None
-            where = self._where(t, change.old if change.old is not None else change.new)
-            sets = [(n, change.new[i]) for i, n in cols if change.new[i] is not UNCHANGED]
+            old = change.old if change.old is not None else change.new
+            new = _known(change)
+            where = self._where(t, old)
+            # Unchanged TOASTed values the source did not send (no old row to take them from) keep theirs; a row
+            # whose every value is kept still has to be found, so its first column is set to itself.
+            sets = [(sql.SQL("{} = %s").format(sql.Identifier(n)), [_text(new[i])]) for i, n in cols
+                    if new[i] is not UNCHANGED] or [(sql.SQL("{0} = {0}").format(sql.Identifier(cols[0][1])), [])]
             cur = self.conn.execute(sql.SQL("UPDATE {t} SET {s} WHERE {w}{r}").format(
-                t=t.ident, s=sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(n)) for n, _ in sets),
-                w=where[0], r=returning), [_text(v) for _, v in sets] + where[1])
+                t=t.ident, s=sql.SQL(", ").join(s for s, _ in sets), w=where[0], r=returning),
+                [v for _, vs in sets for v in vs] + where[1])
             if cur.rowcount == 0 and t.upsert:
-                if any(change.new[i] is UNCHANGED for i, _ in cols):
+                if any(new[i] is UNCHANGED for i, _ in cols):
                     raise ApplyError(f"a row of {t.source} entered the destination's selection with unchanged "
                                      "TOASTed values the source did not send; set REPLICA IDENTITY FULL on it")
-                written += self._insert(t, [(n, change.new[i]) for i, n in cols], overwrite=False,
-                                        returning=returning)
+                written += self._insert(t, [(n, new[i]) for i, n in cols], overwrite=False, returning=returning)
+            elif self.count_rows and cur.rowcount != 1 and not t.upsert:
+                raise ApplyError(_not_matched(t, "UPDATE", self._expected(t, old), cur.rowcount))
             elif by_ctid:
                 written += [r[0] for r in cur.fetchall()]
         else:
             assert change.old is not None
             where = self._where(t, change.old)
-            self.conn.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(t=t.ident, w=where[0]), where[1])
+            cur = self.conn.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(t=t.ident, w=where[0]), where[1])
+            if self.count_rows and cur.rowcount != 1 and not t.upsert:
+                raise ApplyError(_not_matched(t, "DELETE", self._expected(t, change.old), cur.rowcount))
         if t.row_filter and change.kind in "IU" and change.new is not None and t.key:
             where = self._where(t, change.new)
             self.conn.execute(sql.SQL("DELETE FROM {t} WHERE {w} AND NOT coalesce(({f}), false)").format(
@@ -392,6 +415,45 @@ class Applier:
             t.ident, sql.SQL(" AND ").join(c for c, _ in conds))
         return inner, [_text(v) for _, v in conds if v is not None]
 
+    @staticmethod
+    def _expected(t: TableTarget, values: list[Value]) -> str:
+        """The row a change looked for, in words: its key, or (no key) every value it was compared by."""
+        shown = [(n, values[i]) for i, n in zip(t.key, t.key_names, strict=True)] if t.key else \
+                [(n, values[i]) for i, n in t.columns if values[i] is not UNCHANGED]
+        text = ", ".join(f"{n}={_shown(v)}" for n, v in shown)
+        return f"1 row with {text}" if t.key else f"1 row equal in every column to ({text})"
+
+
+def _known(change: Change) -> list[Value]:
+    """The new row with its unchanged TOASTed values taken from the old row, where the source sent the whole old
+    row (REPLICA IDENTITY FULL: old tuple kind 'O'), so that an update of such a row writes every column."""
+    new = change.new
+    assert new is not None
+    if change.old is None or change.old_kind != "O" or UNCHANGED not in new:
+        return new
+    return [o if n is UNCHANGED else n for n, o in zip(new, change.old, strict=True)]
+
+
+def _shown(value: Value) -> str:
+    if value is None:
+        return "NULL"
+    if value is UNCHANGED:
+        return "(unchanged)"
+    assert isinstance(value, bytes)
+    text = value.decode(errors="replace")
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _not_matched(t: TableTarget, verb: str, expected: str, touched: int) -> str:
+    """An UPDATE or DELETE that found no row (or another number of rows than the changes it applies)."""
+    kind = "by its key" if t.key else "by every column (REPLICA IDENTITY FULL, no key)"
+    return (f"a replicated {verb} of {t.source} (into {t.target}, rows found {kind}) expected {expected} on the "
+            f"destination and touched {touched}. The destination no longer holds "
+            "the row the source changed (a write on the destination, or a value whose text differs between the "
+            "servers: floats from PostgreSQL 10/11, money under another lc_monetary). Nothing of this batch was "
+            f"applied: compare {t.source} on both sides (VerifyOperator), make the destination row equal to the "
+            "source's as it was before the change, then resume")
+
 
 def _text(value: Value) -> str | None:
     if value is None:
@@ -400,4 +462,4 @@ def _text(value: Value) -> str | None:
     return value.decode()
 
 
-__all__ = ["ApplyError", "Applier", "Batch", "SetOps", "Sequential", "TableTarget"]
+__all__ = ["ApplyError", "Applier", "Batch", "RowsNotMatched", "SetOps", "Sequential", "TableTarget"]

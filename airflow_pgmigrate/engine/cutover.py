@@ -1,16 +1,22 @@
-"""Cutover: stop writes on the source, drain, set sequences, verify, release, report.
+"""Cutover: stop writes on the source, drain, check that writes stopped, set sequences, verify, check again,
+release, report.
 
-1. Freeze (when ``cutover.freeze_source``): the source database is set read-only for new transactions and the
-   sessions still connected to it are ended, so no write can slip in. Otherwise the approval is the user's word that
-   writes stopped, and verification still reads a snapshot so a late write cannot produce a false "equal".
+1. Freeze (when ``cutover.freeze_source``, see :mod:`~airflow_pgmigrate.engine.freeze`): prepared transactions block
+   it; CONNECT is revoked from every role but the migration's, the database is set read-only for new transactions,
+   the other sessions are ended and the source is checked quiet. Otherwise the approval is the user's word that
+   writes stopped, and the cutover checks it (3).
 2. Drain: changes are applied until the applied LSN reaches the source's WAL position at the freeze.
-3. Non-streamed state (:mod:`airflow_pgmigrate.engine.nonstreamed`): every migrated sequence is set from the source
+3. Writes stopped: the slot is watched for ``cutover.writes_stopped_check_seconds``; a change to a migrated table
+   that still arrives stops the cutover (slot kept) with how many arrived and the sessions that wrote.
+4. Non-streamed state (:mod:`airflow_pgmigrate.engine.nonstreamed`): every migrated sequence is set from the source
    (``cutover.sequence_offset`` away from the used values, in the sequence's direction), and the large objects
    created, changed or deleted during sync are brought over.
-4. Verify what the migration moves (rows of every table and partitioned table, partitions, sequences, large
+5. Verify what the migration moves (rows of every table and partitioned table, partitions, sequences, large
    objects); a difference stops the cutover, naming the object, unless ``cutover.allow_differences``.
-5. Release the slot and the publication; remove the security-group rule the precheck added, if any.
-6. Record the report (times of each step, downtime window, rows, LSNs, verification) in the migration state.
+6. Final check, right before the release: no change arrived since the drain (nor during verification), nothing
+   prepared, no other session holding a transaction id.
+7. Release the slot and the publication; remove the security-group rule the precheck added, if any.
+8. Record the report (times of each step, downtime window, rows, LSNs, verification) in the migration state.
 """
 
 from __future__ import annotations
@@ -23,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
-from airflow_pgmigrate.engine.incremental import SyncError, release, run_incremental
+from airflow_pgmigrate.engine.freeze import (
+    STATE_KEY,
+    FreezeError,
+    freeze_source,
+    quiet_problems,
+    unfreeze_statements,
+    writers,
+)
+from airflow_pgmigrate.engine.incremental import SyncError, SyncResult, release, run_incremental
 from airflow_pgmigrate.engine.nonstreamed import sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.verify import compare, differences, verify_migration
@@ -41,23 +55,11 @@ class CutoverError(PgMigrateError):
         self.report = report
 
 
-def freeze_source(source: ConnectionInfo, log: Callable[[str], None]) -> int:
-    """Set the source database read-only for new transactions and end the sessions still using it."""
-    with connect(source) as src:
-        src.execute("SET default_transaction_read_only = off")  # a retry finds the database frozen already
-        src.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
-            sql.Identifier(source.dbname)))
-        ended = src.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchone()
-    count = int(ended[0]) if ended else 0
-    log(f"cutover froze source database={source.dbname} sessions_ended={count}")
-    return count
-
-
-def unfreeze_command(source: ConnectionInfo) -> str:
-    return sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only;").format(
-        sql.Identifier(source.dbname)).as_string(None)
+def unfreeze_command(source: ConnectionInfo, state: MigrationState | None = None) -> str:
+    """The statements that undo the freeze (exactly what it changed, as recorded in the migration state), in one
+    read-write transaction (the frozen database starts every other one read-only)."""
+    record = (state.get(STATE_KEY) if state is not None else None) or {"database": source.dbname}
+    return " ".join(["BEGIN READ WRITE;", *unfreeze_statements(record), "COMMIT;"])
 
 
 def _now() -> str:
@@ -84,7 +86,14 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
     frozen = config.cutover.freeze_source
     t0 = time.monotonic()
     if frozen:
-        report["sessions_ended"] = freeze_source(source, log)
+        try:
+            report["freeze"] = freeze_source(source, state, log=log,
+                                             wait_prepared_seconds=config.cutover.prepared_transactions_wait_seconds)
+        except FreezeError as exc:
+            report["status"] = "stopped: the source could not be frozen"
+            state.put("cutover", report)
+            raise CutoverError(f"cutover stopped before the freeze took hold: {exc}", report) from None
+        report["sessions_ended"] = report["freeze"]["sessions_ended"]
         report["frozen_at"] = _now()
     step("freeze" if frozen else "writes_stopped_by_user", t0)
     downtime_start = time.monotonic()
@@ -93,25 +102,15 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
     with connect(source) as src:
         freeze_lsn = src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
     report["freeze_lsn"] = freeze_lsn
-    transactions = 0
-    waited_until = time.monotonic() + 180
-    for _ in range(100):
-        try:
-            result = run_incremental(config, source, destination, window_seconds=300, target_lsn=freeze_lsn,
-                                     log=log)
-        except SyncError as exc:
-            # The sensor that kept the destination in sync while the question waited stops within one poke.
-            if "another applier" not in str(exc) or time.monotonic() > waited_until:
-                raise
-            time.sleep(2)
-            continue
-        transactions += result.transactions
-        if result.caught_up:
-            break
-    else:
-        raise CutoverError(f"the destination did not catch up with the source's LSN {freeze_lsn}", report)
-    report["applied_lsn"] = result.applied_lsn
-    step("drain", t0, transactions=transactions, applied_lsn=result.applied_lsn)
+    drained = _drain(config, source, destination, freeze_lsn, report, log)
+    report["applied_lsn"] = drained.applied_lsn
+    step("drain", t0, transactions=drained.transactions, applied_lsn=drained.applied_lsn)
+
+    # The cutover sees for itself that writes stopped: changes that still arrive are counted, never released.
+    t0 = time.monotonic()
+    time.sleep(config.cutover.writes_stopped_check_seconds)
+    _check_writes_stopped(config, source, destination, state, report, started, log, "after the drain")
+    step("writes_stopped", t0, seconds_watched=config.cutover.writes_stopped_check_seconds)
 
     t0 = time.monotonic()
     report["sequences"] = sync_sequences(config, source, destination, offset=config.cutover.sequence_offset,
@@ -135,6 +134,12 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
                            + ". The slot is kept: fix the cause, then run the cutover again (or set "
                            "cutover.allow_differences)", report)
 
+    t0 = time.monotonic()
+    _check_writes_stopped(config, source, destination, state, report, started, log,
+                          "since the writes-stopped check (during verification or right before the release)",
+                          already=int(verification.get("changes_applied") or 0))
+    step("final_check", t0)
+
     report["downtime_seconds"] = round(time.monotonic() - downtime_start, 3) if frozen else None
     report["rows_verified"] = verification["rows"]
     report["status"] = "releasing"  # verified: from here on a retry finishes the cutover instead of redoing it
@@ -145,6 +150,60 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
 
     report["seconds"] = round(time.monotonic() - started, 3)
     return _completed(config, source, destination, state, report, log)
+
+
+def _drain(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, target_lsn: str,
+           report: dict[str, Any], log: Callable[[str], None]) -> SyncResult:
+    """Apply every change up to ``target_lsn``; the totals of all rounds are in the result returned."""
+    total = SyncResult(applied_lsn="")
+    waited_until = time.monotonic() + 180
+    for _ in range(100):
+        try:
+            result = run_incremental(config, source, destination, window_seconds=300, target_lsn=target_lsn,
+                                     log=log)
+        except SyncError as exc:
+            # The sensor that kept the destination in sync while the question waited stops within one poke.
+            if "another applier" not in str(exc) or time.monotonic() > waited_until:
+                raise
+            time.sleep(2)
+            continue
+        total.transactions += result.transactions
+        total.changes += result.changes
+        total.applied_lsn = result.applied_lsn
+        if result.caught_up:
+            return total
+    raise CutoverError(f"the destination did not catch up with the source's LSN {target_lsn}", report)
+
+
+def _check_writes_stopped(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,
+                          state: MigrationState, report: dict[str, Any], started: float, log: Callable[[str], None],
+                          when: str, already: int = 0) -> None:
+    """Drain up to the source's WAL position now: any change to a migrated table that arrives (plus ``already``,
+    those verification applied) means something still writes; stop before the release and say what and who."""
+    with connect(source) as src:
+        now_lsn = src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
+    late = _drain(config, source, destination, now_lsn, report, log)
+    report["applied_lsn"] = late.applied_lsn
+    changes = late.changes + already
+    with connect(source) as src:
+        problems = quiet_problems(src) if config.cutover.freeze_source else []
+        who = writers(src, time.monotonic() - started + 1, source.application_name) if changes or problems else []
+    if not changes and not problems:
+        return
+    report["late_changes"] = changes
+    report["late_writers"] = [s.describe() for s in who]
+    report["status"] = "stopped: the source is still being written"
+    state.put("cutover", report)
+    frozen = config.cutover.freeze_source
+    what = [f"{changes} row change(s) to migrated tables arrived {when} (applied to the destination, which is now at "
+            f"LSN {late.applied_lsn})"] if changes else []
+    sources = ("sessions that wrote lately on the source: " + "; ".join(report["late_writers"])) if who else \
+        "no other session is connected to the source now (the writer may have disconnected)"
+    fix = ("a superuser session, or a role that is a member of the migration's, writes despite the freeze: end it"
+           if frozen else "stop the application's writes (or set cutover.freeze_source: true)")
+    raise CutoverError(f"cutover stopped before the release: the source is still being written: "
+                       f"{'; '.join(what + problems)}. {sources}. The slot is kept, nothing is lost: {fix}, then "
+                       "run the cutover again", report)
 
 
 def _slot_exists(config: MigrationConfig, source: ConnectionInfo) -> bool:
@@ -170,7 +229,8 @@ def _completed(config: MigrationConfig, source: ConnectionInfo, destination: Con
         f"switch the application's connection string to the destination ({destination.describe()})",
     ]
     if report.get("frozen_at"):
-        report["next_steps"].append(f"to roll back, unfreeze the source: {unfreeze_command(source)}")
+        report["next_steps"].append(f"to roll back, unfreeze the source (restores exactly what the freeze changed): "
+                                    f"{unfreeze_command(source, state)}")
     if not config.owns_publication:
         report["next_steps"].append(
             f"the publication {config.publication_name} belongs to its owner and was kept: once the source is retired "

@@ -2,13 +2,15 @@
 
 One ``run()`` streams and applies for a bounded window (or until caught up) and returns the lag. The last applied
 source commit is recorded in the destination in the same transaction as the changes it covers, and the source is told
-(flush LSN) only what is committed there: a restart at any instant skips what was applied and loses nothing.
+(flush LSN) only what the destination has made durable (:class:`DurableFeedback`): a restart, or a crash of the
+destination whatever its ``synchronous_commit``, at any instant skips what was applied and loses nothing.
 Rolled-back transactions never reach us (the server decodes committed ones only; streamed ones that abort are
 dropped). Streamed in-progress transactions (protocol 2) spill to a temporary file, so memory stays bounded.
 """
 
 from __future__ import annotations
 
+import collections
 import gc
 import queue
 import re
@@ -20,14 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
-from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, TableTarget
+from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, RowsNotMatched, TableTarget
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.failures import sync_failure_message
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
@@ -64,6 +66,12 @@ BATCH_CHANGES = 50_000
 BATCH_BYTES = 16 * 1024 * 1024
 BATCH_SECONDS = 1.0
 FEEDBACK_SECONDS = 1.0
+#: Under a throttle, a batch holds at most this long's worth of the caps (half the window, if that is shorter): each
+#: payment to the caps is short, the applied rate holds over a few seconds, and a window always carries a batch.
+PACE_SECONDS = 0.2
+#: At the end of a poke with WAL left unread, how long the stream is read ahead (nothing applied) for the commit time
+#: of the oldest transaction not applied yet.
+READ_AHEAD_SECONDS = 1.0
 #: Changes of a streamed transaction kept in memory before spilling to disk.
 SPILL_BYTES = 32 * 1024 * 1024
 #: Message tags (as bytes of the payload): row changes, and what a streamed transaction spills until its commit.
@@ -87,9 +95,87 @@ class SyncResult:
     seconds: float = 0.0
     last_commit_time: str | None = None
     target_lsn: str | None = None
+    #: How ``lag_seconds`` was measured (see docs/incremental.md): ``nothing_unapplied`` (0),
+    #: ``oldest_unapplied_commit`` (the age of that commit) or ``unread_wal_age`` (the stream did not reach a commit).
+    lag_basis: str = "nothing_unapplied"
+    oldest_unapplied_commit_time: str | None = None
+    #: The caps did not allow the next write before the window's end: what was read after it is left for later.
+    throttled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class _WalSample:
+    """The source's WAL insert position and clock at one instant (``mono``: our ``time.monotonic()`` then)."""
+
+    lsn: int
+    clock: datetime
+    mono: float
+
+    def source_now(self) -> datetime:
+        """The source's clock now, from this sample and the time elapsed here since."""
+        return self.clock + timedelta(seconds=time.monotonic() - self.mono)
+
+
+def _wal_sample(src: psycopg.Connection) -> _WalSample:
+    row = src.execute("SELECT pg_current_wal_insert_lsn()::text, clock_timestamp()").fetchone()
+    assert row is not None
+    return _WalSample(lsn_to_int(row[0]), row[1], time.monotonic())
+
+
+class _Pace:
+    """The caps' use in one run: batches sized to them, and payments that never wait past the window's end.
+
+    The run's first commit is paid whatever the window: a transaction larger than any window carries at the caps
+    must still be applied (the run then ends after its commit, later than its window, and says so). Past it, a write
+    the caps would allow only after the window is not written: ``over`` is set, the run stops, and what was read
+    after the last commit (from the transaction committed at ``unapplied_time`` on) is left for the next run.
+    """
+
+    def __init__(self, sync: IncrementalSync, window_seconds: float, deadline: float,
+                 keep_alive: Callable[[], None]) -> None:
+        self.sync, self.window_seconds, self.deadline, self.keep_alive = sync, window_seconds, deadline, keep_alive
+        self.limits = sync._batch_limits(window_seconds)
+        self.over = False
+        self.unapplied_time: int | None = None
+        self.commits = 0  # commits handed to the writer
+        self.transactions = 0  # transactions read up to the last of them
+        self._told = False
+
+    def paid(self, part: Batch, oldest_unapplied: int | None, txn: _Txn | None) -> bool:
+        """Pay for writing ``part``; False (and ``over``) when the caps allow it only after the window."""
+        if self.over:
+            return False
+        first = not self.commits
+        if self.sync.throttle.pay(part.changes, part.bytes, None if first else self.deadline, self._sleep):
+            if first and not self._told and time.monotonic() > self.deadline:
+                self._told = True
+                self.sync._warn_overrun(self.window_seconds, txn)
+            return True
+        self.over = True
+        self.left_at(oldest_unapplied if oldest_unapplied is not None else
+                     txn.begin.commit_time if txn is not None else None)
+        return False
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait in steps of a second at most, telling the source we are alive after each full one: a long payment
+        (a huge row at a small cap) must not let the source's wal_sender_timeout end the stream."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 1.0))
+            if left > 1.0:
+                self.keep_alive()
+
+    def committed(self, transactions: int) -> None:
+        self.commits += 1
+        self.transactions = transactions
+
+    def left_at(self, commit_time: int | None) -> None:
+        """The oldest transaction read and left unapplied was committed at ``commit_time``."""
+        if self.unapplied_time is None:
+            self.unapplied_time = commit_time
 
 
 @dataclass
@@ -159,21 +245,67 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+class DurableFeedback:
+    """The one owner of what may be reported to the source as flushed: the end LSN of the last source transaction
+    whose destination commit is durable, never more.
+
+    A destination commit returns before its WAL is flushed when the destination runs ``synchronous_commit = off``
+    (a bulk-load target, a test server); a crash then takes the commit back, and a source told it was flushed would
+    never send it again. As PostgreSQL's own apply worker does, each commit is remembered with the destination's WAL
+    position after it, and a source position becomes reportable once the destination's flush position
+    (``pg_current_wal_flush_lsn()``) has passed that point. The writer thread adds, the reading thread asks.
+    """
+
+    def __init__(self, applied: int) -> None:
+        self._lock = threading.Lock()
+        #: (source end LSN, destination WAL position after its commit), oldest first.
+        self._pending: collections.deque[tuple[int, int]] = collections.deque()
+        self.position = applied
+
+    @property
+    def settled(self) -> bool:
+        """Whether every commit made so far is known to be durable."""
+        return not self._pending
+
+    def committed(self, source_end: int, destination_lsn: int) -> None:
+        with self._lock:
+            self._pending.append((source_end, destination_lsn))
+
+    def flushed(self, destination_flushed: int) -> int:
+        """The source position that may be reported, now that the destination flushed up to ``destination_flushed``."""
+        with self._lock:
+            while self._pending and self._pending[0][1] <= destination_flushed:
+                self.position = max(self.position, self._pending.popleft()[0])
+            return self.position
+
+
+def _wal_lsn(conn: psycopg.Connection, function: str) -> int:
+    row = conn.execute(f"SELECT {function}()::text").fetchone()
+    assert row is not None
+    return lsn_to_int(row[0])
+
+
 class _Writer:
     """Writes on the destination in a thread of its own, in order, while the stream is read and decoded.
 
     The destination's work (and the wait for it) overlaps decoding. Items: ``("commit", batch, end_lsn, time)``
     writes a batch and commits it with its progress row; ``("partial", batch)`` writes part of a large transaction
     into the open destination transaction; ``("progress", None, end_lsn, time)`` only moves the progress row. One
-    item waits while another is written, so memory stays bounded. ``applied`` is the end LSN of the last commit: the
-    only position ever reported to the source as flushed. The first error stops the writer; the reading thread
-    raises it at its next ``submit``, ``check`` or ``drain``.
+    item waits while another is written, so memory stays bounded. ``applied`` is the end LSN of the last commit;
+    each commit is handed to ``feedback``, which alone decides what the source is told is flushed. The first error
+    stops the writer; the reading thread raises it at its next ``submit``, ``check`` or ``drain``.
     """
 
     def __init__(self, sync: IncrementalSync, dst: psycopg.Connection, applier: Applier, result: SyncResult,
-                 applied: int) -> None:
+                 applied: int, confirmed: int) -> None:
         self._sync, self._dst, self._applier, self._result = sync, dst, applier, result
         self.applied = applied
+        # The recorded position may come from a run that died before its commits were flushed: durable only once the
+        # destination's flush position passes its WAL position now.
+        self.feedback = DurableFeedback(min(confirmed, applied))
+        if applied > confirmed:
+            self.feedback.committed(applied, _wal_lsn(dst, "pg_current_wal_insert_lsn"))
+            dst.rollback()
         self.error: BaseException | None = None
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=1)
         self._pending = 0  # items submitted and not finished
@@ -202,6 +334,24 @@ class _Writer:
             while self._pending:
                 self._done.wait()
         self.check()
+
+    def flushed(self, lookup: psycopg.Connection) -> int:
+        """The source position that may be reported as flushed now (asks the destination only when needed)."""
+        if self.feedback.settled:
+            return self.feedback.position
+        return self.feedback.flushed(_wal_lsn(lookup, "pg_current_wal_flush_lsn"))
+
+    def make_durable(self) -> int:
+        """After ``drain``: flush the destination's WAL (a write committed with ``synchronous_commit = on`` flushes
+        every commit before it), so that everything applied may be reported; returns the reportable position."""
+        dst = self._dst
+        if not self.feedback.settled:
+            with dst.transaction():
+                dst.execute("SET LOCAL synchronous_commit = on")
+                self._sync._touch_progress(dst)  # a commit that wrote nothing would not wait for the flush
+            self.feedback.flushed(_wal_lsn(dst, "pg_current_wal_flush_lsn"))
+            dst.rollback()
+        return self.feedback.position
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop after the item being written (the caller closes the connection afterwards)."""
@@ -240,6 +390,8 @@ class _Writer:
         self._result.changes += self._uncommitted
         self._uncommitted = 0
         self.applied = end_lsn
+        self.feedback.committed(end_lsn, _wal_lsn(dst, "pg_current_wal_insert_lsn"))
+        dst.rollback()  # the read above opened a transaction
         if commit_time is not None:
             self._result.last_commit_time = pg_time(commit_time).isoformat()
 
@@ -378,6 +530,7 @@ class IncrementalSync:
 
     def _send_feedback(self, repl: psycopg.Connection, written: int, flushed: int, reply: bool = False) -> None:
         message = b"r" + struct.pack("!QQQqB", written, flushed, flushed, self._now_micros(), 1 if reply else 0)
+        self._feedback = (written, flushed)  # what the read-ahead repeats when it asks the source for a keepalive
         repl.pgconn.put_copy_data(message)
         repl.pgconn.flush()
 
@@ -403,6 +556,93 @@ class IncrementalSync:
             ready, _, _ = select.select([pgconn.socket], [], [], min(left, 0.2))
             if ready:
                 pgconn.consume_input()
+
+    # -- pace and lag --------------------------------------------------------------------------------------------
+
+    def _batch_limits(self, window_seconds: float) -> tuple[int, int, int, int]:
+        """Changes and bytes at which a batch is written in the middle of a transaction, and at a commit.
+
+        Under a cap, a batch holds at most ``PACE_SECONDS`` of it (half the window, if shorter): a lump of a whole
+        batch then stays small against the cap over any few seconds, and paying for one never outlasts the window.
+        """
+        part_changes, part_bytes, commit_changes, commit_bytes = BATCH_CHANGES, BATCH_BYTES, BATCH_CHANGES, \
+            BATCH_BYTES // 2
+        pace = min(PACE_SECONDS, window_seconds / 2) if window_seconds > 0 else PACE_SECONDS
+        rows, nbytes = self.throttle.rows_per_second, self.throttle.bytes_per_second
+        if rows:
+            part_changes = commit_changes = min(BATCH_CHANGES, max(1, int(rows * pace)))
+        if nbytes:
+            part_bytes = min(BATCH_BYTES, max(1, int(nbytes * pace)))
+            commit_bytes = min(commit_bytes, part_bytes)
+        return part_changes, part_bytes, commit_changes, commit_bytes
+
+    def _warn_overrun(self, window_seconds: float, txn: _Txn | None) -> None:
+        what = (f"its first transaction (committed at {pg_time(txn.begin.commit_time).isoformat()}, "
+                f"LSN {int_to_lsn(txn.begin.commit_lsn)})" if txn is not None else "its first batch")
+        self.log(f"incremental warning: this poke runs past its window of {window_seconds:g} s: {what} needs "
+                 "longer than that at throttling.incremental's caps, so no window would ever carry it; it is applied "
+                 "whole at the caps and the poke ends after its commit. Raise throttling.incremental.rows_per_second "
+                 "or mb_per_second, or the sensor's window_seconds, so that one window carries it")
+
+    def _measure_lag_seconds(self, result: SyncResult, repl: psycopg.Connection, unapplied_time: int | None,
+                             samples: tuple[_WalSample, _WalSample], accounted: int, applied: int) -> None:
+        """Set ``lag_seconds``: the age, on the source's clock at the end of the poke, of the oldest transaction
+        committed on the source and not applied (docs/incremental.md, "Lag and not delayed").
+
+        ``unapplied_time`` is that commit's time when the poke read it and left it (the caps, a stop LSN); else,
+        with WAL past ``accounted`` (everything before it is applied or has nothing for us), the stream is read
+        ahead to the next commit. If it gets neither there nor to the end of the WAL in time, the age of the WAL it
+        did not read stands in, from the insert position sampled at the start and the end of the poke.
+        """
+        start, end = samples
+        reached = accounted
+        if unapplied_time is None and end.lsn > accounted:
+            unapplied_time, reached = self._read_ahead(repl, applied, end.lsn, accounted)
+        now = end.source_now()
+        if unapplied_time is not None:
+            commit = pg_time(unapplied_time)
+            result.lag_basis = "oldest_unapplied_commit"
+            result.oldest_unapplied_commit_time = commit.isoformat()
+            lag = (now - commit).total_seconds()
+        elif reached >= end.lsn:
+            result.lag_basis, lag = "nothing_unapplied", 0.0
+        else:
+            seen = start if start.lsn > reached else end  # the first sample of the insert position past `reached`
+            result.lag_basis = "unread_wal_age"
+            lag = (now - seen.clock).total_seconds()
+        result.lag_seconds = round(max(0.0, lag), 3)
+
+    def _read_ahead(self, repl: psycopg.Connection, applied: int, until: int, reached: int) -> tuple[int | None, int]:
+        """Read the stream on, applying nothing, to the first transaction not applied yet.
+
+        Returns its commit time (the first Begin or stream commit at or past ``applied``: the stream delivers
+        transactions in commit order), or None once a keepalive says the source decoded up to ``until`` without
+        one, or after ``READ_AHEAD_SECONDS``; and the position the keepalives reported. Keepalives are asked for
+        with the same positions as the poke's last feedback.
+        """
+        written, flushed = self._feedback
+        stop = time.monotonic() + READ_AHEAD_SECONDS
+        asked = 0.0
+        try:
+            while (left := stop - time.monotonic()) > 0:
+                if time.monotonic() - asked >= 0.2:
+                    self._send_feedback(repl, written, flushed, reply=True)
+                    asked = time.monotonic()
+                message = self._read(repl, min(left, 0.2))
+                if message is None:
+                    continue
+                if message[0] == 107:  # 'k': keepalive, with the position the source has decoded to
+                    reached = max(reached, struct.unpack_from("!Q", message, 1)[0])
+                    if reached >= until:
+                        return None, reached
+                elif message[0] == 119 and message[25] in (66, 99):  # 'B' begin, 'c' stream commit
+                    commit_lsn, commit_time = struct.unpack_from("!QQ" if message[25] == 66 else "!Q8xQ", message,
+                                                                 26 if message[25] == 66 else 31)
+                    if commit_lsn >= applied:
+                        return commit_time, reached
+        except (SyncError, psycopg.Error) as exc:  # the next poke meets the failure; the lag falls back meanwhile
+            self.log(f"incremental warning: reading ahead for the lag failed: {str(exc).strip()[:200]}")
+        return None, reached
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
@@ -431,8 +671,8 @@ class IncrementalSync:
                                 "the new primary and restart the migration from a fresh full load")
             self._check_new_partitions(src, version)
             self._ancestors = catalog.partition_ancestors(src)  # a partitioned table's filter applies to its partitions
-            target = lsn_to_int(target_lsn) if target_lsn else lsn_to_int(
-                src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
+            start_sample = _wal_sample(src)
+            target = lsn_to_int(target_lsn) if target_lsn else start_sample.lsn
         stop_at = lsn_to_int(stop_before_lsn) if stop_before_lsn else None
         if stop_at is not None:
             target = stop_at
@@ -473,7 +713,8 @@ class IncrementalSync:
             unpack_from = struct.unpack_from
             tables = self.tables  # relation oid -> target (None: not migrated); a new Relation message resets one
             txn_commit_lsn = 0
-            writer = _Writer(self, dst, Applier(dst), result, applied)
+            confirmed = lsn_to_int(slot_row[0]) if slot_row[0] else 0
+            writer = _Writer(self, dst, Applier(dst, count_rows=self._replica_role), result, applied, confirmed)
             batch = self.new_batch()
             batch_last_end = 0
             batch_commit_time: int | None = None
@@ -485,33 +726,55 @@ class IncrementalSync:
             oldest_unapplied: int | None = None
             stream_xid: int | None = None
             deadline = started + window_seconds
+            self._feedback = (applied, writer.feedback.position)  # until the first feedback replaces it
+            pace = _Pace(self, window_seconds, deadline, lambda: self._send_feedback(repl, *self._feedback))
+            part_changes, part_bytes, commit_changes, commit_bytes = pace.limits
+            parted = False  # a part of the transaction being read was written (flushed at its commit)
+
+            def write_part() -> bool:
+                """A large transaction: write what we have into the open destination transaction, if the caps let
+                it be paid within the window."""
+                nonlocal batch, parted
+                if not pace.paid(batch, oldest_unapplied, txn):
+                    return False
+                writer.submit(("partial", batch))
+                batch = self.new_batch()
+                parted = True
+                return True
 
             # Transactions without changes for us (other tables only) move the applied position too, recorded with
             # the next batch or by the next flush: never one destination commit each.
             progress_pending = False
 
             def flush() -> None:
-                nonlocal batch, oldest_unapplied, batch_started, progress_pending
+                nonlocal batch, oldest_unapplied, batch_started, progress_pending, parted
                 batch_started = 0.0  # the next transaction opens a new batch window
+                if pace.over:
+                    return
                 if batch:
+                    if not pace.paid(batch, oldest_unapplied, txn):
+                        return
                     writer.submit(("commit", batch, batch_last_end, batch_commit_time))
                     batch = self.new_batch()
                 elif progress_pending:
                     writer.submit(("progress", None, batch_last_end, batch_commit_time))
                 else:
                     return
-                progress_pending = False
+                pace.committed(result.transactions)
+                progress_pending = parted = False
                 oldest_unapplied = None
 
             while True:
+                if pace.over:
+                    break
                 now = time.monotonic()
                 if now - last_feedback >= FEEDBACK_SECONDS:
-                    done = writer.applied
+                    done = writer.flushed(lookup)
                     # Idle: nothing read is waiting to be committed (no batch, no transaction recorded only as
-                    # pending progress, no partial write, nothing in the writer's hands): only then may the
-                    # position the source reported be confirmed as flushed.
+                    # pending progress, no partial write, nothing in the writer's hands, every commit durable):
+                    # only then may the position the source reported be confirmed as flushed.
                     idle = (txn is None and not batch and not progress_pending and stream_xid is None and not spills
-                            and writer.idle)
+                            and writer.idle and writer.feedback.settled)
                     writer.check()  # after reading idle: a writer that failed meanwhile stops us here
                     self._send_feedback(repl, received, done if not idle else max(done, position),
                                         reply=stop_when_caught_up)
@@ -538,7 +801,7 @@ class IncrementalSync:
                     if txn is None and not batch and stream_xid is None and not spills:
                         position = max(position, wal_end)
                     if reply:
-                        self._send_feedback(repl, received, writer.applied)
+                        self._send_feedback(repl, received, writer.feedback.position)
                         last_feedback = time.monotonic()
                     continue
                 if kind != 119:  # 'w': XLogData
@@ -560,10 +823,8 @@ class IncrementalSync:
                     if table is None or txn_commit_lsn < table.start_lsn:
                         continue
                     batch.add(change.relation, table, change, len(message) - 25)
-                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
-                        # A large transaction: write what we have into the open destination transaction.
-                        writer.submit(("partial", batch))
-                        batch = self.new_batch()
+                    if batch.bytes >= part_bytes or batch.changes >= part_changes:
+                        write_part()
                     continue
                 item = decoder.decode(message, 25)
                 item_type = type(item)
@@ -571,7 +832,8 @@ class IncrementalSync:
                     if stop_at is not None and item.commit_lsn >= stop_at:
                         flush()
                         writer.drain()
-                        result.caught_up = True
+                        result.caught_up = not pace.over
+                        pace.left_at(item.commit_time)
                         break  # committed at or after the stop point: left for later
                     txn = _Txn(item, skip=item.commit_lsn < applied)
                     txn_commit_lsn = item.commit_lsn
@@ -601,16 +863,15 @@ class IncrementalSync:
                     if txn.skip:
                         continue
                     self._add(batch, txn, item, len(message) - 25, lookup)
-                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
-                        # A large transaction: write what we have into the open destination transaction.
-                        writer.submit(("partial", batch))
-                        batch = self.new_batch()
+                    if batch.bytes >= part_bytes or batch.changes >= part_changes:
+                        write_part()
                     continue
                 if item_type is Commit or item_type is StreamCommit:
                     if isinstance(item, StreamCommit) and stop_at is not None and item.commit_lsn >= stop_at:
                         flush()
                         writer.drain()
-                        result.caught_up = True
+                        result.caught_up = not pace.over
+                        pace.left_at(item.commit_time)
                         break
                     if isinstance(item, StreamCommit):
                         spill = spills.pop(item.xid, None)
@@ -623,9 +884,9 @@ class IncrementalSync:
                                 change = sub.decode(raw)
                                 if isinstance(change, (Change, Truncate)) and change.xid not in spill.aborted:
                                     self._add(batch, txn, change, len(raw), lookup)
-                                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
-                                        writer.submit(("partial", batch))
-                                        batch = self.new_batch()
+                                    if (batch.bytes >= part_bytes or batch.changes >= part_changes) \
+                                            and not write_part():
+                                        break
                             spill.close()
                     end_lsn = item.end_lsn
                     received = max(received, end_lsn)
@@ -640,28 +901,31 @@ class IncrementalSync:
                             batch_started = time.monotonic()
                         batch_last_end = end_lsn
                         batch_commit_time = item.commit_time
-                        if batch.changes >= BATCH_CHANGES or batch.bytes >= BATCH_BYTES / 2:
-                            flush()
-                        elif not batch:
+                        if not batch:
                             progress_pending = True
+                        if parted or batch.changes >= commit_changes or batch.bytes >= commit_bytes:
+                            flush()
                     txn = None
                     continue
             flush()
             writer.drain()
             applied = writer.applied
+            if pace.over:
+                # Read but not written: nothing after the last commit may be confirmed, counted or measured, and
+                # parts of a transaction written before the caps stopped the run go back with the open transaction
+                # (the writer is idle after drain).
+                dst.rollback()
+                position = applied
+                result.transactions = pace.transactions
+                result.throttled = True
             result.applied_lsn = int_to_lsn(applied)
             with connect(self.source) as src:
-                current = lsn_to_int(src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
-            result.lag_bytes = max(0, current - max(applied, position))
-            if result.caught_up or result.lag_bytes == 0:
-                result.lag_seconds = 0.0
-            elif result.last_commit_time is not None:
-                last = datetime.fromisoformat(result.last_commit_time)
-                result.lag_seconds = max(0.0, (datetime.now(UTC) - last).total_seconds())
-            elif oldest_unapplied is not None:
-                result.lag_seconds = max(0.0, (datetime.now(UTC) - pg_time(oldest_unapplied))
-                                         .total_seconds())
-            self._send_feedback(repl, received, applied if spills or txn else max(applied, position))
+                end_sample = _wal_sample(src)
+            result.lag_bytes = max(0, end_sample.lsn - max(applied, position))
+            durable = writer.make_durable()
+            self._send_feedback(repl, received, durable if spills or txn else max(durable, position))
+            self._measure_lag_seconds(result, repl, pace.unapplied_time, (start_sample, end_sample),
+                                      max(applied, position), applied)
         except psycopg.Error as exc:
             # Nothing of the failed batch committed: the recorded position is the writer's last commit.
             raise SyncError(sync_failure_message(exc, int_to_lsn(writer.applied if writer is not None else applied))
@@ -679,7 +943,8 @@ class IncrementalSync:
         result.seconds = round(time.monotonic() - started, 3)
         self.log(f"incremental applied_lsn={result.applied_lsn} transactions={result.transactions} "
                  f"changes={result.changes} skipped={result.skipped_transactions} caught_up={result.caught_up} "
-                 f"lag_bytes={result.lag_bytes} lag_s={result.lag_seconds:.1f} seconds={result.seconds}")
+                 f"lag_bytes={result.lag_bytes} lag_s={result.lag_seconds:.1f} lag_basis={result.lag_basis} "
+                 f"throttled={result.throttled} seconds={result.seconds}")
         return result
 
     def _check_new_partitions(self, src: psycopg.Connection, version: int) -> None:
@@ -766,6 +1031,10 @@ class IncrementalSync:
         ).format(self._progress_table()), (self.config.name, int_to_lsn(end_lsn),
                                            pg_time(commit_time) if commit_time is not None else None))
 
+    def _touch_progress(self, dst: psycopg.Connection) -> None:
+        dst.execute(sql.SQL("UPDATE {} SET applied_at = now() WHERE migration = %s").format(self._progress_table()),
+                    (self.config.name,))
+
     def _apply_partial(self, dst: psycopg.Connection, applier: Applier, batch: Batch) -> None:
         """Part of a transaction too large to hold: written, not committed (its commit records progress)."""
         self._write(dst, applier, batch)
@@ -778,8 +1047,6 @@ class IncrementalSync:
 
     def _write(self, dst: psycopg.Connection, applier: Applier, batch: Batch) -> None:
         """Write a batch set-based inside a savepoint; on failure, roll back to it and replay one by one."""
-        self.throttle.on_bytes(batch.bytes)
-        self.throttle.on_rows(batch.changes)
         savepoint = "pgm_batch"
         staging = applier.staging_mark()
         try:
@@ -789,8 +1056,9 @@ class IncrementalSync:
         except ApplyError:
             dst.rollback()
             raise
-        except psycopg.Error as exc:
-            # Set-based writes can trip over transient unique conflicts: replay the batch in source order.
+        except (psycopg.Error, RowsNotMatched) as exc:
+            # Set-based writes can trip over transient unique conflicts, and a set-based UPDATE or DELETE that
+            # missed a row does not say which change it was: replay the batch in source order.
             dst.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
             applier.staging_rolled_back(staging)  # staging tables created since the savepoint are gone
             self.log(f"incremental batch replayed one change at a time after: {str(exc).strip()[:200]}")
@@ -839,4 +1107,4 @@ def run_incremental(config: MigrationConfig, source: ConnectionInfo, destination
     return IncrementalSync(config, source, destination, log=log).run(**kwargs)
 
 
-__all__ = ["IncrementalSync", "SyncError", "SyncResult", "release", "run_incremental", "slot_lag"]
+__all__ = ["DurableFeedback", "IncrementalSync", "SyncError", "SyncResult", "release", "run_incremental", "slot_lag"]

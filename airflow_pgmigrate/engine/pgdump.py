@@ -232,6 +232,9 @@ class DumpEntry:
     type: str
     schema: str | None
     sql: str
+    #: ``SET default_table_access_method`` / ``default_tablespace`` of the entry when not the dump's defaults
+    #: (pg_dump writes them once, before the first entry that needs them): run before the entry's SQL.
+    settings: str = ""
 
     @property
     def key(self) -> tuple[str, str | None, str]:
@@ -242,17 +245,118 @@ class DumpEntry:
         return f"{self.type.lower()} {where}{self.name}"
 
 
+#: Entry types (and the object kinds COMMENT and ACL tags name) -> the family of objects sharing one namespace of
+#: names: an ACL on ``TABLE v`` belongs to the VIEW entry ``v``, a comment on ``DOMAIN d`` to the DOMAIN entry.
+_FAMILIES = {"TABLE": "RELATION", "VIEW": "RELATION", "MATERIALIZED VIEW": "RELATION", "FOREIGN TABLE": "RELATION",
+             "SEQUENCE": "RELATION", "TYPE": "TYPE", "DOMAIN": "TYPE", "FUNCTION": "ROUTINE",
+             "PROCEDURE": "ROUTINE", "AGGREGATE": "ROUTINE", "FOREIGN SERVER": "SERVER",
+             "PROCEDURAL LANGUAGE": "LANGUAGE"}
+#: Object kinds in COMMENT and ACL tags (``COMMENT ON <kind> <name>``), longest first.
+_TAG_KINDS = ("TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE",
+              "FOREIGN DATA WRAPPER", "MATERIALIZED VIEW", "PROCEDURAL LANGUAGE", "OPERATOR FAMILY", "OPERATOR CLASS",
+              "FOREIGN SERVER", "FOREIGN TABLE", "EVENT TRIGGER", "ACCESS METHOD", "LARGE OBJECT", "SUBSCRIPTION",
+              "PUBLICATION", "CONVERSION", "CONSTRAINT", "STATISTICS", "AGGREGATE", "COLLATION", "EXTENSION",
+              "PROCEDURE", "TRANSFORM", "FUNCTION", "LANGUAGE", "OPERATOR", "SEQUENCE", "DATABASE", "TRIGGER",
+              "COLUMN", "DOMAIN", "POLICY", "SCHEMA", "SERVER", "INDEX", "TABLE", "TYPE", "VIEW", "CAST", "RULE")
+
+
+def object_family(kind: str) -> str:
+    """The family of an entry type or tag kind (``VIEW`` and ``TABLE`` are both relations)."""
+    return _FAMILIES.get(kind, kind)
+
+
+def _unquote_first(text: str) -> tuple[str, str]:
+    """The first identifier of ``text`` as pg_dump quotes it (fmtId), unquoted, and what follows it."""
+    if text.startswith('"'):
+        i, out = 1, []
+        while i < len(text):
+            if text[i] == '"':
+                if text[i + 1:i + 2] == '"':
+                    out.append('"')
+                    i += 2
+                    continue
+                return "".join(out), text[i + 1:]
+            out.append(text[i])
+            i += 1
+        return "".join(out), ""
+    match = re.match(r"[^\s.(]*", text)
+    assert match is not None
+    return match.group(0), text[match.end():]
+
+
+def tag_name(text: str) -> str:
+    """A name as a tag writes it (quoted when it needs quotes), unquoted."""
+    return _unquote_first(text)[0] if text.startswith('"') else text
+
+
+def tag_target(entry: DumpEntry) -> tuple[str, str | None, str] | None:
+    """(family, schema, name) of the object a COMMENT or ACL entry is about, named as that object's own entry is;
+    None when its tag names no object kind we know.
+
+    Function signatures keep pg_dump's form with argument names (``FUNCTION f(p_id bigint)``): the caller maps them
+    to the entry's form (``f(bigint)``). A domain constraint belongs to its domain, a column to its relation.
+    """
+    kind = next((k for k in _TAG_KINDS if entry.name.startswith(k + " ")), None)
+    if kind is None:
+        return None
+    rest = entry.name[len(kind) + 1:]
+    schema = None if kind in ("SCHEMA", "EXTENSION", "CAST", "ACCESS METHOD", "FOREIGN DATA WRAPPER",
+                              "FOREIGN SERVER", "SERVER", "EVENT TRIGGER", "PUBLICATION", "SUBSCRIPTION",
+                              "LANGUAGE", "PROCEDURAL LANGUAGE", "TRANSFORM", "DATABASE", "LARGE OBJECT") \
+        else entry.schema
+    if kind in ("CAST", "TRANSFORM"):
+        return (kind, None, entry.name)
+    if kind in ("FUNCTION", "PROCEDURE", "AGGREGATE"):
+        return ("ROUTINE", schema, rest)
+    name, after = _unquote_first(rest)
+    if kind == "CONSTRAINT":
+        on_domain = re.match(r"\s*ON DOMAIN (.*)$", after)
+        if on_domain:
+            return ("TYPE", schema, _unquote_first(on_domain.group(1))[0])
+        return None  # a table's constraint: bound to its table
+    if kind == "COLUMN":
+        return ("RELATION", schema, name)
+    return (object_family(kind), schema, name)
+
+
+#: Settings pg_dump changes between entries (before an entry's header) and their values at the start of a dump.
+ENTRY_SETTINGS = {"default_tablespace": "''", "default_table_access_method": "heap"}
+_ENTRY_SETTING = re.compile(r"^SET (default_tablespace|default_table_access_method) = (.*);$")
+
+
+def _entry_settings(current: dict[str, str]) -> str:
+    return "".join(f"SET {k} = {v};\n" for k, v in current.items() if v != ENTRY_SETTINGS[k])
+
+
+def reset_entry_settings() -> str:
+    """The statements that put the per-entry settings back to their values at the start of a dump."""
+    return "".join(f"SET {k} = {v};\n" for k, v in ENTRY_SETTINGS.items())
+
+
 def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
-    """Split plain pg_dump output into (session settings of its preamble, entries). psql-only lines are dropped."""
+    """Split plain pg_dump output into (session settings of its preamble, entries). psql-only lines are dropped.
+
+    The ``SET default_table_access_method`` (and ``default_tablespace``) lines pg_dump writes before an entry's
+    header belong to the entries that follow: they are kept in each entry's ``settings``, not in its SQL.
+    """
     lines = _PSQL_ONLY.sub("", text).split("\n")
     headers = [i for i in range(1, len(lines) - 1)
                if lines[i - 1] == "--" and lines[i + 1] == "--" and _HEADER.match(lines[i])]
     preamble = lines[: headers[0] - 1] if headers else lines
     entries: list[DumpEntry] = []
+    current = dict(ENTRY_SETTINGS)
+    for ln in preamble:
+        found = _ENTRY_SETTING.match(ln)
+        if found:
+            current[found.group(1)] = found.group(2)
     for n, start in enumerate(headers):
         end = headers[n + 1] - 1 if n + 1 < len(headers) else len(lines)
         body = lines[start + 2:end]
-        while body and (not body[-1].strip() or body[-1].startswith("--")):
+        settings = _entry_settings(current)
+        while body and (not body[-1].strip() or body[-1].startswith("--") or _ENTRY_SETTING.match(body[-1])):
+            found = _ENTRY_SETTING.match(body[-1])
+            if found:
+                current[found.group(1)] = found.group(2)
             body.pop()
         while body and not body[0].strip():
             body.pop(0)
@@ -260,11 +364,12 @@ def split_dump(text: str) -> tuple[str, list[DumpEntry]]:
         assert match is not None
         schema = match.group("schema")
         entries.append(DumpEntry(match.group("name"), match.group("type"), None if schema == "-" else schema,
-                                 "\n".join(body) + "\n"))
-    settings = [ln for ln in preamble if ln.startswith(("SET ", "SELECT pg_catalog.set_config"))]
-    return "\n".join(settings) + "\n", entries
+                                 "\n".join(body) + "\n", settings))
+    kept = [ln for ln in preamble if ln.startswith(("SET ", "SELECT pg_catalog.set_config"))
+            and not _ENTRY_SETTING.match(ln)]
+    return "\n".join(kept) + "\n" + reset_entry_settings(), entries
 
 
 __all__ = ["DumpEntry", "PgDump", "PgDumpError", "available_clients", "available_pg_dumps", "client_env",
-           "client_failure", "find_pg_dump", "pg_dump_command", "pick_client", "psql_command", "run_pg_dump",
-           "split_dump", "supports_tls", "tls_capable_pg_dump"]
+           "client_failure", "find_pg_dump", "object_family", "pg_dump_command", "pick_client", "psql_command",
+           "reset_entry_settings", "run_pg_dump", "split_dump", "supports_tls", "tag_name", "tag_target", "tls_capable_pg_dump"]

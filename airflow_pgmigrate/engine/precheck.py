@@ -49,6 +49,8 @@ CHECK_NAMES: tuple[str, ...] = (
     "name_mapping",
     "primary_keys",
     "c_functions",
+    "not_migrated",
+    "unlogged_tables",
     "name_conflicts",
     "extensions",
     "xml_support",
@@ -677,6 +679,85 @@ def check_c_functions(ctx: PrecheckContext) -> list[CheckResult]:
     return [passed("c_functions", "no functions written in C in the migrated schemas")]
 
 
+#: Objects the schema migration does not create (docs/schema.md, "What is not migrated"), and why.
+_NOT_MIGRATED_SQL = """
+SELECT 'event trigger ' || quote_ident(evtname), 'event triggers are database-wide' FROM pg_event_trigger
+UNION ALL
+SELECT 'publication ' || quote_ident(pubname), 'publications belong to the source''s replication setup'
+  FROM pg_publication WHERE pubname <> %(own)s
+UNION ALL
+SELECT 'subscription ' || quote_ident(subname), 'subscriptions belong to the source''s replication setup'
+  FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+UNION ALL
+SELECT 'procedural language ' || quote_ident(lanname), 'its handler is written in C'
+  FROM pg_language l WHERE lanispl AND oid >= 16384 AND NOT EXISTS (
+      SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_language'::regclass AND d.objid = l.oid AND d.deptype = 'e')
+UNION ALL
+SELECT 'transform for ' || format_type(trftype, NULL) || ' language ' || quote_ident(l.lanname),
+       'transforms need functions written in C'
+  FROM pg_transform t JOIN pg_language l ON l.oid = t.trflang WHERE NOT EXISTS (
+      SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_transform'::regclass AND d.objid = t.oid AND d.deptype = 'e')
+"""
+#: Database-wide objects that migrate only with a whole-database selection (a cast also when its types and function
+#: all live in migrated schemas).
+_DATABASE_WIDE_SQL = """
+SELECT 'cast (' || format_type(c.castsource, NULL) || ' AS ' || format_type(c.casttarget, NULL) || ')'
+  FROM pg_cast c, LATERAL (
+       SELECT array_agg(n.nspname::text) AS used FROM pg_namespace n WHERE n.nspname <> 'pg_catalog' AND n.oid IN (
+           (SELECT typnamespace FROM pg_type WHERE oid = c.castsource),
+           (SELECT typnamespace FROM pg_type WHERE oid = c.casttarget),
+           (SELECT pronamespace FROM pg_proc WHERE oid = c.castfunc))) u
+ WHERE c.oid >= 16384 AND NOT (u.used IS NOT NULL AND u.used <@ %(schemas)s::text[])
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_cast'::regclass AND d.objid = c.oid
+                   AND d.deptype = 'e')
+UNION ALL
+SELECT 'foreign data wrapper ' || quote_ident(fdwname) FROM pg_foreign_data_wrapper w WHERE NOT EXISTS (
+    SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_foreign_data_wrapper'::regclass AND d.objid = w.oid
+       AND d.deptype = 'e')
+UNION ALL
+SELECT 'server ' || quote_ident(srvname) FROM pg_foreign_server
+UNION ALL
+SELECT 'access method ' || quote_ident(amname) FROM pg_am a WHERE oid >= 16384 AND NOT EXISTS (
+    SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_am'::regclass AND d.objid = a.oid AND d.deptype = 'e')
+UNION ALL
+SELECT 'default privileges of ' || pg_get_userbyid(defaclrole) FROM pg_default_acl WHERE defaclnamespace = 0
+"""
+
+
+def check_not_migrated(ctx: PrecheckContext) -> list[CheckResult]:
+    """The source objects the schema migration leaves out, named before anything runs."""
+    assert ctx.src is not None
+    rows = ctx.src.execute(_NOT_MIGRATED_SQL, {"own": ctx.config.publication_name}).fetchall()
+    objects = [f"{what} ({why})" for what, why in rows]
+    if not ctx.config.objects.selects_everything:
+        objects += [f"{r[0]} (database-wide: migrated only when the whole database is selected)"
+                    for r in ctx.src.execute(_DATABASE_WIDE_SQL, {"schemas": ctx.scope_schemas()}).fetchall()]
+    if not objects:
+        return [passed("not_migrated", "every object of the selection is migrated by the schema migration")]
+    return [warning("not_migrated", f"{len(objects)} object(s) of the source will not be migrated: "
+                    f"{_listing(objects)}; each is listed under skipped in the schema report",
+                    "recreate them on the destination by hand after the migration if they are needed "
+                    "(docs/schema.md, What is not migrated)", objects=objects)]
+
+
+def check_unlogged_tables(ctx: PrecheckContext) -> list[CheckResult]:
+    """Unlogged tables write no WAL: the full load copies them, incremental sync never sees their changes."""
+    assert ctx.src is not None
+    oids = [t.oid for t in ctx.selected]
+    rows = ctx.src.execute("SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c "
+                           "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                           "WHERE c.oid = ANY(%s) AND c.relpersistence = 'u' ORDER BY 1", (oids,)).fetchall()
+    names = [r[0] for r in rows]
+    if not names:
+        return [passed("unlogged_tables", "no selected table is unlogged")]
+    return [warning("unlogged_tables",
+                    f"{len(names)} unlogged table(s) cannot be synced incrementally: {_listing(names)}; PostgreSQL "
+                    "writes no WAL for them, so they are left out of the publication: the full load copies their "
+                    "rows, and later changes to them do not reach the destination",
+                    "make them logged on the source before the migration (ALTER TABLE ... SET LOGGED), exclude "
+                    "them, or accept that the destination keeps their rows as of the full load", objects=names)]
+
+
 def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
     assert ctx.dst is not None
     targets = {ctx.mapper.table(t.name): t.name for t in ctx.selected}
@@ -905,6 +986,8 @@ _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "name_mapping": (check_name_mapping, ("schema", "full", "incremental"), True, False),
     "primary_keys": (check_primary_keys, ("schema", "full", "incremental"), True, False),
     "c_functions": (check_c_functions, ("schema",), True, False),
+    "not_migrated": (check_not_migrated, ("schema",), True, False),
+    "unlogged_tables": (check_unlogged_tables, ("incremental",), True, False),
     "name_conflicts": (check_name_conflicts, ("schema", "full", "incremental"), True, True),
     "extensions": (check_extensions, ("schema",), True, True),
     "xml_support": (check_xml_support, ("schema", "full", "incremental"), True, True),

@@ -100,7 +100,8 @@ class PublicationCheck:
 
 
 def leaf_tables(conn: psycopg.Connection, tables: Iterable[QualifiedName]) -> list[QualifiedName]:
-    """The tables whose rows are published: each ordinary table itself, the leaf partitions of partitioned ones."""
+    """The tables whose rows are published: each ordinary table itself, the leaf partitions of partitioned ones.
+    Unlogged tables are not: PostgreSQL writes no WAL for them, so they cannot be published."""
     names = [_text(_ident(t)) for t in tables]
     rows = conn.execute(
         """
@@ -112,7 +113,7 @@ def leaf_tables(conn: psycopg.Connection, tables: Iterable[QualifiedName]) -> li
         )
         SELECT n.nspname, c.relname FROM tree JOIN pg_class c ON c.oid = tree.oid
           JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind = 'r' ORDER BY 1, 2
+         WHERE c.relkind = 'r' AND c.relpersistence <> 'u' ORDER BY 1, 2
         """,
         (names,),
     ).fetchall()
@@ -152,10 +153,28 @@ def check_publication(conn: psycopg.Connection, name: str, tables: Iterable[Qual
     return result
 
 
+def unlogged_tables(conn: psycopg.Connection, tables: Iterable[QualifiedName]) -> list[QualifiedName]:
+    """The unlogged ones among these tables."""
+    rows = conn.execute("SELECT n.nspname, c.relname FROM unnest(%s::text[]) AS t(name) "
+                        "JOIN pg_class c ON c.oid = to_regclass(t.name) AND c.relpersistence = 'u' "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2",
+                        ([_text(_ident(t)) for t in tables],)).fetchall()
+    return [QualifiedName(s, t) for s, t in rows]
+
+
 def ensure_publication(conn: psycopg.Connection, config: MigrationConfig, tables: list[QualifiedName],
                        log: Callable[[str], None] = lambda message: None) -> None:
-    """Before the slot: create (or update) the migration's own publication, or check the one the config names."""
+    """Before the slot: create (or update) the migration's own publication, or check the one the config names.
+
+    Unlogged tables are left out (PostgreSQL refuses them in a publication): the full load copies them, incremental
+    sync cannot follow them, and the log says so."""
     name = config.publication_name
+    unlogged = unlogged_tables(conn, tables)
+    if unlogged:
+        tables = [t for t in tables if t not in set(unlogged)]
+        log(f"full_load unlogged_tables={','.join(str(t) for t in unlogged)} not published: unlogged tables "
+            "write no WAL, so they cannot be synced incrementally; the destination keeps their rows as of the "
+            "full load")
     if not config.owns_publication:
         check = check_publication(conn, name, tables)
         if not check.ok:
@@ -195,4 +214,4 @@ def drop_publication(conn: psycopg.Connection, config: MigrationConfig,
 
 
 __all__ = ["ACTIONS", "PublicationCheck", "PublicationError", "check_publication", "create_statement",
-           "drop_publication", "ensure_publication", "leaf_tables"]
+           "drop_publication", "ensure_publication", "leaf_tables", "unlogged_tables"]

@@ -155,14 +155,16 @@ def question_body(config: MigrationConfig, figures: WaitingFigures | None, verif
             + ("" if drain is None else " (the changes still pending when writes stop)"),
         ]
     lines += _verification_lines(verification)
-    freeze = ("sets the source database read-only and ends its sessions" if config.cutover.freeze_source else
+    freeze = ("sets the source database read-only (no new sessions but the migration's, the others ended)"
+              if config.cutover.freeze_source else
               "takes your answer as your word that **writes on the source have stopped**")
     lines += [
         "",
         "**What each answer does**",
         "",
-        f"- **{CUT_OVER}**: {freeze}, applies the last changes, sets the sequences, verifies every table, then drops "
-        "the replication slot and the publication. The source stays intact for a rollback.",
+        f"- **{CUT_OVER}**: {freeze}, applies the last changes, checks that no change still arrives (it stops, "
+        "keeping the slot, if one does), sets the sequences, verifies every table, then drops the replication slot "
+        "and the publication. The source stays intact for a rollback.",
         f"- **{KEEP_SYNCING}**: nothing changes: the destination keeps following the source and this question is "
         "open again (your answer is kept in the report). Not answering at all also keeps the destination in sync.",
         f"- **{ABORT}**: stops the migration: drops the replication slot and the publication on the source; the "

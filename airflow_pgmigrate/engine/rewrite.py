@@ -28,6 +28,18 @@ _COLUMN_SUBTYPES = frozenset({
     "AT_ResetOptions", "AT_SetCompression", "AT_SetExpression", "AT_SetIdentity", "AT_SetNotNull", "AT_SetOptions",
     "AT_SetStatistics", "AT_SetStorage",
 })
+#: Statements naming schema-qualified objects (beyond relations, types and routines) -> attributes holding the names.
+_QUALIFIED_NAME_ATTRS = {
+    "AlterTSConfigurationStmt": ("cfgname", "dicts"), "CreateOpClassStmt": ("opclassname", "opfamilyname"),
+    "CreateOpFamilyStmt": ("opfamilyname",), "AlterOpFamilyStmt": ("opfamilyname",),
+    "CreateConversionStmt": ("conversion_name",), "CreateStatsStmt": ("defnames",), "AlterDomainStmt": ("typeName",),
+    "AlterStatsStmt": ("defnames",),
+}
+#: Object types whose name is a plain ``[schema, name]`` list in COMMENT ON / ALTER ... OWNER TO.
+_QUALIFIED_OBJECTS = frozenset({
+    "OBJECT_TSDICTIONARY", "OBJECT_TSCONFIGURATION", "OBJECT_TSPARSER", "OBJECT_TSTEMPLATE", "OBJECT_COLLATION",
+    "OBJECT_CONVERSION", "OBJECT_STATISTIC_EXT", "OBJECT_OPCLASS", "OBJECT_OPFAMILY",
+})
 #: Relation kinds whose names follow the table mapping and case policy (others keep their names).
 RENAMED_RELKINDS = frozenset({"r", "p", "v", "m", "f", "S"})
 
@@ -46,7 +58,37 @@ class RewriteResult:
     removed: list[str] = field(default_factory=list)
 
 
-def _children(node: Any) -> Iterator[tuple[str, Any]]:
+_PATCHED = False
+
+
+def deparse(node: Any) -> str:
+    """SQL text of a syntax tree node (pglast's RawStream), with its text search mapping printer fixed: pglast
+    prints ``WITH app.english_stem`` as ``WITH app``, so dictionaries are printed qualified and quoted here."""
+    global _PATCHED
+    from pglast.stream import RawStream
+
+    if not _PATCHED:
+        from pglast.printers import ddl
+
+        def print_simple_name(self: Any, node: Any, output: Any) -> None:
+            if isinstance(node, (tuple, list)):
+                output.print_name(node)
+            else:
+                output.write(node.sval)
+
+        ddl.AlterTSConfigTypePrinter.print_simple_name = print_simple_name  # type: ignore[method-assign]
+        _PATCHED = True
+    return str(RawStream()(node))
+
+
+def statement_text(text: str, raw: Any) -> str:
+    """The source text of one parsed statement (pglast's locations count characters), without its semicolon."""
+    end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(text)
+    return text[raw.stmt_location:end].strip().rstrip(";").strip()
+
+
+def child_nodes(node: Any) -> Iterator[tuple[str, Any]]:
+    """(attribute, node) of each syntax tree node directly below ``node``."""
     from pglast.ast import Node
 
     for attr in getattr(node, "__slots__", ()):
@@ -63,10 +105,11 @@ def _children(node: Any) -> Iterator[tuple[str, Any]]:
                             yield attr, sub
 
 
-def _walk(node: Any) -> Iterator[Any]:
+def walk_nodes(node: Any) -> Iterator[Any]:
+    """``node`` and every syntax tree node below it."""
     yield node
-    for _, child in _children(node):
-        yield from _walk(child)
+    for _, child in child_nodes(node):
+        yield from walk_nodes(child)
 
 
 def _strings(items: Any) -> list[str]:
@@ -137,7 +180,6 @@ class DefinitionRewriter:
             return RewriteResult(sql, False)
         from pglast import parse_sql
         from pglast.parser import ParseError
-        from pglast.stream import RawStream
 
         try:
             statements = parse_sql(sql)
@@ -149,7 +191,7 @@ class DefinitionRewriter:
         changed = False
         for raw in statements:
             stmt: Any = raw.stmt
-            before = RawStream()(stmt)
+            before = deparse(stmt)
             if self.dropped:
                 left_out = self._left_out_columns(stmt)
                 if left_out:
@@ -157,10 +199,12 @@ class DefinitionRewriter:
                     changed = True
                     continue
             self._rewrite_statement(stmt, unsafe)
-            after = RawStream()(stmt)
+            after = deparse(stmt)
             if after != before:
                 changed = True
-            out.append(after)
+                out.append(after)
+            else:
+                out.append(statement_text(sql, raw))  # unchanged statements keep their text
         if not changed:
             return RewriteResult(sql, False, unsafe)
         return RewriteResult(";\n".join(out) + ";\n" if out else "", True, unsafe, removed)
@@ -192,7 +236,7 @@ class DefinitionRewriter:
 
     def _mentioned_columns(self, node: Any) -> set[str]:
         names: set[str] = set()
-        for child in _walk(node):
+        for child in walk_nodes(node):
             kind = type(child).__name__
             if kind == "ColumnRef":
                 fields = [getattr(f, "sval", None) for f in child.fields or ()]
@@ -352,7 +396,7 @@ class DefinitionRewriter:
 
     def _columns_in(self, expr: Any, table: QualifiedName | None, prefixes: tuple[str, ...] = ()) -> None:
         """Rename column references of a single-table expression (CHECK, index, default, trigger WHEN)."""
-        for node in _walk(expr):
+        for node in walk_nodes(expr):
             if type(node).__name__ != "ColumnRef":
                 continue
             fields: Any = node.fields or ()
@@ -469,7 +513,7 @@ class DefinitionRewriter:
 
     def _resolve_in(self, node: Any, scopes: list[dict[str, QualifiedName | None]], unsafe: list[str],
                     skip: set[str] | None = None) -> None:
-        for attr, child in _children(node):
+        for attr, child in child_nodes(node):
             if skip and attr in skip:
                 continue
             kind = type(child).__name__
@@ -511,7 +555,7 @@ class DefinitionRewriter:
 
     def _rename_everywhere(self, stmt: Any) -> None:
         """Schema and relation renames on every qualified name of the statement (after column renames)."""
-        for node in list(_walk(stmt)):
+        for node in list(walk_nodes(stmt)):
             kind = type(node).__name__
             if kind == "RangeVar" and node.schemaname:
                 target = self.relation(QualifiedName(node.schemaname, node.relname))
@@ -526,6 +570,15 @@ class DefinitionRewriter:
                     names = getattr(node, attr, None)
                     if isinstance(names, (tuple, list)) and len(names) >= 2 and hasattr(names[-2], "sval"):
                         names[-2].sval = self.schema(names[-2].sval)
+            elif kind in _QUALIFIED_NAME_ATTRS:
+                for attr in _QUALIFIED_NAME_ATTRS[kind]:
+                    value = getattr(node, attr, None)
+                    lists = value if attr == "dicts" else [value]
+                    for names in lists or ():
+                        self._rename_qualified(names)
+            elif kind in ("CommentStmt", "AlterOwnerStmt", "AlterObjectSchemaStmt") \
+                    and node.objtype.name in _QUALIFIED_OBJECTS:
+                self._rename_qualified(node.object)
             elif kind == "CreateExtensionStmt":
                 for option in node.options or ():
                     if option.defname == "schema" and hasattr(option.arg, "sval"):
@@ -541,6 +594,11 @@ class DefinitionRewriter:
                 if len(node.arg) == 2:  # an identity column's sequence
                     target = self.relation(QualifiedName(node.arg[0].sval, node.arg[1].sval))
                     node.arg[0].sval, node.arg[1].sval = target.schema, target.name
+
+    def _rename_qualified(self, names: Any) -> None:
+        """``[schema, name]`` (or ``[access method, schema, name]``) with its schema mapped."""
+        if isinstance(names, (tuple, list)) and len(names) >= 2 and hasattr(names[-2], "sval"):
+            names[-2].sval = self.schema(names[-2].sval)
 
     def _regclass_literal(self, cast: Any) -> None:
         names = [getattr(n, "sval", "") for n in (cast.typeName.names or ())]
@@ -562,7 +620,6 @@ def function_body(sql: str) -> str:
     """The body text of a CREATE FUNCTION / PROCEDURE statement (the whole text when it cannot be parsed)."""
     from pglast import parse_sql
     from pglast.parser import ParseError
-    from pglast.stream import RawStream
 
     try:
         statements = parse_sql(sql)
@@ -577,7 +634,7 @@ def function_body(sql: str) -> str:
             if option.defname == "as":
                 parts += [getattr(item, "sval", "") for item in (option.arg or ())]
         if getattr(stmt, "sql_body", None) is not None:
-            parts.append(RawStream()(stmt.sql_body))
+            parts.append(deparse(stmt.sql_body))
     return "\n".join(parts)
 
 
@@ -591,4 +648,5 @@ def parse_sql_name(text: str) -> QualifiedName:
     return QualifiedName(parts[0], parts[1])
 
 
-__all__ = ["DefinitionRewriter", "RewriteError", "RewriteResult", "parse_sql_name"]
+__all__ = ["DefinitionRewriter", "RewriteError", "RewriteResult", "child_nodes", "deparse", "parse_sql_name",
+           "statement_text", "walk_nodes"]

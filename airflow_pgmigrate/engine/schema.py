@@ -5,17 +5,20 @@ rules and comments in ONE destination transaction. ``post_data`` (after the full
 exclusion constraints and indexes in parallel, then triggers, foreign keys and the rest in one transaction, and
 refreshes materialized views.
 
-pg_dump is the source of truth for definitions. Its entries are selected (only the selected tables, what they need,
-and whole schemas when schemas are selected), renamed through PostgreSQL's parser, compared with what already exists
-in the destination, and executed. Re-running a phase changes nothing: existing identical objects are skipped and
-differing ones reported.
+pg_dump is the source of truth for definitions. Both sections of the database are dumped; their entries are selected
+(only the selected tables, what they need, whole schemas when schemas are selected, database-wide objects with the
+whole database; comments and grants with their object), renamed through PostgreSQL's parser, compared with what
+already exists in the destination, and executed. Re-running a phase changes nothing: existing identical objects are
+skipped and differing ones reported.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,8 +29,20 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
-from airflow_pgmigrate.engine.pgdump import DumpEntry, find_pg_dump, run_pg_dump, split_dump
-from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError
+from airflow_pgmigrate.engine.pgdump import (
+    DumpEntry,
+    PgDump,
+    PgDumpError,
+    find_pg_dump,
+    object_family,
+    reset_entry_settings,
+    run_pg_dump,
+    split_dump,
+    tag_name,
+    tag_target,
+    tls_capable_pg_dump,
+)
+from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError, deparse, statement_text
 from airflow_pgmigrate.engine.secrets import redact
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -46,6 +61,9 @@ SKIPPED_TYPES = {
     "SUBSCRIPTION": "subscriptions belong to the source's replication setup",
     "SUBSCRIPTION TABLE": "subscriptions belong to the source's replication setup",
     "EVENT TRIGGER": "event triggers are database-wide; recreate them by hand if needed",
+    "PROCEDURAL LANGUAGE": "a procedural language needs its handler, written in C, on the destination: install it "
+                           "there (as an extension, if it comes as one)",
+    "TRANSFORM": "transforms need functions written in C: recreate them by hand on the destination",
     "DATABASE": "database properties are not migrated",
     "DATABASE PROPERTIES": "database properties are not migrated",
 }
@@ -53,11 +71,6 @@ SKIPPED_TYPES = {
 TABLE_BOUND_TYPES = frozenset({"TABLE", "TABLE ATTACH", "DEFAULT", "CONSTRAINT", "FK CONSTRAINT", "CHECK CONSTRAINT",
                                "INDEX", "INDEX ATTACH", "TRIGGER", "RULE", "POLICY", "ROW SECURITY", "STATISTICS",
                                "SEQUENCE OWNED BY"})
-#: Object kinds found in comments' tags ("COLUMN orders.id", "TYPE mood") -> the entry type that creates them.
-_COMMENT_KINDS = ("MATERIALIZED VIEW", "TABLE", "FOREIGN TABLE", "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY",
-                  "AGGREGATE", "COLLATION", "DOMAIN", "EXTENSION", "FUNCTION", "OPERATOR", "PROCEDURE", "SCHEMA",
-                  "SEQUENCE", "TYPE", "VIEW")
-
 
 class SchemaMigrationError(PgMigrateError):
     """A schema phase cannot run, or failed; the destination is as it was (pre_data) or re-runnable (post_data)."""
@@ -123,6 +136,28 @@ class SourceSchema:
     major: int
     #: Installed extensions (but plpgsql) -> the schema they live in.
     extensions: dict[str, str] = field(default_factory=dict)
+    #: (schema, signature as COMMENT and ACL tags write it, with argument names) -> the entry's own signature.
+    routine_tags: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: Whether the selection is the whole database (database-wide objects migrate only then).
+    everything: bool = False
+    #: (schema, routine signature) -> tables whose row type its signature or (SQL-standard) body uses.
+    routine_tables: dict[tuple[str, str], set[QualifiedName]] = field(default_factory=dict)
+    #: Index of a partition -> the index of its parent it is attached to.
+    index_parents: dict[QualifiedName, QualifiedName] = field(default_factory=dict)
+    #: Indexes that back a constraint (primary key, unique, exclusion).
+    constraint_indexes: set[QualifiedName] = field(default_factory=set)
+    #: Every schema of the source but the system's.
+    all_schemas: set[str] = field(default_factory=set)
+
+    def dumped_schemas(self) -> list[str]:
+        """Schemas holding something that migrates: whole schemas, those of selected tables and of what they need."""
+        return sorted(self.whole_schemas | {t.schema for t in self.selected}
+                      | {s for _, s, _ in self.needed if s is not None})
+
+    def undumped_schemas(self) -> list[str]:
+        """Schemas pg_dump leaves out (``--exclude-schema``): it neither reads nor locks their tables, while
+        database-wide objects are still dumped (they are not with ``--schema``)."""
+        return sorted(self.all_schemas - set(self.dumped_schemas()))
 
     def left_out_columns(self, config: MigrationConfig) -> dict[QualifiedName, set[str]]:
         """Source table -> columns that ``objects.columns`` leaves out (they are not created)."""
@@ -151,7 +186,22 @@ class SourceSchema:
         return {name: t.column_names for name, t in self.tables.items()}
 
 
+#: A routine's signature as pg_dump names its entry: argument types only, qualified as with an empty search_path.
+ROUTINE_TAG = ("p.proname || '(' || coalesce((SELECT string_agg(format_type(a.t, NULL), ', ' ORDER BY a.i) "
+               "FROM unnest(p.proargtypes) WITH ORDINALITY AS a(t, i)), '') || ')'")
+
+
 def read_source_schema(conn: psycopg.Connection, config: MigrationConfig) -> SourceSchema:
+    """What the migration needs of the source catalog; type names read as pg_dump writes them (empty search_path)."""
+    path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT set_config('search_path', '', false)")
+    try:
+        return _read_source_schema(conn, config)
+    finally:
+        conn.execute("SELECT set_config('search_path', %s, false)", (path,))
+
+
+def _read_source_schema(conn: psycopg.Connection, config: MigrationConfig) -> SourceSchema:
     tables = {t.name: t for t in catalog.list_tables(conn)}
     selector = TableSelector(config.objects)
     selected = {name for name in tables if selector(name)}
@@ -180,14 +230,12 @@ def read_source_schema(conn: psycopg.Connection, config: MigrationConfig) -> Sou
             "AND d.deptype IN ('a', 'i')"
         ).fetchall()
     }
-    c_funcs = {
-        (s, f"{p}({args})")
-        for s, p, args in conn.execute(
-            "SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid) FROM pg_proc p "
-            "JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang "
-            "WHERE l.lanname = 'c'"
-        ).fetchall()
-    }
+    routines = conn.execute(
+        "SELECT n.nspname, quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')', "  # noqa: S608 - constant
+        + ROUTINE_TAG + ", l.lanname = 'c' FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "JOIN pg_language l ON l.oid = p.prolang WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+    ).fetchall()
+    c_funcs = {(s, tag) for s, _, tag, is_c in routines if is_c}
     selection = config.objects
     if selection.selects_everything:
         whole = {s for s in catalog.list_schemas(conn) if not s.startswith("pg_")}
@@ -211,8 +259,35 @@ def read_source_schema(conn: psycopg.Connection, config: MigrationConfig) -> Sou
     extensions: dict[str, str] = dict(conn.execute(
         "SELECT e.extname, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
         "WHERE e.extname <> 'plpgsql'").fetchall())
-    return SourceSchema(tables, selected, relkinds, index_tables, sequence_owners, c_funcs, needed, whole,
-                        excluded_views, view_tables, version // 10000, extensions)
+    source = SourceSchema(tables, selected, relkinds, index_tables, sequence_owners, c_funcs, needed, whole,
+                          excluded_views, view_tables, version // 10000, extensions,
+                          {(s, named): tag for s, named, tag, _ in routines}, selection.selects_everything)
+    _read_dependencies(conn, source)
+    source.all_schemas = {s for s in catalog.list_schemas(conn) if not s.startswith("pg_")}
+    return source
+
+
+def _read_dependencies(conn: psycopg.Connection, src: SourceSchema) -> None:
+    """The tables routines use, and how indexes hang together."""
+    for schema, routine, ts, tn in conn.execute(
+        "SELECT n.nspname, " + ROUTINE_TAG + ", tn.nspname, t.relname FROM pg_proc p "  # noqa: S608 - constant
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'n' "
+        "LEFT JOIN pg_type ty ON d.refclassid = 'pg_type'::regclass AND ty.oid = d.refobjid "
+        "JOIN pg_class t ON t.oid = CASE WHEN d.refclassid = 'pg_class'::regclass THEN d.refobjid "
+        "  ELSE coalesce(nullif(ty.typrelid, 0), (SELECT e.typrelid FROM pg_type e WHERE e.oid = ty.typelem)) END "
+        " AND t.relkind IN ('r', 'p') JOIN pg_namespace tn ON tn.oid = t.relnamespace"
+    ).fetchall():
+        src.routine_tables.setdefault((schema, routine), set()).add(QualifiedName(ts, tn))
+    for cs, cn, ps, pn in conn.execute(
+        "SELECT nc.nspname, c.relname, np.nspname, p.relname FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid AND c.relkind IN ('i', 'I') JOIN pg_class p ON p.oid = i.inhparent "
+        "JOIN pg_namespace nc ON nc.oid = c.relnamespace JOIN pg_namespace np ON np.oid = p.relnamespace"
+    ).fetchall():
+        src.index_parents[QualifiedName(cs, cn)] = QualifiedName(ps, pn)
+    src.constraint_indexes = {QualifiedName(s, n) for s, n in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conindid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE k.contype IN ('p', 'u', 'x')").fetchall()}
 
 
 def _partitions_of(conn: psycopg.Connection, parents: set[QualifiedName]) -> set[QualifiedName]:
@@ -296,7 +371,7 @@ def _needed_objects(conn: psycopg.Connection, table_oids: list[int]) -> set[tupl
                OR (t.typtype = 'c' AND tr.relkind = 'c'))
         UNION
         SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
-               pn.nspname, p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
+               pn.nspname, ROUTINE_TAG
           FROM plain o JOIN pg_proc p ON o.classid = 'pg_proc'::regclass AND p.oid = o.objid
           JOIN pg_namespace pn ON pn.oid = p.pronamespace
         UNION
@@ -311,7 +386,7 @@ def _needed_objects(conn: psycopg.Connection, table_oids: list[int]) -> set[tupl
         SELECT 'EXTENSION', NULL, e.extname
           FROM objects o JOIN pg_depend d ON d.classid = o.classid AND d.objid = o.objid AND d.deptype = 'e'
           JOIN pg_extension e ON d.refclassid = 'pg_extension'::regclass AND e.oid = d.refobjid
-        """,
+        """.replace("ROUTINE_TAG", ROUTINE_TAG),
         (table_oids,),
     ).fetchall()
     out: set[tuple[str, str | None, str]] = set()
@@ -333,6 +408,9 @@ class PlannedEntry:
     table: QualifiedName | None
     #: The relation (table, view, sequence) or object the entry creates, as named in the destination.
     creates: tuple[str, str] | None = None
+    #: (family, schema, name) of the entry's object in the source, and of the object a comment or grant is about.
+    key: tuple[str, str | None, str] = ("", None, "")
+    target: tuple[str, str | None, str] | None = None
     run: bool = True
     reason: str = ""
 
@@ -352,7 +430,7 @@ def _entry_table(entry: DumpEntry, src: SourceSchema) -> QualifiedName | None:
     """The source table an entry is bound to, or None for objects of their own (types, functions, views ...)."""
     schema = entry.schema or "public"
     if entry.type in ("TABLE", "TABLE ATTACH"):
-        return QualifiedName(schema, entry.name)
+        return _own_relation(entry) or QualifiedName(schema, entry.name)
     if entry.type == "INDEX ATTACH":
         return src.index_tables.get(QualifiedName(schema, entry.name))
     if entry.type == "SEQUENCE":
@@ -383,113 +461,310 @@ def _entry_table(entry: DumpEntry, src: SourceSchema) -> QualifiedName | None:
                 s, t, _ = (a.sval for a in option.arg)
                 return QualifiedName(s, t)
     if kind == "CommentStmt":
-        objtype = stmt.objtype.name
-        names = [getattr(n, "sval", "") for n in stmt.object] if isinstance(stmt.object, (tuple, list)) else []
-        if objtype == "OBJECT_COLUMN" and len(names) == 3:
-            return QualifiedName(names[0], names[1])
-        if objtype in ("OBJECT_TABLE", "OBJECT_TABCONSTRAINT", "OBJECT_TRIGGER", "OBJECT_POLICY", "OBJECT_RULE") \
-                and len(names) >= 2:
-            return QualifiedName(names[0], names[1])
-        if objtype == "OBJECT_INDEX" and len(names) == 2:
-            return src.index_tables.get(QualifiedName(names[0], names[1]))
+        return _commented_table(stmt, src)
     return None
 
 
-def _comment_target(entry: DumpEntry) -> tuple[str, str | None, str] | None:
-    for kind in _COMMENT_KINDS:
-        if entry.name.startswith(kind + " "):
-            schema = None if kind in ("SCHEMA", "EXTENSION") else entry.schema
-            return (kind, schema, entry.name[len(kind) + 1:])
+def _commented_table(stmt: Any, src: SourceSchema) -> QualifiedName | None:
+    objtype = stmt.objtype.name
+    names = [getattr(n, "sval", "") for n in stmt.object] if isinstance(stmt.object, (tuple, list)) else []
+    if objtype == "OBJECT_COLUMN" and len(names) == 3:
+        return QualifiedName(names[0], names[1])
+    if objtype in ("OBJECT_TABLE", "OBJECT_TABCONSTRAINT", "OBJECT_TRIGGER", "OBJECT_POLICY", "OBJECT_RULE") \
+            and len(names) >= 2:
+        return QualifiedName(names[0], names[1])
+    if objtype == "OBJECT_INDEX" and len(names) == 2:
+        return src.index_tables.get(QualifiedName(names[0], names[1]))
     return None
+
+
+def _own_relation(entry: DumpEntry) -> QualifiedName | None:
+    """The relation a TABLE or TABLE ATTACH entry creates, from its SQL: pg_dump's header shows a newline in a name as
+    a space, the statement has the name exactly."""
+    if " " not in entry.name and " " not in (entry.schema or ""):
+        return None
+    stmt = _first_statement(entry.sql)
+    kind = type(stmt).__name__
+    rv = None
+    if kind in ("CreateStmt", "CreateForeignTableStmt"):
+        rv = stmt.base.relation if kind == "CreateForeignTableStmt" else stmt.relation
+    elif kind == "AlterTableStmt":
+        rv = next((getattr(c.def_, "name", None) for c in stmt.cmds or ()
+                   if c.subtype.name == "AT_AttachPartition"), None)
+    if rv is None or not hasattr(rv, "relname"):
+        return None
+    return QualifiedName(rv.schemaname or entry.schema or "public", rv.relname)
+
+
+def _entry_key(entry: DumpEntry, table: QualifiedName | None) -> tuple[str, str | None, str]:
+    """(family, schema, name) of the object an entry creates, as COMMENT and ACL tags are resolved to."""
+    if entry.type == "TABLE" and table is not None:
+        return ("RELATION", table.schema, table.name)
+    return (object_family(entry.type), entry.schema, entry.name)
+
+
+def _target_key(entry: DumpEntry, src: SourceSchema) -> tuple[str, str | None, str] | None:
+    target = tag_target(entry)
+    if target is not None and target[0] == "ROUTINE" and target[1] is not None:
+        return ("ROUTINE", target[1], src.routine_tags.get((target[1], target[2]), target[2]))
+    return target
+
+
+#: Entry types of database-wide objects (no schema): they migrate with a whole-database selection.
+DATABASE_WIDE_REASON = "a database-wide object: migrated when the whole database is selected (objects empty)"
+
+
+@dataclass
+class _Planner:
+    """The decisions of one planning pass: which entries migrate, and what the others became."""
+
+    src: SourceSchema
+    config: MigrationConfig
+    report: SchemaReport
+    errors: list[str] = field(default_factory=list)
+    #: (family, schema, name) -> whether the object migrates.
+    decided: dict[tuple[str, str | None, str], bool] = field(default_factory=dict)
+    #: Objects left out on purpose (reported) -> the reason, for their comments and grants.
+    left_out: dict[tuple[str, str | None, str], str] = field(default_factory=dict)
+    #: ``schema_migration.exclude_indexes`` compiled, and the patterns that matched an index.
+    index_patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
+    matched: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.index_patterns = {p: re.compile(fnmatch.translate(p))
+                               for p in self.config.schema_migration.exclude_indexes}
+
+    def skip(self, entry: DumpEntry, key: tuple[str, str | None, str], reason: str) -> bool:
+        self.report.skip(str(entry), reason)
+        self.left_out[key] = reason
+        return False
+
+    def keep(self, entry: DumpEntry, table: QualifiedName | None) -> bool:
+        """Whether an entry migrates (before renaming); records dependency errors and reported skips."""
+        src = self.src
+        key = _entry_key(entry, table)
+        if entry.type.startswith("PUBLICATION") and entry.name.split(" ")[0] == self.config.publication_name:
+            return False  # the migration's own, for incremental sync
+        if entry.type in SKIPPED_TYPES:
+            return self.skip(entry, key, SKIPPED_TYPES[entry.type])
+        if entry.type in ("ACL", "COMMENT", "SECURITY LABEL") and table is None:
+            return self._attached(entry)
+        if table is not None and (table in src.tables or entry.type in TABLE_BOUND_TYPES
+                                  or src.relkinds.get(table) in ("v", "m")):
+            return self._table_bound(entry, table)
+        if entry.type in ("VIEW", "MATERIALIZED VIEW") and entry.schema is not None:
+            return self._view(entry, QualifiedName(entry.schema, entry.name))
+        if entry.type == "SCHEMA":
+            return True  # decided once the other entries are known
+        if entry.type == "EXTENSION":
+            return entry.name in {name for name, _ in src.wanted_extensions(src.everything)}
+        if entry.schema is None:
+            if src.everything or (entry.type == "CAST" and self._cast_selected(entry)):
+                return True
+            return self.skip(entry, key, DATABASE_WIDE_REASON)
+        if entry.schema not in src.whole_schemas and (entry.type, entry.schema, entry.name) not in src.needed:
+            return False
+        if entry.type in ("FUNCTION", "PROCEDURE") and (entry.schema or "", entry.name) in src.c_functions:
+            return self.skip(entry, key, "written in C: recreate it by hand on the destination")
+        if entry.type in ("FUNCTION", "PROCEDURE", "AGGREGATE"):
+            return self._routine(entry)
+        return True
+
+    def _routine(self, entry: DumpEntry) -> bool:
+        """A routine whose signature or body uses the row type of a table that is not selected cannot be created."""
+        src = self.src
+        missing = sorted(str(t) for t in src.routine_tables.get((entry.schema or "", entry.name), set())
+                         if t in src.tables and t not in src.selected)
+        if missing:
+            self.errors.append(f"{entry.type.lower()} {entry.schema}.{entry.name} uses the row type of "
+                               f"{', '.join(missing)}, which is not selected: select it too (a routine migrates "
+                               "with its schema; list the tables to migrate instead of the schema to leave it out)")
+            return False
+        return True
+
+    def excluded_index(self, index: QualifiedName) -> str | None:
+        """The ``exclude_indexes`` pattern that leaves out this index (or the index it is attached to)."""
+        seen: set[QualifiedName] = set()
+        current: QualifiedName | None = index
+        while current is not None and current not in seen:
+            seen.add(current)
+            for pattern, regex in self.index_patterns.items():
+                if regex.match(current.key):
+                    self.matched.add(pattern)
+                    return pattern
+            current = self.src.index_parents.get(current)
+        return None
+
+    def _index_left_out(self, entry: DumpEntry) -> bool:
+        """An index (its build, attachment or comment) left out by ``schema_migration.exclude_indexes``."""
+        if not self.index_patterns or entry.schema is None:
+            return False
+        name = entry.name[len("INDEX "):] if entry.type == "COMMENT" and entry.name.startswith("INDEX ") \
+            else entry.name if entry.type in ("INDEX", "INDEX ATTACH") else None
+        if name is None:
+            return False
+        pattern = self.excluded_index(QualifiedName(entry.schema, tag_name(name)))
+        if pattern is None:
+            return False
+        self.report.skip(str(entry), f"excluded by schema_migration.exclude_indexes ({pattern})")
+        return True
+
+    def _attached(self, entry: DumpEntry) -> bool:
+        """A comment or grant migrates with its object."""
+        target = _target_key(entry, self.src)
+        if target is not None and target in self.decided:
+            if not self.decided[target] and target in self.left_out:
+                self.report.skip(str(entry), f"belongs to an object that is not migrated: {self.left_out[target]}")
+            return self.decided[target]
+        if entry.schema is not None:
+            return entry.schema in self.src.whole_schemas
+        return self.src.everything
+
+    def _table_bound(self, entry: DumpEntry, table: QualifiedName) -> bool:
+        src = self.src
+        if src.relkinds.get(table) in ("v", "m"):
+            return src.view_kept(table) and not self._index_left_out(entry)
+        if table not in src.selected:
+            return False  # an excluded (or not selected) table and everything of it
+        if entry.type == "FK CONSTRAINT":
+            referenced = _referenced_table(entry)
+            if referenced is not None and referenced in src.tables and referenced not in src.selected:
+                if self.config.schema_migration.foreign_keys_to_excluded == "skip":
+                    self.report.skip(str(entry), f"references {referenced}, which is not selected "
+                                                 "(schema_migration.foreign_keys_to_excluded: skip)")
+                    return False
+                self.errors.append(f"foreign key {entry.name} of {table} references {referenced}, which is not "
+                                   f"selected: select {referenced} too, exclude {table}, or set "
+                                   "schema_migration.foreign_keys_to_excluded: skip to leave such keys out")
+                return False
+        return not self._index_left_out(entry)
+
+    def _view(self, entry: DumpEntry, relation: QualifiedName) -> bool:
+        src = self.src
+        if entry.schema not in src.whole_schemas or relation in src.excluded_views:
+            return False
+        missing = sorted(str(t) for t in src.view_tables.get(relation, set())
+                         if t in src.tables and t not in src.selected)
+        if missing:
+            self.errors.append(f"{entry.type.lower()} {relation} reads {', '.join(missing)}, which is not selected: "
+                               f"select it, or exclude {relation.key} too")
+            return False
+        return True
+
+    def _cast_selected(self, entry: DumpEntry) -> bool:
+        """A cast migrates with a partial selection when its types and function all live in migrated schemas."""
+        stmt = _first_statement(entry.sql)
+        if type(stmt).__name__ != "CreateCastStmt":
+            return False
+        names = [[getattr(n, "sval", "") for n in t.names or ()] for t in (stmt.sourcetype, stmt.targettype)]
+        if stmt.func is not None:
+            names.append([getattr(n, "sval", "") for n in stmt.func.objname or ()])
+        schemas = {n[0] for n in names if len(n) >= 2} - {"pg_catalog"}
+        migrated = self.src.whole_schemas | {s for _, s, _ in self.src.needed if s is not None}
+        return bool(schemas) and schemas <= migrated
 
 
 def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationConfig,
-                 rewriter: DefinitionRewriter, report: SchemaReport) -> tuple[list[PlannedEntry], list[str]]:
-    """Decide which entries migrate and rename them. Returns (plan, dependency errors)."""
+                 rewriter: DefinitionRewriter, report: SchemaReport,
+                 phase_entries: list[DumpEntry] | None = None) -> tuple[list[PlannedEntry], list[str]]:
+    """Decide which entries migrate and rename them. Returns (plan, dependency errors).
+
+    ``entries`` are both sections, so that a comment or grant follows its object whichever section holds it; only
+    ``phase_entries`` (all when None) are reported on and planned.
+    """
+    mine = None if phase_entries is None else {id(e) for e in phase_entries}
+    scratch = SchemaReport(report.migration, report.phase)
     plan: list[PlannedEntry] = []
     errors: list[str] = []
-    kept_keys: set[tuple[str, str | None, str]] = set()
     kept_schemas: set[str] = set()
-    wanted_extensions = {name for name, _ in src.wanted_extensions(config.objects.selects_everything)}
+    planner = _Planner(src, config, report)
     for entry in entries:
-        if entry.type in SKIPPED_TYPES:
-            report.skip(str(entry), SKIPPED_TYPES[entry.type])
-            continue
+        ours = mine is None or id(entry) in mine
+        planner.report = report if ours else scratch
+        planner.errors = errors if ours else []
         table = _entry_table(entry, src)
-        relation = QualifiedName(entry.schema, entry.name) if entry.schema else None
-        key = (entry.type, entry.schema, entry.name)
-        if entry.type == "SEQUENCE" and key in src.needed and table not in src.selected:
+        if entry.type == "SEQUENCE" and (entry.type, entry.schema, entry.name) in src.needed \
+                and table not in src.selected:
             table = None  # a selected table's default uses it: it migrates even if its owner does not
-        if entry.type in ("ACL", "COMMENT") and table is None:
-            target = _comment_target(entry)
-            if target is None or not ({target, ("TABLE", target[1], target[2])} & kept_keys):
-                continue
-        elif table is not None and (table in src.tables or entry.type in TABLE_BOUND_TYPES
-                                    or src.relkinds.get(table) in ("v", "m")):
-            if src.relkinds.get(table) in ("v", "m"):
-                if not src.view_kept(table):
-                    continue
-            elif table not in src.selected:
-                continue  # an excluded (or not selected) table and everything of it
-            if entry.type == "FK CONSTRAINT":
-                referenced = _referenced_table(entry)
-                if referenced is not None and referenced in src.tables and referenced not in src.selected:
-                    errors.append(f"foreign key {entry.name} of {table} references {referenced}, which is not "
-                                  f"selected: select {referenced} too, or exclude {table}")
-                    continue
-        elif entry.type in ("VIEW", "MATERIALIZED VIEW") and relation is not None:
-            if entry.schema not in src.whole_schemas or relation in src.excluded_views:
-                continue
-            missing = sorted(str(t) for t in src.view_tables.get(relation, set())
-                             if t in src.tables and t not in src.selected)
-            if missing:
-                errors.append(f"{entry.type.lower()} {relation} reads {', '.join(missing)}, which is not selected: "
-                              f"select it, or exclude {relation.key} too")
-                continue
-        elif entry.type == "SCHEMA":
-            pass  # decided once the other entries are known
-        elif entry.type == "EXTENSION":
-            if entry.name not in wanted_extensions:
-                continue
-        else:
-            if entry.schema not in src.whole_schemas and key not in src.needed:
-                continue
-            if entry.type in ("FUNCTION", "PROCEDURE") and (entry.schema or "", entry.name) in src.c_functions:
-                report.skip(str(entry), "written in C: recreate it by hand on the destination")
-                continue
-        try:
-            result = rewriter.rewrite(entry.sql)
-        except RewriteError as exc:
-            errors.append(f"{entry}: {exc}")
+        planned = None
+        if planner.keep(entry, table):
+            planned = _planned(entry, table, src, rewriter, planner.report, planner.errors)
+        planner.decided[_entry_key(entry, table)] = planned is not None
+        if planned is None:
             continue
-        for problem in result.unsafe:
-            report.review.append({"object": str(entry), "reason": problem})
-        for statement in result.removed:
-            report.skip(str(entry), f"left out with the columns the selection leaves out: {statement}")
-        if not result.sql.strip():
-            continue
-        if entry.type in ("FUNCTION", "PROCEDURE", "AGGREGATE"):
-            words = rewriter.unsafe_function_body(entry.sql)
-            if words:
-                report.review.append({"object": str(entry), "reason": "its body is not rewritten and mentions "
-                                      f"renamed names: {', '.join(words)}"})
-        planned = PlannedEntry(entry, result.sql, table if table in src.tables else None)
-        plan.append(planned)
-        kept_keys.add((entry.type, entry.schema, entry.name))
+        if ours:
+            plan.append(planned)
         if entry.schema:
             kept_schemas.add(entry.schema)
+        elif entry.type == "EXTENSION" and entry.name in src.extensions:
+            kept_schemas.add(src.extensions[entry.name])  # CREATE EXTENSION ... WITH SCHEMA needs it
+    errors += _unmatched_index_patterns(planner, phase_entries)
     schemas_needed = kept_schemas | src.whole_schemas
+    if report.phase in ("pre_data", "both"):
+        plan = _created_schemas(entries, schemas_needed, rewriter) + plan
 
     def needed_schema(item: PlannedEntry) -> bool:
         if item.entry.type == "SCHEMA":
             return item.entry.name in schemas_needed
         if item.entry.type in ("COMMENT", "ACL"):
-            target = _comment_target(item.entry)
+            target = tag_target(item.entry)
             return not (target and target[0] == "SCHEMA" and target[2] not in schemas_needed)
         return True
 
-    plan = [p for p in plan if needed_schema(p)]
-    return plan, errors
+    return [p for p in plan if needed_schema(p)], errors
+
+
+def _created_schemas(entries: list[DumpEntry], schemas: set[str],
+                     rewriter: DefinitionRewriter) -> list[PlannedEntry]:
+    """CREATE SCHEMA for the schemas that hold something migrated and that the dump does not create: pg_dump of a
+    whole database leaves out ``public``, which the destination has too, unless the mapping renames it."""
+    dumped = {e.name for e in entries if e.type == "SCHEMA"}
+    out = []
+    for schema in sorted(schemas - dumped):
+        if schema == "public" and rewriter.schema(schema) == "public":
+            continue
+        entry = DumpEntry(schema, "SCHEMA", None, sql.SQL("CREATE SCHEMA {};\n").format(
+            sql.Identifier(schema)).as_string(None))
+        out.append(PlannedEntry(entry, rewriter.rewrite(entry.sql).sql, None, key=("SCHEMA", None, schema)))
+    return out
+
+
+def _unmatched_index_patterns(planner: _Planner, phase_entries: list[DumpEntry] | None) -> list[str]:
+    """An ``exclude_indexes`` pattern that leaves out no index is a mistake (checked by post_data, which builds
+    indexes): name it, and say when it names a constraint's index, which is kept with its constraint."""
+    if phase_entries is not None and not any(e.type == "INDEX" for e in phase_entries):
+        return []
+    errors = []
+    for pattern in sorted(set(planner.index_patterns) - planner.matched):
+        regex = planner.index_patterns[pattern]
+        backing = sorted(str(i) for i in planner.src.constraint_indexes if regex.match(i.key))
+        why = (f"it names the index of a constraint ({', '.join(backing)}), which is built with its constraint"
+               if backing else "no index of the selected tables matches it")
+        errors.append(f"schema_migration.exclude_indexes: {pattern!r} leaves out nothing: {why}")
+    return errors
+
+
+def _planned(entry: DumpEntry, table: QualifiedName | None, src: SourceSchema, rewriter: DefinitionRewriter,
+             report: SchemaReport, errors: list[str]) -> PlannedEntry | None:
+    """The entry renamed for the destination, or None when nothing of it is left."""
+    try:
+        result = rewriter.rewrite(entry.sql)
+    except RewriteError as exc:
+        errors.append(f"{entry}: {exc}")
+        return None
+    for problem in result.unsafe:
+        report.review.append({"object": str(entry), "reason": problem})
+    for statement in result.removed:
+        report.skip(str(entry), f"left out with the columns the selection leaves out: {statement}")
+    if not result.sql.strip():
+        return None
+    if entry.type in ("FUNCTION", "PROCEDURE", "AGGREGATE"):
+        words = rewriter.unsafe_function_body(entry.sql)
+        if words:
+            report.review.append({"object": str(entry), "reason": "its body is not rewritten and mentions "
+                                  f"renamed names: {', '.join(words)}"})
+    return PlannedEntry(entry, result.sql, table if table in src.tables else None, key=_entry_key(entry, table),
+                        target=_target_key(entry, src) if entry.type in ("COMMENT", "ACL") else None)
 
 
 def _referenced_table(entry: DumpEntry) -> QualifiedName | None:
@@ -534,9 +809,7 @@ def _created_object(sql_text: str, entry: DumpEntry | None = None) -> tuple[str,
         names = [n.sval for n in stmt.funcname]
         return ("function", names)
     if kind == "DefineStmt" and stmt.kind.name == "OBJECT_OPERATOR":
-        from pglast.stream import RawStream
-
-        args = {d.defname: RawStream()(d.arg) for d in stmt.definition or () if d.defname in ("leftarg", "rightarg")}
+        args = {d.defname: deparse(d.arg) for d in stmt.definition or () if d.defname in ("leftarg", "rightarg")}
         names = [n.sval for n in stmt.defnames]
         return ("operator", (names, args.get("leftarg", "NONE"), args.get("rightarg", "NONE")))
     if kind == "DefineStmt" and stmt.kind.name in ("OBJECT_AGGREGATE", "OBJECT_COLLATION"):
@@ -560,6 +833,52 @@ def _created_object(sql_text: str, entry: DumpEntry | None = None) -> tuple[str,
                 return ("constraint", (rel(stmt.relation), cmd.def_.conname))
     if kind == "CreateTrigStmt":
         return ("trigger", (rel(stmt.relation), stmt.trigname))
+    if kind == "CreateForeignTableStmt":
+        return ("relation", rel(stmt.base.relation))
+    return _created_other(stmt, kind)
+
+
+#: Statement -> (catalog, namespace column, name column, attribute of the statement holding the qualified name).
+_IN_SCHEMA = {
+    "CreateConversionStmt": ("pg_conversion", "connamespace", "conname", "conversion_name"),
+    "OBJECT_TSDICTIONARY": ("pg_ts_dict", "dictnamespace", "dictname", "defnames"),
+    "OBJECT_TSCONFIGURATION": ("pg_ts_config", "cfgnamespace", "cfgname", "defnames"),
+    "OBJECT_TSPARSER": ("pg_ts_parser", "prsnamespace", "prsname", "defnames"),
+    "OBJECT_TSTEMPLATE": ("pg_ts_template", "tmplnamespace", "tmplname", "defnames"),
+}
+#: Statement -> (catalog, name column, attribute of the statement holding the name) of database-wide objects.
+_GLOBAL = {
+    "CreateAmStmt": ("pg_am", "amname", "amname"),
+    "CreateFdwStmt": ("pg_foreign_data_wrapper", "fdwname", "fdwname"),
+    "CreateForeignServerStmt": ("pg_foreign_server", "srvname", "servername"),
+    "CreatePLangStmt": ("pg_language", "lanname", "plname"),
+}
+
+
+def _created_other(stmt: Any, kind: str) -> tuple[str, Any] | None:
+    """Objects other than relations, types, routines and table parts that a statement creates."""
+    from airflow_pgmigrate.engine.rewrite import deparse
+
+    key = stmt.kind.name if kind == "DefineStmt" else kind
+    if key in _IN_SCHEMA:
+        table, nsp, col, attr = _IN_SCHEMA[key]
+        names = [n.sval for n in getattr(stmt, attr)]
+        return ("in schema", (table, nsp, col, names[0] if len(names) == 2 else "public", names[-1]))
+    if kind in _GLOBAL:
+        table, col, attr = _GLOBAL[kind]
+        return ("global", (table, col, getattr(stmt, attr)))
+    if kind in ("CreateOpClassStmt", "CreateOpFamilyStmt"):
+        names = [n.sval for n in (stmt.opclassname if kind == "CreateOpClassStmt" else stmt.opfamilyname)]
+        return ("operator class" if kind == "CreateOpClassStmt" else "operator family",
+                (names[0] if len(names) == 2 else "public", names[-1], stmt.amname))
+    if kind == "CreateCastStmt":
+        return ("cast", (deparse(stmt.sourcetype), deparse(stmt.targettype)))
+    if kind == "CreateUserMappingStmt":
+        role = stmt.user.rolename or ("public" if stmt.user.roletype.name == "ROLESPEC_PUBLIC" else None)
+        return ("user mapping", (stmt.servername, role)) if role else None
+    if kind == "AlterDomainStmt" and stmt.subtype == "C" and getattr(stmt.def_, "conname", None):
+        return ("domain constraint", (sql.Identifier(*[n.sval for n in stmt.typeName]).as_string(None),
+                                      stmt.def_.conname))
     return None
 
 
@@ -605,12 +924,46 @@ def _exists(conn: psycopg.Connection, what: tuple[str, Any], tag: str) -> bool:
     elif kind == "trigger":
         query, params = "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s", args
     else:
-        return False
+        return _exists_other(conn, kind, args)
     try:
         row = conn.execute(query, params).fetchone()
     except psycopg.Error:
         return False
     return row is not None and row[0] is not None
+
+
+def _exists_other(conn: psycopg.Connection, kind: str, args: Any) -> bool:
+    query: sql.Composable
+    if kind == "in schema":
+        table, nsp, col, schema, name = args
+        query = sql.SQL("SELECT 1 FROM pg_catalog.{} x JOIN pg_catalog.pg_namespace n ON n.oid = x.{} "
+                        "WHERE n.nspname = %s AND x.{} = %s").format(*map(sql.Identifier, (table, nsp, col)))
+        params: tuple[Any, ...] = (schema, name)
+    elif kind == "global":
+        table, col, name = args
+        query = sql.SQL("SELECT 1 FROM pg_catalog.{} WHERE {} = %s").format(sql.Identifier(table), sql.Identifier(col))
+        params = (name,)
+    elif kind in ("operator class", "operator family"):
+        query = sql.SQL(
+            "SELECT 1 FROM pg_opclass c JOIN pg_namespace n ON n.oid = c.opcnamespace JOIN pg_am a ON a.oid = "
+            "c.opcmethod WHERE n.nspname = %s AND c.opcname = %s AND a.amname = %s" if kind == "operator class" else
+            "SELECT 1 FROM pg_opfamily f JOIN pg_namespace n ON n.oid = f.opfnamespace JOIN pg_am a ON a.oid = "
+            "f.opfmethod WHERE n.nspname = %s AND f.opfname = %s AND a.amname = %s")
+        params = args
+    elif kind == "cast":
+        query = sql.SQL("SELECT 1 FROM pg_cast WHERE castsource = to_regtype(%s) AND casttarget = to_regtype(%s)")
+        params = args
+    elif kind == "user mapping":
+        query, params = sql.SQL("SELECT 1 FROM pg_user_mappings WHERE srvname = %s AND usename = %s"), args
+    elif kind == "domain constraint":
+        query = sql.SQL("SELECT 1 FROM pg_constraint WHERE contypid = to_regtype(%s) AND conname = %s")
+        params = args
+    else:
+        return False
+    try:
+        return conn.execute(query, params).fetchone() is not None
+    except psycopg.Error:
+        return False
 
 
 def normalize_sql(text: str) -> str:
@@ -621,8 +974,6 @@ def normalize_sql(text: str) -> str:
     """
     from pglast import parse_sql
     from pglast.parser import ParseError
-    from pglast.stream import RawStream
-
     try:
         statements = parse_sql(text)
     except ParseError:
@@ -633,18 +984,22 @@ def normalize_sql(text: str) -> str:
         for node in _all_nodes(stmt):
             if type(node).__name__ == "SelectStmt":
                 _unqualify_single_relation(node)
-        out.append(RawStream()(stmt))
+        if type(stmt).__name__ == "AlterTableStmt" and all(c.subtype.name == "AT_ChangeOwner" for c in stmt.cmds):
+            from pglast.enums import ObjectType
+
+            stmt.objtype = ObjectType.OBJECT_TABLE  # pg_dump 17+ writes ALTER SEQUENCE / VIEW ... OWNER TO
+        out.append(deparse(stmt))
     return ";\n".join(out)
 
 
 def _all_nodes(node: Any) -> list[Any]:
-    from airflow_pgmigrate.engine.rewrite import _walk
+    from airflow_pgmigrate.engine.rewrite import walk_nodes
 
-    return list(_walk(node))
+    return list(walk_nodes(node))
 
 
 def _unqualify_single_relation(select: Any) -> None:
-    from airflow_pgmigrate.engine.rewrite import _children
+    from airflow_pgmigrate.engine.rewrite import child_nodes
 
     items: Any = select.fromClause or ()
     if len(items) != 1 or type(items[0]).__name__ != "RangeVar":
@@ -660,7 +1015,7 @@ def _unqualify_single_relation(select: Any) -> None:
             if len(fields) == 2 and getattr(fields[0], "sval", None) == name and hasattr(fields[1], "sval"):
                 node.fields = (fields[1],)
             return
-        for _, child in _children(node):
+        for _, child in child_nodes(node):
             fix(child)
 
     for attr in ("targetList", "whereClause", "groupClause", "havingClause", "sortClause"):
@@ -674,7 +1029,9 @@ def _unqualify_single_relation(select: Any) -> None:
 
 
 def _with_extensions(entries: list[DumpEntry], extensions: list[tuple[str, str]]) -> list[DumpEntry]:
-    """pg_dump leaves extensions out when dumping chosen schemas: add their creation after the schemas."""
+    """pg_dump leaves out extensions it does not dump itself: add their creation after the schemas."""
+    dumped = {e.name for e in entries if e.type == "EXTENSION"}
+    extensions = [(name, schema) for name, schema in extensions if name not in dumped]
     if not extensions:
         return entries
     created = [DumpEntry(name, "EXTENSION", None,
@@ -687,20 +1044,69 @@ def _with_extensions(entries: list[DumpEntry], extensions: list[tuple[str, str]]
     return entries[:split] + created + entries[split:]
 
 
-def _dump_args(phase: str, config: MigrationConfig, schemas: list[str]) -> list[str]:
+def _dump_args(phase: str, config: MigrationConfig, exclude: Iterable[str] = ()) -> list[str]:
+    """pg_dump of one section of the database but the ``exclude`` schemas: database-wide objects (casts, foreign
+    servers, default privileges without a schema ...) are only written without --schema; the plan selects what
+    migrates."""
     args = ["--schema-only", f"--section={phase.replace('_', '-')}"]
     if not config.schema_migration.owner_mapping:
         args.append("--no-owner")
     if not config.schema_migration.migrate_grants:
         args.append("--no-privileges")
-    for schema in schemas:
-        args += ["--schema", _pattern_literal(schema)]
+    for schema in exclude:
+        args += ["--exclude-schema", _pattern_literal(schema)]
     return args
 
 
 def _pattern_literal(name: str) -> str:
-    """A pg_dump -n pattern that matches exactly this name."""
+    """A pg_dump schema pattern that matches exactly this name."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def _other_schemas(conn: psycopg.Connection, keep: Iterable[str]) -> list[str]:
+    """The schemas of a database but these (and the system's)."""
+    return [r[0] for r in conn.execute(
+        "SELECT nspname FROM pg_namespace WHERE nspname !~ '^pg_' AND nspname <> 'information_schema' "
+        "AND NOT nspname = ANY(%s) ORDER BY 1", (sorted(keep),)).fetchall()]
+
+
+def _dump_sections(dump: PgDump, info: ConnectionInfo, config: MigrationConfig, src: SourceSchema | None = None,
+                   exclude: Iterable[str] = (), phases: Iterable[str] = PHASES,
+                   ) -> tuple[str, dict[str, list[DumpEntry]]]:
+    """(session settings, phase -> entries) of these sections (both by default: a post-data comment or grant may be
+    about a pre-data object). With ``src`` (the source), extensions pg_dump leaves out are added."""
+    sections: dict[str, list[DumpEntry]] = {phase: [] for phase in PHASES}
+    preamble = ""
+    for phase in phases:
+        preamble, entries = split_dump(run_pg_dump(dump, info, _dump_args(phase, config, exclude)))
+        if src is not None:
+            _restore_schema_names(entries, src.all_schemas)
+        if phase == "pre_data" and src is not None:
+            entries = _with_extensions(entries, src.wanted_extensions(src.everything))
+        sections[phase] = entries
+    return preamble, sections
+
+
+def _restore_schema_names(entries: list[DumpEntry], schemas: set[str]) -> None:
+    """pg_dump's headers show a newline (or carriage return) of a name as a space: give entries their schema's real
+    name, and a SCHEMA entry (and a comment or grant on a schema) its own."""
+    for entry in entries:
+        if entry.schema is not None:
+            entry.schema = real_schema(entry.schema, schemas)
+        if entry.type == "SCHEMA":
+            entry.name = real_schema(entry.name, schemas)
+        elif entry.type in ("COMMENT", "ACL") and entry.name.startswith("SCHEMA "):
+            target = tag_target(entry)
+            if target is not None and target[2] not in schemas and real_schema(target[2], schemas) != target[2]:
+                entry.name = "SCHEMA " + sql.Identifier(real_schema(target[2], schemas)).as_string(None)
+
+
+def real_schema(shown: str, schemas: set[str]) -> str:
+    """The schema whose name pg_dump shows as ``shown`` (newlines as spaces), when exactly one has it."""
+    if shown in schemas:
+        return shown
+    found = [s for s in schemas if s.replace("\r", " ").replace("\n", " ") == shown]
+    return found[0] if len(found) == 1 else shown
 
 
 class RoleMapper:
@@ -754,7 +1160,6 @@ class RoleMapper:
     def apply(self, text: str, report: SchemaReport, what: str) -> str:
         from pglast import parse_sql
         from pglast.parser import ParseError
-        from pglast.stream import RawStream
 
         try:
             statements = parse_sql(text)
@@ -781,9 +1186,19 @@ class RoleMapper:
                 elif skipping_grantor:
                     skipping_grantor = False
                     continue
-                kept.append(RawStream()(stmt))
+                kept.append(deparse(stmt))
                 continue
             if skipping_grantor:
+                continue
+            if kind == "CreateUserMappingStmt" and getattr(stmt.user, "rolename", None):
+                changed = True
+                mapped = self.target(stmt.user.rolename)
+                if mapped is None:
+                    self._skip(report, what, f"user mapping of a role missing in the destination: "
+                                             f"{stmt.user.rolename}")
+                    continue
+                stmt.user.rolename = mapped
+                kept.append(deparse(stmt))
                 continue
             if kind == "AlterOwnerStmt":
                 role_specs = [stmt.newowner]
@@ -792,7 +1207,7 @@ class RoleMapper:
             elif kind in ("GrantStmt", "GrantRoleStmt", "AlterDefaultPrivilegesStmt"):
                 changed = True
                 if self.migrate_grants and self._grant(stmt, report, what):
-                    kept.append(RawStream()(stmt))
+                    kept.append(deparse(stmt))
                 continue
             if role_specs:
                 targets = [self.target(r.rolename) if getattr(r, "rolename", None) else None for r in role_specs]
@@ -802,7 +1217,9 @@ class RoleMapper:
                 for spec, role in zip(role_specs, targets, strict=True):
                     spec.rolename = role
                 changed = True
-            kept.append(RawStream()(stmt))
+                kept.append(deparse(stmt))
+            else:
+                kept.append(statement_text(text, raw))  # unchanged statements keep their text
         if not changed:
             return text
         return ";\n".join(kept) + (";\n" if kept else "")
@@ -827,31 +1244,31 @@ def migrate_schema(
     with connect(destination) as dst_conn:
         dst_major = catalog.server_version_num(dst_conn) // 10000
         roles = {r[0] for r in dst_conn.execute("SELECT rolname FROM pg_roles")}
-    dump = find_pg_dump(src.major)
+    dump = _source_pg_dump(src.major, dst_major, source)
     report.pg_dump = f"{dump.major} ({dump.path})"
-    schemas = sorted(src.whole_schemas | {t.schema for t in src.selected}
-                     | {s for _, s, _ in src.needed if s is not None})
+    schemas = src.dumped_schemas()
     if not schemas:
         raise SchemaMigrationError("the selection matches nothing in the source")
-    text = run_pg_dump(dump, source, _dump_args(phase, config, schemas))
-    preamble, entries = split_dump(text)
-    if phase == "pre_data":
-        entries = _with_extensions(entries, src.wanted_extensions(config.objects.selects_everything))
+    # pre_data needs its own section only; post_data plans both, so a comment follows its pre-data object.
+    preamble, sections = _dump_sections(dump, source, config, src, src.undumped_schemas(),
+                                        PHASES[:1] if phase == "pre_data" else PHASES)
+    entries = sections[phase]
     log(f"schema phase={phase} pg_dump={dump.major} entries={len(entries)} schemas={','.join(schemas)}")
     rewriter = DefinitionRewriter(NameMapper(config.mapping), src.columns, src.relkinds, src.left_out_columns(config))
-    plan, errors = plan_entries(entries, src, config, rewriter, report)
+    plan, errors = plan_entries(sections["pre_data"] + sections["post_data"], src, config, rewriter, report, entries)
     if errors:
         raise SchemaMigrationError("schema migration cannot start, nothing was changed:\n- " + "\n- ".join(errors),
                                    report.to_dict())
-    if config.schema_migration.owner_mapping or config.schema_migration.migrate_grants:
-        mapper = RoleMapper(config.schema_migration.owner_mapping, roles, config.schema_migration.migrate_grants)
-        for item in plan:
+    roles_mapped = bool(config.schema_migration.owner_mapping or config.schema_migration.migrate_grants)
+    mapper = RoleMapper(config.schema_migration.owner_mapping, roles, config.schema_migration.migrate_grants)
+    for item in plan:
+        if roles_mapped or item.entry.type == "USER MAPPING":  # a user mapping names its role in any case
             item.sql = mapper.apply(item.sql, report, str(item.entry))
-        plan = [p for p in plan if p.sql.strip()]
+    plan = [p for p in plan if p.sql.strip()]
 
     with connect(destination) as dst_conn:
-        target_schemas = {rewriter.schema(s) for s in schemas}
-        _decide_existing(dst_conn, plan, config, phase, state, destination, dst_major, target_schemas, report)
+        others = _other_schemas(dst_conn, {rewriter.schema(s) for s in schemas} | {config.state_schema})
+        _decide_existing(dst_conn, plan, config, phase, state, destination, dst_major, others, report)
     todo = [p for p in plan if p.run]
     for item in plan:
         if not item.run:
@@ -877,33 +1294,33 @@ def migrate_schema(
     return report
 
 
+def _source_pg_dump(source_major: int, destination_major: int, source: ConnectionInfo) -> PgDump:
+    """pg_dump of the newer of both versions when there is one (that can reach the source as securely): a newer
+    pg_dump writes what the older server means in the newer server's terms (``GRANT ALL`` of PostgreSQL 15 becomes
+    the list of its privileges, without the MAINTAIN of PostgreSQL 17+)."""
+    if destination_major > source_major:
+        try:
+            return tls_capable_pg_dump(find_pg_dump(destination_major), source)
+        except PgDumpError:
+            pass
+    return find_pg_dump(source_major)
+
+
 def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config: MigrationConfig, phase: str,
                      state: MigrationState | None, destination: ConnectionInfo, dst_major: int,
-                     target_schemas: set[str], report: SchemaReport) -> None:
+                     other_schemas: list[str], report: SchemaReport) -> None:
     """Mark entries whose object already exists: identical ones are skipped, differing ones reported; in conflict
-    mode ``error`` an existing object not created by this migration stops the phase before any change."""
+    mode ``error`` an existing object not created by this migration stops the phase before any change. Entries that
+    create nothing (comments, grants, options) are skipped when the destination's own dump has them identical."""
     existing: list[PlannedEntry] = []
     for item in plan:
         what = _created_object(item.sql)
         if what is not None and _exists(conn, what, item.entry.name):
             item.creates = (what[0], str(what[1]))
             existing.append(item)
-    skipped_tables = {p.table for p in existing if p.entry.type == "TABLE" and p.table is not None}
-    skipped_keys = {p.entry.key for p in existing}
-    for item in plan:
-        if item in existing:
-            continue
-        if item.table in skipped_tables and item.entry.type in (
-                "DEFAULT", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE ATTACH", "COMMENT", "ACL"):
-            item.run, item.reason = False, "belongs to a table that exists already"
-        elif item.entry.type in ("COMMENT", "ACL"):
-            target = _comment_target(item.entry)
-            if target is not None and target in skipped_keys:
-                item.run, item.reason = False, "belongs to an object that exists already"
     if not existing:
         return
     ours = phase == "post_data" or bool(state is not None and (state.get("schema.pre_data") or {}).get("completed"))
-    schemas_only = all(p.creates and p.creates[0] in _NOT_COMPARED for p in existing)
     conflicts = [p for p in existing if p.creates and p.creates[0] not in _NOT_COMPARED]
     if conflicts and not ours and config.conflicting_tables == "error":
         names = ", ".join(str(p.entry) for p in conflicts[:20])
@@ -911,27 +1328,37 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
             f"{len(conflicts)} object(s) already exist in the destination: {names}; nothing was changed. Drop or "
             "rename them, map the tables to other names, or set conflicting_tables: ignore", report.to_dict())
     destination_entries: set[str] = set()
-    if not schemas_only:
-        schemas = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) ORDER BY 1",
-                                              (sorted(target_schemas),))]
-        text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config, schemas))
-        destination_entries = {normalize_sql(e.sql) for e in split_dump(text)[1]}
-    for item in existing:
-        item.run = False
-        if item.creates and item.creates[0] in _NOT_COMPARED:
-            item.reason = "exists already"
-            continue
-        if normalize_sql(item.sql) in destination_entries:
-            item.reason = "exists already, identical"
-            report.skip(str(item.entry), item.reason)
-        else:
-            item.reason = "exists already, differs"
-            report.differing.append({"object": str(item.entry), "expected": redact(item.sql.strip())})
+    if conflicts:
+        text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config, other_schemas))
+        destination_entries = {normalize_sql(e.settings + e.sql) for e in split_dump(text)[1]}
+    skipped_tables = {p.table for p in existing if p.entry.type == "TABLE" and p.table is not None}
+    existing_keys = {p.key for p in existing}
+    for item in plan:
+        same = bool(destination_entries) and normalize_sql(item.entry.settings + item.sql) in destination_entries
+        if item in existing or same:
+            item.run = False
+            if same:
+                item.reason = "exists already, identical"
+                report.skip(str(item.entry), item.reason)
+            elif item.creates and item.creates[0] in _NOT_COMPARED:
+                item.reason = "exists already"
+            else:
+                item.reason = "exists already, differs"
+                report.differing.append({"object": str(item.entry), "expected": redact(item.sql.strip())})
+        elif item.table in skipped_tables and item.entry.type in (
+                "DEFAULT", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE ATTACH", "COMMENT", "ACL"):
+            item.run, item.reason = False, "belongs to a table that exists already"
+        elif item.entry.type in ("COMMENT", "ACL") and item.target is not None and item.target in existing_keys:
+            item.run, item.reason = False, "belongs to an object that exists already"
 
 
 def _execute_entry(conn: psycopg.Connection, item: PlannedEntry) -> None:
     try:
+        if item.entry.settings:
+            conn.execute(item.entry.settings)
         conn.execute(item.sql)
+        if item.entry.settings:
+            conn.execute(reset_entry_settings())
     except psycopg.Error as exc:
         message = (exc.diag.message_primary or str(exc)).strip()
         # The statement may hold a secret (a user mapping's password option): redacted.
@@ -1042,36 +1469,35 @@ def _refresh_materialized_views(destination: ConnectionInfo, src: SourceSchema, 
 
 
 def expected_definitions(config: MigrationConfig, source: ConnectionInfo) -> list[str]:
-    """The normalised definitions the destination should hold after both phases, from the source and the config.
-
-    Extensions are left out (pg_dump of chosen schemas omits them), so this compares with
-    :func:`actual_definitions`.
-    """
+    """The normalised definitions the destination should hold after both phases, from the source and the config,
+    to compare with :func:`actual_definitions`."""
     with connect(source) as conn:
         src = read_source_schema(conn, config)
-    dump = find_pg_dump(src.major)
-    schemas = sorted(src.whole_schemas | {t.schema for t in src.selected}
-                     | {s for _, s, _ in src.needed if s is not None})
     rewriter = DefinitionRewriter(NameMapper(config.mapping), src.columns, src.relkinds, src.left_out_columns(config))
-    out: list[str] = []
-    for phase in PHASES:
-        _, entries = split_dump(run_pg_dump(dump, source, _dump_args(phase, config, schemas)))
-        plan, _ = plan_entries(entries, src, config, rewriter, SchemaReport(config.name, phase))
-        out += [normalize_sql(p.sql) for p in plan]
-    return sorted(out)
+    _, sections = _dump_sections(find_pg_dump(src.major), source, config, src, src.undumped_schemas())
+    plan, _ = plan_entries(sections["pre_data"] + sections["post_data"], src, config, rewriter,
+                           SchemaReport(config.name, "both"))
+    return sorted(normalize_sql(p.entry.settings + p.sql) for p in plan)
 
 
 def actual_definitions(config: MigrationConfig, destination: ConnectionInfo, schemas: list[str]) -> list[str]:
     """The normalised definitions the destination holds in these schemas (pg_dump of both sections)."""
     with connect(destination) as conn:
         major = catalog.server_version_num(conn) // 10000
-    dump = find_pg_dump(major)
-    out: list[str] = []
-    for phase in PHASES:
-        _, entries = split_dump(run_pg_dump(dump, destination, _dump_args(phase, config, schemas)))
-        out += [normalize_sql(e.sql) for e in entries if e.schema != config.state_schema
-                and not (e.type == "SCHEMA" and e.name == config.state_schema)]
-    return sorted(out)
+        others = _other_schemas(conn, schemas)
+    _, sections = _dump_sections(find_pg_dump(major), destination, config, exclude=others)
+    return sorted(normalize_sql(e.settings + e.sql) for e in sections["pre_data"] + sections["post_data"]
+                  if _in_schemas(e, set(schemas)))
+
+
+def _in_schemas(entry: DumpEntry, schemas: set[str]) -> bool:
+    """Whether an entry of a destination dump is about these schemas (database-wide objects are)."""
+    if entry.type == "SCHEMA":
+        return entry.name in schemas
+    if entry.schema is not None:
+        return entry.schema in schemas
+    target = tag_target(entry) if entry.type in ("COMMENT", "ACL") else None
+    return target is None or target[0] != "SCHEMA" or target[2] in schemas
 
 
 __all__ = ["PHASES", "SchemaMigrationError", "SchemaReport", "actual_definitions", "expected_definitions",

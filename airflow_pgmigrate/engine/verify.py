@@ -356,14 +356,18 @@ def verify_migration(config: MigrationConfig, source: ConnectionInfo, destinatio
                 raise VerifyError(f"another applier of migration {config.name} is running: verification needs "
                                   "incremental sync paused; run it between sensor pokes or from the cutover")
             sync = IncrementalSync(config, source, destination, log=log)
+            applied = 0
             for _ in range(100):
-                if sync.run(window_seconds=600, stop_before_lsn=lsn, take_lock=False).caught_up:
+                result = sync.run(window_seconds=600, stop_before_lsn=lsn, take_lock=False)
+                applied += result.changes
+                if result.caught_up:
                     break
             # Sequences and large objects are not streamed: brought to the snapshot too (sequences only forward).
             sync_sequences(config, source, destination, snapshot=snapshot, log=log)
             sync_large_objects_between(source, destination, snapshot=snapshot, log=log)
             report = compare(config, source, destination, snapshot=snapshot, log=log)
         report["lsn"] = lsn
+        report["changes_applied"] = applied  # brought over to reach the snapshot (the cutover counts them as late)
         return report
     finally:
         repl.close()

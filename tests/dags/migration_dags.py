@@ -10,7 +10,7 @@ from airflow_pgmigrate.templates.migration_dag import build_migration_dag
 precheck_only = build_migration_dag(
     MigrationConfig.from_dict(
         {"name": "it_precheck", "source": {"conn_id": "pgm_source"}, "destination": {"conn_id": "pgm_destination"},
-         "cutover": {"approval": "automatic"}}
+         "cutover": {"approval": "automatic", "freeze_source": True}}
     )
 )
 
@@ -46,7 +46,7 @@ whole_migration = build_migration_dag(
             "source": {"conn_id": "pgm_source"},
             "destination": {"conn_id": "pgm_destination"},
             "mapping": {"tables": {"public.orders": "orders_v2"}},
-            "cutover": {"approval": "automatic"},
+            "cutover": {"approval": "automatic", "freeze_source": True},
         }
     )
 )

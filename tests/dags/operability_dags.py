@@ -16,7 +16,7 @@ operability = build_migration_dag(
             "name": "it_ops",
             "source": {"conn_id": "pgm_source"},
             "destination": {"conn_id": "pgm_destination"},
-            "cutover": {"approval": "automatic"},
+            "cutover": {"approval": "automatic", "freeze_source": True},
             "alerts": {
                 "notifiers": [
                     {"notifier": "tests.hardening.notifiers.BrokenNotifier",

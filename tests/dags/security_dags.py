@@ -15,9 +15,9 @@ least_privilege = build_migration_dag(
             "source": {"conn_id": "pgm_sec_source"},
             "destination": {"conn_id": "pgm_sec_destination"},
             "incremental": {"publication": OWNER_PUBLICATION},
-            # A source account that does not own the database cannot freeze it: the approval is the word that
-            # writes stopped (the test stops its writes before the cutover).
-            "cutover": {"approval": "automatic", "freeze_source": False, "sequence_offset": 5},
+            # A source account that does not own the database cannot freeze it: a person's approval is the word
+            # that writes stopped (the test stops its writes, then answers the cutover question).
+            "cutover": {"approval": "manual", "freeze_source": False, "sequence_offset": 5},
         }
     )
 )
@@ -26,3 +26,4 @@ for _task in least_privilege.tasks:
     if hasattr(_task, "window_seconds"):
         _task.poke_interval = 0.5
         _task.window_seconds = 3
+        _task.mode = "reschedule"  # dag.test() runs one task at a time (see migration_dags.py)

@@ -49,8 +49,8 @@ def test_the_report_shows_every_step_and_the_task_links_to_it(migration_env, air
     page = report.read_text()
     for step in ("precheck", "schema_pre_data", "full_load", "full_load · public.orders",
                  "full_load · public.customers", "schema_post_data", "incremental_sync", "cutover",
-                 "cutover · writes_stopped_by_user", "cutover · drain", "cutover · sequences", "cutover · verify",
-                 "cutover · release"):
+                 "cutover · freeze", "cutover · drain", "cutover · writes_stopped", "cutover · sequences",
+                 "cutover · verify", "cutover · final_check", "cutover · release"):
         assert f"<td>{step}</td>" in page, step
     rows = re.findall(r"<tr><td>([^<]+)</td><td>(\w+)</td>.*?<td class=\"outcome\"[^>]*>(\w+)</td>", page)
     outcomes = {(step, kind): outcome for step, kind, outcome in rows}

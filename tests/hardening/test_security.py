@@ -32,6 +32,7 @@ from airflow_pgmigrate.engine.precheck import run_precheck
 from airflow_pgmigrate.exceptions import ConfigError
 from airflow_pgmigrate.testing.local_postgres import free_port
 from tests.dags.security_dags import OWNER_PUBLICATION
+from tests.integration.hitl import Responder, prepare_orm
 from tests.integration.test_precheck_dag import _run, _states
 
 pytestmark = [pytest.mark.integration, pytest.mark.hardening]
@@ -161,12 +162,16 @@ def test_least_privilege_migration_through_airflow_leaks_no_secret(migration_env
     point_connections(env, env.source.uri(env.source_db, SOURCE_ROLE, SOURCE_PASSWORD),
                       env.destination.uri(env.destination_db, DESTINATION_ROLE, DESTINATION_PASSWORD))
     capfd.readouterr()
+    prepare_orm()
     writes = Writes(env)
     writes.start()
+    responder = Responder("pgmigrate_it_secure", [("cutover_question", "Cut over")])
+    responder.start()
     try:
         dag_run = _run("pgmigrate_it_secure")
     finally:
         writes.stop()
+        responder.stop()
     output = capfd.readouterr()
     states = _states(dag_run)
     assert dag_run.state == "success", (states, output.out[-5000:], output.err[-5000:])

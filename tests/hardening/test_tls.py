@@ -21,7 +21,7 @@ from airflow_pgmigrate.config import MigrationConfig
 from airflow_pgmigrate.engine.connection import ConnectFailed, connect
 from airflow_pgmigrate.engine.full_load import run_full_load
 from airflow_pgmigrate.engine.incremental import release, run_incremental
-from airflow_pgmigrate.engine.pgdump import PgDumpError, find_pg_dump, run_pg_dump
+from airflow_pgmigrate.engine.pgdump import PgDumpError, find_pg_dump, run_pg_dump, supports_tls
 from airflow_pgmigrate.engine.precheck import _connection_result, run_precheck
 from airflow_pgmigrate.engine.schema import migrate_schema
 from airflow_pgmigrate.engine.state import MigrationState
@@ -203,3 +203,25 @@ def test_client_programs_without_tls_are_not_used_for_tls_connections():
     assert pick_client(plain, replace(info, params={"sslmode": "disable"})) == plain[-1]
     chosen = pick_client(clients, info)
     assert chosen is None or supports_tls(chosen.path)
+
+
+def test_a_newer_destination_keeps_a_pg_dump_that_reaches_a_tls_only_source(tls_server, tls_db, migration_env,
+                                                                              pg_servers):
+    """15 -> 18 prefers pg_dump 18, but the wheel's has no TLS: the source's own version (with TLS) dumps instead."""
+    other = pg_servers.other_version()
+    if other is None or other.major <= tls_server.major:
+        pytest.skip("no newer PostgreSQL major version on this machine")
+    newer = find_pg_dump(other.major)
+    if supports_tls(newer.path):
+        pytest.skip("the newer pg_dump has TLS: nothing to fall back from")
+    tls_server.execute("CREATE TABLE public.t (id int PRIMARY KEY)", tls_db)
+    source = PostgresEndpointHook("pgm_tls_source").connection_info
+    other.create_database(migration_env.destination_db)
+    try:
+        config = MigrationConfig.from_dict({"name": "tls_new", "source": {"conn_id": "pgm_tls_source"},
+                                            "destination": {"conn_id": "pgm_destination"}})
+        report = migrate_schema(config, source, other.info(migration_env.destination_db), "pre_data")
+        assert report.pg_dump.startswith(f"{tls_server.major} "), report.pg_dump
+        assert report.created["table"] == 1
+    finally:
+        other.drop_database(migration_env.destination_db)

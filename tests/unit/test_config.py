@@ -684,6 +684,18 @@ def test_connection_items_cannot_be_skipped() -> None:
     assert "cannot be skipped" in info.value.problems[0].message
 
 
+def test_schema_settings_for_excluded_objects() -> None:
+    config = MigrationConfig.from_dict(_with(MINIMAL, schema_migration={
+        "foreign_keys_to_excluded": "skip", "exclude_indexes": ["sales.orders_*", "*.tmp_idx"]}))
+    assert config.schema_migration.foreign_keys_to_excluded == "skip"
+    assert config.schema_migration.exclude_indexes == ["sales.orders_*", "*.tmp_idx"]
+    assert MigrationConfig.from_dict(MINIMAL).schema_migration.foreign_keys_to_excluded == "error"
+    message = str(_error(_with(MINIMAL, schema_migration={"foreign_keys_to_excluded": "drop"})))
+    assert "schema_migration.foreign_keys_to_excluded" in message and "'drop' is not allowed" in message
+    message = str(_error(_with(MINIMAL, schema_migration={"exclude_indexes": ["orders_idx"]})))
+    assert "exclude_indexes[0]" in message and "has no schema part" in message
+
+
 def test_nan_in_yaml_is_an_error_naming_the_field(tmp_path: Path) -> None:
     path = tmp_path / "nan.yaml"
     path.write_text("name: shop\nsource: {conn_id: src}\ndestination: {conn_id: dst}\n"

@@ -810,7 +810,7 @@ def test_every_dag_that_may_add_a_rule_ends_with_the_cleanup_teardown(types: lis
 
     data, config_cls = _config(manage_security_group=True)
     dag = build_migration_dag(config_cls.from_dict({**data, "migration_types": types,
-                                                    "cutover": {"approval": approval}}))
+                                                    "cutover": {"approval": approval, "freeze_source": True}}))
     cleanup = dag.task_dict["remove_ingress_rules"]
     assert cleanup.is_teardown and cleanup.trigger_rule == TriggerRule.ALL_DONE_SETUP_SUCCESS
     assert not cleanup.on_failure_fail_dagrun and not cleanup.downstream_list

@@ -68,7 +68,7 @@ def test_manual_approval_asks_one_question_while_a_task_beside_it_syncs():
     assert manual.task_dict["incremental_sync"].mode == "poke"
     automatic = build_migration_dag(MigrationConfig.from_dict({
         "name": "a", "source": {"conn_id": "a"}, "destination": {"conn_id": "b"},
-        "cutover": {"approval": "automatic"}}))
+        "cutover": {"approval": "automatic", "freeze_source": True}}))
     assert automatic.task_dict["cutover"].upstream_task_ids == {"incremental_sync"}
     assert "cutover_question" not in automatic.task_ids
 

@@ -1,0 +1,78 @@
+"""Every replicated UPDATE and DELETE must find its row on the destination: rows touched are counted, and a change
+that matched nothing stops the sync with the table and the row it expected (never a silent no-op)."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_pgmigrate.engine.apply import ApplyError
+from airflow_pgmigrate.engine.incremental import run_incremental
+from tests.hardening.rig import applied_lsn, assert_same_data
+from tests.integration.test_incremental import catch_up, start_migration
+
+pytestmark = pytest.mark.integration
+
+
+def _diverge(env, statement: str) -> None:
+    """A write on the destination only (what a different text form of a value amounts to for the applier)."""
+    env.dst(f"SET session_replication_role = replica; {statement}")
+
+
+def _apply_fails(env, config) -> str:
+    before = applied_lsn(env, config.name)
+    with pytest.raises(ApplyError) as info:
+        run_incremental(config, env.source_info(), env.destination_info(), window_seconds=10)
+    assert applied_lsn(env, config.name) == before, "nothing of the batch is recorded as applied"
+    return str(info.value)
+
+
+@pytest.mark.parametrize("statement", ["UPDATE public.nokey SET b = 'new' WHERE a = 5",
+                                       "DELETE FROM public.nokey WHERE a = 5"])
+def test_keyless_change_that_matches_no_destination_row_is_an_error(migration_env, statement):
+    env = migration_env
+    env.src("CREATE TABLE public.nokey (a int, b text, f double precision);"
+            "ALTER TABLE public.nokey REPLICA IDENTITY FULL;"
+            "INSERT INTO public.nokey SELECT g, 'row ' || g, g / 3.0 FROM generate_series(1, 20) g")
+    config = start_migration(env)
+    catch_up(env, config)
+    _diverge(env, "UPDATE public.nokey SET f = f + 1e-12 WHERE a = 5")  # a float whose text differs
+    env.src(statement)
+    message = _apply_fails(env, config)
+    verb = statement.split()[0]
+    assert f"replicated {verb} of public.nokey" in message and "touched 0" in message, message
+    assert "a='5'" in message and "b='row 5'" in message and "REPLICA IDENTITY FULL" in message, message
+    assert env.dst("SELECT b FROM public.nokey WHERE a = 5") == [("row 5",)]
+
+
+@pytest.mark.parametrize("statement", ["UPDATE public.acc SET v = 1 WHERE id IN (3, 7)",
+                                       "DELETE FROM public.acc WHERE id IN (3, 7)"])
+def test_keyed_change_whose_row_is_gone_from_the_destination_is_an_error(migration_env, statement):
+    env = migration_env
+    env.src("CREATE TABLE public.acc (id int PRIMARY KEY, v int);"
+            "INSERT INTO public.acc SELECT g, 0 FROM generate_series(1, 100) g")
+    config = start_migration(env)
+    catch_up(env, config)
+    _diverge(env, "DELETE FROM public.acc WHERE id = 7")
+    env.src(statement)
+    message = _apply_fails(env, config)
+    verb = statement.split()[0]
+    assert f"replicated {verb} of public.acc" in message and "expected 1 row with id='7'" in message, message
+    assert "touched 0" in message and "by its key" in message, message
+
+
+def test_keyless_toasted_update_that_changes_nothing_is_applied(migration_env):
+    """pgcopydb's xpto scenario: UPDATE t SET c1 = c1, c2 = c2 on a keyless REPLICA IDENTITY FULL table whose values
+    are stored out of line: the new row comes with every value 'unchanged'."""
+    env = migration_env
+    env.src("CREATE TABLE public.xpto2 (c1 text, c2 text); ALTER TABLE public.xpto2 REPLICA IDENTITY FULL;"
+            "ALTER TABLE public.xpto2 ALTER c1 SET STORAGE EXTERNAL, ALTER c2 SET STORAGE EXTERNAL;"
+            "INSERT INTO public.xpto2 VALUES ('small', 'row')")
+    config = start_migration(env)
+    env.src("INSERT INTO public.xpto2 SELECT string_agg(md5(g::text), '') FROM generate_series(1, 63) g "
+            "UNION ALL SELECT 'x'; UPDATE public.xpto2 SET c2 = repeat('y', 2000) WHERE c1 LIKE 'c4ca%'")
+    env.src("UPDATE public.xpto2 SET c1 = c1, c2 = c2")
+    env.src("UPDATE public.xpto2 SET c2 = c2 || 'z' WHERE c1 = 'small'")
+    catch_up(env, config)
+    assert env.dst("SELECT count(*), sum(length(c1)), sum(length(c2)) FROM public.xpto2") == \
+        env.src("SELECT count(*), sum(length(c1)), sum(length(c2)) FROM public.xpto2")
+    assert_same_data(env)
