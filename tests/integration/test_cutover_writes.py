@@ -240,3 +240,37 @@ def test_automatic_approval_without_a_freeze_is_accepted_where_there_is_no_cutov
     config = MigrationConfig.from_dict({"name": "m", "source": {"conn_id": "a"}, "destination": {"conn_id": "b"},
                                         "migration_types": ["schema", "full"], "cutover": {"approval": "automatic"}})
     assert config.cutover.freeze_source is False
+
+
+class _StateLostAfterRevoke(MigrationState):
+    """Migration state whose first write of the freeze record after PUBLIC lost CONNECT on the source fails, as when
+    the destination (where the state lives) drops the connection right after the revoke."""
+
+    def __init__(self, env, *args) -> None:
+        super().__init__(*args)
+        self.env, self.failed = env, False
+
+    def put(self, key, value) -> None:
+        if key == "source_freeze" and not self.failed and self.env.src(
+                "SELECT has_database_privilege('public', current_database(), 'CONNECT')") == [(False,)]:
+            self.failed = True
+            raise psycopg.OperationalError("connection to the destination lost")
+        super().put(key, value)
+
+
+def test_a_freeze_interrupted_after_the_revoke_is_undone_exactly(migration_env):
+    """The revocations are recorded before they are made: whatever interrupts the freeze after the revoke, its undo
+    gives PUBLIC its CONNECT back (the application can connect again)."""
+    env = migration_env
+    env.src(TABLE)
+    app = _app(env)
+    state = _StateLostAfterRevoke(env, env.destination_info(), "pgmigrate", "tfreeze_lost")
+    try:
+        freeze_source(env.source_info(), state)
+    except psycopg.OperationalError:
+        pass  # the freeze undid itself (or tried to)
+    unfreeze_source(env.source_info(), MigrationState(env.destination_info(), "pgmigrate", "tfreeze_lost"))
+    assert _frozen_settings(env) == []
+    assert env.src("SELECT has_database_privilege('public', current_database(), 'CONNECT')") == [(True,)]
+    with psycopg.connect(**app.connect_kwargs(), autocommit=True) as conn:
+        conn.execute("INSERT INTO public.orders (amount, note) VALUES (1, 'after undo')")
