@@ -108,3 +108,21 @@ def test_counted_changes_that_are_right_are_applied(migration_env):
         [("parts_hi", 3, 103), ("parts_lo", 4, 4), ("parts_hi", 5, 105)]
     assert env.dst("SELECT count(*), sum(n), count(*) FILTER (WHERE note = 'again') FROM public.pk") == [(9, 8, 3)]
     assert_same_data(env)
+
+
+@pytest.mark.parametrize("table", ["CREATE TABLE public.link (a int, b int, PRIMARY KEY (a, b));"
+                                   "INSERT INTO public.link SELECT g, g FROM generate_series(1, 20) g",
+                                   "CREATE TABLE public.link (a int, b int, big text, PRIMARY KEY (a, b));"
+                                   "ALTER TABLE public.link ALTER big SET STORAGE EXTERNAL;"
+                                   "INSERT INTO public.link SELECT g, g, repeat('x', 5000) FROM generate_series(1, 20) g"])
+def test_update_that_sets_no_column_still_must_find_its_row(migration_env, table):
+    """An UPDATE whose new row changes only key columns to themselves (or leaves only unchanged TOASTed values) writes
+    no column, and still must find its row: a missing one is an error, never a silent no-op."""
+    env = migration_env
+    env.src(table)
+    config = start_migration(env)
+    catch_up(env, config)
+    _diverge(env, "DELETE FROM public.link WHERE a = 7")
+    env.src("UPDATE public.link SET a = a WHERE a = 7")
+    message = _apply_fails(env, config)
+    assert "replicated UPDATE of public.link" in message and "touched 0" in message, message
