@@ -274,3 +274,40 @@ def test_a_freeze_interrupted_after_the_revoke_is_undone_exactly(migration_env):
     assert env.src("SELECT has_database_privilege('public', current_database(), 'CONNECT')") == [(True,)]
     with psycopg.connect(**app.connect_kwargs(), autocommit=True) as conn:
         conn.execute("INSERT INTO public.orders (amount, note) VALUES (1, 'after undo')")
+
+
+def _connect_rights(env) -> list[tuple]:
+    return env.src("SELECT r, has_database_privilege(r, current_database(), 'CONNECT'), "
+                   "has_database_privilege(r, current_database(), 'CONNECT WITH GRANT OPTION') "
+                   "FROM unnest(ARRAY['public', 'pgm_owner', 'pgm_mig', 'pgm_delegate', 'pgm_app_writer']) r "
+                   "ORDER BY 1")
+
+
+def test_freeze_by_a_member_of_the_owner_connecting_through_public_is_undone_exactly(migration_env):
+    """The source account is no superuser and not the owner but a member of the owning role, with CONNECT through
+    PUBLIC only; another role holds CONNECT with grant option. The freeze lets the account (and only it) in, the
+    unfreeze gives every role back exactly the rights it had, twice in a row."""
+    env = migration_env
+    env.src(TABLE)
+    app = _app(env)
+    env.create_role(env.source, "pgm_owner", "owner-pw")
+    env.create_role(env.source, "pgm_mig", "mig-pw")
+    env.create_role(env.source, "pgm_delegate", "delegate-pw")
+    env.source.execute(f'ALTER DATABASE "{env.source_db}" OWNER TO pgm_owner; GRANT pgm_owner TO pgm_mig; '
+                       f'GRANT pg_signal_backend TO pgm_mig; '
+                       f'GRANT CONNECT ON DATABASE "{env.source_db}" TO pgm_delegate WITH GRANT OPTION')
+    mig = env.source.info(env.source_db, "pgm_mig", "mig-pw")
+    before = _connect_rights(env)
+    state = MigrationState(env.destination_info(), "pgmigrate", "tfreeze_member")
+    for _ in range(2):
+        frozen = freeze_source(mig, state)
+        assert sorted(frozen["revoked_connect_from"]) == ["PUBLIC", "pgm_delegate", "pgm_owner"], frozen
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            psycopg.connect(**app.connect_kwargs())
+        with psycopg.connect(**mig.connect_kwargs()) as conn:
+            assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        unfreeze_source(mig, state)
+        assert _connect_rights(env) == before
+        assert _frozen_settings(env) == []
+    with psycopg.connect(**app.connect_kwargs(), autocommit=True) as conn:
+        conn.execute("INSERT INTO public.orders (amount, note) VALUES (1, 'after unfreeze')")
