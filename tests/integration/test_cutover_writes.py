@@ -311,3 +311,25 @@ def test_freeze_by_a_member_of_the_owner_connecting_through_public_is_undone_exa
         assert _frozen_settings(env) == []
     with psycopg.connect(**app.connect_kwargs(), autocommit=True) as conn:
         conn.execute("INSERT INTO public.orders (amount, note) VALUES (1, 'after unfreeze')")
+
+
+def test_unfreeze_keeps_a_grant_option_held_through_a_second_grantor(migration_env):
+    """A role holding CONNECT twice (from the owner, and with grant option from a delegate) keeps its grant option
+    through a freeze and its undo."""
+    env = migration_env
+    env.src(TABLE)
+    for role in ("pgm_owner", "pgm_mig", "pgm_delegate", APP_ROLE):
+        env.create_role(env.source, role, "pw")
+    db = f'"{env.source_db}"'
+    env.source.execute(f"ALTER DATABASE {db} OWNER TO pgm_owner; GRANT pgm_owner TO pgm_mig; "
+                       f"GRANT pg_signal_backend TO pgm_mig; SET ROLE pgm_owner; "
+                       f"GRANT CONNECT ON DATABASE {db} TO pgm_delegate WITH GRANT OPTION; SET ROLE pgm_delegate; "
+                       f"GRANT CONNECT ON DATABASE {db} TO {APP_ROLE} WITH GRANT OPTION; SET ROLE pgm_owner; "
+                       f"GRANT CONNECT ON DATABASE {db} TO {APP_ROLE}; RESET ROLE")
+    before = _connect_rights(env)
+    assert (APP_ROLE, True, True) in before
+    mig = env.source.info(env.source_db, "pgm_mig", "pw")
+    state = MigrationState(env.destination_info(), "pgmigrate", "tfreeze_option")
+    freeze_source(mig, state)
+    unfreeze_source(mig, state)
+    assert _connect_rights(env) == before
