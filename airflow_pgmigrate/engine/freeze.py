@@ -141,8 +141,13 @@ def _plan(src: psycopg.Connection, record: dict[str, Any]) -> None:
     if not record["superuser"] and not any(g == me for g, _ in grants) and me not in record["granted"]:
         record["granted"].append(me)
     for grantee, grant_option in grants:
-        if grantee != me and not any(r["grantee"] == grantee for r in record["revoked"]):
+        if grantee == me:
+            continue
+        entry = next((r for r in record["revoked"] if r["grantee"] == grantee), None)
+        if entry is None:
             record["revoked"].append({"grantee": grantee, "grant_option": grant_option})
+        else:  # held from several grantors: the grant option of any of them is restored
+            entry["grant_option"] = entry["grant_option"] or grant_option
 
 
 def _apply(src: psycopg.Connection, record: dict[str, Any]) -> None:
