@@ -333,3 +333,36 @@ def test_unfreeze_keeps_a_grant_option_held_through_a_second_grantor(migration_e
     freeze_source(mig, state)
     unfreeze_source(mig, state)
     assert _connect_rights(env) == before
+
+
+def test_unfrozen_cutover_does_not_release_while_a_prepared_transaction_waits(migration_env):
+    """Without a freeze, a transaction prepared on the source (a transaction manager's) would commit after the slot
+    is gone and its rows never reach the destination: the cutover stops before the release and names it."""
+    env = migration_env
+    env.src(TABLE)
+    config = start_migration(env, cutover={"writes_stopped_check_seconds": 1})
+    catch_up(env, config)
+    with psycopg.connect(**env.source_info().connect_kwargs(), autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO public.orders (amount, note) VALUES (7, 'prepared')")
+        conn.execute("PREPARE TRANSACTION 'pgm_xa_7'")
+    outcome: list = []
+
+    def cutover() -> None:
+        try:
+            outcome.append(run_cutover(config, env.source_info(), env.destination_info()))
+        except Exception as exc:  # noqa: BLE001 - examined below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=cutover, daemon=True)
+    worker.start()
+    worker.join(60)
+    hung = worker.is_alive()
+    env.src("COMMIT PREPARED 'pgm_xa_7'")  # what the transaction manager does later (and what unblocks a hang)
+    worker.join(60)
+    assert not hung, "the cutover waited for the prepared transaction instead of naming it"
+    assert outcome and isinstance(outcome[0], CutoverError), outcome
+    assert "'pgm_xa_7'" in str(outcome[0]) and "COMMIT PREPARED" in str(outcome[0]), str(outcome[0])
+    assert _slot_kept(env, config)
+    report = run_cutover(config, env.source_info(), env.destination_info())
+    assert report["status"] == "completed" and _rows(env.dst, "prepared") == 1
