@@ -192,6 +192,8 @@ class ObjectSelection(_Validated):
     exclude: list[str] = field(default_factory=list)
     #: Column selection per table: ``{"public.orders": ["id", "amount"]}``.
     columns: dict[str, list[str]] = field(default_factory=dict)
+    #: Selected tables whose definition migrates without their rows (globs over ``schema.table``).
+    exclude_data: list[str] = field(default_factory=list)
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
@@ -203,7 +205,7 @@ class ObjectSelection(_Validated):
                          "select the schemas of your own tables")
         for i, table in enumerate(values.get("tables") or []):
             _check_table_key(errors, f"tables[{i}]", table)
-        for key in ("include", "exclude"):
+        for key in ("include", "exclude", "exclude_data"):
             for i, pattern in enumerate(values.get(key) or []):
                 if not pattern.strip():
                     _problem(errors, f"{key}[{i}]", "the pattern is empty", "write a glob such as sales.* or *.tmp_*")
@@ -661,7 +663,8 @@ class ReportSettings(_Validated):
     #: Folder of the report files (one ``<name>.html`` per migration). None: ``$PGMIGRATE_REPORT_FOLDER``, else
     #: ``$AIRFLOW_HOME/pgmigrate_reports``.
     directory: str | None = None
-    #: Where that folder is served over HTTP, for the task's "Migration report" link. None: a file:// link.
+    #: Where that folder is served over HTTP, for the task's "Migration report" link. None: the page Airflow's API
+    #: server serves (the provider's plugin, /pgmigrate/reports/<name>.html).
     base_url: str | None = None
 
     @classmethod

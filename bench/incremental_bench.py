@@ -1,7 +1,16 @@
 """Change apply speed against native logical replication, measured in one run on the same two servers.
 
-Builds a source with ``pgbench -i -s <scale>`` (``pgbench_history`` gets a ``hid bigserial`` primary key so that it can
-be replicated with a key), then brings two copies of the four pgbench tables up to date on the same destination server:
+Builds a source for one workload shape (``--shape``), then brings two copies of its tables up to date on the same
+destination server:
+
+- ``pgbench`` (default): ``pgbench -i -s <scale>`` (``pgbench_history`` gets a ``hid bigserial`` primary key so that it
+  can be replicated with a key); the backlog is pgbench's tpcb-like transaction (three updates and one insert);
+- ``delete-heavy``: one table of ``--rows`` rows (default 2 M; ``id bigserial`` primary key, an int and a 32-character
+  text); each backlog transaction deletes a random range of 5 keys and inserts 2 new rows. Each batch then deletes
+  thousands of scattered keys from a table of millions of rows: the shape where a set-based statement planned as a
+  join over the whole table costs the table instead of the batch.
+
+The two copies:
 
 a. ours: database ``ours``; schema pre_data, full load, post_data (none timed; the full load creates our slot and
    publication), then one untimed catch-up so that our slot stands at the current end of the WAL;
@@ -9,7 +18,8 @@ b. native: database ``native``; ``pg_dump --schema-only`` of the four tables pip
    the source, ``CREATE SUBSCRIPTION ... WITH (copy_data = true)``, wait for the initial sync (all tables ``r``) and
    for the slot to confirm the current end of the WAL, then ``ALTER SUBSCRIPTION ... DISABLE``.
 
-With both stopped, ONE backlog is built: ``pgbench -c <clients> -j 2 -T <seconds> -n`` on the source; the source's
+With both stopped, ONE backlog is built: ``pgbench -c <clients> -j 2 -T <seconds> -n`` on the source (with the
+shape's script); the source's
 ``pg_current_wal_insert_lsn()`` right after it is the target of both catch-ups, which run one after the other (never
 competing for the cores):
 
@@ -20,9 +30,11 @@ b. native (timed): ``ALTER SUBSCRIPTION ... ENABLE``, then poll every 0.2 s unti
 
 Both copies are then checked against the source (row count and an md5 over the rows in key order, per table). The
 ratio ``ours_vs_native`` is our transactions/s divided by native's: higher means ours is faster. Absolute figures swing
-with machine load; compare the ratio. Run on demand::
+with machine load; compare the ratio, and the CPU seconds each catch-up cost: our process's, and the source's and the
+destination's servers' (postmaster and every backend, the walsender and apply worker included). Run on demand::
 
     .venv/bin/python bench/incremental_bench.py --scale 100 --seconds 60 --clients 4
+    .venv/bin/python bench/incremental_bench.py --shape delete-heavy --rows 2000000 --seconds 30 --clients 4
     .venv/bin/python bench/incremental_bench.py --workdir /tmp/incbench          # keep the servers' data
     .venv/bin/python bench/incremental_bench.py --workdir /tmp/incbench --reuse  # rerun, no pgbench -i
 """
@@ -36,6 +48,7 @@ import re
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from common import (
@@ -52,6 +65,7 @@ from common import (
     redact,
     run_in_child,
     run_tool,
+    server_cpu_seconds,
     stop_servers,
     tool,
     workdir_base,
@@ -77,6 +91,14 @@ TABLES = {"public.pgbench_accounts": "aid", "public.pgbench_branches": "bid", "p
 BIG_TABLE = "public.bench_big"
 #: A tpcb-like pgbench transaction: three updates and one insert.
 CHANGES_PER_TXN = 4
+#: --shape delete-heavy: the table, and the backlog's transaction (a pgbench script; :rows is the table's initial size).
+DELETE_HEAVY_TABLE = "public.bench_rows"
+DELETE_HEAVY_SCRIPT = """\\set k random(1, :rows)
+BEGIN;
+DELETE FROM public.bench_rows WHERE id BETWEEN :k AND :k + 4;
+INSERT INTO public.bench_rows (k, body) VALUES (:k, md5(:k::text)), (:k + 1, md5((:k + 1)::text));
+END;
+"""
 WINDOW_SECONDS = 7 * 24 * 3600.0
 MAX_CALLS = 100
 POLL_SECONDS = 0.2
@@ -104,6 +126,17 @@ def make_config() -> dict[str, Any]:
 
 
 # -- dataset and leftovers ------------------------------------------------------------------------------------------
+
+
+def build_delete_heavy(source: LocalPostgres, rows: int) -> None:
+    fresh_database(source, SOURCE_DB)
+    started = time.monotonic()
+    source.execute(f"CREATE TABLE {qualified(DELETE_HEAVY_TABLE)} (id bigserial PRIMARY KEY, k int NOT NULL, body text);"
+                   f"INSERT INTO {qualified(DELETE_HEAVY_TABLE)} (k, body) SELECT g, md5(g::text) "  # noqa: S608
+                   f"FROM generate_series(1, {int(rows)}) g", SOURCE_DB)
+    source.execute("VACUUM ANALYZE", SOURCE_DB)
+    checkpoint(source)
+    print(f"bench: dataset built shape=delete-heavy rows={rows} seconds={time.monotonic() - started:.1f}", flush=True)
 
 
 def build_dataset(source: LocalPostgres, scale: int) -> None:
@@ -281,18 +314,30 @@ def time_native(source: LocalPostgres, destination: LocalPostgres, target_lsn: s
 # -- backlog and verification ---------------------------------------------------------------------------------------
 
 
-def build_backlog(source: LocalPostgres, clients: int, seconds: int, big_mb: int = 0) -> dict[str, Any]:
+def row_changes(source: LocalPostgres) -> int:
+    """Rows inserted, updated and deleted in the source database so far (its statistics)."""
+    return int(source.execute("SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::bigint "
+                              "FROM pg_stat_user_tables", SOURCE_DB)[0][0])
+
+
+def build_backlog(source: LocalPostgres, clients: int, seconds: int, big_mb: int = 0,
+                  script: list[str] | None = None) -> dict[str, Any]:
+    """The backlog: pgbench's own transaction, or ``script`` (pgbench options naming a script file)."""
     env = pgbench_env(source)
     before = current_lsn(source)
+    changed_before = row_changes(source)
     started = time.monotonic()
     result = run_tool([*pgbench_args(source), "-c", str(clients), "-j", str(min(2, clients)), "-T", str(seconds),
-                       "-n", SOURCE_DB], source, "pgbench", env)
+                       "-n", *(script or []), SOURCE_DB], source, "pgbench", env)
     wall = time.monotonic() - started
     match = re.search(r"number of transactions actually processed:\s*(\d+)", result.stdout)
     if not match:
         raise BenchError(f"pgbench printed no transaction count: {result.stdout[-1000:]}")
     tps = re.search(r"tps = ([\d.]+)", result.stdout)
-    transactions, changes = int(match.group(1)), CHANGES_PER_TXN * int(match.group(1))
+    transactions = int(match.group(1))
+    # The ended pgbench sessions have reported their statistics; a short wait covers a late one.
+    time.sleep(1.0)
+    changes = row_changes(source) - changed_before if script else CHANGES_PER_TXN * transactions
     if big_mb:
         rows = big_mb * 1024
         big_started = time.monotonic()
@@ -342,12 +387,57 @@ def verify(source: LocalPostgres, destination: LocalPostgres) -> dict[str, bool]
     return verdict
 
 
+def servers_cpu(source: LocalPostgres, destination: LocalPostgres) -> tuple[float, float]:
+    return server_cpu_seconds(source), server_cpu_seconds(destination)
+
+
+def servers_cpu_since(before: tuple[float, float], source: LocalPostgres,
+                      destination: LocalPostgres) -> dict[str, float]:
+    source_now, destination_now = servers_cpu(source, destination)
+    return {"source_cpu_s": source_now - before[0], "destination_cpu_s": destination_now - before[1]}
+
+
 # -- main -----------------------------------------------------------------------------------------------------------
+
+
+def prepare_dataset(args: argparse.Namespace, source: LocalPostgres, base: Path) -> list[str] | None:
+    """Build (or reuse) the shape's source dataset; return the pgbench options of its backlog script (None: pgbench's
+    own transaction)."""
+    marker = base / "dataset.json"
+    wanted = {"shape": args.shape, "scale": args.scale} if args.shape == "pgbench" else \
+        {"shape": args.shape, "rows": args.rows}
+    built = json.loads(marker.read_text()) if marker.exists() else {}
+    if args.shape == "delete-heavy":
+        TABLES.clear()
+        TABLES[DELETE_HEAVY_TABLE] = "id"
+    if args.reuse and built == wanted:
+        if args.shape == "pgbench":
+            source.execute("TRUNCATE public.pgbench_history", SOURCE_DB)
+        print(f"bench: reusing the dataset {wanted} in {base}", flush=True)
+    else:
+        marker.unlink(missing_ok=True)
+        if args.shape == "pgbench":
+            build_dataset(source, args.scale)
+        else:
+            build_delete_heavy(source, args.rows)
+        marker.write_text(json.dumps(wanted))
+    if args.shape == "pgbench":
+        return None
+    script = base / "delete_heavy.sql"
+    script.write_text(DELETE_HEAVY_SCRIPT)
+    os.chmod(script, 0o644)
+    return ["-f", str(script), "-D", f"rows={int(args.rows)}"]
+
+
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=["pgbench", "delete-heavy"], default="pgbench",
+                        help="the workload (default pgbench; see above)")
     parser.add_argument("--scale", type=int, default=100, help="pgbench scale of the source (default 100)")
+    parser.add_argument("--rows", type=int, default=2_000_000, help="--shape delete-heavy: the table's rows "
+                        "(default 2000000)")
     parser.add_argument("--seconds", type=int, default=60, help="pgbench -T of the backlog (default 60)")
     parser.add_argument("--clients", type=int, default=4, help="pgbench -c of the backlog (default 4)")
     parser.add_argument("--big-transaction-mb", type=int, default=0,
@@ -355,7 +445,7 @@ def main() -> int:
                              "engine's peak memory with a transaction far larger than its batches (e.g. 1024)")
     parser.add_argument("--workdir", help="keep the servers here (stopped, data kept) instead of a temporary folder")
     parser.add_argument("--reuse", action="store_true", help="reuse the source dataset in --workdir when built at "
-                        "--scale (pgbench_history is emptied)")
+                        "--scale or --rows (pgbench_history is emptied)")
     parser.add_argument("--major", type=int, help="PostgreSQL major version of both servers (default: the lowest)")
     parser.add_argument("--timeout", type=float, help="seconds a native sync or catch-up may take "
                         "(default max(600, 30 x --seconds))")
@@ -369,7 +459,6 @@ def main() -> int:
     base, keep = workdir_base(args.workdir, "pgmigrate-incbench-")
     source = LocalPostgres(base / "source", major=args.major, settings=SOURCE_SETTINGS)
     destination = LocalPostgres(base / "destination", major=args.major)
-    marker = base / "dataset.json"
     failed = False
     started_servers = False
     try:
@@ -380,14 +469,7 @@ def main() -> int:
               f"destination_port={destination.port} workdir={base}", flush=True)
         drop_native(source, destination)
         drop_ours(source, args.verbose)
-        built = json.loads(marker.read_text()) if marker.exists() else {}
-        if args.reuse and built.get("scale") == args.scale:
-            source.execute("TRUNCATE public.pgbench_history", SOURCE_DB)
-            print(f"bench: reusing the dataset of scale {args.scale} in {base}", flush=True)
-        else:
-            marker.unlink(missing_ok=True)
-            build_dataset(source, args.scale)
-            marker.write_text(json.dumps({"scale": args.scale}))
+        script = prepare_dataset(args, source, base)
         if args.big_transaction_mb:
             TABLES[BIG_TABLE] = "id"
             source.execute(f"DROP TABLE IF EXISTS {qualified(BIG_TABLE)}; "
@@ -400,14 +482,16 @@ def main() -> int:
         catch_up_ours_untimed(source, destination, args.verbose)
 
         checkpoint(source, destination)
-        backlog = build_backlog(source, args.clients, args.seconds, args.big_transaction_mb)
+        backlog = build_backlog(source, args.clients, args.seconds, args.big_transaction_mb, script)
         txns = backlog["transactions"]
         print(f"bench: backlog transactions={txns} changes~={backlog['changes_estimate']} "
               f"wal_MB={backlog['wal_MB']:.1f} (pgbench -c {args.clients} -j {min(2, args.clients)} "
               f"-T {args.seconds}: tps={backlog['pgbench_tps']}) target_lsn={backlog['target_lsn']}", flush=True)
 
         checkpoint(source, destination)
+        cpu = servers_cpu(source, destination)
         ours = time_ours(source, destination, backlog["target_lsn"], args.verbose)
+        ours.update(servers_cpu_since(cpu, source, destination))
         ours["txn_per_s"] = ours["transactions"] / ours["seconds"]
         ours["changes_per_s"] = ours["changes"] / ours["seconds"]
         ours.update(setup=ours_setup)
@@ -415,18 +499,22 @@ def main() -> int:
               f"changes/s={ours['changes_per_s']:.0f} peak_MB={ours['peak_MB']:.0f} "
               f"(transactions={ours['transactions']} changes={ours['changes']} calls={ours['calls']} "
               f"child_wall_s={ours['child_wall_s']:.2f} child_cpu_s={ours['cpu_s']:.2f} "
+              f"source_cpu_s={ours['source_cpu_s']:.2f} destination_cpu_s={ours['destination_cpu_s']:.2f} "
               f"loadavg={os.getloadavg()[0]:.2f})", flush=True)
         if ours["transactions"] != txns:
             print(f"bench: note: ours applied {ours['transactions']} transactions, pgbench reported {txns}",
                   flush=True)
 
         checkpoint(source, destination)
+        cpu = servers_cpu(source, destination)
         native = time_native(source, destination, backlog["target_lsn"], timeout)
+        native.update(servers_cpu_since(cpu, source, destination))
         native["txn_per_s"] = txns / native["seconds"]
         native["changes_per_s"] = backlog["changes_estimate"] / native["seconds"]
         native.update(setup=native_setup)
         print(f"bench: run=native seconds={native['seconds']:.2f} txn/s={native['txn_per_s']:.0f} "
-              f"(changes/s~={native['changes_per_s']:.0f})", flush=True)
+              f"(changes/s~={native['changes_per_s']:.0f} source_cpu_s={native['source_cpu_s']:.2f} "
+              f"destination_cpu_s={native['destination_cpu_s']:.2f} loadavg={os.getloadavg()[0]:.2f})", flush=True)
         ratio = ours["txn_per_s"] / native["txn_per_s"]
         print(f"bench: ours_vs_native={ratio:.2f}x (transactions/s; higher = ours faster)", flush=True)
 
@@ -438,7 +526,8 @@ def main() -> int:
                     for k, v in figures.items()}
 
         print("bench-json: " + json.dumps({
-            "postgres": source.major, "scale": args.scale, "seconds": args.seconds, "clients": args.clients,
+            "postgres": source.major, "shape": args.shape, "scale": args.scale, "rows": args.rows,
+            "seconds": args.seconds, "clients": args.clients,
             "cores": os.cpu_count(), "backlog": rounded(backlog), "runs": {"ours": rounded(ours),
                                                                              "native": rounded(native)},
             "ours_vs_native": round(ratio, 3), "peak_MB": round(ours["peak_MB"], 1), "verified": verified}),

@@ -5,10 +5,15 @@ their net effect (the row's final state, and whether it existed before the batch
 with a few set-based statements through a temporary table filled by COPY: DELETE ... USING, UPDATE ... FROM, and COPY
 (or INSERT ... WHERE NOT EXISTS) for new rows. Key changes, tables without a key (REPLICA IDENTITY FULL) and TRUNCATE
 are applied one by one, in order. If a set-based batch fails, the caller replays it one change at a time.
+
+A set-based statement joins the staging table to the target. When the batch is small against the table, it is planned
+as index lookups driven by the staged keys (hash and merge joins are turned off for that statement): a hash or merge
+join reads the whole target table, so every batch would cost the table instead of the batch.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +24,14 @@ from psycopg import sql
 from airflow_pgmigrate.engine.names import QualifiedName
 from airflow_pgmigrate.engine.pgoutput import UNCHANGED, Change, Value
 from airflow_pgmigrate.exceptions import PgMigrateError
+
+#: A set-based statement is planned as index lookups when its staged rows are fewer than this share of the target
+#: table's rows; above it the planner chooses (a hash join over the whole table pays off once the batch touches a
+#: large part of it). Measured on 2 M rows: 36 k random keys took 1.2 s as lookups, 1.5 s as a merge join over the
+#: whole primary key and 2.4 s as a hash join; 200 k keys took 4.7 s as a hash join and 8.1 s as lookups.
+LOOKUP_SHARE = 0.05
+#: Seconds a target table's estimated row count is reused before it is read again.
+TABLE_SIZE_SECONDS = 60.0
 
 
 class ApplyError(PgMigrateError):
@@ -204,6 +217,10 @@ class Applier:
         self.conn = conn
         self.count_rows = count_rows
         self._staging: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
+        #: Target table -> (staged rows below which its statements are index lookups, when read).
+        self._lookup_limits: dict[str, tuple[float, float]] = {}
+        #: The session's enable_hashjoin and enable_mergejoin, restored for statements the planner chooses freely.
+        self._join_settings: tuple[str, str] | None = None
 
     def staging_mark(self) -> dict[tuple[str, tuple[str, ...]], sql.Identifier]:
         """The staging tables known now (before a savepoint)."""
@@ -244,6 +261,38 @@ class Applier:
                 copy.write(block)
         return ident
 
+    def _lookup_limit(self, t: TableTarget) -> float:
+        """Below how many staged rows a statement on ``t`` is planned as index lookups: a share of the table's rows
+        as the planner estimates them (statistics, or its size when never analysed; partitions included), or 0 when
+        no valid index of the destination table starts with a key column (lookups would then scan it per key)."""
+        name = str(t.target)
+        known = self._lookup_limits.get(name)
+        now = time.monotonic()
+        if known is None or now - known[1] > TABLE_SIZE_SECONDS:
+            indexed = self.conn.execute(
+                "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = i.indkey[0] WHERE i.indrelid = format('%%I.%%I', %s::text, %s::text)::regclass "
+                "AND i.indisvalid AND i.indpred IS NULL AND a.attname = ANY(%s::text[]))",
+                (t.target.schema, t.target.name, t.key_names)).fetchone()
+            row = self.conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT FROM {}").format(t.ident)).fetchone()
+            rows = float(row[0][0]["Plan"]["Plan Rows"]) if row and indexed and indexed[0] else 0.0
+            known = (LOOKUP_SHARE * rows, now)
+            self._lookup_limits[name] = known
+        return known[0]
+
+    def _plan_joins(self, t: TableTarget, staged: int) -> None:
+        """Before a statement that joins ``staged`` rows to ``t``: index lookups when the batch is small against the
+        table (hash and merge joins off for this transaction, until the next set-based statement sets them again),
+        else the session's own settings."""
+        if self._join_settings is None:
+            row = self.conn.execute("SELECT current_setting('enable_hashjoin'), "
+                                    "current_setting('enable_mergejoin')").fetchone()
+            assert row is not None
+            self._join_settings = (str(row[0]), str(row[1]))
+        hashjoin, mergejoin = ("off", "off") if staged < self._lookup_limit(t) else self._join_settings
+        self.conn.execute("SELECT set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)",
+                          (hashjoin, mergejoin))
+
     def _match(self, table: TableTarget, left: str, right: str) -> sql.Composable:
         return sql.SQL(" AND ").join(
             sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(k), sql.Identifier(right),
@@ -257,6 +306,7 @@ class Applier:
         key_positions = list(range(len(t.key)))
         if deletes:
             stage = self._stage(t, t.key_names, [list(k) for k in deletes], key_positions)
+            self._plan_joins(t, len(deletes))
             cur = self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m}").format(
                 t=t.ident, s=stage, m=self._match(t, "d", "s")))
             if self.count_rows and not t.upsert and cur.rowcount != len(deletes):
@@ -286,6 +336,7 @@ class Applier:
         if t.row_filter and (updates or inserts):
             keys = [[r[i] for i in t.key] for r in updates + inserts if r is not None]
             stage = self._stage(t, t.key_names, keys, key_positions)
+            self._plan_joins(t, len(keys))
             self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m} AND NOT coalesce(({f}), false)")
                               .format(t=t.ident, s=stage, m=self._match(t, "d", "s"), f=sql.SQL(t.row_filter)))
 
@@ -298,6 +349,7 @@ class Applier:
         positions = [t.key[t.key_names.index(n)] if n in key_names else next(i for i in known if names.get(i) == n)
                      for n in staged_names]
         stage = self._stage(t, staged_names, rows, positions)
+        self._plan_joins(t, len(rows))
         set_cols = [c for c in columns if c not in key_names]
         if set_cols:
             cur = self.conn.execute(sql.SQL("UPDATE {t} AS d SET {sets} FROM {s} AS s WHERE {m}").format(
@@ -351,6 +403,8 @@ class Applier:
         if change.kind == "I":
             assert change.new is not None
             written += self._insert(t, [(n, change.new[i]) for i, n in cols], overwrite=t.upsert, returning=returning)
+        elif change.kind == "U" and not cols:
+            return  # a row without columns to write (only generated ones) cannot change here
         elif change.kind == "U":
             assert change.new is not None
             old = change.old if change.old is not None else change.new
@@ -400,8 +454,10 @@ class Applier:
                 sql.SQL(", ").join(map(sql.Identifier, t.key_names)), action)
         else:
             conflict = sql.SQL("")
-        cur = self.conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({}){}{}").format(
-                                    t.ident, names, marks, conflict, returning or sql.SQL("")),
+        # A row of a table without columns to write (``CREATE TABLE t ()``, only generated columns) is all defaults.
+        rows = sql.SQL("({}) VALUES ({})").format(names, marks) if values else sql.SQL("DEFAULT VALUES")
+        cur = self.conn.execute(sql.SQL("INSERT INTO {} {}{}{}").format(
+                                    t.ident, rows, conflict, returning or sql.SQL("")),
                                 [_text(v) for _, v in values])
         return [r[0] for r in cur.fetchall()] if cur.description else []
 
@@ -417,8 +473,9 @@ class Applier:
         conds = [(sql.SQL("num_nulls({}) = 1").format(sql.Identifier(n)), None) if values[i] is None else
                  (sql.SQL("(num_nulls({c}) = 0 AND format('%%s', {c}) = %s)").format(c=sql.Identifier(n)), values[i])
                  for i, n in t.columns if values[i] is not UNCHANGED]
+        # No column to compare (a table without columns): any one row is that row.
         inner = sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(
-            t.ident, sql.SQL(" AND ").join(c for c, _ in conds))
+            t.ident, sql.SQL(" AND ").join(c for c, _ in conds) if conds else sql.SQL("true"))
         return inner, [_text(v) for _, v in conds if v is not None]
 
     @staticmethod

@@ -7,12 +7,15 @@ release, report.
    writes stopped, and the cutover checks it (3).
 2. Drain: changes are applied until the applied LSN reaches the source's WAL position at the freeze.
 3. Writes stopped: the slot is watched for ``cutover.writes_stopped_check_seconds``; a change to a migrated table
-   that still arrives stops the cutover (slot kept) with how many arrived and the sessions that wrote.
+   that still arrives stops the cutover (slot kept) with how many arrived and the sessions that wrote. Then
+   materialized views get the source's state: refreshed from the complete tables if populated on the source (a
+   REFRESH there sends no row change), unpopulated otherwise.
 4. Non-streamed state (:mod:`airflow_pgmigrate.engine.nonstreamed`): every migrated sequence is set from the source
    (``cutover.sequence_offset`` away from the used values, in the sequence's direction), and the large objects
    created, changed or deleted during sync are brought over.
 5. Verify what the migration moves (rows of every table and partitioned table, partitions, sequences, large
-   objects); a difference stops the cutover, naming the object, unless ``cutover.allow_differences``.
+   objects, materialized views); a difference stops the cutover, naming the object, unless
+   ``cutover.allow_differences``.
 6. Final check, right before the release: no change arrived since the drain (nor during verification), nothing
    prepared, no other session holding a transaction id.
 7. Release the slot and the publication; remove the security-group rule the precheck added, if any.
@@ -39,7 +42,8 @@ from airflow_pgmigrate.engine.freeze import (
     writers,
 )
 from airflow_pgmigrate.engine.incremental import SyncError, SyncResult, release, run_incremental
-from airflow_pgmigrate.engine.nonstreamed import sync_large_objects_between, sync_sequences
+from airflow_pgmigrate.engine.matviews import sync_materialized_views
+from airflow_pgmigrate.engine.nonstreamed import LargeObjectRoles, sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.verify import compare, differences, verify_migration
 from airflow_pgmigrate.exceptions import PgMigrateError
@@ -114,12 +118,18 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
     step("writes_stopped", t0, seconds_watched=config.cutover.writes_stopped_check_seconds)
 
     t0 = time.monotonic()
+    report["materialized_views"] = refresh_materialized_views(config, source, destination, log)
+    step("materialized_views", t0, refreshed=sum(1 for v in report["materialized_views"]
+                                                 if v["action"] == "refreshed"))
+
+    t0 = time.monotonic()
     report["sequences"] = sync_sequences(config, source, destination, offset=config.cutover.sequence_offset,
                                          log=log)
     step("sequences", t0, count=len(report["sequences"]))
 
     t0 = time.monotonic()  # logical decoding does not carry large objects: those changed during sync come now
-    report["large_objects"] = sync_large_objects_between(source, destination, log=log)
+    report["large_objects"] = sync_large_objects_between(source, destination, roles=LargeObjectRoles.of(config),
+                                                         log=log)
     step("large_objects", t0, **report["large_objects"])
 
     t0 = time.monotonic()
@@ -151,6 +161,18 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
 
     report["seconds"] = round(time.monotonic() - started, 3)
     return _completed(config, source, destination, state, report, log)
+
+
+def refresh_materialized_views(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,
+                               log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """After the drain, before verification: a REFRESH MATERIALIZED VIEW on the source during sync sends no row
+    change, so each materialized view populated on the source is refreshed on the destination from its complete
+    tables now, and one the source holds unpopulated is left (or made) unpopulated."""
+    from airflow_pgmigrate.engine.schema import read_source_schema
+
+    with connect(source) as src:
+        schema = read_source_schema(src, config)
+    return sync_materialized_views(config, schema, source, destination, log=log)
 
 
 def _drain(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, target_lsn: str,

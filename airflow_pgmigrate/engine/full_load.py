@@ -34,8 +34,9 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name, unmatched_entries
-from airflow_pgmigrate.engine.nonstreamed import sync_large_objects_between, sync_sequences
+from airflow_pgmigrate.engine.nonstreamed import LargeObjectRoles, sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.pgdump import (
     available_clients,
     client_env,
@@ -131,6 +132,8 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
                 jobs: int | None = None) -> list[TablePlan]:
     """The tables to copy (partitions rather than their partitioned parents), costliest first, with their chunks."""
     schema = read_source_schema(src, config)
+    if not schema.selected:
+        raise FullLoadError(nothing_selected(config, src.info.dbname))
     unmatched = unmatched_entries(config, schema.tables, schema.selected, schema.whole_schemas)
     if unmatched:
         raise FullLoadError("the migration config has entries that match no table it migrates (they would do "
@@ -138,12 +141,13 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
     mapper = NameMapper(config.mapping)
     column_selection = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
     version = catalog.server_version_num(src)
+    without_rows = tables_without_rows(src, config.objects.exclude_data)
     plans: list[TablePlan] = []
     tables: list[catalog.TableInfo] = []
     ancestors = catalog.partition_ancestors(src)
     for name in sorted(schema.selected):
         table = schema.tables[name]
-        if table.relkind != "r":
+        if table.relkind != "r" or name in without_rows:
             continue
         generated = {r[0] for r in src.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
@@ -181,6 +185,18 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
         plan.chunks = _chunks(src, table, min(MAX_PARTS, parts), version)
     plans.sort(key=lambda p: p.cost, reverse=True)
     return plans
+
+
+def nothing_selected(config: MigrationConfig, dbname: str) -> str:
+    """The error for a selection that matches no table: which entries were read, and how to fix them."""
+    objects = config.objects
+    entries = [f"objects.{key}: [{', '.join(values)}]" for key, values in (
+        ("schemas", objects.schemas), ("tables", objects.tables), ("include", objects.include),
+        ("exclude", objects.exclude)) if values]
+    return (f"nothing selected: {'; '.join(entries) or 'the whole database'} matches no table of the source "
+            f"database {dbname}. Correct the names in objects.schemas, objects.tables or objects.include (they are "
+            "exact and case-sensitive; the precheck item selected_objects suggests near misses), or narrow "
+            "objects.exclude (exclude always wins)")
 
 
 def _relation_sizes(src: psycopg.Connection, oid: int) -> tuple[int, int]:
@@ -380,11 +396,12 @@ class FullLoad:
 
     def _copy_chunk(self, plan: TablePlan, chunk: Chunk, snapshot: str, src: psycopg.Connection,
                     dst: psycopg.Connection) -> ChunkResult:
+        if not plan.columns:
+            return self._copy_rows_without_columns(plan, chunk, snapshot, src, dst)
         started = time.monotonic()
         fmt = sql.SQL("(FORMAT binary)" if plan.binary else "(FORMAT text)")
         conditions = [c for c in (plan.row_filter, chunk.where) if c]
-        where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(sql.SQL(f"({c})") for c in conditions) \
-            if conditions else sql.SQL("")
+        where = _where_clause(conditions)
         select = sql.SQL("SELECT {cols} FROM ONLY {table}{where}").format(
             cols=sql.SQL(", ").join(map(sql.Identifier, plan.columns)), table=_ident(plan.source_name), where=where)
         if conditions:
@@ -428,15 +445,44 @@ class FullLoad:
             else:
                 rows = copy_rows
             seconds = time.monotonic() - started
-            dst.execute(sql.SQL(
-                "INSERT INTO {} (migration, chunk_id, table_name, rows, bytes, seconds, skipped_rows) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)").format(self.state.chunks_table),
-                (self.config.name, chunk.id, chunk.table, rows, copied, seconds, skipped))
+            self._record_chunk(dst, chunk, rows, copied, seconds, skipped)
         if self._psql is None:
             src.commit()
         if counter is not None and self.throttle.counts_rows:
             self.throttle.on_rows(max(0, rows - counted))
         return ChunkResult(chunk, rows, copied, seconds, skipped)
+
+    def _record_chunk(self, dst: psycopg.Connection, chunk: Chunk, rows: int, copied: int, seconds: float,
+                      skipped: int) -> None:
+        """The chunk's row in the state table, in the transaction that wrote its rows."""
+        dst.execute(sql.SQL(
+            "INSERT INTO {} (migration, chunk_id, table_name, rows, bytes, seconds, skipped_rows) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)").format(self.state.chunks_table),
+            (self.config.name, chunk.id, chunk.table, rows, copied, seconds, skipped))
+
+    def _copy_rows_without_columns(self, plan: TablePlan, chunk: Chunk, snapshot: str, src: psycopg.Connection,
+                                   dst: psycopg.Connection) -> ChunkResult:
+        """Copy the rows of a table with no column to copy (``CREATE TABLE t ()``, or only generated columns).
+
+        Such rows exist and count (``INSERT INTO t DEFAULT VALUES``), but COPY cannot name zero columns: the rows
+        are counted in the snapshot and the destination gets as many rows of defaults (generated columns computed
+        there). With ``conflicting_tables: ignore`` nothing can clash without a key, so every row is added.
+        """
+        started = time.monotonic()
+        conditions = [c for c in (plan.row_filter, chunk.where) if c]
+        self.throttle.before_query()
+        src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        row = src.execute(sql.SQL("SELECT count(*) FROM ONLY {}{}").format(
+            _ident(plan.source_name), _where_clause(conditions))).fetchone()
+        src.commit()
+        count = int(row[0]) if row else 0
+        with dst.transaction():
+            rows = dst.execute(sql.SQL("INSERT INTO {} SELECT FROM generate_series(1, %s)").format(
+                _ident(plan.target_name)), (count,)).rowcount
+            seconds = time.monotonic() - started
+            self._record_chunk(dst, chunk, rows, 0, seconds, 0)
+        self.throttle.on_rows(rows)
+        return ChunkResult(chunk, rows, 0, seconds)
 
     @staticmethod
     def _empty_for_freeze(dst: psycopg.Connection, target: sql.Composable) -> bool:
@@ -630,6 +676,7 @@ class FullLoad:
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         src.read_only = True
         dst = connect(self.destination, autocommit=True)
+        self._defer_foreign_keys(dst)
         try:
             while not self._stop.is_set():
                 with self._lock:
@@ -697,7 +744,8 @@ class FullLoad:
 
     def _copy_large_objects(self, snapshot: str) -> int:
         copied = sync_large_objects_between(self.source, self.destination, snapshot=snapshot, compare_first=False,
-                                            on_bytes=self.throttle.on_bytes, log=self.log)
+                                            on_bytes=self.throttle.on_bytes, roles=LargeObjectRoles.of(self.config),
+                                            log=self.log)
         return copied["copied"]
 
     # -- entry point ---------------------------------------------------------------------------------------------
@@ -713,6 +761,7 @@ class FullLoad:
             previous = self.state.read(dst, "full_load") or {}
             plans = plan_tables(config, src, dst, self.jobs) if not previous.get("plan") else \
                 [_plan_from_dict(p) for p in previous["plan"]]
+            definition_only = self._definition_only(src, plans)
             done = self._done_chunks(dst)
             slot_there = self._slot_exists(src, slot) if incremental else False
             if previous.get("completed") and (slot_there or not incremental):
@@ -737,6 +786,7 @@ class FullLoad:
             "slot": slot if incremental else None,
             "publication": config.publication_name if incremental else None,
             "plan": [asdict(p) for p in plans],
+            "definition_only": definition_only,  # rows not migrated (objects.exclude_data): sync skips them
             "table_start_lsn": dict(previous.get("table_start_lsn") or {}),
         }
         results: dict[str, ChunkResult] = {}
@@ -807,6 +857,19 @@ class FullLoad:
                  f"seconds={seconds:.1f} MB/s={record['mb_per_second']} consistent_lsn={record['consistent_lsn']}")
         return record
 
+    def _definition_only(self, src: psycopg.Connection, plans: list[TablePlan]) -> list[str]:
+        """The selected tables whose rows do not migrate (``objects.exclude_data``); refuses an incremental migration
+        left with nothing to sync."""
+        definition_only = sorted(str(t) for t in tables_without_rows(src, self.config.objects.exclude_data))
+        if self.config.wants("incremental") and not plans:
+            raise FullLoadError(f"every selected table is in objects.exclude_data ({', '.join(definition_only)}): "
+                                "there are no rows to copy or changes to sync. Remove incremental from "
+                                "migration_types, or narrow objects.exclude_data")
+        if definition_only:
+            self.log(f"full_load definition_only={','.join(definition_only)} (objects.exclude_data): "
+                     "created by the schema migration, rows not copied")
+        return definition_only
+
     def _skip_compression(self, targets: set[str], plans: list[TablePlan]) -> list[tuple[str, str]]:
         """``STORAGE EXTERNAL`` for the incompressible columns of the tables about to be copied (see
         ``_incompressible_columns``); returns what to restore. Not possible (not the owner): the plain copy."""
@@ -855,10 +918,31 @@ class FullLoad:
         return {"name": snapshot, "visible": row[0] if row else None}
 
     def _truncate(self, dst: psycopg.Connection, plans: list[TablePlan]) -> None:
-        for p in plans:
-            if p.staging:
-                continue  # pre-existing rows stay (conflicting_tables: ignore); the copy skips clashes
-            dst.execute(sql.SQL("TRUNCATE {}").format(_ident(p.target_name)))
+        # One statement: tables prepared with foreign keys between them can only be emptied together.
+        # Pre-existing rows of staging targets stay (conflicting_tables: ignore); the copy skips clashes.
+        targets = [_ident(p.target_name) for p in plans if not p.staging]
+        if targets:
+            dst.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(targets)))
+
+    def _defer_foreign_keys(self, dst: psycopg.Connection) -> None:
+        """Without schema migration the tables were prepared with their foreign keys, which the parallel copy would
+        trip over (a child's chunk before its parent's): the copy sessions skip them (``session_replication_role =
+        replica``, as incremental sync does) when the account may; the rows come from a consistent snapshot of a
+        source that enforced them. With schema migration the keys come after the load anyway."""
+        if self.config.wants("schema"):
+            return
+        try:
+            dst.execute("SET session_replication_role = replica")
+        except psycopg.errors.InsufficientPrivilege:
+            self.log("full_load: the destination account cannot set session_replication_role: tables with foreign "
+                     "keys between them are copied with the keys checked")
+
+
+def _where_clause(conditions: list[str]) -> sql.Composable:
+    """`` WHERE (a) AND (b)`` of normalised conditions (a row filter, a chunk's range), or nothing."""
+    if not conditions:
+        return sql.SQL("")
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(sql.SQL(f"({c})") for c in conditions)
 
 
 def _largest_first(todo: list[tuple[TablePlan, Chunk]]) -> list[tuple[TablePlan, Chunk]]:

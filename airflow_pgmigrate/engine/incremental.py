@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import psycopg
@@ -31,6 +31,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, RowsNotMatched, TableTarget
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.failures import sync_failure_message
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgoutput import (
@@ -66,6 +67,12 @@ BATCH_CHANGES = 50_000
 BATCH_BYTES = 16 * 1024 * 1024
 BATCH_SECONDS = 1.0
 FEEDBACK_SECONDS = 1.0
+#: Under a throttle, a batch holds at most this long's worth of the caps (half the window, if that is shorter): each
+#: payment to the caps is short, the applied rate holds over a few seconds, and a window always carries a batch.
+PACE_SECONDS = 0.2
+#: At the end of a poke with WAL left unread, how long the stream is read ahead (nothing applied) for the commit time
+#: of the oldest transaction not applied yet.
+READ_AHEAD_SECONDS = 1.0
 #: Changes of a streamed transaction kept in memory before spilling to disk.
 SPILL_BYTES = 32 * 1024 * 1024
 #: Message tags (as bytes of the payload): row changes, and what a streamed transaction spills until its commit.
@@ -89,9 +96,94 @@ class SyncResult:
     seconds: float = 0.0
     last_commit_time: str | None = None
     target_lsn: str | None = None
+    #: How ``lag_seconds`` was measured (see docs/incremental.md): ``nothing_unapplied`` (0),
+    #: ``oldest_unapplied_commit`` (the age of that commit) or ``unread_wal_age`` (the stream did not reach a commit).
+    lag_basis: str = "nothing_unapplied"
+    oldest_unapplied_commit_time: str | None = None
+    #: The caps did not allow the next write before the window's end: what was read after it is left for later.
+    throttled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class _WalSample:
+    """The source's WAL insert position and clock at one instant (``mono``: our ``time.monotonic()`` then)."""
+
+    lsn: int
+    clock: datetime
+    mono: float
+
+    def source_now(self) -> datetime:
+        """The source's clock now, from this sample and the time elapsed here since."""
+        return self.clock + timedelta(seconds=time.monotonic() - self.mono)
+
+
+def _wal_sample(src: psycopg.Connection) -> _WalSample:
+    row = src.execute("SELECT pg_current_wal_insert_lsn()::text, clock_timestamp()").fetchone()
+    assert row is not None
+    return _WalSample(lsn_to_int(row[0]), row[1], time.monotonic())
+
+
+class _Pace:
+    """The caps' use in one run: batches sized to them, and payments that never wait past the window's end.
+
+    The run's first commit is paid whatever the window: a transaction larger than any window carries at the caps
+    must still be applied (the run then ends after its commit, later than its window, and says so). Past it, a write
+    the caps would allow only after the window is not written: ``over`` is set, the run stops, and what was read
+    after the last commit (from the transaction committed at ``unapplied_time`` on) is left for the next run.
+    """
+
+    def __init__(self, sync: IncrementalSync, window_seconds: float, deadline: float,
+                 keep_alive: Callable[[], None]) -> None:
+        self.sync, self.window_seconds, self.deadline, self.keep_alive = sync, window_seconds, deadline, keep_alive
+        self.limits = sync._batch_limits(window_seconds)
+        self.capped = sync.throttle.rows_per_second is not None or sync.throttle.bytes_per_second is not None
+        self.over = False
+        self.unapplied_time: int | None = None
+        self.commits = 0  # commits handed to the writer
+        self.transactions = 0  # transactions read up to the last of them
+        self._told = False
+
+    def paid(self, part: Batch, oldest_unapplied: int | None, txn: _Txn | None) -> bool:
+        """Pay for writing ``part``; False (and ``over``) when the caps allow it only after the window."""
+        if self.over:
+            return False
+        first = not self.commits
+        if self.sync.throttle.pay(part.changes, part.bytes, None if first else self.deadline, self._sleep):
+            if first and not self._told and time.monotonic() > self.deadline:
+                self._told = True
+                self.sync._warn_overrun(self.window_seconds, txn)
+            return True
+        self.over = True
+        self.left_at(oldest_unapplied if oldest_unapplied is not None else
+                     txn.begin.commit_time if txn is not None else None)
+        return False
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait in steps of a second at most, telling the source we are alive after each full one: a long payment
+        (a huge row at a small cap) must not let the source's wal_sender_timeout end the stream."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 1.0))
+            if left > 1.0:
+                self.keep_alive()
+
+    def first_alone(self, pending: bool) -> bool:
+        """Whether what was read before the next transaction must be committed first: the run's first commit is
+        paid whatever the window for the sake of a transaction no window carries, which must not be one read behind
+        others that were still waiting in the batch (the poke that starts with it applies it, not this one)."""
+        return self.capped and not self.commits and pending
+
+    def committed(self, transactions: int) -> None:
+        self.commits += 1
+        self.transactions = transactions
+
+    def left_at(self, commit_time: int | None) -> None:
+        """The oldest transaction read and left unapplied was committed at ``commit_time``."""
+        if self.unapplied_time is None:
+            self.unapplied_time = commit_time
 
 
 @dataclass
@@ -257,6 +349,10 @@ class _Writer:
             return self.feedback.position
         return self.feedback.flushed(_wal_lsn(lookup, "pg_current_wal_flush_lsn"))
 
+    def roll_back(self) -> None:
+        """After ``drain``: roll back the open destination transaction (parts of a transaction not committed)."""
+        self._dst.rollback()
+
     def make_durable(self) -> int:
         """After ``drain``: flush the destination's WAL (a write committed with ``synchronous_commit = local`` flushes
         every commit before it, without waiting for a synchronous standby that may be down), so that everything
@@ -325,7 +421,7 @@ class IncrementalSync:
         self.throttle = Throttle(mb_per_second=caps.mb_per_second, rows_per_second=caps.rows_per_second)
         self.tables: dict[int, TableTarget | None] = {}
         self.relations: dict[int, Relation] = {}
-        self._destination_columns: dict[QualifiedName, list[str]] = {}
+        self._destination_shapes: dict[QualifiedName, tuple[list[str], set[str]]] = {}
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -352,21 +448,14 @@ class IncrementalSync:
         for table_key, cols in self.config.objects.columns.items():
             if parse_qualified_name(table_key) == name:
                 wanted = set(cols)
-        existing = self._destination_columns.get(target)
-        if existing is None:
-            existing = [r[0] for r in dst.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 "
-                "AND NOT attisdropped AND attgenerated = ''", (sql.Identifier(target.schema, target.name)
-                                                             .as_string(dst),))]
-            if not existing:
-                raise SyncError(f"destination table {target} (for {name}) does not exist: run the schema and full "
-                                "load steps first")
-            self._destination_columns[target] = existing
+        existing, generated = self._destination_columns(dst, target, name)
         columns: list[tuple[int, str]] = []
         for i, col in enumerate(rel.columns):
             if wanted is not None and col.name not in wanted:
                 continue
             mapped = mapper.column(name, col.name)
+            if mapped in generated:
+                continue  # sent by PostgreSQL 18+ (publish_generated_columns); the destination computes its own
             if mapped not in existing:
                 raise SyncError(f"DDL on the source: {name} has a column {col.name!r} that the destination table "
                                 f"{target} lacks (added after the full load?). Incremental sync stopped before "
@@ -398,6 +487,22 @@ class IncrementalSync:
         upsert = bool(row_filter) or self.config.conflicting_tables == "ignore"
         return TableTarget(name, target, columns, key, key_names, upsert, row_filter,
                            start_lsns.get(name.key, start_lsns.get(str(name), 0)))
+
+    def _destination_columns(self, dst: psycopg.Connection, target: QualifiedName,
+                             name: QualifiedName) -> tuple[list[str], set[str]]:
+        """A destination table's columns that changes write, and its generated ones (looked up once per run)."""
+        shape = self._destination_shapes.get(target)
+        if shape is None:
+            ident = sql.Identifier(target.schema, target.name).as_string(dst)
+            rows = dst.execute("SELECT attname, attgenerated <> '' FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                               "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (ident,)).fetchall()
+            # A table without columns exists all the same (CREATE TABLE t ()): ask the catalog, not its columns.
+            if not rows and dst.execute("SELECT to_regclass(%s)", (ident,)).fetchone() == (None,):
+                raise SyncError(f"destination table {target} (for {name}) does not exist: run the schema and full "
+                                "load steps first")
+            shape = ([n for n, gen in rows if not gen], {n for n, gen in rows if gen})
+            self._destination_shapes[target] = shape
+        return shape
 
     def _check_type_changes(self, rel: Relation, name: QualifiedName, target: QualifiedName, migrated: list[str],
                             mapper: NameMapper, dst: psycopg.Connection) -> None:
@@ -447,6 +552,7 @@ class IncrementalSync:
 
     def _send_feedback(self, repl: psycopg.Connection, written: int, flushed: int, reply: bool = False) -> None:
         message = b"r" + struct.pack("!QQQqB", written, flushed, flushed, self._now_micros(), 1 if reply else 0)
+        self._feedback = (written, flushed)  # what the read-ahead repeats when it asks the source for a keepalive
         repl.pgconn.put_copy_data(message)
         repl.pgconn.flush()
 
@@ -473,6 +579,93 @@ class IncrementalSync:
             if ready:
                 pgconn.consume_input()
 
+    # -- pace and lag --------------------------------------------------------------------------------------------
+
+    def _batch_limits(self, window_seconds: float) -> tuple[int, int, int, int]:
+        """Changes and bytes at which a batch is written in the middle of a transaction, and at a commit.
+
+        Under a cap, a batch holds at most ``PACE_SECONDS`` of it (half the window, if shorter): a lump of a whole
+        batch then stays small against the cap over any few seconds, and paying for one never outlasts the window.
+        """
+        part_changes, part_bytes, commit_changes, commit_bytes = BATCH_CHANGES, BATCH_BYTES, BATCH_CHANGES, \
+            BATCH_BYTES // 2
+        pace = min(PACE_SECONDS, window_seconds / 2) if window_seconds > 0 else PACE_SECONDS
+        rows, nbytes = self.throttle.rows_per_second, self.throttle.bytes_per_second
+        if rows:
+            part_changes = commit_changes = min(BATCH_CHANGES, max(1, int(rows * pace)))
+        if nbytes:
+            part_bytes = min(BATCH_BYTES, max(1, int(nbytes * pace)))
+            commit_bytes = min(commit_bytes, part_bytes)
+        return part_changes, part_bytes, commit_changes, commit_bytes
+
+    def _warn_overrun(self, window_seconds: float, txn: _Txn | None) -> None:
+        what = (f"its first transaction (committed at {pg_time(txn.begin.commit_time).isoformat()}, "
+                f"LSN {int_to_lsn(txn.begin.commit_lsn)})" if txn is not None else "its first batch")
+        self.log(f"incremental warning: this poke runs past its window of {window_seconds:g} s: {what} needs "
+                 "longer than that at throttling.incremental's caps, so no window would ever carry it; it is applied "
+                 "whole at the caps and the poke ends after its commit. Raise throttling.incremental.rows_per_second "
+                 "or mb_per_second, or the sensor's window_seconds, so that one window carries it")
+
+    def _measure_lag_seconds(self, result: SyncResult, repl: psycopg.Connection, unapplied_time: int | None,
+                             samples: tuple[_WalSample, _WalSample], accounted: int, applied: int) -> None:
+        """Set ``lag_seconds``: the age, on the source's clock at the end of the poke, of the oldest transaction
+        committed on the source and not applied (docs/incremental.md, "Lag and not delayed").
+
+        ``unapplied_time`` is that commit's time when the poke read it and left it (the caps, a stop LSN); else,
+        with WAL past ``accounted`` (everything before it is applied or has nothing for us), the stream is read
+        ahead to the next commit. If it gets neither there nor to the end of the WAL in time, the age of the WAL it
+        did not read stands in, from the insert position sampled at the start and the end of the poke.
+        """
+        start, end = samples
+        reached = accounted
+        if unapplied_time is None and end.lsn > accounted:
+            unapplied_time, reached = self._read_ahead(repl, applied, end.lsn, accounted)
+        now = end.source_now()
+        if unapplied_time is not None:
+            commit = pg_time(unapplied_time)
+            result.lag_basis = "oldest_unapplied_commit"
+            result.oldest_unapplied_commit_time = commit.isoformat()
+            lag = (now - commit).total_seconds()
+        elif reached >= end.lsn:
+            result.lag_basis, lag = "nothing_unapplied", 0.0
+        else:
+            seen = start if start.lsn > reached else end  # the first sample of the insert position past `reached`
+            result.lag_basis = "unread_wal_age"
+            lag = (now - seen.clock).total_seconds()
+        result.lag_seconds = round(max(0.0, lag), 3)
+
+    def _read_ahead(self, repl: psycopg.Connection, applied: int, until: int, reached: int) -> tuple[int | None, int]:
+        """Read the stream on, applying nothing, to the first transaction not applied yet.
+
+        Returns its commit time (the first Begin or stream commit at or past ``applied``: the stream delivers
+        transactions in commit order), or None once a keepalive says the source decoded up to ``until`` without
+        one, or after ``READ_AHEAD_SECONDS``; and the position the keepalives reported. Keepalives are asked for
+        with the same positions as the poke's last feedback.
+        """
+        written, flushed = self._feedback
+        stop = time.monotonic() + READ_AHEAD_SECONDS
+        asked = 0.0
+        try:
+            while (left := stop - time.monotonic()) > 0:
+                if time.monotonic() - asked >= 0.2:
+                    self._send_feedback(repl, written, flushed, reply=True)
+                    asked = time.monotonic()
+                message = self._read(repl, min(left, 0.2))
+                if message is None:
+                    continue
+                if message[0] == 107:  # 'k': keepalive, with the position the source has decoded to
+                    reached = max(reached, struct.unpack_from("!Q", message, 1)[0])
+                    if reached >= until:
+                        return None, reached
+                elif message[0] == 119 and message[25] in (66, 99):  # 'B' begin, 'c' stream commit
+                    commit_lsn, commit_time = struct.unpack_from("!QQ" if message[25] == 66 else "!Q8xQ", message,
+                                                                 26 if message[25] == 66 else 31)
+                    if commit_lsn >= applied:
+                        return commit_time, reached
+        except (SyncError, psycopg.Error) as exc:  # the next poke meets the failure; the lag falls back meanwhile
+            self.log(f"incremental warning: reading ahead for the lag failed: {str(exc).strip()[:200]}")
+        return None, reached
+
     # -- the loop -----------------------------------------------------------------------------------------------
 
     def run(self, *, window_seconds: float = 60.0, stop_when_caught_up: bool = True,
@@ -489,29 +682,12 @@ class IncrementalSync:
              stop_before_lsn: str | None, take_lock: bool) -> SyncResult:
         config = self.config
         started = time.monotonic()
-        slot = config.slot_name
-        with connect(self.source) as src:
-            version = catalog.server_version_num(src)
-            slot_row = src.execute("SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots "
-                                   "WHERE slot_name = %s", (slot,)).fetchone()
-            if slot_row is None:
-                raise SyncError(f"replication slot {slot} does not exist on the source: it was dropped, or the "
-                                "source failed over to a standby that does not have it. Drop any orphaned slot on "
-                                "the new primary and restart the migration from a fresh full load")
-            self._check_new_partitions(src, version)
-            self._ancestors = catalog.partition_ancestors(src)  # a partitioned table's filter applies to its partitions
-            target = lsn_to_int(target_lsn) if target_lsn else lsn_to_int(
-                src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
+        version, confirmed, start_sample = self._source_at_start()
+        target = lsn_to_int(target_lsn) if target_lsn else start_sample.lsn
         stop_at = lsn_to_int(stop_before_lsn) if stop_before_lsn else None
         if stop_at is not None:
             target = stop_at
-        lock_conn = connect(self.destination)
-        if take_lock:
-            locked = lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
-                                       (f"pgmigrate:{config.name}",)).fetchone()
-            if not locked or not locked[0]:
-                lock_conn.close()
-                raise SyncError(f"another applier of migration {config.name} is running on the destination")
+        lock_conn = self._applier_lock(take_lock)
         dst = connect(self.destination, autocommit=False)
         lookup = connect(self.destination)  # catalog lookups of the reading thread; dst belongs to the writer
         repl = connect(self.source, replication=True)
@@ -523,26 +699,18 @@ class IncrementalSync:
                 applied = self._ensure_progress(dst)
                 full_load = self.state.read(dst, "full_load") or {}
             start_lsns = {k: lsn_to_int(v) for k, v in (full_load.get("table_start_lsn") or {}).items() if v}
-            # The full load's tables (partitions of a selected partitioned table included) are the publication's.
-            planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
             self._type_names = {}
             self._planned_types = {parse_qualified_name(p["source"]): p.get("column_types") or {}
                                    for p in full_load.get("plan") or []}
-            selector = TableSelector(config.objects)
-            self._selector = lambda name: name in planned or selector(name)
+            self._selector = _synced_tables(config, full_load)
             self._start_lsns = start_lsns
             self._replica_role = self._set_replica_role(dst)
             result = SyncResult(applied_lsn=int_to_lsn(applied), target_lsn=int_to_lsn(target))
-            options = ["proto_version '2'", "streaming 'on'"] if version >= 140000 else ["proto_version '1'"]
-            options.append(f"publication_names {sql.Literal(config.publication_name).as_string(repl)}")
-            command = f"START_REPLICATION SLOT {sql.Identifier(slot).as_string(repl)} LOGICAL " \
-                      f"{int_to_lsn(applied)} ({', '.join(options)})"
-            repl.execute(command)
+            self._start_stream(repl, version, applied)
             decoder = Decoder()
             unpack_from = struct.unpack_from
             tables = self.tables  # relation oid -> target (None: not migrated); a new Relation message resets one
             txn_commit_lsn = 0
-            confirmed = lsn_to_int(slot_row[0]) if slot_row[0] else 0
             writer = _Writer(self, dst, Applier(dst, count_rows=self._replica_role), result, applied, confirmed)
             batch = self.new_batch()
             batch_last_end = 0
@@ -555,25 +723,47 @@ class IncrementalSync:
             oldest_unapplied: int | None = None
             stream_xid: int | None = None
             deadline = started + window_seconds
+            self._feedback = (applied, writer.feedback.position)  # until the first feedback replaces it
+            pace = _Pace(self, window_seconds, deadline, lambda: self._send_feedback(repl, *self._feedback))
+            part_changes, part_bytes, commit_changes, commit_bytes = pace.limits
+            parted = False  # a part of the transaction being read was written (flushed at its commit)
+
+            def write_part() -> bool:
+                """A large transaction: write what we have into the open destination transaction, if the caps let
+                it be paid within the window."""
+                nonlocal batch, parted
+                if not pace.paid(batch, oldest_unapplied, txn):
+                    return False
+                writer.submit(("partial", batch))
+                batch = self.new_batch()
+                parted = True
+                return True
 
             # Transactions without changes for us (other tables only) move the applied position too, recorded with
             # the next batch or by the next flush: never one destination commit each.
             progress_pending = False
 
             def flush() -> None:
-                nonlocal batch, oldest_unapplied, batch_started, progress_pending
+                nonlocal batch, oldest_unapplied, batch_started, progress_pending, parted
                 batch_started = 0.0  # the next transaction opens a new batch window
+                if pace.over:
+                    return
                 if batch:
+                    if not pace.paid(batch, oldest_unapplied, txn):
+                        return
                     writer.submit(("commit", batch, batch_last_end, batch_commit_time))
                     batch = self.new_batch()
                 elif progress_pending:
                     writer.submit(("progress", None, batch_last_end, batch_commit_time))
                 else:
                     return
-                progress_pending = False
+                pace.committed(result.transactions)
+                progress_pending = parted = False
                 oldest_unapplied = None
 
             while True:
+                if pace.over:
+                    break
                 now = time.monotonic()
                 if now - last_feedback >= FEEDBACK_SECONDS:
                     done = writer.flushed(lookup)
@@ -630,10 +820,8 @@ class IncrementalSync:
                     if table is None or txn_commit_lsn < table.start_lsn:
                         continue
                     batch.add(change.relation, table, change, len(message) - 25)
-                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
-                        # A large transaction: write what we have into the open destination transaction.
-                        writer.submit(("partial", batch))
-                        batch = self.new_batch()
+                    if batch.bytes >= part_bytes or batch.changes >= part_changes:
+                        write_part()
                     continue
                 item = decoder.decode(message, 25)
                 item_type = type(item)
@@ -641,8 +829,11 @@ class IncrementalSync:
                     if stop_at is not None and item.commit_lsn >= stop_at:
                         flush()
                         writer.drain()
-                        result.caught_up = True
+                        result.caught_up = not pace.over
+                        pace.left_at(item.commit_time)
                         break  # committed at or after the stop point: left for later
+                    if pace.first_alone(bool(batch) or progress_pending):
+                        flush()
                     txn = _Txn(item, skip=item.commit_lsn < applied)
                     txn_commit_lsn = item.commit_lsn
                     continue
@@ -671,18 +862,19 @@ class IncrementalSync:
                     if txn.skip:
                         continue
                     self._add(batch, txn, item, len(message) - 25, lookup)
-                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
-                        # A large transaction: write what we have into the open destination transaction.
-                        writer.submit(("partial", batch))
-                        batch = self.new_batch()
+                    if batch.bytes >= part_bytes or batch.changes >= part_changes:
+                        write_part()
                     continue
                 if item_type is Commit or item_type is StreamCommit:
                     if isinstance(item, StreamCommit) and stop_at is not None and item.commit_lsn >= stop_at:
                         flush()
                         writer.drain()
-                        result.caught_up = True
+                        result.caught_up = not pace.over
+                        pace.left_at(item.commit_time)
                         break
                     if isinstance(item, StreamCommit):
+                        if pace.first_alone(bool(batch) or progress_pending):
+                            flush()
                         spill = spills.pop(item.xid, None)
                         txn = _Txn(Begin(item.commit_lsn, item.commit_time, item.xid),
                                    skip=item.commit_lsn < applied)
@@ -693,9 +885,9 @@ class IncrementalSync:
                                 change = sub.decode(raw)
                                 if isinstance(change, (Change, Truncate)) and change.xid not in spill.aborted:
                                     self._add(batch, txn, change, len(raw), lookup)
-                                    if batch.bytes >= BATCH_BYTES or batch.changes >= BATCH_CHANGES:
-                                        writer.submit(("partial", batch))
-                                        batch = self.new_batch()
+                                    if (batch.bytes >= part_bytes or batch.changes >= part_changes) \
+                                            and not write_part():
+                                        break
                             spill.close()
                     end_lsn = item.end_lsn
                     received = max(received, end_lsn)
@@ -710,29 +902,16 @@ class IncrementalSync:
                             batch_started = time.monotonic()
                         batch_last_end = end_lsn
                         batch_commit_time = item.commit_time
-                        if batch.changes >= BATCH_CHANGES or batch.bytes >= BATCH_BYTES / 2:
-                            flush()
-                        elif not batch:
+                        if not batch:
                             progress_pending = True
+                        if parted or batch.changes >= commit_changes or batch.bytes >= commit_bytes:
+                            flush()
                     txn = None
                     continue
             flush()
             writer.drain()
-            applied = writer.applied
-            result.applied_lsn = int_to_lsn(applied)
-            with connect(self.source) as src:
-                current = lsn_to_int(src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])  # type: ignore[index]
-            result.lag_bytes = max(0, current - max(applied, position))
-            if result.caught_up or result.lag_bytes == 0:
-                result.lag_seconds = 0.0
-            elif result.last_commit_time is not None:
-                last = datetime.fromisoformat(result.last_commit_time)
-                result.lag_seconds = max(0.0, (datetime.now(UTC) - last).total_seconds())
-            elif oldest_unapplied is not None:
-                result.lag_seconds = max(0.0, (datetime.now(UTC) - pg_time(oldest_unapplied))
-                                         .total_seconds())
-            durable = writer.make_durable()
-            self._send_feedback(repl, received, durable if spills or txn else max(durable, position))
+            self._end_of_run(result, writer, repl, pace, start_sample, received, position,
+                             unsettled=bool(spills) or txn is not None)
         except psycopg.Error as exc:
             # Nothing of the failed batch committed: the recorded position is the writer's last commit.
             raise SyncError(sync_failure_message(exc, int_to_lsn(writer.applied if writer is not None else applied))
@@ -748,10 +927,69 @@ class IncrementalSync:
                 except Exception:  # noqa: BLE001 - closing on the way out
                     pass
         result.seconds = round(time.monotonic() - started, 3)
+        self._log_result(result)
+        return result
+
+    def _source_at_start(self) -> tuple[int, int, _WalSample]:
+        """The source's version, the slot's confirmed position and the WAL insert position now; stops when the slot
+        is gone or a partition was added after the full load."""
+        slot = self.config.slot_name
+        with connect(self.source) as src:
+            version = catalog.server_version_num(src)
+            slot_row = src.execute("SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots "
+                                   "WHERE slot_name = %s", (slot,)).fetchone()
+            if slot_row is None:
+                raise SyncError(f"replication slot {slot} does not exist on the source: it was dropped, or the "
+                                "source failed over to a standby that does not have it. Drop any orphaned slot on "
+                                "the new primary and restart the migration from a fresh full load")
+            self._check_new_partitions(src, version)
+            self._ancestors = catalog.partition_ancestors(src)  # a partitioned table's filter applies to its partitions
+            return version, lsn_to_int(slot_row[0]) if slot_row[0] else 0, _wal_sample(src)
+
+    def _applier_lock(self, take_lock: bool) -> psycopg.Connection:
+        """The destination session that holds the migration's applier lock (taken here unless the caller holds it)."""
+        name = self.config.name
+        lock_conn = connect(self.destination)
+        if take_lock:
+            locked = lock_conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (f"pgmigrate:{name}",)).fetchone()
+            if not locked or not locked[0]:
+                lock_conn.close()
+                raise SyncError(f"another applier of migration {name} is running on the destination")
+        return lock_conn
+
+    def _start_stream(self, repl: psycopg.Connection, version: int, applied: int) -> None:
+        options = ["proto_version '2'", "streaming 'on'"] if version >= 140000 else ["proto_version '1'"]
+        options.append(f"publication_names {sql.Literal(self.config.publication_name).as_string(repl)}")
+        repl.execute(f"START_REPLICATION SLOT {sql.Identifier(self.config.slot_name).as_string(repl)} LOGICAL "
+                     f"{int_to_lsn(applied)} ({', '.join(options)})")
+
+    def _end_of_run(self, result: SyncResult, writer: _Writer, repl: psycopg.Connection, pace: _Pace,
+                    start_sample: _WalSample, received: int, position: int, *, unsettled: bool) -> None:
+        """After the writer drained: the applied position, the lag, and the last feedback to the source (the
+        position read only when nothing read is unsettled: no transaction or streamed one still open)."""
+        applied = writer.applied
+        if pace.over:
+            # Read but not written: nothing after the last commit may be confirmed, counted or measured, and
+            # parts of a transaction written before the caps stopped the run go back with the open transaction
+            # (the writer is idle after drain).
+            writer.roll_back()
+            position = applied
+            result.transactions = pace.transactions
+            result.throttled = True
+        result.applied_lsn = int_to_lsn(applied)
+        with connect(self.source) as src:
+            end_sample = _wal_sample(src)
+        result.lag_bytes = max(0, end_sample.lsn - max(applied, position))
+        durable = writer.make_durable()
+        self._send_feedback(repl, received, durable if unsettled else max(durable, position))
+        self._measure_lag_seconds(result, repl, pace.unapplied_time, (start_sample, end_sample),
+                                  max(applied, position), applied)
+
+    def _log_result(self, result: SyncResult) -> None:
         self.log(f"incremental applied_lsn={result.applied_lsn} transactions={result.transactions} "
                  f"changes={result.changes} skipped={result.skipped_transactions} caught_up={result.caught_up} "
-                 f"lag_bytes={result.lag_bytes} lag_s={result.lag_seconds:.1f} seconds={result.seconds}")
-        return result
+                 f"lag_bytes={result.lag_bytes} lag_s={result.lag_seconds:.1f} lag_basis={result.lag_basis} "
+                 f"throttled={result.throttled} seconds={result.seconds}")
 
     def _check_new_partitions(self, src: psycopg.Connection, version: int) -> None:
         """Stop when a partition was added on the source after the full load: the publication lists the partitions
@@ -775,8 +1013,10 @@ class IncrementalSync:
              ORDER BY 1, 2
             """, {"pub": publication}).fetchall()
         excluded = TableSelector(self.config.objects).exclude
+        without_rows = tables_without_rows(src, self.config.objects.exclude_data)  # rows that do not migrate
         new = [(QualifiedName(schema, name), QualifiedName(root_schema, root)) for schema, name, root_schema, root in rows
-               if not any(p.match(QualifiedName(schema, name).key) for p in excluded)]
+               if not any(p.match(QualifiedName(schema, name).key) for p in excluded)
+               and QualifiedName(schema, name) not in without_rows]
         if new:
             names = ", ".join(f"{name} (of {root})" for name, root in new)
             raise SyncError(f"DDL on the source: partition(s) {names} were created after the full load and are not "
@@ -853,8 +1093,6 @@ class IncrementalSync:
 
     def _write(self, dst: psycopg.Connection, applier: Applier, batch: Batch) -> None:
         """Write a batch set-based inside a savepoint; on failure, roll back to it and replay one by one."""
-        self.throttle.on_bytes(batch.bytes)
-        self.throttle.on_rows(batch.changes)
         savepoint = "pgm_batch"
         staging = applier.staging_mark()
         try:
@@ -907,6 +1145,16 @@ def release(config: MigrationConfig, source: ConnectionInfo, *, log: Callable[[s
     log(f"release slot={config.slot_name} dropped={dropped['slot']} publication={config.publication_name} "
         f"dropped={dropped['publication']}")
     return dropped
+
+
+def _synced_tables(config: MigrationConfig, full_load: dict[str, Any]) -> Callable[[QualifiedName], bool]:
+    """Whether changes of a source table are applied: the full load's tables (partitions of a selected partitioned
+    table included: they are the publication's) and selected tables, but never one whose rows do not migrate
+    (``objects.exclude_data``, recorded by the full load)."""
+    planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
+    without_rows = {parse_qualified_name(t) for t in full_load.get("definition_only") or []}
+    selector = TableSelector(config.objects)
+    return lambda name: name not in without_rows and (name in planned or selector(name))
 
 
 def run_incremental(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,

@@ -7,6 +7,7 @@ here changes either database, except recording security-group rules the RDS chec
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -54,6 +55,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "name_conflicts",
     "extensions",
     "xml_support",
+    "destination_large_objects",
     "pg_dump",
     "destination_space",
     "long_transactions",
@@ -525,6 +527,10 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
             left_out = [c for c in key_cols if c not in cols]
             if left_out:
                 problems.append(f"the column selection of {name} leaves out key column(s) {', '.join(left_out)}")
+    for i, pattern in enumerate(config.objects.exclude_data):
+        if not any(fnmatch.fnmatchcase(t.name.key, pattern) for t in ctx.selected):
+            problems.append(f"objects.exclude_data[{i}] {pattern!r} matches no selected table: correct it (names are "
+                            "exact and case-sensitive) or remove it")
     for key, renames in config.mapping.columns.items():
         table = by_name.get(parse_qualified_name(key))
         if table is not None:
@@ -634,22 +640,13 @@ def check_primary_keys(ctx: PrecheckContext) -> list[CheckResult]:
             if incremental and t.replica_identity not in ("i", "f"):
                 wrong_identity.append((t, next(iter(t.unique_not_null))))
             continue
-        if t.replica_identity == "f":
+        if incremental and t.replica_identity == "f":
             full_identity.append(t)
         else:
             no_key.append(t)
     results: list[CheckResult] = []
     if no_key:
-        names = [str(t.name) for t in no_key]
-        fix = "\n".join(f"ALTER TABLE {_q(t.name)} ADD PRIMARY KEY (...);" for t in no_key)
-        if incremental:
-            fix += ("\n-- or, if no key can be added (slower, and identical rows cannot be told apart):\n"
-                    + "\n".join(f"ALTER TABLE {_q(t.name)} REPLICA IDENTITY FULL;" for t in no_key))
-        results.append(failed("primary_keys",
-                              f"{len(no_key)} table(s) have no primary key and no unique constraint on NOT NULL "
-                              f"columns: {_listing(names)}; rows could be duplicated"
-                              + ("; their UPDATE and DELETE would fail on the source once published" if incremental
-                                 else ""), fix, objects=names))
+        results.append(_tables_without_key(ctx.config, no_key))
     if wrong_identity:
         names = [str(t.name) for t, _ in wrong_identity]
         results.append(failed("primary_keys",
@@ -666,6 +663,28 @@ def check_primary_keys(ctx: PrecheckContext) -> list[CheckResult]:
     if not results:
         results.append(passed("primary_keys", f"all {len(ctx.selected)} selected table(s) have a usable key"))
     return results
+
+
+def _tables_without_key(config: MigrationConfig, tables: list[catalog.TableInfo]) -> CheckResult:
+    """Tables without any key: a failure where the migration needs one to find rows again (incremental UPDATE and
+    DELETE, ``conflicting_tables: ignore``), a warning otherwise (a full load copies their rows exactly)."""
+    names = [str(t.name) for t in tables]
+    incremental = config.wants("incremental")
+    fix = "\n".join(f"ALTER TABLE {_q(t.name)} ADD PRIMARY KEY (...);" for t in tables)
+    listing = f"{len(tables)} table(s) have no primary key and no unique constraint on NOT NULL columns: " \
+              f"{_listing(names)}"
+    if incremental:
+        fix += ("\n-- or, if no key can be added (slower, and identical rows cannot be told apart):\n"
+                + "\n".join(f"ALTER TABLE {_q(t.name)} REPLICA IDENTITY FULL;" for t in tables))
+        return failed("primary_keys", f"{listing}; their UPDATE and DELETE would fail on the source once published",
+                      fix, objects=names)
+    if config.conflicting_tables == "ignore":
+        return failed("primary_keys", f"{listing}; conflicting_tables: ignore skips the rows already in the "
+                      "destination by key, so without one they would be duplicated",
+                      fix + "\n-- or set conflicting_tables: error and load into empty tables", objects=names)
+    return warning("primary_keys", f"{listing}; the full load copies their rows exactly, but incremental sync or "
+                   "conflicting_tables: ignore would need a key", "add a primary key where possible before syncing "
+                   "changes:\n" + fix, objects=names)
 
 
 def check_c_functions(ctx: PrecheckContext) -> list[CheckResult]:
@@ -762,15 +781,8 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
     assert ctx.dst is not None
     targets = {ctx.mapper.table(t.name): t.name for t in ctx.selected}
     existing = catalog.existing_relations(ctx.dst, list(targets))
-    creates = ctx.config.wants("schema") or ctx.config.wants("full")
-    if not creates:
-        missing = [str(t) for t in targets if existing.get(t) not in ("table", "partitioned table")]
-        if missing:
-            return [failed("name_conflicts",
-                           f"incremental migration without schema migration needs the destination tables, missing: "
-                           f"{_listing(missing)}", "create them first, or add schema to migration_types",
-                           objects=missing)]
-        return [passed("name_conflicts", f"all {len(targets)} destination table(s) exist")]
+    if not ctx.config.wants("schema"):
+        return check_prepared_tables(ctx)
     if not existing:
         return [passed("name_conflicts", f"none of the {len(targets)} destination name(s) exists yet")]
     names = [f"{name} ({kind})" for name, kind in sorted(existing.items())]
@@ -788,19 +800,85 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
                    "or set conflicting_tables: ignore to keep them", objects=names)]
 
 
+def check_destination_large_objects(ctx: PrecheckContext) -> list[CheckResult]:
+    """The migration makes the destination's large objects exactly the source's (the full load replaces an object of
+    the same oid, the cutover unlinks the others): objects of the destination's own are named before any is lost."""
+    from airflow_pgmigrate.engine.nonstreamed import compare_large_objects
+
+    assert ctx.src is not None and ctx.dst is not None
+    row = ctx.dst.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+    if not row or not row[0]:
+        return [passed("destination_large_objects", "the destination holds no large object")]
+    state = MigrationState(ctx.destination, ctx.config.state_schema, ctx.config.name)
+    if state.read(ctx.dst, "full_load"):
+        return [passed("destination_large_objects", f"the destination's {row[0]} large object(s) were copied by "
+                       "this migration's full load")]
+    found = compare_large_objects(ctx.src, ctx.dst)
+    at_risk = [*found["different"], *found["extra"]]
+    if not at_risk:
+        return [passed("destination_large_objects", f"the destination's {row[0]} large object(s) are the source's")]
+    oids = [str(o) for o in at_risk]
+    return [failed("destination_large_objects",
+                   f"the destination already holds large objects of its own: {found['different_count']} with the oid "
+                   f"of a source object but other data (the full load would replace them) and {found['extra_count']} "
+                   f"that the source does not have (the cutover would unlink them): oid {_listing(oids)}",
+                   "migrate into a database without large objects of its own, or, if they are not needed, remove "
+                   "them on the destination: SELECT lo_unlink(oid) FROM pg_largeobject_metadata;", objects=oids)]
+
+
+def check_prepared_tables(ctx: PrecheckContext) -> list[CheckResult]:
+    """Without schema migration the destination tables are prepared by other means: they must exist and match
+    (columns, types, key). Whether they hold rows decides what is expected: the full load fills empty tables,
+    incremental sync alone continues tables loaded already."""
+    from airflow_pgmigrate.engine.prepared import compare_prepared
+
+    assert ctx.dst is not None
+    found = compare_prepared(ctx.selected, ctx.dst, ctx.mapper)
+    types = ", ".join(ctx.config.migration_types)
+    if found.missing:
+        return [failed("name_conflicts", f"a migration without schema migration ({types}) copies into tables that "
+                       f"exist already in the destination; missing: {_listing(found.missing)}",
+                       "create them first (for example with a schema-only migration), or add schema to "
+                       "migration_types", objects=found.missing)]
+    if found.mismatches:
+        return [failed("name_conflicts", f"{len(found.mismatches)} difference(s) between the source tables and the "
+                       f"destination tables prepared for them: {_listing(found.mismatches, 5)}",
+                       "make the destination tables match the source (columns, types, primary key), or map the "
+                       "names (mapping.tables, mapping.columns)", objects=found.mismatches)]
+    rows = (f"{len(found.with_rows)} hold rows ({_listing(found.with_rows, 5)})" if found.with_rows
+            else "none holds rows")
+    detail = f"all {len(ctx.selected)} destination table(s) exist and match the source; {rows}"
+    if ctx.config.wants("full") and found.with_rows and ctx.config.conflicting_tables != "ignore":
+        return [failed("name_conflicts", detail + ": the full load would add the source's rows to them",
+                       "empty them first, or set conflicting_tables: ignore to keep their rows (rows that clash "
+                       "are skipped)", objects=found.with_rows)]
+    if not ctx.config.wants("full") and found.empty:
+        return [warning("name_conflicts", detail + f"; empty: {_listing(found.empty, 5)}: incremental sync only "
+                        "applies the changes made from now on", "load the destination first (it is expected to "
+                        "hold the source's rows already), or add full to migration_types", objects=found.empty)]
+    return [passed("name_conflicts", detail)]
+
+
 _XML_COLUMNS = """
+    WITH RECURSIVE holds_xml(oid) AS (
+        SELECT 'xml'::regtype::oid
+      UNION
+        SELECT t.oid FROM holds_xml h JOIN pg_type t
+            ON h.oid IN (t.typbasetype, t.typelem)
+            OR t.typrelid IN (SELECT a.attrelid FROM pg_attribute a
+                               WHERE a.atttypid = h.oid AND a.attnum > 0 AND NOT a.attisdropped)
+    )
     SELECT n.nspname, c.relname, a.attname
       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-      JOIN pg_type t ON t.oid = a.atttypid
-      LEFT JOIN pg_type e ON e.oid = t.typelem
      WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
-       AND 'xml'::regtype IN (t.oid, t.typbasetype, e.oid, e.typbasetype)
+       AND a.atttypid IN (SELECT oid FROM holds_xml)
      ORDER BY 1, 2, a.attnum
 """
 
 
 def check_xml_support(ctx: PrecheckContext) -> list[CheckResult]:
-    """xml values need a destination built with libxml: probe it when migrated columns hold xml, before any copy."""
+    """xml values need a destination built with libxml: probe it when migrated columns hold xml (directly, or in an
+    array, a domain or a composite type, at any depth), before any copy."""
     assert ctx.src is not None and ctx.dst is not None
     chosen = {parse_qualified_name(k): set(v) for k, v in ctx.config.objects.columns.items()}
     columns = [f"{QualifiedName(s, t)}.{c}" for s, t, c in ctx.src.execute(
@@ -965,6 +1043,7 @@ _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "name_conflicts": (check_name_conflicts, ("schema", "full", "incremental"), True, True),
     "extensions": (check_extensions, ("schema",), True, True),
     "xml_support": (check_xml_support, ("schema", "full", "incremental"), True, True),
+    "destination_large_objects": (check_destination_large_objects, ("full",), True, True),
     "pg_dump": (check_pg_dump, ("schema",), True, True),
     "destination_space": (check_destination_space, ("full",), True, False),
     "long_transactions": (check_long_transactions, ("incremental",), True, False),

@@ -55,11 +55,14 @@ class PublicationCheck:
     missing_actions: list[str] = field(default_factory=list)
     via_root: bool = False
     filtered_tables: list[QualifiedName] = field(default_factory=list)
+    #: Tables whose replica identity holds a generated column the publication does not send (PostgreSQL 18+ then
+    #: refuses their UPDATE and DELETE on the source).
+    generated_unsent: list[QualifiedName] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.exists and not (self.missing_tables or self.missing_actions or self.via_root
-                                    or self.filtered_tables)
+                                    or self.filtered_tables or self.generated_unsent)
 
     def problems(self) -> list[str]:
         if not self.exists:
@@ -76,6 +79,10 @@ class PublicationCheck:
         if self.filtered_tables:
             out.append(f"publication {self.name} filters rows or columns of "
                        + ", ".join(str(t) for t in self.filtered_tables[:10]))
+        if self.generated_unsent:
+            out.append(f"publication {self.name} does not send generated columns, so PostgreSQL refuses UPDATE and "
+                       "DELETE on " + ", ".join(str(t) for t in self.generated_unsent[:10])
+                       + " (REPLICA IDENTITY FULL with a generated column)")
         return out
 
     def fixes(self, selected: Iterable[QualifiedName]) -> list[str]:
@@ -92,6 +99,9 @@ class PublicationCheck:
                 ident, sql.Literal(", ".join(ACTIONS)))))
         if self.via_root:
             fixes.append(_text(sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = false);").format(
+                ident)))
+        if self.generated_unsent:
+            fixes.append(_text(sql.SQL("ALTER PUBLICATION {} SET (publish_generated_columns = stored);").format(
                 ident)))
         for table in self.filtered_tables:  # dropped and added again: without its WHERE clause and column list
             fixes.append(_text(sql.SQL("ALTER PUBLICATION {p} DROP TABLE {t}; ALTER PUBLICATION {p} ADD TABLE {t};")
@@ -150,7 +160,21 @@ def check_publication(conn: psycopg.Connection, name: str, tables: Iterable[Qual
         # A filter on a partitioned table applies to its partitions: report it too.
         result.filtered_tables = [QualifiedName(s, t) for s, t, kind in filtered
                                   if QualifiedName(s, t) in wanted_set or kind == "p"]
+    if version >= 180000:
+        result.generated_unsent = _generated_unsent(conn, name, wanted)
     return result
+
+
+def _generated_unsent(conn: psycopg.Connection, name: str, tables: list[QualifiedName]) -> list[QualifiedName]:
+    """Of ``tables``, those with REPLICA IDENTITY FULL and a stored generated column, when the publication does not
+    send generated columns (PostgreSQL 18 refuses their UPDATE and DELETE then)."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = ANY(SELECT to_regclass(t) FROM unnest(%s::text[]) AS t) AND c.relreplident = 'f' "
+        "AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attgenerated = 's' "
+        "AND NOT a.attisdropped) AND EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = %s "
+        "AND p.pubgencols <> 's') ORDER BY 1, 2", ([_text(_ident(t)) for t in tables], name)).fetchall()
+    return [QualifiedName(s, t) for s, t in rows]
 
 
 def unlogged_tables(conn: psycopg.Connection, tables: Iterable[QualifiedName]) -> list[QualifiedName]:
@@ -185,11 +209,17 @@ def ensure_publication(conn: psycopg.Connection, config: MigrationConfig, tables
         return
     ident = sql.Identifier(name)
     listed = sql.SQL(", ").join(_ident(t) for t in tables)
+    # PostgreSQL 18 refuses UPDATE and DELETE on a published table whose replica identity holds a generated column
+    # the publication does not send (REPLICA IDENTITY FULL on a table with one): send them; apply skips them.
+    generated = catalog.server_version_num(conn) >= 180000
+    options = sql.SQL(" WITH (publish_generated_columns = stored)" if generated else "")
     if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,)).fetchone():
         conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(ident, listed))
+        if generated:
+            conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish_generated_columns = stored)").format(ident))
     else:
         try:
-            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(ident, listed))
+            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(ident, listed, options))
         except psycopg.errors.InsufficientPrivilege as exc:
             raise PublicationError(
                 f"the source account cannot create publication {name}: {(exc.diag.message_primary or '').strip()}. "

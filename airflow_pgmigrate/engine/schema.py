@@ -28,21 +28,28 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.matviews import sync_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgdump import (
     DumpEntry,
     PgDump,
-    PgDumpError,
+    available_pg_dumps,
     find_pg_dump,
     object_family,
     reset_entry_settings,
     run_pg_dump,
     split_dump,
+    supports_tls,
     tag_name,
     tag_target,
-    tls_capable_pg_dump,
 )
-from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError, deparse, statement_text
+from airflow_pgmigrate.engine.rewrite import (
+    DefinitionRewriter,
+    RewriteError,
+    deparse,
+    parse_sql_name,
+    statement_text,
+)
 from airflow_pgmigrate.engine.secrets import redact
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -312,14 +319,17 @@ def _partitions_of(conn: psycopg.Connection, parents: set[QualifiedName]) -> set
 
 
 _NAME_PART = r'(?:"[^"]+"|[A-Za-z0-9_$]+)'
-#: A sequence function called with a sequence name as a literal: nextval('invoice_no'), currval('"S".x').
-_SEQUENCE_CALL = rf"(?:nextval|currval|setval)\s*\(\s*'({_NAME_PART}(?:\.{_NAME_PART})?)'"
+#: A sequence function called with a sequence name as a literal: nextval('invoice_no'), currval('"S".x');
+#: the schema (when written) and the name are captured apart.
+_SEQUENCE_CALL = rf"(?:nextval|currval|setval)\s*\(\s*'(?:({_NAME_PART})\.)?({_NAME_PART})'"
+_NAME_TOKEN = rf"^{_NAME_PART}$"
 
 
 def _sequences_called_by_name(conn: psycopg.Connection,
                               needed: set[tuple[str, str | None, str]]) -> set[tuple[str, str | None, str]]:
     """Sequences that a needed function calls by name in its body (``nextval('invoice_no')``): the catalog records
-    no dependency on them, yet the function fails on the destination without them."""
+    no dependency on them, yet the function fails on the destination without them. An unqualified name resolves as
+    the function would: in the search_path it sets, else in its own schema, else in the session's path."""
     functions = sorted((s, n) for kind, s, n in needed if kind == "FUNCTION" and s)
     if not functions:
         return set()
@@ -327,13 +337,20 @@ def _sequences_called_by_name(conn: psycopg.Connection,
         """
         SELECT DISTINCT sn.nspname, s.relname
           FROM pg_proc p JOIN pg_namespace pn ON pn.oid = p.pronamespace
-          JOIN unnest(%s::text[], %s::text[]) AS f(s, n)
+          JOIN unnest(%(schemas)s::text[], %(names)s::text[]) AS f(s, n)
             ON f.s = pn.nspname AND f.n = p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'
-          CROSS JOIN LATERAL regexp_matches(p.prosrc, %s, 'gi') AS m
-          JOIN pg_class s ON s.oid = to_regclass(m[1]) AND s.relkind = 'S'
+          CROSS JOIN LATERAL regexp_matches(p.prosrc, %(call)s, 'gi') AS m
+          CROSS JOIN LATERAL (SELECT CASE WHEN m[1] IS NOT NULL THEN to_regclass(m[1] || '.' || m[2]) ELSE coalesce(
+              (SELECT to_regclass(trim(e) || '.' || m[2])
+                 FROM unnest(string_to_array((SELECT substr(c, 13) FROM unnest(p.proconfig) c
+                                               WHERE c LIKE 'search_path=%%'), ',')) WITH ORDINALITY AS x(e, i)
+                WHERE trim(e) ~ %(token)s AND to_regclass(trim(e) || '.' || m[2]) IS NOT NULL ORDER BY i LIMIT 1),
+              to_regclass(quote_ident(pn.nspname) || '.' || m[2]), to_regclass(m[2])) END) AS r(seq)
+          JOIN pg_class s ON s.oid = r.seq AND s.relkind = 'S'
           JOIN pg_namespace sn ON sn.oid = s.relnamespace
         """,
-        ([s for s, _ in functions], [n for _, n in functions], _SEQUENCE_CALL),
+        {"schemas": [s for s, _ in functions], "names": [n for _, n in functions], "call": _SEQUENCE_CALL,
+         "token": _NAME_TOKEN},
     ).fetchall()
     return {("SEQUENCE", schema, name) for schema, name in rows}
 
@@ -529,6 +546,8 @@ class _Planner:
     #: ``schema_migration.exclude_indexes`` compiled, and the patterns that matched an index.
     index_patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
     matched: set[str] = field(default_factory=set)
+    #: (table, constraint) of foreign keys left out by ``foreign_keys_to_excluded: skip`` -> the reason.
+    skipped_keys: dict[tuple[QualifiedName, str], str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index_patterns = {p: re.compile(fnmatch.translate(p))
@@ -626,12 +645,19 @@ class _Planner:
             return src.view_kept(table) and not self._index_left_out(entry)
         if table not in src.selected:
             return False  # an excluded (or not selected) table and everything of it
+        constraint = _constraint_of(entry, table) if entry.type in ("FK CONSTRAINT", "COMMENT") else None
+        if entry.type == "COMMENT" and constraint in self.skipped_keys:
+            self.report.skip(str(entry), f"belongs to an object that is not migrated: {self.skipped_keys[constraint]}")
+            return False
         if entry.type == "FK CONSTRAINT":
             referenced = _referenced_table(entry)
             if referenced is not None and referenced in src.tables and referenced not in src.selected:
                 if self.config.schema_migration.foreign_keys_to_excluded == "skip":
-                    self.report.skip(str(entry), f"references {referenced}, which is not selected "
-                                                 "(schema_migration.foreign_keys_to_excluded: skip)")
+                    reason = f"references {referenced}, which is not selected " \
+                             "(schema_migration.foreign_keys_to_excluded: skip)"
+                    self.report.skip(str(entry), reason)
+                    if constraint is not None:
+                        self.skipped_keys[constraint] = reason
                     return False
                 self.errors.append(f"foreign key {entry.name} of {table} references {referenced}, which is not "
                                    f"selected: select {referenced} too, exclude {table}, or set "
@@ -652,16 +678,23 @@ class _Planner:
         return True
 
     def _cast_selected(self, entry: DumpEntry) -> bool:
-        """A cast migrates with a partial selection when its types and function all live in migrated schemas."""
+        """A cast migrates with a partial selection when its types and function all migrate: their schema migrates
+        whole, or the selected tables need them (a schema some of whose objects migrate is not enough)."""
         stmt = _first_statement(entry.sql)
         if type(stmt).__name__ != "CreateCastStmt":
             return False
         names = [[getattr(n, "sval", "") for n in t.names or ()] for t in (stmt.sourcetype, stmt.targettype)]
         if stmt.func is not None:
             names.append([getattr(n, "sval", "") for n in stmt.func.objname or ()])
-        schemas = {n[0] for n in names if len(n) >= 2} - {"pg_catalog"}
-        migrated = self.src.whole_schemas | {s for _, s, _ in self.src.needed if s is not None}
-        return bool(schemas) and schemas <= migrated
+        own = [n for n in names if len(n) >= 2 and n[0] != "pg_catalog"]
+        return bool(own) and all(self._migrates(n[0], n[-1]) for n in own)
+
+    def _migrates(self, schema: str, name: str) -> bool:
+        """Whether the type, table or routine ``schema.name`` (a routine: any of that name) migrates."""
+        src = self.src
+        if schema in src.whole_schemas or QualifiedName(schema, name) in src.selected:
+            return True
+        return any(s == schema and (n == name or n.startswith(name + "(")) for _, s, n in src.needed)
 
 
 def plan_entries(entries: list[DumpEntry], src: SourceSchema, config: MigrationConfig,
@@ -765,6 +798,18 @@ def _planned(entry: DumpEntry, table: QualifiedName | None, src: SourceSchema, r
                                   f"renamed names: {', '.join(words)}"})
     return PlannedEntry(entry, result.sql, table if table in src.tables else None, key=_entry_key(entry, table),
                         target=_target_key(entry, src) if entry.type in ("COMMENT", "ACL") else None)
+
+
+def _constraint_of(entry: DumpEntry, table: QualifiedName) -> tuple[QualifiedName, str] | None:
+    """(table, constraint name) of a table constraint's entry, or of a comment on a table constraint."""
+    stmt = _first_statement(entry.sql)
+    kind = type(stmt).__name__
+    if kind == "CommentStmt" and stmt.objtype.name == "OBJECT_TABCONSTRAINT":
+        return (table, getattr(stmt.object[-1], "sval", ""))
+    if kind == "AlterTableStmt":
+        name = next((c.def_.conname for c in stmt.cmds or () if getattr(c.def_, "conname", None)), None)
+        return (table, name) if name else None
+    return None
 
 
 def _referenced_table(entry: DumpEntry) -> QualifiedName | None:
@@ -1246,6 +1291,12 @@ def migrate_schema(
         roles = {r[0] for r in dst_conn.execute("SELECT rolname FROM pg_roles")}
     dump = _source_pg_dump(src.major, dst_major, source)
     report.pg_dump = f"{dump.major} ({dump.path})"
+    if dump.major < dst_major:
+        report.review.append({"object": f"pg_dump {dump.major}", "reason": (
+            f"no pg_dump {dst_major} or later that reaches the source with TLS: GRANT ALL is written in PostgreSQL "
+            f"{dump.major}'s terms and grants everything ALL means in PostgreSQL {dst_major} (MAINTAIN from 17 on); "
+            f"install the PostgreSQL {dst_major} client programs built with TLS, or set sslmode=disable on a source "
+            "connection that needs no TLS")})
     schemas = src.dumped_schemas()
     if not schemas:
         raise SchemaMigrationError("the selection matches nothing in the source")
@@ -1285,7 +1336,8 @@ def migrate_schema(
                                 before_commit=record if state is not None else None)
     else:
         _run_post_data(destination, preamble, todo, config.schema_migration.index_jobs, report, log)
-        _refresh_materialized_views(destination, src, config, rewriter, report, log)
+        report.refreshed += [v["view"] for v in sync_materialized_views(config, src, source, destination, log=log)
+                             if v["action"] == "refreshed"]
     report.seconds = time.monotonic() - started
     if state is not None:
         state.put(f"schema.{phase}", {**report.to_dict(), "completed": True})
@@ -1295,14 +1347,15 @@ def migrate_schema(
 
 
 def _source_pg_dump(source_major: int, destination_major: int, source: ConnectionInfo) -> PgDump:
-    """pg_dump of the newer of both versions when there is one (that can reach the source as securely): a newer
-    pg_dump writes what the older server means in the newer server's terms (``GRANT ALL`` of PostgreSQL 15 becomes
-    the list of its privileges, without the MAINTAIN of PostgreSQL 17+)."""
+    """pg_dump of the newer of both versions when there is one that reaches the source as securely (built with TLS,
+    unless the connection disables TLS; ``sslmode=prefer`` must not become a dump in clear): a newer pg_dump writes
+    what the older server means in the newer server's terms (``GRANT ALL`` of PostgreSQL 15 becomes the list of its
+    privileges, without the MAINTAIN of PostgreSQL 17+). Otherwise the source's own version."""
     if destination_major > source_major:
-        try:
-            return tls_capable_pg_dump(find_pg_dump(destination_major), source)
-        except PgDumpError:
-            pass
+        plain = source.params.get("sslmode", "prefer") == "disable"
+        newer = [d for d in available_pg_dumps() if d.major >= destination_major and (plain or supports_tls(d.path))]
+        if newer:
+            return newer[0]
     return find_pg_dump(source_major)
 
 
@@ -1318,7 +1371,8 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
         if what is not None and _exists(conn, what, item.entry.name):
             item.creates = (what[0], str(what[1]))
             existing.append(item)
-    if not existing:
+    defaults = [p for p in plan if p.entry.type == "DEFAULT ACL"]
+    if not existing and not defaults:
         return
     ours = phase == "post_data" or bool(state is not None and (state.get("schema.pre_data") or {}).get("completed"))
     conflicts = [p for p in existing if p.creates and p.creates[0] not in _NOT_COMPARED]
@@ -1327,12 +1381,18 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
         raise SchemaMigrationError(
             f"{len(conflicts)} object(s) already exist in the destination: {names}; nothing was changed. Drop or "
             "rename them, map the tables to other names, or set conflicting_tables: ignore", report.to_dict())
-    destination_entries: set[str] = set()
-    if conflicts:
-        text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config, other_schemas))
-        destination_entries = {normalize_sql(e.settings + e.sql) for e in split_dump(text)[1]}
     skipped_tables = {p.table for p in existing if p.entry.type == "TABLE" and p.table is not None}
     existing_keys = {p.key for p in existing}
+    parts = {id(p) for p in plan if p not in existing and _part_of_existing(p, skipped_tables, existing_keys)}
+    destination_entries: set[str] = set()
+    if conflicts or defaults or any(id(p) in parts and p.entry.type in _COMPARED_PARTS for p in plan):
+        text = run_pg_dump(find_pg_dump(dst_major), destination, _dump_args(phase, config, other_schemas))
+        dumped = split_dump(text)[1]
+        destination_entries = {normalize_sql(e.settings + e.sql) for e in dumped}
+        _report_extra_parts(conn, plan, existing, dumped, report)
+        # Default privileges the destination has already: running the source's again would add to them.
+        held = {(e.schema, e.name) for e in dumped if e.type == "DEFAULT ACL"}
+        parts |= {id(p) for p in defaults if (p.entry.schema, p.entry.name) in held}
     for item in plan:
         same = bool(destination_entries) and normalize_sql(item.entry.settings + item.sql) in destination_entries
         if item in existing or same:
@@ -1345,11 +1405,80 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
             else:
                 item.reason = "exists already, differs"
                 report.differing.append({"object": str(item.entry), "expected": redact(item.sql.strip())})
-        elif item.table in skipped_tables and item.entry.type in (
-                "DEFAULT", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE ATTACH", "COMMENT", "ACL"):
-            item.run, item.reason = False, "belongs to a table that exists already"
-        elif item.entry.type in ("COMMENT", "ACL") and item.target is not None and item.target in existing_keys:
+        elif id(item) in parts:
             item.run, item.reason = False, "belongs to an object that exists already"
+            if item.entry.type in _COMPARED_PARTS:
+                # A grant, comment or default that changed on the source: kept as it is, and said so.
+                item.reason += ", differs"
+                report.differing.append({"object": str(item.entry), "expected": redact(item.sql.strip())})
+
+
+def _report_extra_parts(conn: psycopg.Connection, plan: list[PlannedEntry], existing: list[PlannedEntry],
+                        dumped: list[DumpEntry], report: SchemaReport) -> None:
+    """Grants and comments the destination holds on an existing object and the source no longer has (a privilege
+    revoked on the source back to the default, for which pg_dump writes nothing): the destination keeps them, so
+    they are reported under ``differing``."""
+    objects = {key: item for item in existing if (key := _destination_key(item)) is not None}
+    if not objects:
+        return
+    planned = {normalize_sql(p.entry.settings + p.sql) for p in plan}
+    tags = {(p.entry.type, p.entry.name) for p in plan if p.entry.type in ("COMMENT", "ACL")}
+    routines = _routine_tags(conn)
+    for entry in dumped:
+        target = tag_target(entry) if entry.type in ("COMMENT", "ACL") else None
+        if target is None or (entry.type, entry.name) in tags:
+            continue  # an entry the plan has too is compared as such
+        if target[0] == "ROUTINE" and target[1] is not None:
+            target = ("ROUTINE", target[1], routines.get((target[1], target[2]), target[2]))
+        item = objects.get(target)
+        if item is not None and normalize_sql(entry.settings + entry.sql) not in planned:
+            report.differing.append({"object": str(entry), "expected": f"nothing: the source has no such "
+                                     f"{'grant' if entry.type == 'ACL' else 'comment'} on {item.entry}; the "
+                                     f"destination keeps {redact(entry.sql.strip())}"})
+
+
+def _destination_key(item: PlannedEntry) -> tuple[str, str | None, str] | None:
+    """(family, schema, name) of an existing object in the destination, as COMMENT and ACL tags are resolved to."""
+    what = _created_object(item.sql)
+    if what is None:
+        return None
+    kind, args = what
+    if kind in ("relation", "type"):
+        name = parse_sql_name(args)
+        return (kind.upper() if kind == "type" else "RELATION", name.schema, name.name)
+    if kind == "schema":
+        return ("SCHEMA", None, args)
+    if kind == "function":
+        signature = item.entry.name[item.entry.name.index("("):] if "(" in item.entry.name else "()"
+        return ("ROUTINE", args[0] if len(args) == 2 else "public", args[-1] + signature)
+    return None
+
+
+def _routine_tags(conn: psycopg.Connection) -> dict[tuple[str, str], str]:
+    """(schema, signature with argument names, as tags write it) -> the entry's own signature, of a database."""
+    path = conn.execute("SELECT current_setting('search_path')").fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT set_config('search_path', '', false)")
+    try:
+        return {(s, named): tag for s, named, tag in conn.execute(
+            "SELECT n.nspname, quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')', "  # noqa: S608 - constant
+            + ROUTINE_TAG + " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')")}
+    finally:
+        conn.execute("SELECT set_config('search_path', %s, false)", (path,))
+
+
+#: Entries that only add to an object (its grants, comment, column default, sequence owner; a role's default
+#: privileges in a schema): compared with the destination's when their object exists already, so a grant revoked on the source is reported, not left silently.
+_COMPARED_PARTS = ("COMMENT", "ACL", "DEFAULT", "SEQUENCE OWNED BY", "DEFAULT ACL")
+
+
+def _part_of_existing(item: PlannedEntry, existing_tables: set[QualifiedName],
+                      existing_keys: set[tuple[str, str | None, str]]) -> bool:
+    """Whether an entry belongs to an object that exists already in the destination (and is not run again)."""
+    if item.table is not None and item.table in existing_tables and item.entry.type in (
+            "DEFAULT", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE ATTACH", "COMMENT", "ACL"):
+        return True
+    return item.entry.type in ("COMMENT", "ACL") and item.target is not None and item.target in existing_keys
 
 
 def _execute_entry(conn: psycopg.Connection, item: PlannedEntry) -> None:
@@ -1447,25 +1576,6 @@ def _run_post_data(destination: ConnectionInfo, preamble: str, todo: list[Planne
     except SchemaMigrationError as exc:
         raise SchemaMigrationError(f"{exc}\ntriggers, foreign keys and the rest were rolled back",
                                    report.to_dict()) from None
-
-
-def _refresh_materialized_views(destination: ConnectionInfo, src: SourceSchema, config: MigrationConfig,
-                                rewriter: DefinitionRewriter, report: SchemaReport,
-                                log: Callable[[str], None]) -> None:
-    views = sorted(name for name, kind in src.relkinds.items()
-                   if kind == "m" and name.schema in src.whole_schemas and name not in src.excluded_views)
-    if not views:
-        return
-    with connect(destination) as conn:
-        for view in views:
-            target = rewriter.relation(view)
-            ident = sql.Identifier(target.schema, target.name)
-            if conn.execute("SELECT to_regclass(%s)", (ident.as_string(conn),)).fetchone()[0] is None:  # type: ignore[index]
-                continue
-            t0 = time.monotonic()
-            conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(ident))
-            report.refreshed.append(str(target))
-            log(f"schema refreshed materialized_view={target} seconds={time.monotonic() - t0:.2f}")
 
 
 def expected_definitions(config: MigrationConfig, source: ConnectionInfo) -> list[str]:

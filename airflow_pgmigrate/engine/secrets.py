@@ -19,8 +19,10 @@ _URI_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*):
 #: ``password=...`` / ``sslpassword=...`` in a libpq connection string, a URI query or an environment listing.
 _SETTING = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*|\bPGPASSWORD\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|[^\s&'\"]+)",
                       re.IGNORECASE)
-#: ``password 'secret'`` in SQL: a foreign server's or user mapping's OPTIONS, ``CREATE ROLE ... PASSWORD '...'``.
-_SQL_PASSWORD = re.compile(r"(?P<head>\bpassword\s+)(?P<secret>'(?:[^']|'')*')", re.IGNORECASE)
+#: ``password 'secret'`` in SQL: a foreign server's or user mapping's OPTIONS, ``CREATE ROLE ... PASSWORD '...'``; any
+#: option whose name holds password, secret or passphrase (postgres_fdw's ``sslpassword``), quoted or not.
+_SQL_PASSWORD = re.compile(r"(?P<head>(?:\b\w*|\"[^\"\n]{0,64}?)(?:password|secret|passphrase)(?:\w*\b|[^\"\n]{0,64}\")"
+                           r"\s+)(?P<secret>'(?:[^']|'')*')", re.IGNORECASE)
 
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 
 class TokenBucket:
@@ -21,16 +22,25 @@ class TokenBucket:
         self._last = time.monotonic()
         self._lock = threading.Lock()
 
-    def take(self, amount: float) -> None:
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds ``take(amount)`` would sleep now (nothing is consumed)."""
+        with self._lock:
+            self._refill()
+            return max(0.0, (amount - self._tokens) / self.rate)
+
+    def take(self, amount: float, sleep: Callable[[float], None] = time.sleep) -> None:
         """Consume ``amount`` tokens, sleeping as long as needed (amounts above the burst are paid off in debt)."""
         with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
+            self._refill()
             self._tokens -= amount
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
         if wait > 0:
-            time.sleep(wait)
+            sleep(wait)
 
 
 class Throttle:
@@ -54,6 +64,34 @@ class Throttle:
     def on_rows(self, amount: int) -> None:
         if self.rows is not None and amount:
             self.rows.take(amount)
+
+    @property
+    def rows_per_second(self) -> float | None:
+        return self.rows.rate if self.rows is not None else None
+
+    @property
+    def bytes_per_second(self) -> float | None:
+        return self.bytes.rate if self.bytes is not None else None
+
+    def pay(self, rows: int, nbytes: int, deadline: float | None = None,
+            sleep: Callable[[float], None] = time.sleep) -> bool:
+        """Pay for a write of ``rows`` rows and ``nbytes`` bytes, sleeping until both caps allow it.
+
+        With a ``deadline`` (``time.monotonic()`` seconds), nothing is paid and False is returned at once when the
+        caps would allow the write only after it: a caller with a time window never sleeps past its end. One payer
+        at a time (the incremental sync's reading thread): the two waits overlap, so the sleep is the longer one.
+        ``sleep`` does the waiting (the sync's keeps its replication connection alive meanwhile).
+        """
+        owed: list[tuple[TokenBucket, int]] = []
+        for bucket, amount in ((self.rows, rows), (self.bytes, nbytes)):
+            if bucket is not None and amount > 0:
+                owed.append((bucket, amount))
+        if deadline is not None and owed:
+            if time.monotonic() + max(bucket.wait_for(amount) for bucket, amount in owed) > deadline:
+                return False
+        for bucket, amount in owed:
+            bucket.take(amount, sleep)
+        return True
 
     def before_query(self) -> None:
         if self.queries is not None:

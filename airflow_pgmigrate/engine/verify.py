@@ -8,6 +8,8 @@
 - The set of partitions of each partitioned table (a partition detached or attached on the source is named).
 - Sequences and large objects (see :mod:`airflow_pgmigrate.engine.nonstreamed`): every migrated sequence at or
   beyond the source's value in its direction; large objects by count and a digest of each object's data.
+- Materialized views: populated or not, and their rows (see :mod:`airflow_pgmigrate.engine.matviews`). Tables whose
+  rows do not migrate (``objects.exclude_data``) are listed, not compared.
 
 Consistency: the source is read in a snapshot and the destination holds exactly the changes committed before that
 snapshot (the caller pauses incremental sync at the snapshot's LSN, see :func:`verify_migration`), so a busy source
@@ -26,8 +28,17 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import tables_without_rows
+from airflow_pgmigrate.engine.matviews import ViewCatalog, compare_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
-from airflow_pgmigrate.engine.nonstreamed import compare_state, sync_large_objects_between, sync_sequences
+from airflow_pgmigrate.engine.nonstreamed import (
+    LargeObjectRoles,
+    SequenceState,
+    compare_state,
+    sequences_of,
+    sync_large_objects_between,
+    sync_sequences,
+)
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -140,9 +151,10 @@ def plan_checks(config: MigrationConfig, src: psycopg.Connection,
             below.setdefault(parent, []).append(name)
     mapper = NameMapper(config.mapping)
     columns_of = {parse_qualified_name(k): v for k, v in config.objects.columns.items()}
+    without_rows = tables_without_rows(src, config.objects.exclude_data)
     checks = []
     for name, table in sorted(tables.items()):
-        if table.relkind not in ("r", "p") or name not in selected:
+        if table.relkind not in ("r", "p") or name not in selected or name in without_rows:
             continue
         generated = {r[0] for r in src.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attgenerated <> ''", (table.oid,))}
@@ -153,7 +165,7 @@ def plan_checks(config: MigrationConfig, src: psycopg.Connection,
         check = TableCheck(name, mapper.table(name), columns, [mapper.column(name, c) for c in columns],
                            key, [mapper.column(name, c) for c in key], row_filter)
         if table.relkind == "p":
-            check.below = below.get(name, [])
+            check.below = [t for t in below.get(name, []) if t not in without_rows]
             check.leaf_oids = [tables[t].oid for t in check.below if tables[t].relkind == "r"]
         checks.append(check)
     return checks
@@ -176,6 +188,12 @@ def compare_partitions(config: MigrationConfig, src: psycopg.Connection, dst: ps
     return out
 
 
+def _partitioned(conn: psycopg.Connection, table: QualifiedName) -> bool:
+    row = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+                       (sql.Identifier(table.schema, table.name).as_string(conn),)).fetchone()
+    return bool(row and row[0] == "p")
+
+
 def _key_label(text: str) -> str:
     return text[1:-1] if text.startswith("(") and text.endswith(")") else text
 
@@ -187,8 +205,10 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
     source_where = _conditions(check.row_filter, check.leaf_oids if whole else None)
     source_sums = {b: (n, s) for b, n, s in src.execute(
         _bucket_query(check.source, check.columns, check.key, source_where, buckets, whole)).fetchall()}
+    # A destination table prepared as a partitioned table holds its rows in its partitions (ONLY would see none).
+    target_whole = whole or _partitioned(dst, check.target)
     target_sums = {b: (n, s) for b, n, s in dst.execute(
-        _bucket_query(check.target, check.target_columns, check.target_key, [], buckets, whole)).fetchall()}
+        _bucket_query(check.target, check.target_columns, check.target_key, [], buckets, target_whole)).fetchall()}
     result = TableResult(str(check.source), str(check.target), sum(n for n, _ in source_sums.values()),
                          sum(n for n, _ in target_sums.values()), buckets, whole)
     differing = sorted(b for b in set(source_sums) | set(target_sums) if source_sums.get(b) != target_sums.get(b))
@@ -202,7 +222,7 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
         source_rows.setdefault(key, []).append(digest)
     target_rows: dict[str, list[str]] = {}
     for key, digest in dst.execute(_rows_query(check.target, check.target_columns, check.target_key, [], buckets,
-                                               differing, whole)):
+                                               differing, target_whole)):
         target_rows.setdefault(key, []).append(digest)
     for key in sorted(set(source_rows) | set(target_rows)):
         here, there = sorted(source_rows.get(key, [])), sorted(target_rows.get(key, []))
@@ -225,9 +245,11 @@ def compare_table(check: TableCheck, src: psycopg.Connection, dst: psycopg.Conne
 
 
 def compare(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
-            snapshot: str | None = None, log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+            snapshot: str | None = None, sequences: list[SequenceState] | None = None,
+            log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Compare everything the migration moves: the rows of every table (partitioned ones too), the set of
-    partitions, sequences and large objects. With ``snapshot``, the source is read in that exported snapshot."""
+    partitions, sequences and large objects. With ``snapshot``, the source is read in that exported snapshot, and
+    the sequences are compared with ``sequences`` when given (the states read at that snapshot)."""
     from airflow_pgmigrate.engine.schema import read_source_schema
 
     started = time.monotonic()
@@ -256,7 +278,9 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                 f"differing_buckets={result.differing_buckets} missing={result.missing_count} "
                 f"extra={result.extra_count} different={result.different_count} "
                 f"seconds={time.monotonic() - t0:.2f}")
-        state = compare_state(config, src, dst, schema)
+        state = compare_state(config, src, dst, schema, sequences)
+        views = _compare_views(config, schema, src, dst, log)
+        definition_only = sorted(str(t) for t in tables_without_rows(src, config.objects.exclude_data))
         if snapshot is not None:
             src.rollback()
     report = {
@@ -264,6 +288,8 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
         "partitions": partitions,
         "sequences": state["sequences"],
         "large_objects": state["large_objects"],
+        "materialized_views": views,
+        "definition_only": definition_only,
         "rows": sum(r.source_rows for r in results if not r.partitioned),
         "seconds": round(time.monotonic() - started, 3),
     }
@@ -273,7 +299,8 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                              + sum(len(p["missing"]) + len(p["extra"]) for p in partitions)
                              + sum(1 for s in state["sequences"] if not s["equal"])
                              + sum(state["large_objects"][k] for k in ("missing_count", "extra_count",
-                                                                       "different_count")))
+                                                                       "different_count", "other_roles_count"))
+                             + sum(max(1, v["missing_count"] + v["extra_count"]) for v in views if not v["equal"]))
     lo = state["large_objects"]
     log(f"verify sequences={len(state['sequences'])} behind={sum(1 for s in state['sequences'] if not s['equal'])} "
         f"large_objects={lo['source_count']}/{lo['destination_count']} partitioned_tables={len(partitions)}")
@@ -282,6 +309,17 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
     log(f"verify done tables={len(results)} equal={report['equal']} differences={report['differences']} "
         f"seconds={report['seconds']}")
     return report
+
+
+def _compare_views(config: MigrationConfig, schema: ViewCatalog, src: psycopg.Connection, dst: psycopg.Connection,
+                   log: Callable[[str], None]) -> list[dict[str, Any]]:
+    views = compare_materialized_views(config, schema, src, dst)
+    for v in views:
+        log(f"verify materialized_view={v['view']} populated={v['source_populated']}/{v['destination_populated']} "
+            f"rows={v['source_rows']}/{v['destination_rows']} equal={v['equal']}")
+        if v.get("stale_on_source"):
+            log(f"verify warning: materialized view {v['view']}: {v['note']}")
+    return views
 
 
 def _through_partitions(check: TableCheck, done: dict[QualifiedName, TableResult]) -> TableResult:
@@ -315,10 +353,20 @@ def differences(report: dict[str, Any], limit: int = 5) -> list[str]:
             out.append(f"sequence {seq['sequence']} ({seq['direction']}) is {seq['problem']}")
     lo = report.get("large_objects") or {}
     for kind, words in (("missing", "missing on the destination"), ("extra", "only on the destination"),
-                        ("different", "with different data")):
+                        ("different", "with different data"),
+                        ("other_roles", "with another owner or other grants than the source's (mapped)")):
         if lo.get(f"{kind}_count"):
             oids = ", ".join(map(str, lo[kind][:limit]))
             out.append(f"large objects {words}: {lo[f'{kind}_count']} (oid {oids})")
+    for view in report.get("materialized_views", []):
+        if view["equal"]:
+            continue
+        if view["source_populated"] != view["destination_populated"]:
+            out.append(f"materialized view {view['view']} (populated on the source: {view['source_populated']}, on "
+                       f"the destination: {view['destination_populated']})")
+        else:
+            out.append(f"materialized view {view['view']} (missing {view['missing_count']}, extra "
+                       f"{view['extra_count']} row(s), and not what a refresh on the source gives either)")
     return out
 
 
@@ -328,6 +376,12 @@ def verify_migration(config: MigrationConfig, source: ConnectionInfo, destinatio
     exactly to L (apply every transaction committed before it, none after), then compare against that snapshot."""
     from airflow_pgmigrate.engine.incremental import IncrementalSync
 
+    if not config.wants("incremental"):
+        # No slot to pause at a snapshot: compare with the source as it is now (writes since the full load show as
+        # differences).
+        report = compare(config, source, destination, log=log)
+        report["lsn"] = None
+        return report
     version = 0
     with connect(source) as src:
         version = catalog.server_version_num(src)
@@ -357,9 +411,11 @@ def verify_migration(config: MigrationConfig, source: ConnectionInfo, destinatio
                 if result.caught_up:
                     break
             # Sequences and large objects are not streamed: brought to the snapshot too (sequences only forward).
-            sync_sequences(config, source, destination, snapshot=snapshot, log=log)
-            sync_large_objects_between(source, destination, snapshot=snapshot, log=log)
-            report = compare(config, source, destination, snapshot=snapshot, log=log)
+            states = sequences_of(config, source, snapshot)
+            sync_sequences(config, source, destination, states=states, log=log)
+            sync_large_objects_between(source, destination, snapshot=snapshot, roles=LargeObjectRoles.of(config),
+                                       log=log)
+            report = compare(config, source, destination, snapshot=snapshot, sequences=states, log=log)
         report["lsn"] = lsn
         report["changes_applied"] = applied  # brought over to reach the snapshot (the cutover counts them as late)
         return report

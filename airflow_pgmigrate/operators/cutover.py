@@ -15,16 +15,26 @@ from airflow_pgmigrate.operators.base import MigrationBaseOperator
 
 
 def _rule_remover(operator: MigrationBaseOperator) -> Any:
+    """Remove the ingress rules the precheck added once the cutover or the abort is done with the source, as the
+    ingress cleanup does (the recorded rules, and those found by their description). Never raises: this runs after
+    the slot is released, so an AWS error is logged and left to the cleanup teardown, which fails naming it."""
     config = operator.migration
     if config.rds is None:
         return None
 
-    def remove(rules: list[dict[str, Any]]) -> list[Any]:
-        from airflow_pgmigrate.engine.rds import IngressRule, RdsInspector
-        from airflow_pgmigrate.hooks.rds import rds_clients
+    def remove(_recorded: list[dict[str, Any]]) -> list[Any]:
+        from airflow_pgmigrate.engine.rds import RdsInspector
+        from airflow_pgmigrate.engine.rds_ledger import IngressLedger, remove_added_rules
+        from airflow_pgmigrate.hooks.rds import rds_client_factory
 
         assert config.rds is not None
-        return RdsInspector(*rds_clients(config.rds)).remove_ingress_rules(IngressRule.from_dict(r) for r in rules)
+        ledger = IngressLedger(MigrationState(operator.destination_info, config.state_schema, config.name))
+        result = remove_added_rules(RdsInspector(client_factory=rds_client_factory(config.rds)), config.rds,
+                                    config.name, ledger)
+        for problem in result["problems"]:
+            operator.log.warning("ingress rules not removed yet (the remove_ingress_rules task tries again): %s",
+                                 problem)
+        return list(result["removed_ingress_rules"])
 
     return remove
 
@@ -66,32 +76,8 @@ class ReleaseOperator(MigrationBaseOperator):
         remover = _rule_remover(self)
         rules = MigrationState(self.destination_info, config.state_schema, config.name).get("added_ingress_rules")
         if remover is not None and rules:
-            removed = [r.to_dict() for r in remover(rules)]
+            removed = remover(rules)
         return {**dropped, "removed_ingress_rules": removed}
 
 
-def decision_key(run_id: str, round_: int) -> str:
-    return f"cutover_decision.{run_id}.{round_}"
-
-
-class CutoverDecisionOperator(MigrationBaseOperator):
-    """Records the answer to the cutover question in the migration state, so the sensor that keeps the destination
-    in sync while the question waits knows it can stop."""
-
-    template_fields: Sequence[str] = ("config",)
-    ui_color = "#fcf3cf"
-
-    def __init__(self, *, decision: str, round_number: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.decision = decision
-        self.round_number = round_number
-
-    def execute(self, context: Context) -> str:
-        config = self.migration
-        MigrationState(self.destination_info, config.state_schema, config.name).put(
-            decision_key(context["run_id"], self.round_number), self.decision)
-        self.log.info("cutover decision=%s round=%d", self.decision, self.round_number)
-        return self.decision
-
-
-__all__ = ["CutoverDecisionOperator", "CutoverOperator", "ReleaseOperator", "decision_key"]
+__all__ = ["CutoverOperator", "ReleaseOperator"]

@@ -25,6 +25,25 @@ class IngressCleanupOperator(MigrationBaseOperator):
     template_fields: Sequence[str] = ("config",)
     ui_color = "#d7dbdd"
 
+    def __init__(self, *, keep_while_migrating: bool = False, **kwargs: Any) -> None:
+        """``keep_while_migrating``: for a DAG that only prechecks (it shares the migration's record and rules'
+        description): keep the rules while the migration's replication slot exists, as its sync needs them."""
+        super().__init__(**kwargs)
+        self.keep_while_migrating = keep_while_migrating
+
+    def _migration_in_progress(self) -> bool:
+        """Whether the migration's replication slot exists on the source (False when the source cannot tell)."""
+        from airflow_pgmigrate.engine.connection import connect
+
+        try:
+            with connect(self.source_info) as src:
+                return src.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s",
+                                   (self.migration.slot_name,)).fetchone() is not None
+        except Exception as exc:  # noqa: BLE001 - an unreachable source needs no network rule kept for it
+            self.log.warning("ingress cleanup: cannot tell whether migration %s is in progress (%s)",
+                             self.migration.name, exc)
+            return False
+
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_pgmigrate.engine.rds import RdsInspector
         from airflow_pgmigrate.engine.rds_ledger import IngressLedger, remove_added_rules
@@ -34,6 +53,10 @@ class IngressCleanupOperator(MigrationBaseOperator):
         if config.rds is None or not config.rds.manage_security_group:
             self.log.info("ingress cleanup migration=%s: the migration adds no ingress rule", config.name)
             return {"removed_ingress_rules": [], "problems": []}
+        if self.keep_while_migrating and self._migration_in_progress():
+            self.log.info("ingress cleanup migration=%s: kept, the migration is in progress (its slot %s exists) and "
+                          "its own DAG removes the rules at its end", config.name, config.slot_name)
+            return {"removed_ingress_rules": [], "problems": [], "kept": True}
         try:
             ledger: IngressLedger | None = IngressLedger(MigrationState(self.destination_info, config.state_schema,
                                                                         config.name))

@@ -139,13 +139,18 @@ def test_kill_mid_copy_without_a_slot_then_the_retry_completes(migration_env):
     assert_same_data(env)
 
 
-def test_kill_mid_batch_of_incremental_sync_records_nothing_of_the_batch(migration_env):
-    env = migration_env
+def accounts_in_sync(env, rows: int):
+    """Table public.acc of ``rows`` zero balances, migrated and caught up; the config and the applied position."""
     env.src("CREATE TABLE public.acc (id int PRIMARY KEY, v bigint NOT NULL);"
-            "INSERT INTO public.acc SELECT g, 0 FROM generate_series(1, 2000) g")
+            f"INSERT INTO public.acc SELECT g, 0 FROM generate_series(1, {int(rows)}) g")
     config = start_migration(env)
     catch_up(env, config)
-    before = applied_lsn(env, config.name)
+    return config, applied_lsn(env, config.name)
+
+
+def test_kill_mid_batch_of_incremental_sync_records_nothing_of_the_batch(migration_env):
+    env = migration_env
+    config, before = accounts_in_sync(env, 2000)
     env.src("UPDATE public.acc SET v = v + 1")  # one transaction: one batch
     env.src("INSERT INTO public.acc VALUES (5000, 5)")
     with holding(env.destination, env.destination_db, "SELECT * FROM public.acc WHERE id = 1500 FOR UPDATE"):
@@ -204,3 +209,28 @@ def psycopg_conn(env):
     import psycopg
 
     return psycopg.connect(**env.destination_info().connect_kwargs(), autocommit=True)
+
+
+def test_kill_while_the_caps_hold_a_transaction_written_in_parts(migration_env):
+    """Under a cap of 200 changes/s a 3,000-change transaction is written in parts into one open destination
+    transaction, the reading thread paying the caps between them; killed there, after earlier batches committed.
+    Nothing of it is in the destination, the source was never told more than the destination made durable, and the
+    retry applies it once."""
+    env = migration_env
+    config, before = accounts_in_sync(env, 10)
+    for i in range(3):
+        env.src(f"INSERT INTO public.acc SELECT 100 * {i + 1} + g, 1 FROM generate_series(1, 50) g")
+    env.src("UPDATE public.acc SET v = v + 1000 WHERE id <= 10; "
+            "INSERT INTO public.acc SELECT 10000 + g, 7 FROM generate_series(1, 3000) g")
+    child = Child(env, "incremental", env.config_dict(throttling={"incremental": {"rows_per_second": 200}}))
+    child.kill_when(lambda: applied_lsn(env, config.name) != before and bool(
+        sessions(env.destination, env.destination_db, "state = 'idle in transaction'")))
+    orphans_gone(env)
+    applied = applied_lsn(env, config.name)
+    assert env.dst("SELECT count(*) FROM public.acc WHERE id > 10000 OR v >= 1000") == [(0,)], "no part of it"
+    confirmed = env.src("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                        (config.slot_name,))[0][0]
+    assert env.src("SELECT %s::pg_lsn <= %s::pg_lsn", (confirmed, applied)) == [(True,)], (confirmed, applied)
+    catch_up(env, config)
+    assert env.dst("SELECT sum(v), count(*) FROM public.acc") == [(10 * 1000 + 150 + 3000 * 7, 3160)]
+    assert_same_data(env)

@@ -205,23 +205,38 @@ def test_client_programs_without_tls_are_not_used_for_tls_connections():
     assert chosen is None or supports_tls(chosen.path)
 
 
-def test_a_newer_destination_keeps_a_pg_dump_that_reaches_a_tls_only_source(tls_server, tls_db, migration_env,
-                                                                              pg_servers):
-    """15 -> 18 prefers pg_dump 18, but the wheel's has no TLS: the source's own version (with TLS) dumps instead."""
+def pre_data_to_a_newer_destination(tls_server, tls_db, migration_env, pg_servers, source, name):
+    """pre_data of one table from the TLS-only source to a newer server whose pg_dump (the wheel's) has no TLS."""
     other = pg_servers.other_version()
     if other is None or other.major <= tls_server.major:
         pytest.skip("no newer PostgreSQL major version on this machine")
-    newer = find_pg_dump(other.major)
-    if supports_tls(newer.path):
-        pytest.skip("the newer pg_dump has TLS: nothing to fall back from")
+    if supports_tls(find_pg_dump(other.major).path) or not supports_tls(find_pg_dump(tls_server.major).path):
+        pytest.skip("needs a newer pg_dump without TLS and a source-version pg_dump with TLS")
     tls_server.execute("CREATE TABLE public.t (id int PRIMARY KEY)", tls_db)
-    source = PostgresEndpointHook("pgm_tls_source").connection_info
     other.create_database(migration_env.destination_db)
     try:
-        config = MigrationConfig.from_dict({"name": "tls_new", "source": {"conn_id": "pgm_tls_source"},
+        config = MigrationConfig.from_dict({"name": name, "source": {"conn_id": "pgm_tls_source"},
                                             "destination": {"conn_id": "pgm_destination"}})
-        report = migrate_schema(config, source, other.info(migration_env.destination_db), "pre_data")
-        assert report.pg_dump.startswith(f"{tls_server.major} "), report.pg_dump
-        assert report.created["table"] == 1
+        return migrate_schema(config, source, other.info(migration_env.destination_db), "pre_data")
     finally:
         other.drop_database(migration_env.destination_db)
+
+
+def test_a_newer_destination_keeps_a_pg_dump_that_reaches_a_tls_only_source(tls_server, tls_db, migration_env,
+                                                                              pg_servers):
+    """15 -> 18 prefers pg_dump 18, but the wheel's has no TLS: the source's own version (with TLS) dumps instead."""
+    source = PostgresEndpointHook("pgm_tls_source").connection_info
+    report = pre_data_to_a_newer_destination(tls_server, tls_db, migration_env, pg_servers, source, "tls_new")
+    assert report.pg_dump.startswith(f"{tls_server.major} "), report.pg_dump
+    assert report.created["table"] == 1
+
+
+def test_a_newer_destination_does_not_drop_tls_where_the_connection_prefers_it(tls_server, tls_db, migration_env,
+                                                                               pg_servers):
+    """sslmode=prefer (libpq's default) must not turn into a dump in clear: a newer pg_dump built without TLS is not
+    used when the source's own version has TLS (against this TLS-only source, a dump in clear is refused)."""
+    verified = PostgresEndpointHook("pgm_tls_source").connection_info
+    source = replace(verified, params={**verified.params, "sslmode": "prefer"})
+    report = pre_data_to_a_newer_destination(tls_server, tls_db, migration_env, pg_servers, source, "tls_prefer")
+    assert report.pg_dump.startswith(f"{tls_server.major} "), report.pg_dump
+    assert report.created["table"] == 1

@@ -53,8 +53,8 @@ def test_cutover_freezes_drains_sets_sequences_verifies_and_releases(migration_e
     migration_env.src("INSERT INTO public.orders (amount) SELECT g FROM generate_series(1, 50) g")
     report = run_cutover(config, migration_env.source_info(), migration_env.destination_info())
     assert report["status"] == "completed" and report["verification"]["equal"] is True
-    assert [s["step"] for s in report["steps"]] == ["freeze", "drain", "writes_stopped", "sequences",
-                                                    "large_objects", "verify", "final_check", "release"]
+    assert [s["step"] for s in report["steps"]] == ["freeze", "drain", "writes_stopped", "materialized_views",
+                                                    "sequences", "large_objects", "verify", "final_check", "release"]
     assert report["released"] == {"slot": True, "publication": True}
     assert report["downtime_seconds"] is not None
     assert migration_env.dst("SELECT last_value FROM public.orders_id_seq") == [(1150,)]

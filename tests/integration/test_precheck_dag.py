@@ -96,7 +96,8 @@ def test_a_failed_migration_still_removes_the_rule(migration_env, airflow_db, aw
     from tests.unit.test_rds import ingress_cidrs
 
     ec2, sg_id = _rds_fixture()
-    migration_env.src("CREATE TABLE public.orders (id bigint PRIMARY KEY); CREATE TABLE public.nokey (a int)")
+    migration_env.src("CREATE TABLE public.orders (id bigint PRIMARY KEY)")
+    migration_env.dst("CREATE TABLE public.orders (id bigint)")  # a name conflict fails the precheck
 
     dag_run = _run("pgmigrate_it_precheck_rds")
 
@@ -116,7 +117,7 @@ def test_an_aborted_migration_removes_the_rule(migration_env, airflow_db, aws_en
     prepare_orm()
     ec2, sg_id = _rds_fixture()
     migration_env.src("CREATE TABLE public.orders (id bigint PRIMARY KEY); INSERT INTO public.orders VALUES (1)")
-    responder = Responder("pgmigrate_it_rds_abort", {"cutover_approval_1": "Abort"})
+    responder = Responder("pgmigrate_it_rds_abort", [("cutover_question", "Abort")])
     responder.start()
     try:
         dag_run = _run("pgmigrate_it_rds_abort")

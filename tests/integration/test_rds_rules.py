@@ -143,3 +143,85 @@ def test_killed_between_authorize_and_record_the_rule_is_still_removed(migration
     assert [r["cidr"] for r in result["removed_ingress_rules"]] == [WORKER]
     assert result["aws_problems"] == []
     assert ingress_cidrs(ec2, sg_id) == [] and ledger.read() == []
+
+
+def _revoke_denied(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Every ec2 client the operators make answers RevokeSecurityGroupIngress with UnauthorizedOperation (until the
+    returned function is called)."""
+    import airflow_pgmigrate.hooks.rds as hooks
+
+    real = hooks.rds_client_factory
+
+    def factory(settings: Any) -> Any:
+        make = real(settings)
+
+        def client(service: str) -> Any:
+            made = make(service)
+            if service == "ec2":
+                inject_error(made, "RevokeSecurityGroupIngress", "UnauthorizedOperation")
+            return made
+        return client
+
+    real_clients = hooks.rds_clients
+    monkeypatch.setattr(hooks, "rds_client_factory", factory)
+    monkeypatch.setattr(hooks, "rds_clients", lambda settings: (factory(settings)("rds"), factory(settings)("ec2")))
+
+    def allow() -> None:
+        monkeypatch.setattr(hooks, "rds_client_factory", real)
+        monkeypatch.setattr(hooks, "rds_clients", real_clients)
+    return allow
+
+
+def test_a_rule_that_cannot_be_removed_never_fails_a_cutover_that_released_the_slot(migration_env, aws, monkeypatch):
+    """Removing the rule comes after the point of no return (slot and publication dropped): a denied revoke is
+    reported and left to the ingress cleanup teardown (which fails naming the action); the cutover completes."""
+    from airflow_pgmigrate.exceptions import PgMigrateError
+    from airflow_pgmigrate.operators.cutover import CutoverOperator
+    from airflow_pgmigrate.operators.rds import IngressCleanupOperator
+    from tests.integration.test_incremental import catch_up, start_migration
+
+    rds, ec2, sg_id = aws
+    env = migration_env
+    env.src("CREATE TABLE IF NOT EXISTS public.orders (id bigint PRIMARY KEY)")
+    rds_settings = {"db_instance_identifier": "shop-prod", "worker_cidrs": [WORKER], "manage_security_group": True}
+    config = start_migration(env, rds=rds_settings, cutover={"freeze_source": True})
+    assert _precheck(env, config, rds, ec2).result("rds_security_group").status == "passed"
+    env.src("INSERT INTO public.orders VALUES (1)")
+    catch_up(env, config)
+    allow_revoke = _revoke_denied(monkeypatch)
+    try:
+        report = CutoverOperator(task_id="cutover", config=config.to_dict()).execute({})
+    finally:
+        env.source.execute(f'ALTER DATABASE "{env.source_db}" RESET default_transaction_read_only')
+    assert report["status"] == "completed" and report["verification"]["equal"] is True
+    assert env.dst("SELECT id FROM public.orders") == [(1,)]
+    assert ingress_cidrs(ec2, sg_id) == [("tcp", 5432, 5432, WORKER)]  # still there: the teardown's to remove
+    with pytest.raises(PgMigrateError, match="ec2:RevokeSecurityGroupIngress"):
+        IngressCleanupOperator(task_id="remove_ingress_rules", config=config.to_dict()).execute({})
+    allow_revoke()
+    IngressCleanupOperator(task_id="remove_ingress_rules", config=config.to_dict()).execute({})
+    assert ingress_cidrs(ec2, sg_id) == []
+
+
+def test_the_adhoc_precheck_leaves_the_rule_of_a_migration_in_progress(migration_env, aws):
+    """The ad hoc precheck DAG run on the config of a migration whose incremental sync is under way (its slot
+    exists) shares the migration's record and description: its cleanup must not cut the running sync off the
+    database. Once the migration is released, the same cleanup removes the rule."""
+    from airflow_pgmigrate.engine.incremental import release
+    from airflow_pgmigrate.templates.migration_dag import build_adhoc_precheck_dag
+    from tests.integration.test_incremental import start_migration
+
+    rds, ec2, sg_id = aws
+    env = migration_env
+    env.src("CREATE TABLE IF NOT EXISTS public.orders (id bigint PRIMARY KEY)")
+    config = start_migration(env, rds={"db_instance_identifier": "shop-prod", "worker_cidrs": [WORKER],
+                                       "manage_security_group": True})
+    assert _precheck(env, config, rds, ec2).result("rds_security_group").status == "passed"
+    cleanup = build_adhoc_precheck_dag().get_task("remove_ingress_rules")
+    cleanup.config = config.to_dict()  # as the trigger form renders it
+    cleanup.execute({})
+    assert ingress_cidrs(ec2, sg_id) == [("tcp", 5432, 5432, WORKER)]
+    assert [r.cidr for r in _ledger(env, config).read()] == [WORKER]
+    release(config, env.source_info())
+    cleanup.execute({})
+    assert ingress_cidrs(ec2, sg_id) == [] and _ledger(env, config).read() == []

@@ -235,3 +235,115 @@ def test_a_selected_table_brings_the_schema_of_the_extension_it_needs(migration_
     assert env.dst("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'citext'") == \
         [("ext",)]
     assert env.dst("SELECT to_regclass('app.c') IS NOT NULL, to_regclass('app.other')") == [(True, None)]
+
+
+def rerun_after_change(env, roles: tuple[str, ...], before: str, change: str, phase: str = "pre_data") -> dict:
+    """Both phases with grants, then ``change`` on the source, then ``phase`` again: its report."""
+    from airflow_pgmigrate.engine.state import MigrationState
+
+    for role in roles:
+        env.create_role(env.source, role, "pw")
+        env.create_role(env.destination, role, "pw")
+    env.src(before)
+    config = env.config(schema_migration={"migrate_grants": True})
+    state = MigrationState(env.destination_info(), config.state_schema, config.name)
+    for first in ("pre_data", "post_data"):
+        migrate_schema(config, env.source_info(), env.destination_info(), first, state=state)
+    env.src(change)
+    return migrate_schema(config, env.source_info(), env.destination_info(), phase, state=state).to_dict()
+
+
+def test_a_rerun_reports_grants_and_comments_that_changed_on_the_source(migration_env):
+    """A re-run must not call an object identical, nor keep quiet, when its grants or comment changed on the source:
+    the destination would keep a privilege the source revoked."""
+    env = migration_env
+    again = rerun_after_change(
+        env, ("rv_reader", "rv_writer"),
+        "CREATE TABLE public.t (id int PRIMARY KEY); GRANT SELECT ON public.t TO rv_reader;"
+        "COMMENT ON TABLE public.t IS 'first';"
+        "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1';"
+        "REVOKE ALL ON FUNCTION public.f() FROM PUBLIC; GRANT EXECUTE ON FUNCTION public.f() TO rv_reader",
+        "REVOKE SELECT ON public.t FROM rv_reader; GRANT SELECT ON public.t TO rv_writer;"
+        "COMMENT ON TABLE public.t IS 'second'; REVOKE EXECUTE ON FUNCTION public.f() FROM rv_reader")
+    differing = {d["object"] for d in again["differing"]}
+    assert {"acl public.TABLE t", "comment public.TABLE t", "acl public.FUNCTION f()"} <= differing, again
+    identical = {s["object"] for s in again["skipped"] if s["reason"] == "exists already, identical"}
+    assert not identical & differing
+    assert env.dst("SELECT has_table_privilege('rv_reader', 'public.t', 'SELECT')") == [(True,)]
+
+
+def test_user_mapping_secrets_stay_out_of_the_report_and_the_log(migration_env):
+    """A user mapping's options may hold secrets under other names than ``password`` (postgres_fdw's
+    ``sslpassword``): none reaches the report (XCom) or the log when the mapping differs in the destination."""
+    import json
+
+    env = migration_env
+    server = "CREATE FOREIGN DATA WRAPPER fdw1; CREATE SERVER srv1 FOREIGN DATA WRAPPER fdw1;"
+    env.src(server + "CREATE USER MAPPING FOR PUBLIC SERVER srv1 "
+                     "OPTIONS (sslpassword 'ssl-secret-1', password 'pw-secret-2', \"Password\" 'pw-secret-3')")
+    env.dst(server + "CREATE USER MAPPING FOR PUBLIC SERVER srv1 OPTIONS (user 'someone')")
+    lines: list[str] = []
+    report = migrate_schema(env.config(conflicting_tables="ignore"), env.source_info(), env.destination_info(),
+                            "pre_data", log=lines.append)
+    assert [d["object"] for d in report.differing] == ["user mapping USER MAPPING public SERVER srv1"]
+    shown = json.dumps(report.to_dict()) + "\n".join(lines)
+    for secret in ("ssl-secret-1", "pw-secret-2", "pw-secret-3"):
+        assert secret not in shown
+
+
+def test_a_rerun_reports_grants_and_comments_the_source_no_longer_has(migration_env):
+    """A grant revoked back to the default (pg_dump then writes no ACL at all) or a comment removed on the source
+    leaves the destination wider than the source: the re-run says so instead of calling the objects identical."""
+    again = rerun_after_change(
+        migration_env, ("rv_reader",),
+        "CREATE TABLE public.t (id int PRIMARY KEY, note text); GRANT SELECT ON public.t TO rv_reader;"
+        "GRANT UPDATE (note) ON public.t TO rv_reader; COMMENT ON TABLE public.t IS 'first';"
+        "CREATE FUNCTION public.f(p_id bigint) RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1';"
+        "REVOKE ALL ON FUNCTION public.f(bigint) FROM PUBLIC; COMMENT ON FUNCTION public.f(bigint) IS 'one'",
+        "REVOKE ALL ON public.t FROM rv_reader; REVOKE UPDATE (note) ON public.t FROM rv_reader;"
+        "COMMENT ON TABLE public.t IS NULL; GRANT EXECUTE ON FUNCTION public.f(bigint) TO PUBLIC;"
+        "COMMENT ON FUNCTION public.f(bigint) IS NULL")
+    differing = {d["object"] for d in again["differing"]}
+    assert {"acl public.TABLE t", "acl public.COLUMN t.note", "comment public.TABLE t",
+            "acl public.FUNCTION f(p_id bigint)", "comment public.FUNCTION f(p_id bigint)"} <= differing, again
+
+
+def test_a_cast_of_types_a_table_selection_leaves_out_is_not_migrated(migration_env):
+    """A table-level selection migrates only what its tables need from their schema: a cast between types of that
+    schema that nothing selected needs is left out (and named), instead of failing on its missing type."""
+    env = migration_env
+    env.src(DATABASE_WIDE + "CREATE TYPE app.mood AS ENUM ('ok'); CREATE TABLE app.c (id int PRIMARY KEY, m app.mood)")
+    pre = run(env, env.config(objects={"tables": ["app.c"]}), "pre_data")
+    assert env.dst("SELECT to_regclass('app.c') IS NOT NULL, to_regtype('app.amount')") == [(True, None)]
+    skipped = {s["object"]: s["reason"] for s in pre.skipped}
+    assert "database-wide object" in skipped.get("cast CAST (app.amount AS numeric)", ""), skipped
+
+
+def test_the_comment_of_a_skipped_foreign_key_is_left_out_with_it(migration_env):
+    env = migration_env
+    env.src(FOREIGN_KEYS + "COMMENT ON CONSTRAINT notes_customer ON public.notes IS 'to the excluded table'")
+    config = env.config(objects={"schemas": ["public"], "exclude": ["public.customers"]},
+                        schema_migration={"foreign_keys_to_excluded": "skip"})
+    run(env, config, "pre_data")
+    post = run(env, config, "post_data")
+    skipped = {s["object"]: s["reason"] for s in post.skipped}
+    assert "belongs to an object that is not migrated" in skipped.get(
+        "comment public.CONSTRAINT notes_customer ON notes", ""), skipped
+    assert env.dst("SELECT conname FROM pg_constraint WHERE contype = 'f' ORDER BY 1") == [("orders_parent_id_fkey",)]
+
+
+def test_a_rerun_reports_default_privileges_that_changed_on_the_source(migration_env):
+    """Running a changed ALTER DEFAULT PRIVILEGES again would add its grants to the ones the first run made (the
+    destination's future tables readable by both roles): it is reported instead, and the destination kept."""
+    env = migration_env
+    again = rerun_after_change(
+        env, ("rv_reader", "rv_writer"),
+        "CREATE TABLE public.t (id int PRIMARY KEY);"
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO rv_reader",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE SELECT ON TABLES FROM rv_reader;"
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO rv_writer", "post_data")
+    assert again["created_total"] == 0, again["objects"]
+    assert "default acl public.DEFAULT PRIVILEGES FOR TABLES" in {d["object"] for d in again["differing"]}, (again["skipped"], again["differing"])
+    env.dst("CREATE TABLE public.later (id int)")
+    assert env.dst("SELECT has_table_privilege('rv_reader', 'public.later', 'SELECT'), "
+                   "has_table_privilege('rv_writer', 'public.later', 'SELECT')") == [(True, False)]

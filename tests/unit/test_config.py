@@ -306,6 +306,8 @@ _BAD: list[tuple[str, dict[str, Any], str]] = [
      "objects.tables[1]"),
     ("table key with three parts", _with(MINIMAL, filters={"a.b.c": "id > 1"}), "filters['a.b.c']"),
     ("include pattern without schema", _with(MINIMAL, objects={"exclude": ["tmp_*"]}), "objects.exclude[0]"),
+    ("exclude_data pattern without schema", _with(MINIMAL, objects={"exclude_data": ["audit"]}),
+     "objects.exclude_data[0]"),
     ("filter that is not SQL", _with(MINIMAL, filters={"public.orders": "only the big ones"}),
      "filters['public.orders']"),
     ("empty filter", _with(MINIMAL, filters={"public.orders": "  "}), "filters['public.orders']"),
