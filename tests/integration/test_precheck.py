@@ -376,6 +376,12 @@ def test_privileges_narrower_than_public_defaults_are_named_when_grants_are_not_
                             "type app.mood (no USAGE for PUBLIC)"]
     assert "2 object(s)" in item.detail and "open to every role" in item.detail
     assert "schema_migration.migrate_grants: true" in item.fix
+    # Database-wide default privileges that revoke from PUBLIC are named too.
+    migration_env.src("ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC")
+    (item,) = results_of(migration_env.precheck(), "privileges_not_migrated", "warning")
+    assert item.objects[0] == "default privileges of postgres on functions (no EXECUTE for PUBLIC)"
+    assert len(item.objects) == 3
+    migration_env.src("ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO PUBLIC")
     # A selection without the app schema migrates neither object.
     report = migration_env.precheck(objects={"schemas": ["sales"]})
     assert report.result("privileges_not_migrated").status == "passed"
