@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv lint test test-fast test-faults test-peer demo demo-ui clean
+.PHONY: venv lint test test-fast test-faults test-peer test-real-airflow demo demo-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,15 @@ lint: venv
 	$(BIN)/ruff check airflow_pgmigrate tests dags demo bench
 	$(BIN)/mypy
 
-# The whole suite: lint, type check, unit tests, and integration tests against real PostgreSQL servers and Airflow.
+# The whole suite: lint, type check, unit tests, and integration tests against real PostgreSQL servers and Airflow
+# (dag.test()). The real Airflow deployment and browser tests have their own target (.ci/run runs both).
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -m "not real_airflow"
+
+# A real Airflow (scheduler, dag processor, triggerer, API server) driven through its REST API, and Debian's Chromium
+# (headless) on its UI; screenshots and component logs in $${PGMIGRATE_TEST_ARTIFACTS:-/tmp/pgmigrate-artifacts}.
+test-real-airflow: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m real_airflow
 
 # Only the fault-injection, abuse and security suite (also part of `make test`).
 test-faults: venv
@@ -36,7 +42,8 @@ test-fast: venv
 demo: venv
 	$(BIN)/python demo/run_demo.py
 
-# The same migration with Airflow's UI on http://localhost:8080: answer the cutover question in the browser.
+# The same migration in a real Airflow with its UI on http://localhost:8080: answer the cutover question in the
+# browser; Ctrl-C stops every process it started.
 demo-ui: venv
 	$(BIN)/python demo/run_demo.py --ui
 

@@ -663,7 +663,8 @@ class ReportSettings(_Validated):
     #: Folder of the report files (one ``<name>.html`` per migration). None: ``$PGMIGRATE_REPORT_FOLDER``, else
     #: ``$AIRFLOW_HOME/pgmigrate_reports``.
     directory: str | None = None
-    #: Where that folder is served over HTTP, for the task's "Migration report" link. None: a file:// link.
+    #: Where that folder is served over HTTP, for the task's "Migration report" link. None: the page Airflow's API
+    #: server serves (the provider's plugin, /pgmigrate/reports/<name>.html).
     base_url: str | None = None
 
     @classmethod

@@ -26,16 +26,19 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_pgmigrate.operators.base",
                     "airflow_pgmigrate.operators.cutover",
+                    "airflow_pgmigrate.operators.cutover_question",
                     "airflow_pgmigrate.operators.full_load",
                     "airflow_pgmigrate.operators.precheck",
                     "airflow_pgmigrate.operators.rds",
                     "airflow_pgmigrate.operators.schema",
+                    "airflow_pgmigrate.operators.start",
                     "airflow_pgmigrate.operators.verify",
                 ],
             }
         ],
         "sensors": [
-            {"integration-name": "PgMigrate", "python-modules": ["airflow_pgmigrate.sensors.incremental"]},
+            {"integration-name": "PgMigrate", "python-modules": ["airflow_pgmigrate.sensors.incremental",
+                                                                  "airflow_pgmigrate.sensors.cutover_wait"]},
         ],
         "hooks": [
             {

@@ -1,15 +1,23 @@
 """The demo: a migration of a small shop database between two local PostgreSQL servers, driven through Airflow.
 
 Starts a source (wal_level=logical) and a destination on free loopback ports, loads demo/sample.sql, writes a
-migration config, and runs the migration DAG with Airflow's ``dag.test()`` on a throwaway metadata DB. Prints the
-precheck report. ``--keep`` leaves the servers running and prints how to reach them.
+migration config, and runs the migration DAG with Airflow's ``dag.test()`` on a throwaway metadata DB, printing the
+migration's own progress (Airflow's log goes to .demo/airflow.log), then the precheck report and the cutover report.
+``--keep`` leaves the servers running and prints how to reach them; ``--keep-state`` keeps the migration's state
+schema in the destination (by default it is dropped at the end; the HTML report stays in .demo/reports).
+
+``--ui`` runs a real Airflow instead (scheduler, dag processor, triggerer, API server and UI on
+http://localhost:8080): trigger the DAG and answer the cutover question in the browser. Ctrl-C stops every process it
+started (Airflow's, in their own process groups, SIGKILL after a grace period) and the two servers.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -17,15 +25,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / ".demo"
+WORK = Path(os.environ.get("PGMIGRATE_DEMO_DIR") or ROOT / ".demo")  # where the servers, Airflow and reports go
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="leave the servers running at the end")
+    parser.add_argument("--keep-state", action="store_true",
+                        help="keep the migration's state schema in the destination at the end")
     parser.add_argument("--ui", action="store_true",
-                        help="run Airflow with its UI (airflow standalone) instead: trigger the DAG and answer the "
-                             "cutover question in the browser; Ctrl-C stops everything")
+                        help="run a real Airflow with its UI instead: trigger the DAG and answer the cutover question "
+                             "in the browser; Ctrl-C stops everything")
+    parser.add_argument("--port", type=int, default=8080, help="the Airflow UI's port with --ui (default 8080)")
     args = parser.parse_args()
 
     shutil.rmtree(WORK, ignore_errors=True)
@@ -71,7 +82,7 @@ def main() -> int:
             f"report: {{directory: {WORK / 'reports'}}}\n"
         )
         if args.ui:
-            return run_ui(source)
+            return run_ui(source, airflow_home, configs, args.port)
         print("demo: preparing Airflow's metadata database ...", flush=True)
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
         writer = WriteLoad(source.info("shop"))  # runs during the whole migration, full load included
@@ -81,7 +92,10 @@ def main() -> int:
         finally:
             writer.stop()
         print(f"demo: the write load committed {writer.transactions} transactions on the source during the run")
-        return code or verify(configs / "demo.yaml", source, destination)
+        code = code or verify(configs / "demo.yaml", source, destination)
+        if not args.keep_state:
+            drop_state(configs / "demo.yaml", destination)
+        return code
     finally:
         if args.keep:
             print(f"demo: servers left running: {source.uri('shop')} and {destination.uri('shop')}")
@@ -161,24 +175,129 @@ def verify(config_path: Path, source, destination) -> int:  # noqa: ANN001 - Loc
     return 0
 
 
-def run_ui(source) -> int:  # noqa: ANN001 - a LocalPostgres server
-    """Airflow with its UI on http://localhost:8080; a write load runs until Ctrl-C."""
-    os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
-    os.environ["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "False"
-    # airflow standalone starts its components as `airflow ...` commands: the virtualenv's bin must be on PATH.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    writer = WriteLoad(source.info("shop"))
-    writer.start()
-    print("demo: starting Airflow (airflow standalone) on http://localhost:8080 ...\n"
-          "demo: trigger pgmigrate_demo_shop, watch the lag in the incremental_sync log, then answer the cutover "
-          "question under Browse > Required actions. Ctrl-C stops Airflow and the servers.", flush=True)
+def drop_state(config_path: Path, destination) -> None:  # noqa: ANN001 - a LocalPostgres server
+    """The documented final step: keep the report as a file, remove the migration's state from the destination."""
+    from airflow_pgmigrate.config import MigrationConfig
+    from airflow_pgmigrate.engine.report import drop_state as drop
+    from airflow_pgmigrate.engine.report import write_report
+
+    config = MigrationConfig.from_yaml(config_path)
+    info = destination.info("shop")
+    path = write_report(config, info)
+    print(f"demo: {drop(config, info)}; the report stays in {path} (--keep-state keeps the schema)")
+
+
+def run_ui(source, airflow_home: Path, configs: Path, port: int) -> int:  # noqa: ANN001 - a LocalPostgres server
+    """A real Airflow (its own processes, UI on ``port``) with a write load on the source, until Ctrl-C."""
+    import signal
+
+    from airflow_pgmigrate.testing.airflow_deployment import Deployment, free_port
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("AIRFLOW_CONN_") or k.startswith("PGMIGRATE_")}
     try:
-        subprocess.run([sys.executable, "-m", "airflow", "standalone"], check=False)
+        with socket.create_server(("127.0.0.1", port)):
+            pass
+    except OSError:
+        print(f"demo: port {port} is taken; using another one", flush=True)
+        port = free_port()
+    airflow = Deployment(airflow_home, ROOT / "dags", env_extra=env, port=port)
+    writer = WriteLoad(source.info("shop"))
+
+    def interrupted(signum, frame) -> None:  # noqa: ANN001 - a signal handler
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # also when started with SIGINT ignored (a background job)
+    try:
+        print(f"demo: starting Airflow (scheduler, dag processor, triggerer, API server) in {airflow_home} ...",
+              flush=True)
+        airflow.start()
+        airflow.wait_for_dag("pgmigrate_demo_shop")
+        writer.start()
+        print(f"""
+demo: Airflow is up: {airflow.url}  (no login needed). A write load runs on the source meanwhile.
+  1. Open {airflow.url}/dags/pgmigrate_demo_shop and press Trigger (then Trigger again in the form).
+  2. Watch the steps in the grid: precheck, schema, full load, incremental sync, verify.
+  3. When cutover_question shows "Awaiting input" (also under Browse > Required Actions), open its
+     Required Action tab: it shows the lag, the write rate, the estimated drain and the last verification.
+     Answer Keep syncing (the destination keeps following; the question stays open), Cut over or Abort.
+  4. The migration report: any migration task > Details > Migration report
+     ({airflow.url}/pgmigrate/reports/demo_shop.html).
+demo: press Ctrl-C to stop Airflow and the two PostgreSQL servers.
+""", flush=True)
+        while True:
+            airflow.check_alive()
+            time.sleep(1)
     except KeyboardInterrupt:
-        pass
+        print("\ndemo: stopping Airflow ...", flush=True)
     finally:
-        writer.stop()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        if writer.is_alive():
+            writer.stop()
+        airflow.stop(grace=10)
+        left = airflow.leftovers()
+        print("demo: Airflow stopped" + (f"; still running: {left}" if left else " (every process it started)"),
+              flush=True)
     return 0
+
+
+class MigrationProgress:
+    """While ``dag.test()`` runs: Airflow's output goes to a log file, and only the migration's own progress lines
+    (what its tasks log: steps, rows, MB/s, lag, the cutover's steps) and each task's end are printed."""
+
+    OURS = re.compile(r"\[(\w+)\s*\] (.*?)\s+\[airflow\.task\.operators\.airflow_pgmigrate\.[\w.]*?(\w+)\] loc=")
+    TASK_END = re.compile(r"Task instance state updated .*new_state=(success|failed|skipped|up_for_retry)\b")
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> MigrationProgress:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._out = os.dup(1)
+        self._err = os.dup(2)
+        self._file = open(self.log, "ab")  # noqa: SIM115 - closed in __exit__
+        os.dup2(self._file.fileno(), 1)
+        os.dup2(self._file.fileno(), 2)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._out, 1)
+        os.dup2(self._err, 2)
+        self._halt.set()
+        self._thread.join(timeout=5)
+        self._file.close()
+
+    def _say(self, text: str) -> None:
+        os.write(self._out, (text + "\n").encode())
+
+    def _follow(self) -> None:
+        with open(self.log, encoding="utf-8", errors="replace") as handle:
+            handle.seek(0, os.SEEK_END)
+            while True:
+                line = handle.readline()
+                if not line:
+                    if self._halt.is_set():
+                        return
+                    time.sleep(0.2)
+                    continue
+                line = self.ANSI.sub("", line)
+                ours = self.OURS.search(line)
+                if ours is not None and ours.group(1) in ("info", "warning", "error"):
+                    step = re.sub(r"(Operator|Sensor)$", "", ours.group(3))
+                    level = "" if ours.group(1) == "info" else f"{ours.group(1).upper()} "
+                    self._step = step
+                    self._say(f"  {step:<18} {level}{ours.group(2)}")
+                    continue
+                end = self.TASK_END.search(line)
+                if end is not None and getattr(self, "_step", None):
+                    self._say(f"  {self._step:<18} -> {end.group(1)}")
 
 
 def run_dag() -> int:
@@ -196,8 +315,10 @@ def run_dag() -> int:
         print(f"demo: DAG import errors: {bag.import_errors}")
         return 1
     dag = bag.dags["pgmigrate_demo_shop"]
-    print(f"demo: running DAG {dag.dag_id} with tasks {', '.join(t.task_id for t in dag.tasks)} ...", flush=True)
-    dag_run = dag.test()
+    print(f"demo: running DAG {dag.dag_id} with tasks {', '.join(t.task_id for t in dag.tasks)} "
+          f"(Airflow's own log: {WORK / 'airflow.log'})", flush=True)
+    with MigrationProgress(WORK / "airflow.log"):
+        dag_run = dag.test()
 
     def xcom(task_id: str) -> dict | None:
         with create_session() as session:
@@ -233,7 +354,8 @@ def run_dag() -> int:
                   f"review={len(schema['review'])} refreshed={len(schema['refreshed'])}")
     alerts = WORK / "alerts.jsonl"
     print(f"demo: alerts sent: {len(alerts.read_text().splitlines()) if alerts.exists() else 0} ({alerts})")
-    print(f"demo: migration report: {WORK / 'reports' / 'demo_shop.html'} (also the tasks' Migration report link)")
+    print(f"demo: migration report: {WORK / 'reports' / 'demo_shop.html'} (with make demo-ui, Airflow serves it: the "
+          "tasks' Migration report link)")
     print()
     print(f"demo: DAG run {dag_run.run_id} ended {dag_run.state}")
     return 0 if dag_run.state == "success" else 1

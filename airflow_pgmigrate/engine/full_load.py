@@ -676,6 +676,7 @@ class FullLoad:
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         src.read_only = True
         dst = connect(self.destination, autocommit=True)
+        self._defer_foreign_keys(dst)
         try:
             while not self._stop.is_set():
                 with self._lock:
@@ -917,10 +918,24 @@ class FullLoad:
         return {"name": snapshot, "visible": row[0] if row else None}
 
     def _truncate(self, dst: psycopg.Connection, plans: list[TablePlan]) -> None:
-        for p in plans:
-            if p.staging:
-                continue  # pre-existing rows stay (conflicting_tables: ignore); the copy skips clashes
-            dst.execute(sql.SQL("TRUNCATE {}").format(_ident(p.target_name)))
+        # One statement: tables prepared with foreign keys between them can only be emptied together.
+        # Pre-existing rows of staging targets stay (conflicting_tables: ignore); the copy skips clashes.
+        targets = [_ident(p.target_name) for p in plans if not p.staging]
+        if targets:
+            dst.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(targets)))
+
+    def _defer_foreign_keys(self, dst: psycopg.Connection) -> None:
+        """Without schema migration the tables were prepared with their foreign keys, which the parallel copy would
+        trip over (a child's chunk before its parent's): the copy sessions skip them (``session_replication_role =
+        replica``, as incremental sync does) when the account may; the rows come from a consistent snapshot of a
+        source that enforced them. With schema migration the keys come after the load anyway."""
+        if self.config.wants("schema"):
+            return
+        try:
+            dst.execute("SET session_replication_role = replica")
+        except psycopg.errors.InsufficientPrivilege:
+            self.log("full_load: the destination account cannot set session_replication_role: tables with foreign "
+                     "keys between them are copied with the keys checked")
 
 
 def _where_clause(conditions: list[str]) -> sql.Composable:

@@ -800,15 +800,8 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
     assert ctx.dst is not None
     targets = {ctx.mapper.table(t.name): t.name for t in ctx.selected}
     existing = catalog.existing_relations(ctx.dst, list(targets))
-    creates = ctx.config.wants("schema") or ctx.config.wants("full")
-    if not creates:
-        missing = [str(t) for t in targets if existing.get(t) not in ("table", "partitioned table")]
-        if missing:
-            return [failed("name_conflicts",
-                           f"incremental migration without schema migration needs the destination tables, missing: "
-                           f"{_listing(missing)}", "create them first, or add schema to migration_types",
-                           objects=missing)]
-        return [passed("name_conflicts", f"all {len(targets)} destination table(s) exist")]
+    if not ctx.config.wants("schema"):
+        return check_prepared_tables(ctx)
     if not existing:
         return [passed("name_conflicts", f"none of the {len(targets)} destination name(s) exists yet")]
     names = [f"{name} ({kind})" for name, kind in sorted(existing.items())]
@@ -850,6 +843,39 @@ def check_destination_large_objects(ctx: PrecheckContext) -> list[CheckResult]:
                    f"that the source does not have (the cutover would unlink them): oid {_listing(oids)}",
                    "migrate into a database without large objects of its own, or, if they are not needed, remove "
                    "them on the destination: SELECT lo_unlink(oid) FROM pg_largeobject_metadata;", objects=oids)]
+
+
+def check_prepared_tables(ctx: PrecheckContext) -> list[CheckResult]:
+    """Without schema migration the destination tables are prepared by other means: they must exist and match
+    (columns, types, key). Whether they hold rows decides what is expected: the full load fills empty tables,
+    incremental sync alone continues tables loaded already."""
+    from airflow_pgmigrate.engine.prepared import compare_prepared
+
+    assert ctx.dst is not None
+    found = compare_prepared(ctx.selected, ctx.dst, ctx.mapper)
+    types = ", ".join(ctx.config.migration_types)
+    if found.missing:
+        return [failed("name_conflicts", f"a migration without schema migration ({types}) copies into tables that "
+                       f"exist already in the destination; missing: {_listing(found.missing)}",
+                       "create them first (for example with a schema-only migration), or add schema to "
+                       "migration_types", objects=found.missing)]
+    if found.mismatches:
+        return [failed("name_conflicts", f"{len(found.mismatches)} difference(s) between the source tables and the "
+                       f"destination tables prepared for them: {_listing(found.mismatches, 5)}",
+                       "make the destination tables match the source (columns, types, primary key), or map the "
+                       "names (mapping.tables, mapping.columns)", objects=found.mismatches)]
+    rows = (f"{len(found.with_rows)} hold rows ({_listing(found.with_rows, 5)})" if found.with_rows
+            else "none holds rows")
+    detail = f"all {len(ctx.selected)} destination table(s) exist and match the source; {rows}"
+    if ctx.config.wants("full") and found.with_rows and ctx.config.conflicting_tables != "ignore":
+        return [failed("name_conflicts", detail + ": the full load would add the source's rows to them",
+                       "empty them first, or set conflicting_tables: ignore to keep their rows (rows that clash "
+                       "are skipped)", objects=found.with_rows)]
+    if not ctx.config.wants("full") and found.empty:
+        return [warning("name_conflicts", detail + f"; empty: {_listing(found.empty, 5)}: incremental sync only "
+                        "applies the changes made from now on", "load the destination first (it is expected to "
+                        "hold the source's rows already), or add full to migration_types", objects=found.empty)]
+    return [passed("name_conflicts", detail)]
 
 
 _XML_COLUMNS = """

@@ -54,11 +54,13 @@ def report_path(config: MigrationConfig) -> Path:
     return report_directory(config) / f"{config.name}.html"
 
 
-def report_url(config: MigrationConfig) -> str:
-    """The link to the report: under ``report.base_url`` when set, else a file:// URL."""
+def report_url(config: MigrationConfig, server: str = "") -> str:
+    """The link to the report: under ``report.base_url`` when set, else the page Airflow's API server serves
+    (``<server>/pgmigrate/reports/<name>.html``; ``server`` is ``[api] base_url``, or empty for a link relative
+    to the Airflow UI's own address)."""
     if config.report.base_url:
         return f"{config.report.base_url.rstrip('/')}/{config.name}.html"
-    return report_path(config).absolute().as_uri()
+    return f"{server.rstrip('/')}/pgmigrate/reports/{config.name}.html"
 
 
 # -- collecting -----------------------------------------------------------------------------------------------------
@@ -82,6 +84,11 @@ class ReportData:
     full_load: dict[str, Any] | None = None
     cutover: dict[str, Any] | None = None
     watch: dict[str, Any] | None = None
+    #: Every answer to the cutover question (who, what, when), and the last verification while syncing.
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    verification: dict[str, Any] | None = None
+    #: What the sync beside the cutover question measured last (engine/question.py).
+    waiting: dict[str, Any] | None = None
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -121,7 +128,8 @@ def collect(config: MigrationConfig, destination: ConnectionInfo, conn: psycopg.
                       poke_marks=journal.poke_marks(conn), last_pokes=journal.last_pokes(conn, MAX_POKES_LISTED),
                       samples=journal.samples(conn, MAX_POINTS), tables=tables, copy_points=points,
                       full_load=state.read(conn, "full_load"), cutover=state.read(conn, "cutover"),
-                      watch=state.read(conn, WATCH_KEY))
+                      watch=state.read(conn, WATCH_KEY), answers=state.read(conn, "cutover_answers") or [],
+                      verification=state.read(conn, "verification"), waiting=state.read(conn, "waiting_sync"))
 
 
 # -- the timeline -------------------------------------------------------------------------------------------------
@@ -399,7 +407,9 @@ def render_html(data: ReportData, secrets: Iterable[str | None] = ()) -> str:
            f"<title>Migration report: {_esc(data.migration)}</title><style>{_CSS}</style></head><body>",
            f"<h1>Migration report: {_esc(data.migration)}</h1><dl>"]
     out += [f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in summary.items() if v not in (None, "")]
-    out.append("</dl><h2>Timeline</h2>")
+    out.append("</dl>")
+    out += decision_sections(data)
+    out.append("<h2>Timeline</h2>")
     out.append(gantt_svg(rows, now) or "<p class=\"muted\">No step recorded yet.</p>")
     out.append("<table><tr><th>step</th><th>kind</th><th>started (UTC)</th><th>finished (UTC)</th><th>duration</th>"
                "<th>outcome</th><th>detail</th><th>DAG run</th></tr>")
@@ -429,6 +439,114 @@ def render_html(data: ReportData, secrets: Iterable[str | None] = ()) -> str:
         if secret:
             page = page.replace(secret, "***").replace(html.escape(secret, quote=True), "***")
     return page
+
+
+def _waiting_section(waiting: dict[str, Any] | None) -> list[str]:
+    """The latest figures of the sync beside the cutover question (the question's own text keeps those of when it
+    was asked)."""
+    from airflow_pgmigrate.engine.question import WaitingFigures, estimated_drain_seconds, format_duration, format_rate
+
+    figures = WaitingFigures.from_dict(waiting)
+    if figures is None:
+        return []
+    rows = {
+        "lag": f"{format_bytes(figures.lag_bytes)} of WAL, {figures.lag_seconds:.1f} s behind the source",
+        "writes on the source": "not measured yet" if figures.source_wal_bytes_per_second is None else
+        f"{format_rate(figures.source_wal_bytes_per_second)} of WAL, "
+        f"{figures.source_commits_per_second or 0:.1f} transactions per second",
+        "apply rate": format_rate(figures.apply_bytes_per_second),
+        "estimated drain at the freeze": format_duration(estimated_drain_seconds(figures)),
+        "measured": f"{_fmt_time(_parse_time(figures.measured_at))} UTC",
+    }
+    return (["<h2 id=\"waiting\">While the cutover question waits</h2><dl>"]
+            + [f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in rows.items()] + ["</dl>"])
+
+
+def _answers_section(answers: list[dict[str, Any]]) -> list[str]:
+    out = ["<h2 id=\"answers\">Cutover question: answers</h2>"]
+    if not answers:
+        return out + ["<p class=\"muted\">Not answered yet.</p>"]
+    out.append("<table><tr><th>answered (UTC)</th><th>by</th><th>answer</th><th>lag then</th><th>DAG run</th></tr>")
+    for a in answers:
+        lag = "" if a.get("lag_bytes") is None else f"{format_bytes(a['lag_bytes'])}, {a.get('lag_seconds') or 0:.1f} s"
+        out.append(f"<tr><td>{_fmt_time(_parse_time(a.get('at')))}</td><td>{_esc(a.get('by'))}</td>"
+                   f"<td class=\"answer\">{_esc(a.get('answer'))}</td><td>{_esc(lag)}</td>"
+                   f"<td class=\"run\">{_esc(a.get('run_id') or '')}</td></tr>")
+    return out + ["</table>"]
+
+
+def _verification_section(verification: dict[str, Any] | None, when: str) -> list[str]:
+    if not verification:
+        return []
+    tables = verification.get("tables") or []
+    out = [f"<h2 id=\"verification\">Verification ({_esc(when)})</h2>",
+           f"<p>{len(tables)} table(s), {verification.get('rows', 0):,} rows, "
+           f"{verification.get('differences', 0):,} difference(s): "
+           f"{'equal' if verification.get('equal') else 'NOT equal'}.</p>",
+           "<table><tr><th>table</th><th>destination</th><th>source rows</th><th>destination rows</th>"
+           "<th>missing</th><th>extra</th><th>different</th><th>result</th></tr>"]
+    for t in tables:
+        out.append(f"<tr><td>{_esc(t.get('table'))}</td><td>{_esc(t.get('target'))}</td>"
+                   f"<td class=\"num\">{t.get('source_rows', 0):,}</td><td class=\"num\">{t.get('destination_rows', 0):,}"
+                   f"</td><td class=\"num\">{t.get('missing_count', 0)}</td><td class=\"num\">{t.get('extra_count', 0)}"
+                   f"</td><td class=\"num\">{t.get('different_count', 0)}</td>"
+                   f"<td>{'equal' if t.get('equal') else 'different'}</td></tr>")
+    return out + ["</table>"]
+
+
+def decision_sections(data: ReportData) -> list[str]:
+    """Who answered what, the verification (the cutover's, else the latest while syncing), the sequence values
+    set at cutover, and the next steps with the rollback statement."""
+    cutover = data.cutover or {}
+    out = [] if cutover else _waiting_section(data.waiting)
+    out += _answers_section(data.answers)
+    if cutover.get("verification"):
+        out += _verification_section(cutover["verification"], "at cutover, source frozen")
+    else:
+        out += _verification_section(data.verification, "latest, while syncing")
+    sequences = cutover.get("sequences") or []
+    if sequences:
+        out.append("<h2 id=\"sequences\">Sequences set at cutover</h2><table><tr><th>sequence</th><th>value</th></tr>")
+        out += [f"<tr><td>{_esc(q.get('sequence'))}</td><td class=\"num\">{_esc(q.get('value'))}</td></tr>"
+                for q in sequences]
+        out.append("</table>")
+    steps = cutover.get("next_steps") or []
+    if steps:
+        out.append("<h2 id=\"next-steps\">Next steps and rollback</h2><ul>")
+        out += [f"<li><code>{_esc(line)}</code></li>" if "ALTER DATABASE" in line else f"<li>{_esc(line)}</li>"
+                for line in steps]
+        out.append("</ul>")
+    return out
+
+
+def drop_state(config: MigrationConfig, destination: ConnectionInfo) -> str:
+    """Remove the migration's own state from the destination once the migration is over: the whole state schema, or
+    only this migration's rows when other migrations keep theirs there. Refused while incremental sync may still
+    need it (no completed cutover and no abort recorded). Returns what was done."""
+    from airflow_pgmigrate.exceptions import PgMigrateError
+
+    schema = config.state_schema
+    with connect(destination) as conn:
+        state = MigrationState(destination, schema, config.name)
+        cutover = state.read(conn, "cutover") or {}
+        aborted = any(a.get("answer") == "Abort" for a in state.read(conn, "cutover_answers") or [])
+        if config.wants("incremental") and cutover.get("status") != "completed" and not aborted:
+            raise PgMigrateError(f"the state of migration {config.name} is still needed: no completed cutover and no "
+                                 "abort recorded (incremental sync resumes from it); finish or abort the migration "
+                                 "first")
+        tables = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_attribute a ON "
+            "a.attrelid = c.oid WHERE n.nspname = %s AND c.relkind = 'r' AND a.attname = 'migration'",
+            (schema,)).fetchall()]
+        others = any(conn.execute(sql.SQL("SELECT 1 FROM {} WHERE migration <> %s LIMIT 1").format(
+            sql.Identifier(schema, t)), (config.name,)).fetchone() for t in tables)
+        if others:
+            for table in tables:
+                conn.execute(sql.SQL("DELETE FROM {} WHERE migration = %s").format(sql.Identifier(schema, table)),
+                             (config.name,))
+            return f"deleted the rows of migration {config.name} from schema {schema} (other migrations use it)"
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    return f"dropped schema {schema} from the destination"
 
 
 def write_report(config: MigrationConfig, destination: ConnectionInfo, *, directory: str | Path | None = None,
@@ -475,7 +593,7 @@ def connection_info_from_uri(uri: str, database: str | None = None) -> Connectio
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m airflow_pgmigrate.engine.report CONFIG [--destination URI] [--output DIR]``."""
+    """``python -m airflow_pgmigrate.engine.report CONFIG [--destination URI] [--output DIR] [--drop-state]``."""
     from airflow_pgmigrate.config import MigrationConfig
     from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -486,6 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--destination", help="the destination as a postgres URI; default: the environment "
                         "variable AIRFLOW_CONN_<DESTINATION CONN_ID> (as Airflow reads it)")
     parser.add_argument("--output", help="folder to write <name>.html to; default: report.directory of the config")
+    parser.add_argument("--drop-state", action="store_true",
+                        help="after writing the report, drop the migration's state schema from the destination "
+                             "(once the migration is over: cut over or aborted); the report file stays")
     args = parser.parse_args(argv)
     try:
         config = MigrationConfig.from_yaml(args.config)
@@ -495,6 +616,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"AIRFLOW_CONN_{config.destination.conn_id.upper()}")
         info = connection_info_from_uri(uri, config.destination.database)
         path = write_report(config, info, directory=args.output)
+        if args.drop_state:
+            done = drop_state(config, info)
+            print(f"report: {done}; the report is kept in {path}", file=sys.stderr)
     except (PgMigrateError, psycopg.Error, OSError, ValueError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 1
@@ -502,7 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ReportData", "TimelineRow", "collect", "connection_info_from_uri", "gantt_svg", "line_chart_svg", "main",
+__all__ = ["ReportData", "TimelineRow", "collect", "connection_info_from_uri", "decision_sections", "drop_state",
+           "gantt_svg", "line_chart_svg", "main",
            "render_html", "report_directory", "report_path", "report_url", "timeline", "write_report"]
 
 

@@ -80,28 +80,4 @@ class ReleaseOperator(MigrationBaseOperator):
         return {**dropped, "removed_ingress_rules": removed}
 
 
-def decision_key(run_id: str, round_: int) -> str:
-    return f"cutover_decision.{run_id}.{round_}"
-
-
-class CutoverDecisionOperator(MigrationBaseOperator):
-    """Records the answer to the cutover question in the migration state, so the sensor that keeps the destination
-    in sync while the question waits knows it can stop."""
-
-    template_fields: Sequence[str] = ("config",)
-    ui_color = "#fcf3cf"
-
-    def __init__(self, *, decision: str, round_number: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.decision = decision
-        self.round_number = round_number
-
-    def execute(self, context: Context) -> str:
-        config = self.migration
-        MigrationState(self.destination_info, config.state_schema, config.name).put(
-            decision_key(context["run_id"], self.round_number), self.decision)
-        self.log.info("cutover decision=%s round=%d", self.decision, self.round_number)
-        return self.decision
-
-
-__all__ = ["CutoverDecisionOperator", "CutoverOperator", "ReleaseOperator", "decision_key"]
+__all__ = ["CutoverOperator", "ReleaseOperator"]

@@ -116,37 +116,4 @@ class IncrementalSyncSensor(MigrationTaskMixin, BaseSensorOperator):
         Stats.incr("pgmigrate.incremental.changes", data["changes"], tags=tags)
 
 
-class SyncWhileWaitingSensor(IncrementalSyncSensor):
-    """Keeps applying changes while a person decides about the cutover; done once the answer of round
-    ``round_number`` is recorded in the migration state (by the decision task the answer leads to).
-
-    Runs beside the approval task, so the destination stays in step with the source however long the question waits.
-    """
-
-    def __init__(self, *, round_number: int, window_seconds: float = 10.0, **kwargs: Any) -> None:
-        super().__init__(window_seconds=window_seconds, **kwargs)
-        self.round_number = round_number
-
-    def poke(self, context: Context) -> PokeReturnValue:
-        from airflow_pgmigrate.engine.state import MigrationState
-        from airflow_pgmigrate.operators.cutover import decision_key
-
-        config = self.migration
-        state = MigrationState(self.destination_info, config.state_schema, config.name)
-        try:
-            decision = state.get(decision_key(context["run_id"], self.round_number))
-        except (PgMigrateError, psycopg.Error) as exc:
-            return self.retry_or_fail(exc, RetryWindow.of(context))
-        if decision is not None:
-            self.log.info("cutover question answered (%s): the next step takes over", decision)
-            return PokeReturnValue(is_done=True, xcom_value=decision)
-        try:
-            super().poke(context)
-        except AirflowFailException:
-            if state.get(decision_key(context["run_id"], self.round_number)) is not None:
-                return PokeReturnValue(is_done=True)  # the answer came meanwhile (an abort released the slot)
-            raise
-        return PokeReturnValue(is_done=False)
-
-
-__all__ = ["IncrementalSyncSensor", "SyncWhileWaitingSensor"]
+__all__ = ["IncrementalSyncSensor"]

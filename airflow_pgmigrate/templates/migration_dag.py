@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +11,23 @@ from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain
 
 from airflow_pgmigrate.config import MigrationConfig
 from airflow_pgmigrate.exceptions import ConfigError
-from airflow_pgmigrate.operators.cutover import CutoverDecisionOperator, CutoverOperator, ReleaseOperator
+from airflow_pgmigrate.operators.cutover import CutoverOperator, ReleaseOperator
+from airflow_pgmigrate.operators.cutover_question import CutoverQuestionOperator
 from airflow_pgmigrate.operators.full_load import FullLoadOperator
 from airflow_pgmigrate.operators.precheck import PrecheckOperator
 from airflow_pgmigrate.operators.schema import SchemaMigrateOperator
-from airflow_pgmigrate.sensors.incremental import IncrementalSyncSensor, SyncWhileWaitingSensor
+from airflow_pgmigrate.operators.start import StartIncrementalOperator
+from airflow_pgmigrate.operators.verify import VerifyOperator
+from airflow_pgmigrate.sensors.cutover_wait import SyncUntilAnsweredSensor
+from airflow_pgmigrate.sensors.incremental import IncrementalSyncSensor
 from airflow_pgmigrate.templates.ingress_cleanup import add_ingress_cleanup
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TAGS = ["pgmigrate"]
-#: How many times the cutover question can be answered "Keep syncing" before only Cut over and Abort remain.
-APPROVAL_ROUNDS = 3
+#: Incremental sync holds its worker slot between pokes (poke mode): it applies changes the whole time, and a
+#: reschedule-mode sensor with short pokes is failed by the LocalExecutor race (see sensors/cutover_wait.py).
+SYNC_MODE = "poke"
 
 
 def add_migration_tasks(config: MigrationConfig, dag: DAG) -> dict[str, Any]:
@@ -49,9 +55,12 @@ def _migration_tasks(config: MigrationConfig) -> dict[str, Any]:
     if config.wants("schema"):
         tasks["schema_post_data"] = SchemaMigrateOperator(task_id="schema_post_data", config=plain,
                                                           phase="post_data")
+    if config.wants("incremental") and not config.wants("full"):
+        # No full load creates the slot: the destination was loaded by other means.
+        tasks["start_incremental"] = StartIncrementalOperator(task_id="start_incremental", config=plain, retries=2)
     if config.wants("incremental"):
         tasks["incremental_sync"] = IncrementalSyncSensor(task_id="incremental_sync", config=plain,
-                                                          retries=3)
+                                                          retries=3, mode=SYNC_MODE, poke_interval=2)
     chain(*tasks.values())
     if config.wants("incremental"):
         tasks.update(_cutover_tasks(config, plain, tasks["incremental_sync"]))
@@ -80,9 +89,10 @@ def wire_failure_alerts(config: MigrationConfig | None, tasks: Any, plain: dict[
 def _cutover_tasks(config: MigrationConfig, plain: dict[str, Any], synced: Any) -> dict[str, Any]:
     """Cutover after incremental sync is "not delayed": automatic, or asked in the Airflow UI.
 
-    The question offers Cut over, Keep syncing (ask again after another wait, up to APPROVAL_ROUNDS times) and
-    Abort (release the slot and the publication, leave the destination as it is). While it waits, a sensor beside it
-    keeps the destination in step with the source.
+    Manual: the tables are verified, then one question (Cut over, Keep syncing, Abort) waits for as long as needed
+    while a task beside it keeps the destination in sync. "Keep syncing" asks again with fresh figures; "Cut over"
+    leads to the cutover, "Abort" to the release of the slot and the publication (the destination stays as it is).
+    Both wait for the sync beside the question to stop, so only one applier ever runs.
     """
     tasks: dict[str, Any] = {}
     # Retried after a lost worker: the retry drains and verifies again, or finishes a release that had begun.
@@ -92,50 +102,17 @@ def _cutover_tasks(config: MigrationConfig, plain: dict[str, Any], synced: Any) 
     if config.cutover.approval == "automatic":
         synced >> cutover
         return tasks
-    from airflow.providers.standard.operators.hitl import HITLBranchOperator
-
+    verify = VerifyOperator(task_id="verify", config=plain, fail_on_difference=False)
+    ask = CutoverQuestionOperator(task_id="cutover_question", config=plain, cut_over_task_id="cutover",
+                                  abort_task_id="release")
+    # A lost worker (a scheduler restart ends the LocalExecutor's) is retried; sync resumes where it stopped.
+    waiting = SyncUntilAnsweredSensor(task_id="sync_while_waiting", config=plain, retries=5,
+                                      retry_delay=timedelta(seconds=10))
     release = ReleaseOperator(task_id="release", config=plain, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-    tasks["release"] = release
-    previous = synced
-    for round_ in range(1, APPROVAL_ROUNDS + 1):
-        last = round_ == APPROVAL_ROUNDS
-        ask_id = f"cutover_approval_{round_}"
-        options = ["Cut over", "Abort"] if last else ["Cut over", "Keep syncing", "Abort"]
-        go, stop, keep_id = f"cut_over_{round_}", f"abort_{round_}", f"keep_{round_}"
-        mapping = {"Cut over": go, "Abort": stop}
-        if not last:
-            mapping["Keep syncing"] = keep_id
-        ask = HITLBranchOperator(
-            task_id=ask_id,
-            subject=f"Cut over migration {config.name}?",
-            body=(f"Incremental sync of **{config.name}** is not delayed (lag under "
-                  f"{config.incremental.max_lag_seconds} s). Latest lag: "
-                  "{{ ti.xcom_pull(task_ids='" + previous.task_id + "') }}\n\n"
-                  + ("Cutting over freezes the source database (no new sessions but the migration's, the others "
-                     "ended), drains, checks that no change still arrives, sets sequences and verifies every table."
-                     if config.cutover.freeze_source else
-                     "**Stop writes on the source before answering Cut over**: the answer is your word that writes "
-                     "stopped. The cutover then drains, checks that no change still arrives (it stops, keeping the "
-                     "slot, if one does), sets sequences and verifies every table.")),
-            options=options,
-            options_mapping=mapping,
-        )
-        waiting = SyncWhileWaitingSensor(task_id=f"sync_while_waiting_{round_}", config=plain,
-                                         round_number=round_, poke_interval=5)
-        previous >> [ask, waiting]
-        to_cutover = CutoverDecisionOperator(task_id=go, config=plain, decision="cut over", round_number=round_)
-        to_release = CutoverDecisionOperator(task_id=stop, config=plain, decision="abort", round_number=round_)
-        ask >> [to_cutover, to_release]
-        to_cutover >> cutover  # the sensor beside the question stops by itself once the answer is recorded
-        to_release >> release
-        tasks.update({ask_id: ask, waiting.task_id: waiting, go: to_cutover, stop: to_release})
-        if not last:
-            decided = CutoverDecisionOperator(task_id=keep_id, config=plain, decision="keep syncing",
-                                              round_number=round_)
-            keep = IncrementalSyncSensor(task_id=f"keep_syncing_{round_}", config=plain, retries=3)
-            ask >> decided >> keep
-            tasks.update({keep_id: decided, keep.task_id: keep})
-            previous = keep
+    synced >> verify >> [ask, waiting]
+    ask >> [cutover, release]
+    waiting >> [cutover, release]
+    tasks.update({"verify": verify, "cutover_question": ask, "sync_while_waiting": waiting, "release": release})
     return tasks
 
 
@@ -224,7 +201,9 @@ def build_adhoc_dag(dag_id: str = "pgmigrate_adhoc") -> DAG:
             SchemaMigrateOperator(task_id="schema_pre_data", config=config, phase="pre_data", trigger_rule=after),
             FullLoadOperator(task_id="full_load", config=config, retries=2, trigger_rule=after),
             SchemaMigrateOperator(task_id="schema_post_data", config=config, phase="post_data", trigger_rule=after),
-            IncrementalSyncSensor(task_id="incremental_sync", config=config, retries=3, trigger_rule=after),
+            StartIncrementalOperator(task_id="start_incremental", config=config, retries=2, trigger_rule=after),
+            IncrementalSyncSensor(task_id="incremental_sync", config=config, retries=3, trigger_rule=after,
+                                  mode=SYNC_MODE, poke_interval=2),
         ]
         chain(*steps)
         steps += add_ingress_cleanup(None, config, steps).values()

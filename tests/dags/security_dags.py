@@ -26,3 +26,4 @@ for _task in least_privilege.tasks:
     if hasattr(_task, "window_seconds"):
         _task.poke_interval = 0.5
         _task.window_seconds = 3
+        _task.mode = "reschedule"  # dag.test() runs one task at a time (see migration_dags.py)

@@ -165,7 +165,7 @@ def test_least_privilege_migration_through_airflow_leaks_no_secret(migration_env
     prepare_orm()
     writes = Writes(env)
     writes.start()
-    responder = Responder("pgmigrate_it_secure", {"cutover_approval_1": "Cut over"})
+    responder = Responder("pgmigrate_it_secure", [("cutover_question", "Cut over")])
     responder.start()
     try:
         dag_run = _run("pgmigrate_it_secure")

@@ -24,12 +24,13 @@ def prepare_orm() -> None:
 
 
 class Responder(threading.Thread):
-    """Answers HITL tasks of one DAG: ``answers`` maps task id -> the option to choose."""
+    """Answers HITL tasks of one DAG: ``answers`` lists (task id, option to choose) in the order to give them (a task
+    asked again, as the cutover question after "Keep syncing", appears once per answer)."""
 
-    def __init__(self, dag_id: str, answers: dict[str, str], timeout: float = 240.0) -> None:
+    def __init__(self, dag_id: str, answers: list[tuple[str, str]], timeout: float = 240.0) -> None:
         super().__init__(daemon=True)
         self.dag_id = dag_id
-        self.answers = dict(answers)
+        self.answers = list(answers)
         self.answered: list[str] = []
         self.timeout = timeout
         self._halt = threading.Event()
@@ -54,14 +55,14 @@ class Responder(threading.Thread):
             with create_session() as session:
                 rows = session.execute(
                     select(TI).join(DagRun, (DagRun.dag_id == TI.dag_id) & (DagRun.run_id == TI.run_id))
-                    .where(TI.dag_id == self.dag_id, TI.task_id.in_(list(self.answers)),
+                    .where(TI.dag_id == self.dag_id, TI.task_id == self.answers[0][0],
                            TI.state == TaskInstanceState.AWAITING_INPUT, DagRun.state == DagRunState.RUNNING)
                 ).scalars().all()
                 for ti in rows:
                     detail = session.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
                     if detail is None or detail.responded_at is not None:
                         continue
-                    choice = self.answers.pop(ti.task_id)
+                    choice = self.answers.pop(0)[1]
                     detail.chosen_options = [choice]
                     detail.params_input = {}
                     detail.responded_at = timezone.utcnow()

@@ -21,6 +21,9 @@ INSERT INTO public.orders (customer_id, amount) SELECT 1 + g % 200, g FROM gener
 
 
 class Writes(threading.Thread):
+    """A steady write load on the source (of ``env``: anything with ``source_info()``) until stopped, or until the
+    cutover freezes the source and ends the session."""
+
     def __init__(self, env) -> None:
         super().__init__(daemon=True)
         self.env = env
@@ -77,14 +80,14 @@ def test_automatic_cutover_under_a_write_load(migration_env, airflow_db):
 
 
 @pytest.mark.parametrize("answers, outcome", [
-    ({"cutover_approval_1": "Cut over"}, "cutover"),
-    ({"cutover_approval_1": "Keep syncing", "cutover_approval_2": "Cut over"}, "cutover"),
-    ({"cutover_approval_1": "Abort"}, "release"),
+    (["Cut over"], "cutover"),
+    (["Keep syncing", "Keep syncing", "Cut over"], "cutover"),
+    (["Abort"], "release"),
 ])
 def test_cutover_answered_in_the_ui(migration_env, airflow_db, answers, outcome):
     prepare_orm()
     migration_env.src(SHOP)
-    responder = Responder("pgmigrate_it_cut_manual", answers)
+    responder = Responder("pgmigrate_it_cut_manual", [("cutover_question", a) for a in answers])
     responder.start()
     writes = Writes(migration_env)
     writes.start()
@@ -96,9 +99,13 @@ def test_cutover_answered_in_the_ui(migration_env, airflow_db, answers, outcome)
         _unfreeze(migration_env)
     states = _states(dag_run)
     assert dag_run.state == "success", states
-    assert responder.answered == [f"{k}={v}" for k, v in answers.items()]
+    assert responder.answered == [f"cutover_question={a}" for a in answers]
+    assert "failed" not in states.values() and "upstream_failed" not in states.values(), states
+    assert states["sync_while_waiting"] == "success" and states["verify"] == "success"
     slot = migration_env.src("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgmigrate_it_cut_manual'")
     assert slot == [(0,)], "the slot is released either way"
+    recorded = migration_env.dst("SELECT value FROM pgmigrate.migration_state WHERE key = 'cutover_answers'")[0][0]
+    assert [(a["answer"], a["by"], a["run_id"]) for a in recorded] == [(a, "pytest", dag_run.run_id) for a in answers]
     if outcome == "cutover":
         assert states["cutover"] == "success" and states["release"] == "skipped"
         _equal(migration_env)

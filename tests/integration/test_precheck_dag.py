@@ -117,7 +117,7 @@ def test_an_aborted_migration_removes_the_rule(migration_env, airflow_db, aws_en
     prepare_orm()
     ec2, sg_id = _rds_fixture()
     migration_env.src("CREATE TABLE public.orders (id bigint PRIMARY KEY); INSERT INTO public.orders VALUES (1)")
-    responder = Responder("pgmigrate_it_rds_abort", {"cutover_approval_1": "Abort"})
+    responder = Responder("pgmigrate_it_rds_abort", [("cutover_question", "Abort")])
     responder.start()
     try:
         dag_run = _run("pgmigrate_it_rds_abort")

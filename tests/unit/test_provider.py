@@ -79,6 +79,6 @@ def test_example_dags_parse_without_errors(monkeypatch):
     dag = bag.dags["pgmigrate_example_shop"]
     assert [t.task_id for t in dag.tasks][:6] == ["precheck", "schema_pre_data", "full_load", "schema_post_data",
                                                  "incremental_sync", "cutover"]
-    assert dag.task_dict["incremental_sync"].mode == "reschedule"
+    assert dag.task_dict["incremental_sync"].mode == "poke"
     assert dag.task_dict["full_load"].upstream_task_ids == {"schema_pre_data"}
     assert dag.task_dict["schema_post_data"].upstream_task_ids == {"full_load"}

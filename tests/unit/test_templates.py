@@ -52,19 +52,25 @@ def test_only_the_steps_the_types_need(tmp_path):
     assert [t.task_id for t in dags["pgmigrate_only_full"].tasks] == ["precheck", "full_load"]
 
 
-def test_manual_approval_asks_in_the_ui_and_automatic_does_not():
+def test_manual_approval_asks_one_question_while_a_task_beside_it_syncs():
     manual = build_migration_dag(MigrationConfig.from_dict({"name": "m", "source": {"conn_id": "a"},
                                                             "destination": {"conn_id": "b"}}))
-    ids = set(manual.task_ids)
-    assert {"cutover_approval_1", "sync_while_waiting_1", "keep_syncing_1", "cutover", "release"} <= ids
-    ask = manual.task_dict["cutover_approval_1"]
+    assert [t.task_id for t in manual.tasks][-6:] == ["incremental_sync", "cutover", "verify", "cutover_question",
+                                                      "sync_while_waiting", "release"]
+    ask = manual.task_dict["cutover_question"]
     assert ask.options == ["Cut over", "Keep syncing", "Abort"]
-    assert manual.task_dict["cutover_approval_3"].options == ["Cut over", "Abort"]
+    assert ask.options_mapping == {"Cut over": "cutover", "Abort": "release"}
+    assert not any(t.endswith(("_1", "_2", "_3")) for t in manual.task_ids), "no unrolled rounds"
+    for end in ("cutover", "release"):
+        assert manual.task_dict[end].upstream_task_ids == {"cutover_question", "sync_while_waiting"}
+    # No reschedule-mode sync: the LocalExecutor fails reschedule sensors with short pokes (see cutover_wait.py).
+    assert manual.task_dict["sync_while_waiting"].mode == "poke"
+    assert manual.task_dict["incremental_sync"].mode == "poke"
     automatic = build_migration_dag(MigrationConfig.from_dict({
         "name": "a", "source": {"conn_id": "a"}, "destination": {"conn_id": "b"},
         "cutover": {"approval": "automatic", "freeze_source": True}}))
     assert automatic.task_dict["cutover"].upstream_task_ids == {"incremental_sync"}
-    assert not any(t.startswith("cutover_approval") for t in automatic.task_ids)
+    assert "cutover_question" not in automatic.task_ids
 
 
 def test_the_steps_as_a_task_group_in_your_own_dag():
@@ -83,6 +89,6 @@ def test_the_adhoc_dag_takes_the_config_from_its_trigger_form():
     dag = build_adhoc_dag()
     assert dag.params["config"]["name"] == "example"
     assert [t.task_id for t in dag.tasks] == ["precheck", "schema_pre_data", "full_load", "schema_post_data",
-                                             "incremental_sync", "remove_ingress_rules"]
+                                             "start_incremental", "incremental_sync", "remove_ingress_rules"]
     assert dag.task_dict["full_load"].config == "{{ params.config }}"
     assert dag.task_dict["full_load"].trigger_rule == "none_failed"
