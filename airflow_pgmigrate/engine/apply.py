@@ -357,6 +357,12 @@ class Applier:
                 sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c)) for c in set_cols)))
             if self.count_rows and not insert_missing and cur.rowcount != len(rows):
                 raise RowsNotMatched(f"UPDATE of {t.source} touched {cur.rowcount} of {len(rows)} rows")
+        elif self.count_rows and not insert_missing:
+            # Nothing to write (keys set to themselves, unchanged TOASTed values): the rows still have to be there.
+            found = self.conn.execute(sql.SQL("SELECT count(*) FROM {t} AS d JOIN {s} AS s ON {m}").format(
+                t=t.ident, s=stage, m=self._match(t, "d", "s"))).fetchone()
+            if found is None or found[0] != len(rows):
+                raise RowsNotMatched(f"UPDATE of {t.source} found {found[0] if found else 0} of {len(rows)} rows")
         if not insert_missing:
             return
         missing = sql.SQL("NOT EXISTS (SELECT 1 FROM {t} AS d WHERE {m})").format(t=t.ident,

@@ -36,6 +36,7 @@ from airflow_pgmigrate.engine.freeze import (
     STATE_KEY,
     FreezeError,
     freeze_source,
+    prepared_transactions,
     quiet_problems,
     unfreeze_statements,
     writers,
@@ -208,7 +209,10 @@ def _check_writes_stopped(config: MigrationConfig, source: ConnectionInfo, desti
     report["applied_lsn"] = late.applied_lsn
     changes = late.changes + already
     with connect(source) as src:
-        problems = quiet_problems(src) if config.cutover.freeze_source else []
+        # A prepared transaction commits whenever its transaction manager says so, after the release too (and the
+        # consistent verification would wait for it): frozen or not, it stops the cutover.
+        problems = quiet_problems(src) if config.cutover.freeze_source else \
+            [f"prepared transaction {p}" for p in prepared_transactions(src)]
         who = writers(src, time.monotonic() - started + 1, source.application_name) if changes or problems else []
     if not changes and not problems:
         return
@@ -223,6 +227,8 @@ def _check_writes_stopped(config: MigrationConfig, source: ConnectionInfo, desti
         "no other session is connected to the source now (the writer may have disconnected)"
     fix = ("a superuser session, or a role that is a member of the migration's, writes despite the freeze: end it"
            if frozen else "stop the application's writes (or set cutover.freeze_source: true)")
+    if any(p.startswith("prepared transaction") for p in problems):
+        fix += "; have the prepared transactions' owner COMMIT PREPARED or ROLLBACK PREPARED them"
     raise CutoverError(f"cutover stopped before the release: the source is still being written: "
                        f"{'; '.join(what + problems)}. {sources}. The slot is kept, nothing is lost: {fix}, then "
                        "run the cutover again", report)

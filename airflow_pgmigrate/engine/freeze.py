@@ -133,22 +133,35 @@ def _record(src: psycopg.Connection, dbname: str) -> dict[str, Any]:
             "read_only_setting": _read_only_setting(src), "revoked": [], "granted": []}
 
 
+def _plan(src: psycopg.Connection, record: dict[str, Any]) -> None:
+    """Add to ``record`` what the freeze is about to revoke and grant, before it does: an interruption after the revoke
+    (a crash, the state's database gone) still finds every revocation in the record, so the undo restores it."""
+    me = record["role"]
+    grants = _connect_grants(src)
+    if not record["superuser"] and not any(g == me for g, _ in grants) and me not in record["granted"]:
+        record["granted"].append(me)
+    for grantee, grant_option in grants:
+        if grantee == me:
+            continue
+        entry = next((r for r in record["revoked"] if r["grantee"] == grantee), None)
+        if entry is None:
+            record["revoked"].append({"grantee": grantee, "grant_option": grant_option})
+        else:  # held from several grantors: the grant option of any of them is restored
+            entry["grant_option"] = entry["grant_option"] or grant_option
+
+
 def _apply(src: psycopg.Connection, record: dict[str, Any]) -> None:
-    """Revoke CONNECT from everyone but the migration's role and set the database read-only, in one transaction;
-    what was revoked or granted is added to ``record``."""
+    """Revoke CONNECT from everyone but the migration's role and set the database read-only, in one transaction, as
+    :func:`_plan` recorded."""
     db = sql.Identifier(record["database"])
     me = record["role"]
     grants = _connect_grants(src)
     with src.transaction():
-        if not record["superuser"] and not any(g == me for g, _ in grants):
+        if me in record["granted"] and not any(g == me for g, _ in grants):
             src.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, sql.Identifier(me)))
-            record["granted"].append(me)
-        for grantee, grant_option in grants:
-            if grantee == me:
-                continue
-            src.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {} CASCADE").format(db, _grantee(grantee)))
-            if not any(r["grantee"] == grantee for r in record["revoked"]):
-                record["revoked"].append({"grantee": grantee, "grant_option": grant_option})
+        for grantee, _ in grants:
+            if grantee != me:
+                src.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {} CASCADE").format(db, _grantee(grantee)))
         src.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(db))
     left = [g for g, _ in _connect_grants(src) if g != me]
     if left:
@@ -244,10 +257,10 @@ def freeze_source(source: ConnectionInfo, state: MigrationState, *, wait_prepare
             record = previous  # a retry: what was there before the first freeze is what the unfreeze restores
         else:
             record = {**_record(src, source.dbname), "status": "frozen"}
+        _plan(src, record)
         state.put(STATE_KEY, record)  # recorded before anything changes, so a crash midway can still be undone
         try:
             _apply(src, record)
-            state.put(STATE_KEY, record)
             ended, left = _end_sessions(src, record["role"])
             problems = [f"session {s.describe()} could not be ended" for s in left] + quiet_problems(src)
             if problems:

@@ -354,12 +354,13 @@ class _Writer:
         self._dst.rollback()
 
     def make_durable(self) -> int:
-        """After ``drain``: flush the destination's WAL (a write committed with ``synchronous_commit = on`` flushes
-        every commit before it), so that everything applied may be reported; returns the reportable position."""
+        """After ``drain``: flush the destination's WAL (a write committed with ``synchronous_commit = local`` flushes
+        every commit before it, without waiting for a synchronous standby that may be down), so that everything
+        applied may be reported; returns the reportable position."""
         dst = self._dst
         if not self.feedback.settled:
             with dst.transaction():
-                dst.execute("SET LOCAL synchronous_commit = on")
+                dst.execute("SET LOCAL synchronous_commit = local")  # the local flush; never a standby
                 self._sync._touch_progress(dst)  # a commit that wrote nothing would not wait for the flush
             self.feedback.flushed(_wal_lsn(dst, "pg_current_wal_flush_lsn"))
             dst.rollback()

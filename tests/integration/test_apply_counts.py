@@ -76,3 +76,53 @@ def test_keyless_toasted_update_that_changes_nothing_is_applied(migration_env):
     assert env.dst("SELECT count(*), sum(length(c1)), sum(length(c2)) FROM public.xpto2") == \
         env.src("SELECT count(*), sum(length(c1)), sum(length(c2)) FROM public.xpto2")
     assert_same_data(env)
+
+
+def test_counted_changes_that_are_right_are_applied(migration_env):
+    """Where one change legitimately touches one row of several candidates, or a row whose place changed, the counts
+    hold: one of two identical keyless rows updated and deleted, a row moving between partitions and back, TRUNCATE
+    then inserts and updates of the same keys in one batch."""
+    env = migration_env
+    env.src("CREATE TABLE public.twins (a int, b text); ALTER TABLE public.twins REPLICA IDENTITY FULL;"
+            "INSERT INTO public.twins VALUES (1, 'same'), (1, 'same'), (2, 'same'), (2, 'same');"
+            "CREATE TABLE public.parts (id int, v int, PRIMARY KEY (id, v)) PARTITION BY RANGE (v);"
+            "CREATE TABLE public.parts_lo PARTITION OF public.parts FOR VALUES FROM (0) TO (100);"
+            "CREATE TABLE public.parts_hi PARTITION OF public.parts FOR VALUES FROM (100) TO (200);"
+            "CREATE TABLE public.pk (id int PRIMARY KEY, note text, n int);"
+            "INSERT INTO public.parts SELECT g, g FROM generate_series(1, 50) g;"
+            "INSERT INTO public.pk SELECT g, 'before', 0 FROM generate_series(1, 30) g")
+    config = start_migration(env)
+    catch_up(env, config)
+    env.src("UPDATE public.twins SET b = 'one' WHERE ctid = (SELECT min(ctid) FROM public.twins WHERE a = 1);"
+            "DELETE FROM public.twins WHERE ctid = (SELECT min(ctid) FROM public.twins WHERE a = 2);"
+            "UPDATE public.parts SET v = v + 100 WHERE id IN (3, 4);"
+            "UPDATE public.parts SET v = v - 100 WHERE id = 4;"
+            "UPDATE public.parts SET v = 5 + 100 WHERE id = 5;"
+            "BEGIN; TRUNCATE public.pk; INSERT INTO public.pk SELECT g, 'after', 0 FROM generate_series(1, 10) g;"
+            "UPDATE public.pk SET n = n + 1 WHERE id <= 5; DELETE FROM public.pk WHERE id = 10; COMMIT;"
+            "UPDATE public.pk SET n = n + 1, note = 'again' WHERE id <= 3")
+    catch_up(env, config)
+    assert env.dst("SELECT a, b, count(*) FROM public.twins GROUP BY 1, 2 ORDER BY 1, 2") == \
+        [(1, "one", 1), (1, "same", 1), (2, "same", 1)]
+    assert env.dst("SELECT tableoid::regclass::text, id, v FROM public.parts WHERE id IN (3, 4, 5) ORDER BY id") == \
+        [("parts_hi", 3, 103), ("parts_lo", 4, 4), ("parts_hi", 5, 105)]
+    assert env.dst("SELECT count(*), sum(n), count(*) FILTER (WHERE note = 'again') FROM public.pk") == [(9, 8, 3)]
+    assert_same_data(env)
+
+
+@pytest.mark.parametrize("table", ["CREATE TABLE public.link (a int, b int, PRIMARY KEY (a, b));"
+                                   "INSERT INTO public.link SELECT g, g FROM generate_series(1, 20) g",
+                                   "CREATE TABLE public.link (a int, b int, big text, PRIMARY KEY (a, b));"
+                                   "ALTER TABLE public.link ALTER big SET STORAGE EXTERNAL;"
+                                   "INSERT INTO public.link SELECT g, g, repeat('x', 5000) FROM generate_series(1, 20) g"])
+def test_update_that_sets_no_column_still_must_find_its_row(migration_env, table):
+    """An UPDATE whose new row changes only key columns to themselves (or leaves only unchanged TOASTed values) writes
+    no column, and still must find its row: a missing one is an error, never a silent no-op."""
+    env = migration_env
+    env.src(table)
+    config = start_migration(env)
+    catch_up(env, config)
+    _diverge(env, "DELETE FROM public.link WHERE a = 7")
+    env.src("UPDATE public.link SET a = a WHERE a = 7")
+    message = _apply_fails(env, config)
+    assert "replicated UPDATE of public.link" in message and "touched 0" in message, message

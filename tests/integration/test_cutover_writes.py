@@ -240,3 +240,129 @@ def test_automatic_approval_without_a_freeze_is_accepted_where_there_is_no_cutov
     config = MigrationConfig.from_dict({"name": "m", "source": {"conn_id": "a"}, "destination": {"conn_id": "b"},
                                         "migration_types": ["schema", "full"], "cutover": {"approval": "automatic"}})
     assert config.cutover.freeze_source is False
+
+
+class _StateLostAfterRevoke(MigrationState):
+    """Migration state whose first write of the freeze record after PUBLIC lost CONNECT on the source fails, as when
+    the destination (where the state lives) drops the connection right after the revoke."""
+
+    def __init__(self, env, *args) -> None:
+        super().__init__(*args)
+        self.env, self.failed = env, False
+
+    def put(self, key, value) -> None:
+        if key == "source_freeze" and not self.failed and self.env.src(
+                "SELECT has_database_privilege('public', current_database(), 'CONNECT')") == [(False,)]:
+            self.failed = True
+            raise psycopg.OperationalError("connection to the destination lost")
+        super().put(key, value)
+
+
+def test_a_freeze_interrupted_after_the_revoke_is_undone_exactly(migration_env):
+    """The revocations are recorded before they are made: whatever interrupts the freeze after the revoke, its undo
+    gives PUBLIC its CONNECT back (the application can connect again)."""
+    env = migration_env
+    env.src(TABLE)
+    app = _app(env)
+    state = _StateLostAfterRevoke(env, env.destination_info(), "pgmigrate", "tfreeze_lost")
+    try:
+        freeze_source(env.source_info(), state)
+    except psycopg.OperationalError:
+        pass  # the freeze undid itself (or tried to)
+    unfreeze_source(env.source_info(), MigrationState(env.destination_info(), "pgmigrate", "tfreeze_lost"))
+    assert _frozen_settings(env) == []
+    assert env.src("SELECT has_database_privilege('public', current_database(), 'CONNECT')") == [(True,)]
+    with psycopg.connect(**app.connect_kwargs(), autocommit=True) as conn:
+        conn.execute("INSERT INTO public.orders (amount, note) VALUES (1, 'after undo')")
+
+
+def _connect_rights(env) -> list[tuple]:
+    return env.src("SELECT r, has_database_privilege(r, current_database(), 'CONNECT'), "
+                   "has_database_privilege(r, current_database(), 'CONNECT WITH GRANT OPTION') "
+                   "FROM unnest(ARRAY['public', 'pgm_owner', 'pgm_mig', 'pgm_delegate', 'pgm_app_writer']) r "
+                   "ORDER BY 1")
+
+
+def test_freeze_by_a_member_of_the_owner_connecting_through_public_is_undone_exactly(migration_env):
+    """The source account is no superuser and not the owner but a member of the owning role, with CONNECT through
+    PUBLIC only; another role holds CONNECT with grant option. The freeze lets the account (and only it) in, the
+    unfreeze gives every role back exactly the rights it had, twice in a row."""
+    env = migration_env
+    env.src(TABLE)
+    app = _app(env)
+    env.create_role(env.source, "pgm_owner", "owner-pw")
+    env.create_role(env.source, "pgm_mig", "mig-pw")
+    env.create_role(env.source, "pgm_delegate", "delegate-pw")
+    env.source.execute(f'ALTER DATABASE "{env.source_db}" OWNER TO pgm_owner; GRANT pgm_owner TO pgm_mig; '
+                       f'GRANT pg_signal_backend TO pgm_mig; '
+                       f'GRANT CONNECT ON DATABASE "{env.source_db}" TO pgm_delegate WITH GRANT OPTION')
+    mig = env.source.info(env.source_db, "pgm_mig", "mig-pw")
+    before = _connect_rights(env)
+    state = MigrationState(env.destination_info(), "pgmigrate", "tfreeze_member")
+    for _ in range(2):
+        frozen = freeze_source(mig, state)
+        assert sorted(frozen["revoked_connect_from"]) == ["PUBLIC", "pgm_delegate", "pgm_owner"], frozen
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            psycopg.connect(**app.connect_kwargs())
+        with psycopg.connect(**mig.connect_kwargs()) as conn:
+            assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        unfreeze_source(mig, state)
+        assert _connect_rights(env) == before
+        assert _frozen_settings(env) == []
+    with psycopg.connect(**app.connect_kwargs(), autocommit=True) as conn:
+        conn.execute("INSERT INTO public.orders (amount, note) VALUES (1, 'after unfreeze')")
+
+
+def test_unfreeze_keeps_a_grant_option_held_through_a_second_grantor(migration_env):
+    """A role holding CONNECT twice (from the owner, and with grant option from a delegate) keeps its grant option
+    through a freeze and its undo."""
+    env = migration_env
+    env.src(TABLE)
+    for role in ("pgm_owner", "pgm_mig", "pgm_delegate", APP_ROLE):
+        env.create_role(env.source, role, "pw")
+    db = f'"{env.source_db}"'
+    env.source.execute(f"ALTER DATABASE {db} OWNER TO pgm_owner; GRANT pgm_owner TO pgm_mig; "
+                       f"GRANT pg_signal_backend TO pgm_mig; SET ROLE pgm_owner; "
+                       f"GRANT CONNECT ON DATABASE {db} TO pgm_delegate WITH GRANT OPTION; SET ROLE pgm_delegate; "
+                       f"GRANT CONNECT ON DATABASE {db} TO {APP_ROLE} WITH GRANT OPTION; SET ROLE pgm_owner; "
+                       f"GRANT CONNECT ON DATABASE {db} TO {APP_ROLE}; RESET ROLE")
+    before = _connect_rights(env)
+    assert (APP_ROLE, True, True) in before
+    mig = env.source.info(env.source_db, "pgm_mig", "pw")
+    state = MigrationState(env.destination_info(), "pgmigrate", "tfreeze_option")
+    freeze_source(mig, state)
+    unfreeze_source(mig, state)
+    assert _connect_rights(env) == before
+
+
+def test_unfrozen_cutover_does_not_release_while_a_prepared_transaction_waits(migration_env):
+    """Without a freeze, a transaction prepared on the source (a transaction manager's) would commit after the slot
+    is gone and its rows never reach the destination: the cutover stops before the release and names it."""
+    env = migration_env
+    env.src(TABLE)
+    config = start_migration(env, cutover={"writes_stopped_check_seconds": 1})
+    catch_up(env, config)
+    with psycopg.connect(**env.source_info().connect_kwargs(), autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO public.orders (amount, note) VALUES (7, 'prepared')")
+        conn.execute("PREPARE TRANSACTION 'pgm_xa_7'")
+    outcome: list = []
+
+    def cutover() -> None:
+        try:
+            outcome.append(run_cutover(config, env.source_info(), env.destination_info()))
+        except Exception as exc:  # noqa: BLE001 - examined below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=cutover, daemon=True)
+    worker.start()
+    worker.join(60)
+    hung = worker.is_alive()
+    env.src("COMMIT PREPARED 'pgm_xa_7'")  # what the transaction manager does later (and what unblocks a hang)
+    worker.join(60)
+    assert not hung, "the cutover waited for the prepared transaction instead of naming it"
+    assert outcome and isinstance(outcome[0], CutoverError), outcome
+    assert "'pgm_xa_7'" in str(outcome[0]) and "COMMIT PREPARED" in str(outcome[0]), str(outcome[0])
+    assert _slot_kept(env, config)
+    report = run_cutover(config, env.source_info(), env.destination_info())
+    assert report["status"] == "completed" and _rows(env.dst, "prepared") == 1

@@ -95,7 +95,9 @@ def test_lag_seconds_grows_while_paused_or_throttled_and_returns_to_zero(migrati
                 break
         assert result.caught_up and result.lag_seconds < 2, result
     quiet = catch_up(env, config)
-    assert quiet.lag_seconds == 0 and quiet.lag_bytes == 0 and quiet.lag_basis == "nothing_unapplied", quiet
+    # Bytes count every WAL record of the (shared) test server, other databases' included; seconds only what is ours.
+    assert quiet.lag_seconds == 0 and quiet.lag_basis == "nothing_unapplied", quiet
+    assert quiet.lag_bytes < 256 * 1024, quiet
     assert_equal(env, ["public.t"])
 
 
