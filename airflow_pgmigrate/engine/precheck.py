@@ -24,6 +24,7 @@ from airflow_pgmigrate.engine.names import (
     parse_qualified_name,
     unmatched_entries,
 )
+from airflow_pgmigrate.engine.public_privileges import narrowed_public_privileges
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
 from airflow_pgmigrate.engine.sqlfilter import volatile_calls
 from airflow_pgmigrate.engine.state import MigrationState
@@ -51,6 +52,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "primary_keys",
     "c_functions",
     "not_migrated",
+    "privileges_not_migrated",
     "unlogged_tables",
     "name_conflicts",
     "extensions",
@@ -759,6 +761,23 @@ def check_not_migrated(ctx: PrecheckContext) -> list[CheckResult]:
                     "(docs/schema.md, What is not migrated)", objects=objects)]
 
 
+def check_privileges_not_migrated(ctx: PrecheckContext) -> list[CheckResult]:
+    """Without migrate_grants, a revoke from PUBLIC is lost: the object is open to every role on the destination."""
+    assert ctx.src is not None
+    if ctx.config.schema_migration.migrate_grants:
+        return [passed("privileges_not_migrated", "grants are migrated (schema_migration.migrate_grants is true) "
+                       "to roles that exist on the destination")]
+    objects = [str(o) for o in narrowed_public_privileges(ctx.src, ctx.scope_schemas())]
+    if not objects:
+        return [passed("privileges_not_migrated", "grants are not migrated (schema_migration.migrate_grants is "
+                       "false); no migrated object revokes a default privilege from PUBLIC")]
+    return [warning("privileges_not_migrated",
+                    f"{len(objects)} object(s) revoke a default privilege from PUBLIC on the source, and grants are "
+                    f"not migrated: {_listing(objects)}; on the destination they will be open to every role",
+                    "set schema_migration.migrate_grants: true, which migrates their privileges with the grants to "
+                    "roles that exist on the destination", objects=objects)]
+
+
 def check_unlogged_tables(ctx: PrecheckContext) -> list[CheckResult]:
     """Unlogged tables write no WAL: the full load copies them, incremental sync never sees their changes."""
     assert ctx.src is not None
@@ -1039,6 +1058,7 @@ _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "primary_keys": (check_primary_keys, ("schema", "full", "incremental"), True, False),
     "c_functions": (check_c_functions, ("schema",), True, False),
     "not_migrated": (check_not_migrated, ("schema",), True, False),
+    "privileges_not_migrated": (check_privileges_not_migrated, ("schema",), True, False),
     "unlogged_tables": (check_unlogged_tables, ("incremental",), True, False),
     "name_conflicts": (check_name_conflicts, ("schema", "full", "incremental"), True, True),
     "extensions": (check_extensions, ("schema",), True, True),

@@ -43,6 +43,7 @@ from airflow_pgmigrate.engine.pgdump import (
     tag_name,
     tag_target,
 )
+from airflow_pgmigrate.engine.public_privileges import narrowed_public_privileges
 from airflow_pgmigrate.engine.rewrite import (
     DefinitionRewriter,
     RewriteError,
@@ -1286,6 +1287,8 @@ def migrate_schema(
     report = SchemaReport(config.name, phase)
     with connect(source) as src_conn:
         src = read_source_schema(src_conn, config)
+        if phase == "pre_data" and not config.schema_migration.migrate_grants:
+            _review_narrowed_privileges(src_conn, src, report)
     with connect(destination) as dst_conn:
         dst_major = catalog.server_version_num(dst_conn) // 10000
         roles = {r[0] for r in dst_conn.execute("SELECT rolname FROM pg_roles")}
@@ -1344,6 +1347,16 @@ def migrate_schema(
     log(f"schema phase={phase} done created={sum(report.created.values())} skipped={len(report.skipped)} "
         f"differing={len(report.differing)} review={len(report.review)} seconds={report.seconds:.1f}")
     return report
+
+
+def _review_narrowed_privileges(conn: psycopg.Connection, src: SourceSchema, report: SchemaReport) -> None:
+    """Name the migrated objects whose revoke from PUBLIC is lost with ``--no-privileges`` (the precheck's
+    privileges_not_migrated item): every role may use them on the destination."""
+    for obj in narrowed_public_privileges(conn, src.dumped_schemas()):
+        if obj.schema is None or obj.schema in src.whole_schemas or (obj.kind, obj.schema, obj.tag) in src.needed:
+            report.review.append({"object": str(obj), "reason": (
+                "grants are not migrated: on the destination it is open to every role; set "
+                "schema_migration.migrate_grants: true to migrate its privileges")})
 
 
 def _source_pg_dump(source_major: int, destination_major: int, source: ConnectionInfo) -> PgDump:

@@ -349,3 +349,42 @@ def test_pg_dump_is_found_for_the_source_version(migration_env, monkeypatch):
     report = migration_env.precheck()
     (item,) = results_of(report, "pg_dump", "failed")
     assert f"no pg_dump of version {migration_env.source.major} or later" in item.detail
+
+
+#: Objects narrower than PostgreSQL's defaults for PUBLIC; plain_twice keeps the default (every role executes it).
+NARROWED = """
+CREATE SCHEMA app;
+CREATE TABLE app.accounts (id bigint PRIMARY KEY);
+CREATE FUNCTION app.secure_lookup(account_id bigint) RETURNS bigint LANGUAGE sql SECURITY DEFINER
+    AS 'SELECT account_id';
+REVOKE ALL ON FUNCTION app.secure_lookup(bigint) FROM PUBLIC;
+CREATE TYPE app.mood AS ENUM ('sad', 'happy');
+REVOKE USAGE ON TYPE app.mood FROM PUBLIC;
+CREATE FUNCTION app.plain_twice(x int) RETURNS int LANGUAGE sql AS 'SELECT x * 2';
+"""
+
+
+def test_privileges_narrower_than_public_defaults_are_named_when_grants_are_not_migrated(migration_env):
+    migration_env.src(SHOP)
+    item = migration_env.precheck().result("privileges_not_migrated")
+    assert item.status == "passed" and "grants are not migrated" in item.detail
+    migration_env.src(NARROWED)
+    report = migration_env.precheck()
+    assert report.failures == [], report.format_table()
+    (item,) = results_of(report, "privileges_not_migrated", "warning")
+    assert item.objects == ["function app.secure_lookup(account_id bigint) (no EXECUTE for PUBLIC)",
+                            "type app.mood (no USAGE for PUBLIC)"]
+    assert "2 object(s)" in item.detail and "open to every role" in item.detail
+    assert "schema_migration.migrate_grants: true" in item.fix
+    # Database-wide default privileges that revoke from PUBLIC are named too.
+    migration_env.src("ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC")
+    (item,) = results_of(migration_env.precheck(), "privileges_not_migrated", "warning")
+    assert item.objects[0] == "default privileges of postgres on functions (no EXECUTE for PUBLIC)"
+    assert len(item.objects) == 3
+    migration_env.src("ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO PUBLIC")
+    # A selection without the app schema migrates neither object.
+    report = migration_env.precheck(objects={"schemas": ["sales"]})
+    assert report.result("privileges_not_migrated").status == "passed"
+    # With grants migrated the revokes arrive: nothing to warn about.
+    report = migration_env.precheck(schema_migration={"migrate_grants": True})
+    assert report.result("privileges_not_migrated").status == "passed"

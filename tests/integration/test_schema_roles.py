@@ -276,3 +276,50 @@ def test_verification_without_role_options(owned_source):
     expected = expected_definitions(config, env.source_info())
     actual = actual_definitions(config, env.destination_info(), ["sales"])
     assert sorted(set(expected) ^ set(actual)) == []
+
+
+#: A SECURITY DEFINER function and a type PUBLIC may not use on the source; reader (on both sides) may.
+NARROWED = """
+CREATE FUNCTION sales.secure_lookup(account_id bigint) RETURNS bigint LANGUAGE sql SECURITY DEFINER
+    AS 'SELECT account_id';
+REVOKE ALL ON FUNCTION sales.secure_lookup(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sales.secure_lookup(bigint) TO reader;
+CREATE TYPE sales.grade AS ENUM ('low', 'high');
+REVOKE USAGE ON TYPE sales.grade FROM PUBLIC;
+"""
+NARROWED_PRIVILEGES = """
+SELECT r, has_function_privilege(r, 'sales.secure_lookup(bigint)', 'EXECUTE'),
+       has_type_privilege(r, 'sales.grade', 'USAGE')
+  FROM unnest(ARRAY['reader', 'outsider']) AS r ORDER BY r
+"""
+
+
+@pytest.fixture
+def narrowing_source(granting_source):
+    env = granting_source
+    env.create_role(env.source, "outsider", "outsider-pw")
+    env.create_role(env.destination, "outsider", "outsider-pw")
+    env.src(NARROWED)
+    assert env.src(NARROWED_PRIVILEGES) == [("outsider", False, False), ("reader", True, False)]
+    return env
+
+
+def test_revokes_from_public_are_named_in_the_report_when_grants_are_not_migrated(narrowing_source):
+    env = narrowing_source
+    pre, _ = migrate(env, env.config(objects={"schemas": ["sales"]}))
+    named = {r["object"]: r["reason"] for r in pre["review"]}
+    assert set(named) == {"function sales.secure_lookup(account_id bigint) (no EXECUTE for PUBLIC)",
+                          "type sales.grade (no USAGE for PUBLIC)"}, pre["review"]
+    assert all("open to every role" in why and "migrate_grants: true" in why for why in named.values())
+    # What the report warns about: every role may use them on the destination.
+    assert env.dst(NARROWED_PRIVILEGES) == [("outsider", True, True), ("reader", True, True)]
+
+
+def test_revokes_from_public_migrate_with_grants(narrowing_source):
+    env = narrowing_source
+    config = env.config(objects={"schemas": ["sales"]}, schema_migration={"migrate_grants": True})
+    assert env.precheck(objects={"schemas": ["sales"]}, schema_migration={"migrate_grants": True}).result(
+        "privileges_not_migrated").status == "passed"
+    pre, _ = migrate(env, config)
+    assert not any("for PUBLIC" in r["object"] for r in pre["review"])
+    assert env.dst(NARROWED_PRIVILEGES) == env.src(NARROWED_PRIVILEGES)
