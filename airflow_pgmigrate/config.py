@@ -18,9 +18,10 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from airflow_pgmigrate.engine.names import QualifiedName, parse_qualified_name
+from airflow_pgmigrate.engine.check_names import CHECK_NAMES
+from airflow_pgmigrate.engine.filter_syntax import normalize_row_filter
+from airflow_pgmigrate.engine.identifiers import QualifiedName, parse_qualified_name
 from airflow_pgmigrate.engine.secrets import has_credentials
-from airflow_pgmigrate.engine.sqlfilter import normalize_row_filter
 from airflow_pgmigrate.exceptions import ConfigError, Problem
 
 MigrationType = Literal["schema", "full", "incremental"]
@@ -540,8 +541,6 @@ class PrecheckSettings(_Validated):
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:
-        from airflow_pgmigrate.engine.precheck import CHECK_NAMES
-
         errors: list[Problem] = []
         for i, name in enumerate(values.get("skip") or []):
             if name not in CHECK_NAMES:

@@ -9,6 +9,10 @@ class PgMigrateError(Exception):
     """Base class of every error raised by airflow-pgmigrate."""
 
 
+class SyncError(PgMigrateError):
+    """Incremental sync cannot go on (slot lost, DDL on the source, another applier running)."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """One mistake in a migration config: where it is, what is wrong, and how to fix it."""

@@ -14,6 +14,7 @@ from typing import Literal
 import psycopg
 
 from airflow_pgmigrate.engine.connection import ConnectFailed
+from airflow_pgmigrate.exceptions import SyncError
 
 FailureKind = Literal["connection", "transient", "permanent"]
 
@@ -46,8 +47,6 @@ def is_connection_failure(exc: BaseException) -> bool:
 
 def failure_kind(exc: BaseException) -> FailureKind:
     """Classify a failure of incremental sync (see the module docstring)."""
-    from airflow_pgmigrate.engine.incremental import SyncError
-
     if is_connection_failure(exc):
         return "connection"
     if isinstance(exc, SyncError):

@@ -33,9 +33,10 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
+from airflow_pgmigrate.engine.config_entries import unmatched_entries
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import tables_without_rows
-from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name, unmatched_entries
+from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
 from airflow_pgmigrate.engine.nonstreamed import LargeObjectRoles, sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.pgdump import (
     available_clients,

@@ -55,7 +55,7 @@ from airflow_pgmigrate.engine.rewrite import DefinitionRewriter
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.throttle import Throttle
-from airflow_pgmigrate.exceptions import PgMigrateError
+from airflow_pgmigrate.exceptions import SyncError
 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
@@ -78,10 +78,6 @@ SPILL_BYTES = 32 * 1024 * 1024
 #: Message tags (as bytes of the payload): row changes, and what a streamed transaction spills until its commit.
 ROW_TAGS = frozenset(b"IUD")
 SPILLED_TAGS = frozenset(b"IUDT")
-
-
-class SyncError(PgMigrateError):
-    """Incremental sync cannot go on (slot lost, DDL on the source, another applier running)."""
 
 
 @dataclass

@@ -4,85 +4,44 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from airflow_pgmigrate.config import MigrationConfig, NameMapping, ObjectSelection
+from airflow_pgmigrate.engine.identifiers import QualifiedName, parse_qualified_name
 
 
-@dataclass(frozen=True, order=True)
-class QualifiedName:
-    """A schema-qualified name, exact as in the catalog (no case folding)."""
-
-    schema: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{_show(self.schema)}.{_show(self.name)}"
+class SelectionSpec(Protocol):
+    """What a selection of objects says (``config.ObjectSelection``)."""
 
     @property
-    def key(self) -> str:
-        """The unquoted ``schema.name`` form used by selection patterns."""
-        return f"{self.schema}.{self.name}"
+    def selects_everything(self) -> bool: ...
+    @property
+    def schemas(self) -> list[str]: ...
+    @property
+    def tables(self) -> list[str]: ...
+    @property
+    def include(self) -> list[str]: ...
+    @property
+    def exclude(self) -> list[str]: ...
 
 
-def _show(part: str) -> str:
-    if "." in part or '"' in part or part != part.strip() or not part:
-        return '"' + part.replace('"', '""') + '"'
-    return part
+class MappingSpec(Protocol):
+    """What a name mapping says (``config.NameMapping``)."""
 
-
-def parse_qualified_name(text: str) -> QualifiedName:
-    """Parse ``schema.table``; a part holding a dot or a quote is written in double quotes (``""`` for a quote).
-
-    Names are taken exactly as written: ``public.Orders`` names the table ``Orders``.
-    """
-    parts: list[str] = []
-    i, n = 0, len(text)
-    while True:
-        if i < n and text[i] == '"':
-            j = i + 1
-            buf = []
-            while True:
-                if j >= n:
-                    raise ValueError(f"{text!r} has an unterminated quote")
-                if text[j] == '"':
-                    if j + 1 < n and text[j + 1] == '"':
-                        buf.append('"')
-                        j += 2
-                        continue
-                    break
-                buf.append(text[j])
-                j += 1
-            parts.append("".join(buf))
-            i = j + 1
-        else:
-            j = text.find(".", i)
-            j = n if j < 0 else j
-            part = text[i:j]
-            if '"' in part:
-                raise ValueError(f"{text!r} has a quote inside an unquoted name")
-            parts.append(part)
-            i = j
-        if i >= n:
-            break
-        if text[i] != ".":
-            raise ValueError(f"{text!r}: expected a dot after a quoted name")
-        i += 1
-    if len(parts) != 2:
-        raise ValueError(f"{text!r} is not a schema-qualified table name (schema.table)")
-    if not all(parts):
-        raise ValueError(f"{text!r} has an empty schema or table name")
-    return QualifiedName(parts[0], parts[1])
+    @property
+    def schemas(self) -> Mapping[str, str]: ...
+    @property
+    def tables(self) -> Mapping[str, str]: ...
+    @property
+    def columns(self) -> Mapping[str, Mapping[str, str]]: ...
+    @property
+    def name_case(self) -> str: ...
 
 
 class TableSelector:
     """A selection compiled once: listed tables and schemas in sets, patterns as regular expressions."""
 
-    def __init__(self, selection: ObjectSelection) -> None:
+    def __init__(self, selection: SelectionSpec) -> None:
         self.everything = selection.selects_everything
         self.schemas = set(selection.schemas)
         self.tables = {parse_qualified_name(t) for t in selection.tables}
@@ -98,28 +57,9 @@ class TableSelector:
         return any(p.match(key) for p in self.include)
 
 
-def is_selected(table: QualifiedName, selection: ObjectSelection) -> bool:
+def is_selected(table: QualifiedName, selection: SelectionSpec) -> bool:
     """Whether a source table is selected: listed (or in a listed schema, or matching an include), not excluded."""
     return TableSelector(selection)(table)
-
-
-def unmatched_entries(config: MigrationConfig, existing: Iterable[QualifiedName], moved: Iterable[QualifiedName],
-                      schemas: Iterable[str] = ()) -> list[str]:
-    """The config entries naming a table (row filters, column selections, table and column mappings) that match no
-    relation the migration moves, and schema mappings for a schema it does not move (``schemas``: those migrated
-    whole): each would silently do nothing, so each is an error, named."""
-    existing, moved = set(existing), set(moved)
-    moved_schemas = {n.schema for n in moved} | set(schemas)
-    out = [f"mapping.schemas names {schema}, a schema the migration does not move"
-           for schema in config.mapping.schemas if schema not in moved_schemas]
-    for section, entries in (("filters", config.filters), ("objects.columns", config.objects.columns),
-                             ("mapping.tables", config.mapping.tables), ("mapping.columns", config.mapping.columns)):
-        for key in entries:
-            name = parse_qualified_name(key)
-            if name not in moved:
-                why = "which does not exist" if name not in existing else "which the selection does not migrate"
-                out.append(f"{section} names {name}, {why}")
-    return out
 
 
 def _apply_case(name: str, case: str) -> str:
@@ -133,7 +73,7 @@ def _apply_case(name: str, case: str) -> str:
 class NameMapper:
     """Maps source names to destination names: explicit renames verbatim, the case policy for the rest."""
 
-    def __init__(self, mapping: NameMapping) -> None:
+    def __init__(self, mapping: MappingSpec) -> None:
         self.mapping = mapping
         self._tables = {parse_qualified_name(k): v for k, v in mapping.tables.items()}
         self._columns = {parse_qualified_name(k): v for k, v in mapping.columns.items()}
@@ -156,4 +96,5 @@ class NameMapper:
         return _apply_case(column, self.mapping.name_case)
 
 
-__all__ = ["NameMapper", "QualifiedName", "TableSelector", "is_selected", "parse_qualified_name", "unmatched_entries"]
+__all__ = ["MappingSpec", "NameMapper", "QualifiedName", "SelectionSpec", "TableSelector", "is_selected",
+           "parse_qualified_name"]

@@ -16,13 +16,14 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
+from airflow_pgmigrate.engine.check_names import CHECK_NAMES
+from airflow_pgmigrate.engine.config_entries import unmatched_entries
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
 from airflow_pgmigrate.engine.names import (
     NameMapper,
     QualifiedName,
     TableSelector,
     parse_qualified_name,
-    unmatched_entries,
 )
 from airflow_pgmigrate.engine.public_privileges import narrowed_public_privileges
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
@@ -36,39 +37,6 @@ if TYPE_CHECKING:
 MIN_SOURCE_VERSION = 100004
 
 #: Every precheck item, in report order. Names are stable: configs skip items by name.
-CHECK_NAMES: tuple[str, ...] = (
-    "source_connection",
-    "destination_connection",
-    "source_version",
-    "version_match",
-    "wal_level",
-    "replication_capacity",
-    "source_privileges",
-    "destination_privileges",
-    "publication",
-    "selected_objects",
-    "row_filters",
-    "name_mapping",
-    "primary_keys",
-    "c_functions",
-    "not_migrated",
-    "privileges_not_migrated",
-    "unlogged_tables",
-    "name_conflicts",
-    "extensions",
-    "xml_support",
-    "destination_large_objects",
-    "pg_dump",
-    "destination_space",
-    "long_transactions",
-    "prepared_transactions",
-    "rds_instance",
-    "rds_endpoint",
-    "rds_logical_replication",
-    "rds_public_access",
-    "rds_security_group",
-    "rds_storage",
-)
 
 
 def _q(name: QualifiedName) -> str:
