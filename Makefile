@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv lint test test-fast test-faults test-peer test-real-airflow demo demo-ui clean
+.PHONY: venv lint test test-slow test-fast test-faults test-peer test-real-airflow demo demo-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,21 +17,26 @@ lint: venv
 	$(BIN)/ruff check airflow_pgmigrate tests dags demo bench
 	$(BIN)/mypy
 
-# The whole suite: lint, type check, unit tests, and integration tests against real PostgreSQL servers and Airflow
-# (dag.test()). The real Airflow deployment and browser tests have their own target (.ci/run runs both).
+# Lint, type check, unit tests, and integration tests against real PostgreSQL servers and Airflow (dag.test()).
+# The slow suites have their own targets, which .ci/run runs after this one: the pgcopydb-style peer scenarios
+# (test-peer), tests that take longer than about 20 s (test-slow), the real Airflow deployment (test-real-airflow).
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider -m "not real_airflow"
+	$(BIN)/pytest -q -p no:cacheprovider -m "not real_airflow and not peer and not slow"
+
+# Tests that take longer than about 20 s each (long throttled windows, waits for the caps).
+test-slow: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m "slow and not real_airflow and not peer"
 
 # A real Airflow (scheduler, dag processor, triggerer, API server) driven through its REST API, and Debian's Chromium
 # (headless) on its UI; screenshots and component logs in $${PGMIGRATE_TEST_ARTIFACTS:-/tmp/pgmigrate-artifacts}.
 test-real-airflow: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m real_airflow
 
-# Only the fault-injection, abuse and security suite (also part of `make test`).
+# Only the fault-injection, abuse and security suite (its fast part is in `make test`).
 test-faults: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m hardening
 
-# Only the pgcopydb-style peer scenarios (tests/peer, also part of `make test`).
+# The pgcopydb-style peer scenarios (tests/peer; .ci/run runs them after `make test`).
 test-peer: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m peer
 
