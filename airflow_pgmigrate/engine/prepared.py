@@ -51,7 +51,9 @@ def compare_prepared(src_tables: list[catalog.TableInfo], dst: psycopg.Connectio
             elif _unqualified(types[name]) != _unqualified(column.type):
                 out.mismatches.append(f"{target}: column {name} is {types[name]}, {column.type} in the source")
         key = [mapper.column(table.name, c) for c in table.key_columns or []]
-        if key and (there.key_columns or []) != key:
+        # A wider key is fine (a partitioned destination's key holds its partition columns): rows are found by the
+        # source's key, which must be part of it.
+        if key and not set(key) <= set(there.key_columns or []):
             have = ", ".join(there.key_columns or []) or "none"
             out.mismatches.append(f"{target}: key ({have}) differs from the source's ({', '.join(key)})")
         has_rows = dst.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(
