@@ -208,15 +208,21 @@ class Deployment:
     def run_state(self, dag_id: str, run_id: str) -> str:
         return str(self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"])
 
-    def open_question(self, dag_id: str, run_id: str, task_id: str, timeout: float = 300.0) -> dict[str, Any]:
-        """Wait until ``task_id`` asks its question (a HITL detail with no response yet) and return it."""
+    def open_question(self, dag_id: str, run_id: str, task_id: str, timeout: float = 300.0,
+                      reading_seconds: float = 5.0) -> dict[str, Any]:
+        """Wait until ``task_id`` asks its question (a HITL detail with no response yet, the task awaiting input) and
+        return it after ``reading_seconds``, the least a person takes to read it. An answer given within about one
+        scheduler loop of the question being asked can reach the task before the scheduler has processed the end of
+        the asking workload, which Airflow's executor then reports as a task finished while queued."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
             details = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/hitlDetails")
             for detail in details.get("hitl_details", []):
                 ti = detail.get("task_instance") or {}
-                if ti.get("task_id") == task_id and not detail.get("response_received"):
+                if ti.get("task_id") == task_id and not detail.get("response_received") \
+                        and self.task_states(dag_id, run_id).get(task_id) == "awaiting_input":
+                    time.sleep(reading_seconds)
                     return detail
             if self.run_state(dag_id, run_id) in ("success", "failed"):
                 raise AssertionError(f"the run ended before {task_id} asked: {self.task_states(dag_id, run_id)}")
