@@ -3,7 +3,9 @@ server, each a process of its own, in a throwaway AIRFLOW_HOME with its own SQLi
 
 Each component runs in its own process group; ``stop()`` sends SIGTERM to every group, then SIGKILL after a grace
 period, so the LocalExecutor's workers and the task processes go too; any process still running with this
-deployment's AIRFLOW_HOME in its environment (one that left its group) is killed last.
+deployment's marker (``PGMIGRATE_AIRFLOW_DEPLOYMENT``, set only for the processes it starts) in its environment (one
+that left its group) is killed last. The marker is not AIRFLOW_HOME: a caller (the demo) may have that in its own
+environment, and so may the PostgreSQL servers it starts.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class ApiError(Exception):
         super().__init__(f"HTTP {status}: {body[:500]}")
         self.status = status
 
+#: In the environment of every process a deployment starts (and their children), so stop() can find them all.
+MARKER = "PGMIGRATE_AIRFLOW_DEPLOYMENT"
+
 
 @dataclass
 class Deployment:
@@ -59,6 +64,7 @@ class Deployment:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         env.update({
             "AIRFLOW_HOME": str(self.home),
+            MARKER: str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -166,22 +172,32 @@ class Deployment:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        for pid in self.leftovers():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self._kill_leftovers(wait=10.0)
+
+    def _kill_leftovers(self, wait: float) -> None:
+        """SIGKILL what escaped the groups (a task process in a session of its own) and wait until it is gone: a
+        process just sent SIGKILL stays listed for a moment while the kernel tears it down."""
+        deadline = time.monotonic() + wait
+        while (left := self.leftovers()) and time.monotonic() < deadline:
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
 
     def leftovers(self) -> list[int]:
-        """Processes still running with this deployment's AIRFLOW_HOME in their environment (Linux /proc)."""
-        marker = f"AIRFLOW_HOME={self.home}".encode()
+        """Processes still running (zombies excepted: they hold nothing) with this deployment's marker in their
+        environment (Linux /proc)."""
+        marker = f"{MARKER}={self.home}".encode()
         found = []
         for entry in Path("/proc").glob("[0-9]*"):
             try:
                 environ = (entry / "environ").read_bytes()
-            except OSError:
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
                 continue
-            if marker in environ.split(b"\0") and int(entry.name) != os.getpid():
+            if marker in environ.split(b"\0") and state not in ("Z", "X") and int(entry.name) != os.getpid():
                 found.append(int(entry.name))
         return found
 
