@@ -648,5 +648,16 @@ def parse_sql_name(text: str) -> QualifiedName:
     return QualifiedName(parts[0], parts[1])
 
 
+def row_filter_for_destination(mapper: NameMapper, table: QualifiedName, columns: list[str], row_filter: str) -> str:
+    """A row filter of source ``table`` (whose columns are ``columns``) with its columns renamed as the destination
+    names them: the same condition, asked of the destination's rows."""
+    from pglast import parse_sql
+    from pglast.stream import RawStream
+
+    stmt: Any = parse_sql(f"SELECT 1 WHERE {row_filter}")[0].stmt
+    DefinitionRewriter(mapper, {table: columns}, {table: "r"})._columns_in(stmt.whereClause, table)
+    return str(RawStream()(stmt.whereClause))
+
+
 __all__ = ["DefinitionRewriter", "RewriteError", "RewriteResult", "child_nodes", "deparse", "parse_sql_name",
-           "statement_text", "walk_nodes"]
+           "row_filter_for_destination", "statement_text", "walk_nodes"]
