@@ -41,7 +41,7 @@ from airflow_pgmigrate.engine.freeze import (
     unfreeze_statements,
     writers,
 )
-from airflow_pgmigrate.engine.incremental import SyncError, SyncResult, release, run_incremental
+from airflow_pgmigrate.engine.incremental import IncrementalSync, SyncError, SyncResult, release
 from airflow_pgmigrate.engine.matviews import sync_materialized_views
 from airflow_pgmigrate.engine.nonstreamed import LargeObjectRoles, sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
@@ -180,10 +180,10 @@ def _drain(config: MigrationConfig, source: ConnectionInfo, destination: Connect
     """Apply every change up to ``target_lsn``; the totals of all rounds are in the result returned."""
     total = SyncResult(applied_lsn="")
     waited_until = time.monotonic() + 180
+    sync = IncrementalSync(config, source, destination, log=log)
     for _ in range(100):
         try:
-            result = run_incremental(config, source, destination, window_seconds=300, target_lsn=target_lsn,
-                                     log=log)
+            result = sync.catch_up(target_lsn, window_seconds=300)
         except SyncError as exc:
             # The sensor that kept the destination in sync while the question waited stops within one poke.
             if "another applier" not in str(exc) or time.monotonic() > waited_until:

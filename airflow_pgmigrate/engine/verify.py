@@ -29,6 +29,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import tables_without_rows
+from airflow_pgmigrate.engine.incremental import IncrementalSync
 from airflow_pgmigrate.engine.matviews import ViewCatalog, compare_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
 from airflow_pgmigrate.engine.nonstreamed import (
@@ -374,8 +375,6 @@ def verify_migration(config: MigrationConfig, source: ConnectionInfo, destinatio
                      log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Verify while the source keeps writing: export a snapshot at LSN L from a temporary slot, bring the destination
     exactly to L (apply every transaction committed before it, none after), then compare against that snapshot."""
-    from airflow_pgmigrate.engine.incremental import IncrementalSync
-
     if not config.wants("incremental"):
         # No slot to pause at a snapshot: compare with the source as it is now (writes since the full load show as
         # differences).
@@ -406,7 +405,7 @@ def verify_migration(config: MigrationConfig, source: ConnectionInfo, destinatio
             sync = IncrementalSync(config, source, destination, log=log)
             applied = 0
             for _ in range(100):
-                result = sync.run(window_seconds=600, stop_before_lsn=lsn, take_lock=False)
+                result = sync.stop_before(lsn, window_seconds=600, take_lock=False)
                 applied += result.changes
                 if result.caught_up:
                     break
