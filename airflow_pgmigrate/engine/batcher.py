@@ -102,6 +102,7 @@ class Batcher:
                  collapse: bool) -> None:
         self.writer, self.pace, self.positions, self.limits = writer, pace, positions, limits
         self.collapse = collapse
+        self._part_changes, self._part_bytes = limits.part_changes, limits.part_bytes  # read once per change
         self.batch = Batch(collapse=collapse)
         self.transactions = 0
         self._last_end = 0  # end LSN of the last transaction read into the batch (its progress row)
@@ -126,7 +127,7 @@ class Batcher:
         """Add a row change; a full batch is written as a part. False: the caps stopped the run."""
         batch = self.batch
         batch.add(rel, table, change, size)
-        if batch.bytes >= self.limits.part_bytes or batch.changes >= self.limits.part_changes:
+        if batch.bytes >= self._part_bytes or batch.changes >= self._part_changes:
             return self.write_part(txn)
         return True
 

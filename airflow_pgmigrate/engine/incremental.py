@@ -269,21 +269,23 @@ class IncrementalSync:
     def _pump(self, p: _Pipeline) -> None:
         """Read, assemble, batch and write until a stop condition holds (the writer drained when it returns after
         catching up, at the window's end or before the stop-before LSN)."""
-        positions, batcher, assembler, stops, stream = p.positions, p.batcher, p.assembler, p.stops, p.stream
+        positions, batcher, assembler, stream, pace = p.positions, p.batcher, p.assembler, p.stream, p.batcher.pace
+        deadline, target, when_caught_up = p.stops.deadline, p.stops.target, p.stops.when_caught_up
         feedback_seconds = FEEDBACK_SECONDS
         last_feedback = 0.0
-        while not batcher.pace.over:
+        while not pace.over:
+            # Once per message: the cheapest tests first.
             now = time.monotonic()
             if now - last_feedback >= feedback_seconds:
-                self._report(p, reply=stops.when_caught_up, ask_destination=True)
+                self._report(p, reply=when_caught_up, ask_destination=True)
                 last_feedback = now
             if assembler.txn is None and batcher.due(now):
                 batcher.flush()
-            if stops.when_caught_up and positions.caught_up_with(stops.target):
+            if when_caught_up and positions.position >= target and positions.caught_up_with(target):
                 p.writer.drain()
                 p.result.caught_up = True
                 return
-            if stops.window_over(now) and assembler.txn is None:
+            if now >= deadline and assembler.txn is None:
                 batcher.flush()
                 p.writer.drain()
                 return

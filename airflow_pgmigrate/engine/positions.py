@@ -82,9 +82,6 @@ class StopConditions:
         """Whether a transaction committed at ``commit_lsn`` is left for later (at or past ``before``)."""
         return self.before is not None and commit_lsn >= self.before
 
-    def window_over(self, now: float) -> bool:
-        return now >= self.deadline
-
 
 class PositionTracker:
     """Owner of the sync's positions (see the module's docstring) and of the feedback they allow.
@@ -129,8 +126,10 @@ class PositionTracker:
         nothing for us is accounted for at once; any other waits for the writer's commit of ``end_lsn``.
         ``changes_waiting``: the batch being filled holds changes after it (not handed to the writer yet)."""
         self._open = False
-        self.received = max(self.received, end_lsn)
-        self.position = max(self.position, end_lsn)
+        if end_lsn > self.received:
+            self.received = end_lsn
+        if end_lsn > self.position:
+            self.position = end_lsn
         if not skipped:
             self._read_end = end_lsn
             self._changes_waiting = changes_waiting
