@@ -38,6 +38,8 @@ SPILL_BYTES = 32 * 1024 * 1024
 #: Message tags (as bytes of the payload): row changes, and what a streamed transaction spills until its commit.
 ROW_TAGS = frozenset(b"IUD")
 SPILLED_TAGS = frozenset(b"IUDT")
+BEGIN, COMMIT = 66, 67  # 'B', 'C'
+_unpack_from = struct.unpack_from
 
 
 class Spill:
@@ -120,7 +122,7 @@ class Assembler:
 
     def feed(self, message: bytes) -> bool:
         """One XLogData message; True when the run must stop before the transaction it starts."""
-        self.positions.receive(struct.unpack_from("!Q", message, 1)[0])
+        self.positions.receive(_unpack_from("!Q", message, 1)[0])
         tag = message[PAYLOAD]
         if self.stream_xid is not None and tag in SPILLED_TAGS:
             self._spill(self.stream_xid).add(message[PAYLOAD:])
@@ -137,6 +139,11 @@ class Assembler:
             if table is None or txn.begin.commit_lsn < table.start_lsn:
                 return False
             self.batcher.add(rel, table, change, len(message) - PAYLOAD, txn.begin)
+            return False
+        if tag == BEGIN:  # once per transaction: no decoder call
+            return self._begin(Begin(*_unpack_from("!qqi", message, PAYLOAD + 1)))
+        if tag == COMMIT:
+            self._end(Commit(*_unpack_from("!qqq", message, PAYLOAD + 2)))
             return False
         return self._message(self.decoder.decode(message, PAYLOAD), len(message) - PAYLOAD)
 
@@ -178,11 +185,17 @@ class Assembler:
         self.stopped_at = commit_time
         return True
 
+    def _first_alone(self) -> None:
+        """Under the caps, what was read before a transaction is committed first if the run committed nothing yet
+        (see :meth:`Pace.first_alone`)."""
+        batcher = self.batcher
+        if batcher.pace.capped and batcher.pace.first_alone(batcher.pending):
+            batcher.flush()
+
     def _begin(self, begin: Begin) -> bool:
-        if self._stopped_before(begin.commit_lsn, begin.commit_time):
+        if self.stops.before is not None and self._stopped_before(begin.commit_lsn, begin.commit_time):
             return True  # committed at or after the stop point: left for later
-        if self.batcher.pace.first_alone(self.batcher.pending):
-            self.batcher.flush()
+        self._first_alone()
         self.txn = Txn(begin, skip=begin.commit_lsn < self.applied)
         self.positions.begin()
         return False
@@ -201,8 +214,7 @@ class Assembler:
     def _stream_commit(self, item: StreamCommit) -> bool:
         if self._stopped_before(item.commit_lsn, item.commit_time):
             return True
-        if self.batcher.pace.first_alone(self.batcher.pending):
-            self.batcher.flush()
+        self._first_alone()
         spill = self.spills.pop(item.xid, None)
         self.positions.streamed_done(item.xid)
         txn = self.txn = Txn(Begin(item.commit_lsn, item.commit_time, item.xid), skip=item.commit_lsn < self.applied)
