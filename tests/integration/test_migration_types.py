@@ -143,3 +143,23 @@ def test_missing_prepared_tables_say_what_to_do(migration_env):
     result = env.precheck(migration_types=["incremental"]).result("name_conflicts")
     assert result.status == "failed" and set(result.objects) == {"public.customers", "public.orders"}
     assert "add schema to migration_types" in result.fix and "slot" not in result.detail
+
+
+def test_a_prepared_table_with_a_column_the_source_lacks_fails_the_precheck_when_it_would_stop_the_migration(
+        migration_env):
+    """A destination column the source does not have: incremental sync stops at the table's first change (it takes
+    the column for one dropped on the source, "DDL on the source"), hours after a precheck that passed; a full load
+    cannot fill one that is NOT NULL without a default. A full load alone fills a nullable one with its default."""
+    env = migration_env
+    env.src(TABLES + ROWS)
+    env.dst(TABLES.replace("name text NOT NULL)", "name text NOT NULL, migrated_at timestamptz DEFAULT now())"))
+    result = env.precheck(migration_types=["full", "incremental"]).result("name_conflicts")
+    assert result.status == "failed", result.detail
+    assert any(o.startswith("public.customers: column migrated_at is not in the source") for o in result.objects), \
+        result.objects
+    assert env.precheck(migration_types=["full"]).result("name_conflicts").status == "passed"
+    env.dst("ALTER TABLE public.orders ADD COLUMN batch integer NOT NULL")
+    result = env.precheck(migration_types=["full"]).result("name_conflicts")
+    assert result.status == "failed", result.detail
+    assert any(o.startswith("public.orders: column batch is not in the source") for o in result.objects), \
+        result.objects
