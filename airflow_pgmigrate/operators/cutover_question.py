@@ -73,7 +73,8 @@ class CutoverQuestionOperator(MigrationTaskMixin, HITLBranchOperator):
         self.body = question_body(config, figures, state.get("verification"),
                                   report_link=report_link(config) if config.report.enabled else "")
         if figures is not None:
-            self.log.info("cutover question asked lag_bytes=%d lag_s=%.1f", figures.lag_bytes, figures.lag_seconds)
+            self.log.info("cutover question asked lag_bytes=%d lag_s=%s", figures.lag_bytes,
+                          "unknown" if figures.lag_seconds is None else f"{figures.lag_seconds:.1f}")
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
