@@ -820,7 +820,7 @@ def check_prepared_tables(ctx: PrecheckContext) -> list[CheckResult]:
     from airflow_pgmigrate.engine.prepared import compare_prepared
 
     assert ctx.dst is not None
-    found = compare_prepared(ctx.selected, ctx.dst, ctx.mapper)
+    found = compare_prepared(ctx.selected, ctx.dst, ctx.mapper, config=ctx.config)
     types = ", ".join(ctx.config.migration_types)
     if found.missing:
         return [failed("name_conflicts", f"a migration without schema migration ({types}) copies into tables that "
