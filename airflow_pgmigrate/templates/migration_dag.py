@@ -108,7 +108,9 @@ def _cutover_tasks(config: MigrationConfig, plain: dict[str, Any], synced: Any) 
     # A lost worker (a scheduler restart ends the LocalExecutor's) is retried; sync resumes where it stopped.
     waiting = SyncUntilAnsweredSensor(task_id="sync_while_waiting", config=plain, retries=5,
                                       retry_delay=timedelta(seconds=10))
-    release = ReleaseOperator(task_id="release", config=plain, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    # Abort releases even after the sync beside the question failed (else the slot keeps retaining WAL and nothing
+    # in the UI can release it); an upstream failure without an Abort answer skips it.
+    release = ReleaseOperator(task_id="release", config=plain, only_after_abort=True, trigger_rule=TriggerRule.ALL_DONE)
     synced >> verify >> [ask, waiting]
     ask >> [cutover, release]
     waiting >> [cutover, release]

@@ -175,4 +175,6 @@ def test_abort_after_the_sync_beside_the_question_failed_still_releases_the_slot
     slot = migration_env.src("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgmigrate_it_cut_sync_fails'")
     assert slot == [(0,)], states
     assert migration_env.src("SELECT count(*) FROM pg_publication") == [(0,)]
-    assert dag_run.state == "failed", "the sync did fail: the run says so"
+    # The abort asked for is done (as after any Abort, the run ends success); the failed sync stays red in the grid
+    # and has alerted through its failure callback.
+    assert dag_run.state == "success", states
