@@ -163,3 +163,17 @@ def test_a_prepared_table_with_a_column_the_source_lacks_fails_the_precheck_when
     assert result.status == "failed", result.detail
     assert any(o.startswith("public.orders: column batch is not in the source") for o in result.objects), \
         result.objects
+
+
+def test_schema_and_incremental_over_a_source_holding_rows_warns_that_they_are_never_copied(migration_env):
+    """[schema, incremental] creates the tables empty and applies only the changes made from the start on: the rows
+    the source holds now never reach the destination (an update or delete of one stops sync, the cutover's
+    verification finds them missing). The precheck says so before the migration starts, naming the tables."""
+    env = migration_env
+    env.src(TABLES)
+    assert env.precheck(migration_types=["schema", "incremental"]).result("name_conflicts").status == "passed"
+    env.src(ROWS)
+    result = env.precheck(migration_types=["schema", "incremental"]).result("name_conflicts")
+    assert result.status == "warning", result.detail
+    assert set(result.objects) == {"public.customers", "public.orders"}
+    assert "never copied" in result.detail and "add full to migration_types" in result.fix
