@@ -771,7 +771,8 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
     if not ctx.config.wants("schema"):
         return check_prepared_tables(ctx)
     if not existing:
-        return [passed("name_conflicts", f"none of the {len(targets)} destination name(s) exists yet")]
+        return [_rows_never_copied(ctx) or passed("name_conflicts",
+                                                  f"none of the {len(targets)} destination name(s) exists yet")]
     names = [f"{name} ({kind})" for name, kind in sorted(existing.items())]
     state = MigrationState(ctx.destination, ctx.config.state_schema, ctx.config.name)
     if (state.read(ctx.dst, "schema.pre_data") or {}).get("completed"):
@@ -785,6 +786,26 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
     return [failed("name_conflicts", f"{len(existing)} object(s) already exist in the destination: {_listing(names)}",
                    "drop or rename them in the destination, map the tables to other names (mapping.tables), "
                    "or set conflicting_tables: ignore to keep them", objects=names)]
+
+
+def _rows_never_copied(ctx: PrecheckContext) -> CheckResult | None:
+    """``[schema, incremental]`` creates the tables empty and applies only the changes made from its start: rows the
+    source holds now never reach the destination (an update or delete of one stops sync, verification finds them
+    missing). A warning naming the tables that hold rows, or None."""
+    if not ctx.config.wants("incremental") or ctx.config.wants("full"):
+        return None
+    assert ctx.src is not None
+    holding = [str(t.name) for t in ctx.selected if t.relkind == "r" and ctx.src.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(t.name.schema, t.name.name))).fetchone()
+        == (True,)]
+    if not holding:
+        return None
+    return warning("name_conflicts", f"{len(holding)} source table(s) hold rows that are never copied: "
+                   f"{_listing(holding)}; a migration of types {', '.join(ctx.config.migration_types)} creates the "
+                   "tables empty and brings only the changes made from the start of incremental sync, an update or "
+                   "delete of an older row stops sync, and the cutover's verification finds the older rows missing",
+                   "add full to migration_types, or migrate into prepared tables loaded by other means (without "
+                   "schema)", objects=holding)
 
 
 def check_destination_large_objects(ctx: PrecheckContext) -> list[CheckResult]:
