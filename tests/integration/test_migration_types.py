@@ -177,3 +177,28 @@ def test_schema_and_incremental_over_a_source_holding_rows_warns_that_they_are_n
     assert result.status == "warning", result.detail
     assert set(result.objects) == {"public.customers", "public.orders"}
     assert "never copied" in result.detail and "add full to migration_types" in result.fix
+
+
+def test_a_new_start_after_an_abort_records_where_the_new_slot_starts(migration_env):
+    """After an abort (slot dropped) a new run of an [incremental] migration creates a new slot: the recorded start
+    is where that slot starts. Keeping the first run's start_lsn tells the person loading the destination that
+    changes from that older point on are captured, when everything before the new slot is lost."""
+    from airflow_pgmigrate.engine.incremental import release
+    from airflow_pgmigrate.engine.start import start_incremental
+
+    env = migration_env
+    env.src(TABLES + ROWS)
+    env.dst(TABLES + ROWS)
+    config = env.config(migration_types=["incremental"])
+    first = start_incremental(config, env.source_info(), env.destination_info())
+    assert first["slot_created"] is True
+    release(config, env.source_info())
+    env.src("INSERT INTO public.customers (name) SELECT 'lost' FROM generate_series(1, 1000)")
+    second = start_incremental(config, env.source_info(), env.destination_info())
+    assert second["slot_created"] is True
+    slot_start = env.src("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                         (config.slot_name,))[0][0]
+    assert second["start_lsn"] == slot_start != first["start_lsn"], (first, second)
+    assert second["started_at"] > first["started_at"]
+    again = start_incremental(config, env.source_info(), env.destination_info())  # a retry keeps the start
+    assert again["slot_created"] is False and again["start_lsn"] == second["start_lsn"]
