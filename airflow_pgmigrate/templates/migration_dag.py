@@ -103,8 +103,10 @@ def _cutover_tasks(config: MigrationConfig, plain: dict[str, Any], synced: Any) 
         synced >> cutover
         return tasks
     verify = VerifyOperator(task_id="verify", config=plain, fail_on_difference=False)
-    ask = CutoverQuestionOperator(task_id="cutover_question", config=plain, cut_over_task_id="cutover",
-                                  abort_task_id="release")
+    # The branch names the tasks by their full ids (in a TaskGroup: "<group>.cutover").
+    group = cutover.task_group
+    ask = CutoverQuestionOperator(task_id="cutover_question", config=plain, cut_over_task_id=cutover.task_id,
+                                  abort_task_id=group.child_id("release") if group is not None else "release")
     # A lost worker (a scheduler restart ends the LocalExecutor's) is retried; sync resumes where it stopped.
     waiting = SyncUntilAnsweredSensor(task_id="sync_while_waiting", config=plain, retries=5,
                                       retry_delay=timedelta(seconds=10))
