@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -52,15 +54,59 @@ def _escape(value: Value) -> bytes:
     return value
 
 
-def copy_lines(rows: Iterable[list[Value]], positions: list[int]) -> Iterator[bytes]:
-    """COPY text lines of ``rows`` (the values at ``positions``), about 256 kB at a time.
+#: Bytes of COPY text ``copy_lines`` aims at per block: the rows of the next chunk follow the size of the last.
+COPY_BLOCK_BYTES = 262144
 
-    Most rows need no escaping: the line is joined first and checked as a whole (its tabs are the separators, its
-    backslashes the NULL markers), and only a row that holds a special character is escaped value by value.
+
+def copy_lines(rows: Iterable[list[Value]], positions: list[int]) -> Iterator[bytes]:
+    """COPY text lines of ``rows`` (the values at ``positions``), about ``COPY_BLOCK_BYTES`` at a time.
+
+    Most values need no escaping: a chunk is formatted whole (one join per row, in C; NULL markers put in only where
+    a row holds a NULL), and checked as a whole: exactly the separators' tabs and newlines, no backslash but the NULL
+    markers, no carriage return. A chunk that fails the check is formatted row by row, escaping only the rows that
+    need it.
     """
+    pick: Any = itemgetter(*positions) if len(positions) > 1 else \
+        (lambda row, p=positions[0]: (row[p],)) if positions else None
+    iterator = iter(rows)
+    size = 64  # rows of the first chunk; rows of any size stay near COPY_BLOCK_BYTES per block from then on
+    while chunk := list(islice(iterator, size)):
+        block = _copy_block(chunk, len(positions), pick) if pick is not None else None
+        if block is None:
+            block = _copy_rows(chunk, positions)
+        yield block
+        size = max(1, min(8192, len(chunk) * COPY_BLOCK_BYTES // max(1, len(block))))
+
+
+def _copy_block(chunk: list[list[Value]], width: int, pick: Any) -> bytes | None:
+    """The COPY lines of a chunk formatted whole, or None when a value needs escaping (or is not bytes)."""
+    picked = list(map(pick, chunk))
+    nulls = 0
+    try:
+        block = b"\n".join(map(b"\t".join, picked))
+    except TypeError:  # NULLs: their markers are the chunk's only backslashes
+        lines = []
+        try:
+            for values in picked:
+                if None in values:
+                    nulls += values.count(None)
+                    values = [b"\\N" if v is None else v for v in values]
+                lines.append(b"\t".join(values))
+        except TypeError:  # an unchanged TOASTed value, which is never staged
+            return None
+        block = b"\n".join(lines)
+    n = len(chunk)
+    if (block.count(b"\t") != n * (width - 1) or block.count(b"\n") != n - 1 or block.count(b"\\") != nulls
+            or b"\r" in block):
+        return None
+    return block + b"\n"
+
+
+def _copy_rows(rows: list[list[Value]], positions: list[int]) -> bytes:
+    """COPY text lines of ``rows``, row by row: a line is joined first and checked as a whole (its tabs are the
+    separators, its backslashes the NULL markers), and only a row that holds a special character is escaped."""
     width = len(positions)
     buffer: list[bytes] = []
-    size = 0
     for row in rows:
         values = [row[p] for p in positions]
         nulls = 0
@@ -71,14 +117,8 @@ def copy_lines(rows: Iterable[list[Value]], positions: list[int]) -> Iterator[by
         if (line.count(b"\t") != width - 1 or line.count(b"\\") != nulls or b"\n" in line or b"\r" in line):
             line = b"\t".join(_escape(row[p]) for p in positions)
         buffer.append(line)
-        size += len(line)
-        if size > 262144:
-            buffer.append(b"")
-            yield b"\n".join(buffer)
-            buffer, size = [], 0
-    if buffer:
-        buffer.append(b"")
-        yield b"\n".join(buffer)
+    buffer.append(b"")
+    return b"\n".join(buffer)
 
 
 @dataclass
@@ -116,15 +156,28 @@ class TableTarget:
 @dataclass
 class SetOps:
     """Collapsible changes of one keyed table, as each row's net effect: key -> ``[existed, final]``, whether the row
-    existed before the batch and its final values (None: deleted). A two-item list is cheaper than an object."""
+    existed before the batch and its final values (None: deleted). A two-item list is cheaper than an object.
+
+    While every change of the group is an insert, the new rows are only listed (``inserted``), without computing a
+    key: no key repeats in such a run (the source's key is unique; a delete or update of an inserted row comes before
+    any new insert of its key, and a key change or truncate ends the group). The first other change moves the listed
+    rows into ``rows`` and collapsing goes on from there. An insert-only group goes straight to COPY.
+    """
 
     table: TableTarget
     rows: dict[tuple[Value, ...], list[Any]] = field(default_factory=dict)
+    inserted: list[list[Value]] | None = field(default_factory=list)
 
     def add(self, change: Change) -> None:
+        kind = change.kind
+        inserted = self.inserted
+        if inserted is not None:
+            if kind == "I":
+                inserted.append(change.new)  # type: ignore[arg-type]
+                return
+            self._index_inserted(inserted)
         key_of = self.table.key_of
         rows = self.rows
-        kind = change.kind
         if kind == "D":
             assert change.old is not None
             key = key_of(change.old)
@@ -147,6 +200,29 @@ class SetOps:
             state[1] = [f if n is UNCHANGED else n for n, f in zip(new, final, strict=True)] \
                 if UNCHANGED in new else new
 
+    def _index_inserted(self, inserted: list[list[Value]]) -> None:
+        """End the insert-only run: its rows become net effects (new rows) keyed like every other change."""
+        key_of = self.table.key_of
+        rows = self.rows
+        for new in inserted:
+            rows[key_of(new)] = [False, new]
+        self.inserted = None
+
+    def net_effect(self) -> tuple[list[tuple[Value, ...]], list[list[Value]], list[list[Value]]]:
+        """The keys to delete, the rows to update and the rows to insert."""
+        if self.inserted is not None:
+            return [], [], self.inserted
+        deletes, updates, inserts = [], [], []
+        for key, (existed, final) in self.rows.items():
+            if final is None:
+                if existed:
+                    deletes.append(key)
+            elif existed:
+                updates.append(final)
+            else:
+                inserts.append(final)
+        return deletes, updates, inserts
+
 
 @dataclass
 class Sequential:
@@ -163,9 +239,11 @@ class Batch:
 
     def __init__(self, *, collapse: bool = True) -> None:
         self.steps: list[SetOps | Sequential] = []
-        #: Every change as it came, for a one-by-one replay when a set-based write fails: ``(table, change)``, or a
-        #: truncate's step.
-        self.original: list[tuple[TableTarget, Change] | Sequential] = []
+        #: Every change as it came (a truncate as its step), for a one-by-one replay when a set-based write fails;
+        #: ``_tables`` holds where each run of one table's changes starts (one entry per run, not per change).
+        self._log: list[Change | Sequential] = []
+        self._tables: list[tuple[int, TableTarget | None]] = [(0, None)]
+        self._last_table: TableTarget | None = None
         self.collapse = collapse
         self._open: dict[int, SetOps] = {}
         self.changes = 0
@@ -174,7 +252,10 @@ class Batch:
     def add(self, rel: int, table: TableTarget, change: Change, size: int) -> None:
         self.changes += 1
         self.bytes += size
-        self.original.append((table, change))
+        if table is not self._last_table:
+            self._tables.append((len(self._log), table))
+            self._last_table = table
+        self._log.append(change)
         if not self.collapse:
             self.steps.append(Sequential(table, change))
             return
@@ -199,7 +280,17 @@ class Batch:
             self._open.pop(rel, None)
         step = Sequential(None, None, tables, restart_identity)
         self.steps.append(step)
-        self.original.append(step)
+        self._log.append(step)
+
+    @property
+    def original(self) -> list[tuple[TableTarget, Change] | Sequential]:
+        """Every change as it came, ``(table, change)``, or a truncate's step."""
+        out: list[tuple[TableTarget, Change] | Sequential] = []
+        starts = self._tables + [(len(self._log), None)]
+        for (start, table), (end, _) in zip(starts, starts[1:], strict=False):
+            for item in self._log[start:end]:
+                out.append(item if isinstance(item, Sequential) else (table, item))  # type: ignore[arg-type]
+        return out
 
     def __bool__(self) -> bool:
         return bool(self.steps)
@@ -300,9 +391,7 @@ class Applier:
 
     def _apply_set(self, ops: SetOps) -> None:
         t = ops.table
-        deletes = [k for k, (existed, final) in ops.rows.items() if existed and final is None]
-        updates = [final for existed, final in ops.rows.values() if existed and final is not None]
-        inserts = [final for existed, final in ops.rows.values() if not existed and final is not None]
+        deletes, updates, inserts = ops.net_effect()
         key_positions = list(range(len(t.key)))
         if deletes:
             stage = self._stage(t, t.key_names, [list(k) for k in deletes], key_positions)

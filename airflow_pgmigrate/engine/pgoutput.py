@@ -210,14 +210,20 @@ _ROW_TAGS = frozenset(b"IUD")
 _I, _U, _N, _K, _O = 73, 85, 110, 75, 79  # 'I', 'U', 'n', 'K', 'O'
 
 
+_RELATION_MARKER = struct.Struct("!iB").unpack_from
+_INT16 = struct.Struct("!h").unpack_from
+_INT32 = struct.Struct("!i").unpack_from
+
+
 def decode_row_change(data: bytes | memoryview, offset: int = 0) -> Change:
     """An Insert, Update or Delete message outside a streamed transaction: the hottest code of incremental sync.
 
     Written flat (no reader object, no method call per column) because it runs once per changed row.
     """
-    unpack = struct.unpack_from
+    if type(data) is not bytes:
+        data = bytes(data)
     code = data[offset]
-    relation, marker = unpack("!iB", data, offset + 1)
+    relation, marker = _RELATION_MARKER(data, offset + 1)
     pos = offset + 6
     old: list[Value] | None = None
     old_kind: str | None = None
@@ -234,19 +240,22 @@ def decode_row_change(data: bytes | memoryview, offset: int = 0) -> Change:
 
 
 def _tuple(data: bytes | memoryview, pos: int) -> tuple[list[Value], int]:
-    """TupleData at ``pos``: the column values and the position after them."""
-    unpack = struct.unpack_from
-    count = unpack("!h", data, pos)[0]
+    """TupleData at ``pos``: the column values and the position after them.
+
+    A bytes message is sliced directly (a slice of bytes is bytes); a memoryview's slices are copied out.
+    """
+    unpack_int32 = _INT32
+    count = _INT16(data, pos)[0]
     pos += 2
     values: list[Value] = []
     append = values.append
+    copy = type(data) is not bytes
     for _ in range(count):
         kind = data[pos]
         if kind == 116:  # 't' text
-            length = unpack("!i", data, pos + 1)[0]
-            pos += 5
-            append(bytes(data[pos:pos + length]))
-            pos += length
+            end = pos + 5 + unpack_int32(data, pos + 1)[0]
+            append(bytes(data[pos + 5:end]) if copy else data[pos + 5:end])
+            pos = end
         elif kind == _N:
             append(None)
             pos += 1
