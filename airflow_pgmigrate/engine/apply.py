@@ -256,6 +256,10 @@ class Batch:
             self._tables.append((len(self._log), table))
             self._last_table = table
         self._log.append(change)
+        ops = self._open.get(rel)
+        if ops is not None and ops.inserted is not None and change.kind == "I" and ops.table is table:
+            ops.inserted.append(change.new)  # type: ignore[arg-type]  # the insert-only run (see SetOps)
+            return
         if not self.collapse:
             self.steps.append(Sequential(table, change))
             return
@@ -266,7 +270,6 @@ class Batch:
             self._open.pop(rel, None)
             self.steps.append(Sequential(table, change))
             return
-        ops = self._open.get(rel)
         if ops is None or ops.table is not table:
             # A new relation description (columns, replica identity) starts a new group: rows are keyed by it.
             ops = SetOps(table)
