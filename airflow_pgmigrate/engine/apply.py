@@ -339,17 +339,21 @@ class Applier:
             self._apply_one(step if isinstance(step, Sequential) else Sequential(*step))
 
     def _stage(self, table: TableTarget, names: list[str], rows: Iterable[list[Value]],
-               positions: list[int]) -> sql.Identifier:
-        """Fill a temporary table (columns ``names``) with ``rows`` through COPY; return its name."""
+               positions: list[int], staged: int) -> sql.Identifier:
+        """Fill a temporary table (columns ``names``) with ``rows`` (``staged`` of them) through COPY, and plan the
+        statement that joins it to ``table`` (see ``_join_plan``); return the temporary table's name.
+
+        Emptying (or creating) the temporary table and setting the join strategy go in one round trip."""
         key = (str(table.target), tuple(names))
         ident = self._staging.get(key)
         if ident is None:
             ident = sql.Identifier(f"pgm_stage_{len(self._staging) + 1}")
-            self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA")
-                              .format(ident, sql.SQL(", ").join(map(sql.Identifier, names)), table.ident))
+            prepare = sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
+                ident, sql.SQL(", ").join(map(sql.Identifier, names)), table.ident)
             self._staging[key] = ident
         else:
-            self.conn.execute(sql.SQL("TRUNCATE {}").format(ident))
+            prepare = sql.SQL("TRUNCATE {}").format(ident)
+        self.conn.execute(sql.SQL("{}; {}").format(prepare, self._join_plan(table, staged)))
         with self.conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(ident)) as copy:
             for block in copy_lines(rows, positions):
                 copy.write(block)
@@ -374,18 +378,18 @@ class Applier:
             self._lookup_limits[name] = known
         return known[0]
 
-    def _plan_joins(self, t: TableTarget, staged: int) -> None:
-        """Before a statement that joins ``staged`` rows to ``t``: index lookups when the batch is small against the
-        table (hash and merge joins off for this transaction, until the next set-based statement sets them again),
-        else the session's own settings."""
+    def _join_plan(self, t: TableTarget, staged: int) -> sql.Composable:
+        """The statement to run before one that joins ``staged`` rows to ``t``: index lookups when the batch is small
+        against the table (hash and merge joins off for this transaction, until the next set-based statement sets
+        them again), else the session's own settings."""
         if self._join_settings is None:
             row = self.conn.execute("SELECT current_setting('enable_hashjoin'), "
                                     "current_setting('enable_mergejoin')").fetchone()
             assert row is not None
             self._join_settings = (str(row[0]), str(row[1]))
         hashjoin, mergejoin = ("off", "off") if staged < self._lookup_limit(t) else self._join_settings
-        self.conn.execute("SELECT set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)",
-                          (hashjoin, mergejoin))
+        return sql.SQL("SELECT set_config('enable_hashjoin', {}, true), set_config('enable_mergejoin', {}, true)"
+                       ).format(sql.Literal(hashjoin), sql.Literal(mergejoin))
 
     def _match(self, table: TableTarget, left: str, right: str) -> sql.Composable:
         return sql.SQL(" AND ").join(
@@ -397,8 +401,7 @@ class Applier:
         deletes, updates, inserts = ops.net_effect()
         key_positions = list(range(len(t.key)))
         if deletes:
-            stage = self._stage(t, t.key_names, [list(k) for k in deletes], key_positions)
-            self._plan_joins(t, len(deletes))
+            stage = self._stage(t, t.key_names, deletes, key_positions, len(deletes))  # type: ignore[arg-type]
             cur = self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m}").format(
                 t=t.ident, s=stage, m=self._match(t, "d", "s")))
             if self.count_rows and not t.upsert and cur.rowcount != len(deletes):
@@ -427,8 +430,7 @@ class Applier:
                         copy.write(block)
         if t.row_filter and (updates or inserts):
             keys = [[r[i] for i in t.key] for r in updates + inserts if r is not None]
-            stage = self._stage(t, t.key_names, keys, key_positions)
-            self._plan_joins(t, len(keys))
+            stage = self._stage(t, t.key_names, keys, key_positions, len(keys))
             self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m} AND NOT coalesce(({f}), false)")
                               .format(t=t.ident, s=stage, m=self._match(t, "d", "s"), f=sql.SQL(t.row_filter)))
 
@@ -440,8 +442,7 @@ class Applier:
         staged_names = list(dict.fromkeys(t.key_names + columns))
         positions = [t.key[t.key_names.index(n)] if n in key_names else next(i for i in known if names.get(i) == n)
                      for n in staged_names]
-        stage = self._stage(t, staged_names, rows, positions)
-        self._plan_joins(t, len(rows))
+        stage = self._stage(t, staged_names, rows, positions, len(rows))
         set_cols = [c for c in columns if c not in key_names]
         if set_cols:
             cur = self.conn.execute(sql.SQL("UPDATE {t} AS d SET {sets} FROM {s} AS s WHERE {m}").format(
