@@ -32,6 +32,8 @@ from airflow_pgmigrate.exceptions import PgMigrateError
 #: large part of it). Measured on 2 M rows: 36 k random keys took 1.2 s as lookups, 1.5 s as a merge join over the
 #: whole primary key and 2.4 s as a hash join; 200 k keys took 4.7 s as a hash join and 8.1 s as lookups.
 LOOKUP_SHARE = 0.05
+#: A staging table is emptied with DELETE until this many rows were staged in it since its last TRUNCATE.
+STAGING_DELETE_ROWS = 10_000
 #: Seconds a target table's estimated row count is reused before it is read again.
 TABLE_SIZE_SECONDS = 60.0
 
@@ -311,6 +313,8 @@ class Applier:
         self.conn = conn
         self.count_rows = count_rows
         self._staging: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
+        #: Rows staged into each staging table since it was last truncated (dead rows its scans step over).
+        self._staged_since_truncate: dict[tuple[str, tuple[str, ...]], int] = {}
         #: Target table -> (staged rows below which its statements are index lookups, when read).
         self._lookup_limits: dict[str, tuple[float, float]] = {}
         #: The session's enable_hashjoin and enable_mergejoin, restored for statements the planner chooses freely.
@@ -351,8 +355,15 @@ class Applier:
             prepare = sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
                 ident, sql.SQL(", ").join(map(sql.Identifier, names)), table.ident)
             self._staging[key] = ident
-        else:
+            self._staged_since_truncate[key] = 0
+        elif self._staged_since_truncate.get(key, 0) > STAGING_DELETE_ROWS:
             prepare = sql.SQL("TRUNCATE {}").format(ident)
+            self._staged_since_truncate[key] = 0
+        else:
+            # Few rows (or none: ON COMMIT DELETE ROWS empties it at each commit): a DELETE costs them, while a
+            # TRUNCATE replaces the table's files, milliseconds each time, for every table of every batch.
+            prepare = sql.SQL("DELETE FROM {}").format(ident)
+        self._staged_since_truncate[key] += staged
         self.conn.execute(sql.SQL("{}; {}").format(prepare, self._join_plan(table, staged)))
         with self.conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(ident)) as copy:
             for block in copy_lines(rows, positions):

@@ -90,3 +90,24 @@ def test_insert_only_transactions_then_updates_of_the_same_rows_end_equal(migrat
     assert_equal(env, ["public.bulk"])
     assert env.dst("SELECT count(*) FILTER (WHERE v = 1), count(*) FILTER (WHERE v = 2), "
                    "count(*) FILTER (WHERE length(body) = 3200) FROM public.bulk") == [(300, 300, 2700)]
+
+
+def test_staging_table_reused_in_one_transaction_holds_only_the_current_batch(migration_env):
+    """A staging table is emptied with DELETE while few rows went through it, and truncated after many: either way a
+    later batch of the same transaction never sees an earlier batch's rows (the UPDATE counts would not match, and
+    stale values would be written)."""
+    env = migration_env
+    env.dst("CREATE TABLE public.fast (id int PRIMARY KEY, v int, body text);"
+            "INSERT INTO public.fast SELECT g, 0, 'x' FROM generate_series(1, 20000) g")
+    t = _table()
+    with connect(env.destination_info(), autocommit=False) as conn:
+        conn.execute("SET session_replication_role = replica")
+        applier = Applier(conn, count_rows=True)
+        for value, keys in ((1, range(1, 12001)), (2, range(1, 101)), (3, range(101, 151)), (4, range(151, 161))):
+            batch = Batch()
+            for key in keys:
+                batch.add(1, t, Change("U", 1, _row(key, str(value).encode(), b"y"), None), 10)
+            applier.apply(batch)  # RowsNotMatched if an earlier batch's rows were still staged
+        conn.commit()
+    assert env.dst("SELECT v, count(*) FROM public.fast GROUP BY v ORDER BY v") == [
+        (0, 8000), (1, 11840), (2, 100), (3, 50), (4, 10)]
