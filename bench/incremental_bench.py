@@ -40,7 +40,7 @@ b. native (timed): ``ALTER SUBSCRIPTION ... ENABLE``, then poll every 0.2 s unti
    ``confirmed_flush_lsn`` on the source reaches the target.
 
 Both copies are then checked against the source (row count and an md5 over the rows in key order, per table). The
-ratio ``ours_vs_native`` is our transactions/s divided by native's: higher means ours is faster. Absolute figures swing
+ratio ``ours_vs_native`` is native's time divided by ours over the same backlog: higher means ours is faster. Absolute figures swing
 with machine load; compare the ratio, and the CPU seconds each catch-up cost: our process's, and the source's and the
 destination's servers' (postmaster and every backend, the walsender and apply worker included). Run on demand::
 
