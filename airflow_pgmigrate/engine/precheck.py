@@ -19,6 +19,7 @@ from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.check_names import CHECK_NAMES
 from airflow_pgmigrate.engine.config_entries import unmatched_entries
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import keys_into_tables_without_rows, tables_without_rows
 from airflow_pgmigrate.engine.names import (
     NameMapper,
     QualifiedName,
@@ -501,6 +502,7 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
         if not any(fnmatch.fnmatchcase(t.name.key, pattern) for t in ctx.selected):
             problems.append(f"objects.exclude_data[{i}] {pattern!r} matches no selected table: correct it (names are "
                             "exact and case-sensitive) or remove it")
+    problems.extend(_keys_into_tables_without_rows(ctx, selected_names))
     for key, renames in config.mapping.columns.items():
         table = by_name.get(parse_qualified_name(key))
         if table is not None:
@@ -727,6 +729,18 @@ def check_not_migrated(ctx: PrecheckContext) -> list[CheckResult]:
                     f"{_listing(objects)}; each is listed under skipped in the schema report",
                     "recreate them on the destination by hand after the migration if they are needed "
                     "(docs/schema.md, What is not migrated)", objects=objects)]
+
+
+def _keys_into_tables_without_rows(ctx: PrecheckContext, selected: set[QualifiedName]) -> list[str]:
+    """Foreign keys post-data would build from a selected table whose rows migrate into one whose rows do not
+    (``objects.exclude_data``): they cannot hold on the destination, unless left out (foreign_keys_to_excluded)."""
+    config = ctx.config
+    if not config.objects.exclude_data or not config.wants("schema") \
+            or config.schema_migration.foreign_keys_to_excluded == "skip":
+        return []
+    assert ctx.src is not None
+    without_rows = tables_without_rows(ctx.src, config.objects.exclude_data)
+    return [k.problem() for k in keys_into_tables_without_rows(ctx.src, without_rows) if k.table in selected]
 
 
 def check_privileges_not_migrated(ctx: PrecheckContext) -> list[CheckResult]:

@@ -28,6 +28,11 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import (
+    KeyIntoTableWithoutRows,
+    keys_into_tables_without_rows,
+    tables_without_rows,
+)
 from airflow_pgmigrate.engine.matviews import sync_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgdump import (
@@ -156,6 +161,8 @@ class SourceSchema:
     constraint_indexes: set[QualifiedName] = field(default_factory=set)
     #: Every schema of the source but the system's.
     all_schemas: set[str] = field(default_factory=set)
+    #: (table, constraint) of foreign keys into a table whose rows do not migrate (``objects.exclude_data``).
+    keys_into_without_rows: dict[tuple[QualifiedName, str], KeyIntoTableWithoutRows] = field(default_factory=dict)
 
     def dumped_schemas(self) -> list[str]:
         """Schemas holding something that migrates: whole schemas, those of selected tables and of what they need."""
@@ -272,6 +279,8 @@ def _read_source_schema(conn: psycopg.Connection, config: MigrationConfig) -> So
                           {(s, named): tag for s, named, tag, _ in routines}, selection.selects_everything)
     _read_dependencies(conn, source)
     source.all_schemas = {s for s in catalog.list_schemas(conn) if not s.startswith("pg_")}
+    source.keys_into_without_rows = {(k.table, k.constraint): k for k in keys_into_tables_without_rows(
+        conn, tables_without_rows(conn, selection.exclude_data))}
     return source
 
 
@@ -663,6 +672,14 @@ class _Planner:
                 self.errors.append(f"foreign key {entry.name} of {table} references {referenced}, which is not "
                                    f"selected: select {referenced} too, exclude {table}, or set "
                                    "schema_migration.foreign_keys_to_excluded: skip to leave such keys out")
+                return False
+            into = src.keys_into_without_rows.get(constraint) if constraint is not None else None
+            if into is not None:
+                if self.config.schema_migration.foreign_keys_to_excluded == "skip":
+                    self.report.skip(str(entry), into.reason)
+                    self.skipped_keys[(into.table, into.constraint)] = into.reason
+                    return False
+                self.errors.append(into.problem())
                 return False
         return not self._index_left_out(entry)
 
