@@ -78,3 +78,18 @@ def test_a_key_into_a_table_without_rows_can_be_left_out_and_is_listed(migration
     assert env.dst("SELECT conname FROM pg_constraint WHERE contype = 'f' ORDER BY 1") == [("status_note_status_id_fkey",)]
     assert env.dst("SELECT count(*) FROM public.item") == [(3,)]
     assert env.dst("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == [(1,)]
+
+
+def test_exclude_data_naming_a_partition_of_a_listed_table_passes_the_precheck(migration_env):
+    """A partition migrates with its listed partitioned table: objects.exclude_data may name it, and does not match
+    nothing."""
+    env = migration_env
+    env.src(SOURCE)
+    overrides = {"objects": {"tables": ["public.events"], "exclude_data": ["public.events_old"]},
+                 "migration_types": ["schema", "full"]}
+    report = env.precheck(**overrides)
+    assert not [r for r in report.failures if r.name == "selected_objects"], report.format_table()
+    config = env.config(**overrides)
+    _load(env, config)
+    assert env.dst("SELECT (SELECT count(*) FROM public.events_old), (SELECT count(*) FROM public.events_new)") \
+        == [(0, 1)]
