@@ -498,11 +498,11 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
             left_out = [c for c in key_cols if c not in cols]
             if left_out:
                 problems.append(f"the column selection of {name} leaves out key column(s) {', '.join(left_out)}")
-    for i, pattern in enumerate(config.objects.exclude_data):
-        if not any(fnmatch.fnmatchcase(t.name.key, pattern) for t in ctx.selected):
+    for i, pattern in enumerate(config.objects.exclude_data):  # partitions of selected tables migrate with them
+        if not any(fnmatch.fnmatchcase(name.key, pattern) for name in moved):
             problems.append(f"objects.exclude_data[{i}] {pattern!r} matches no selected table: correct it (names are "
                             "exact and case-sensitive) or remove it")
-    problems.extend(_keys_into_tables_without_rows(ctx, selected_names))
+    problems.extend(_keys_into_tables_without_rows(ctx, moved))
     for key, renames in config.mapping.columns.items():
         table = by_name.get(parse_qualified_name(key))
         if table is not None:
