@@ -20,6 +20,7 @@ from airflow_pgmigrate.engine.check_names import CHECK_NAMES
 from airflow_pgmigrate.engine.config_entries import unmatched_entries
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import keys_into_tables_without_rows, tables_without_rows
+from airflow_pgmigrate.engine.filtered_keys import keys_broken_by_filters
 from airflow_pgmigrate.engine.names import (
     NameMapper,
     QualifiedName,
@@ -467,7 +468,6 @@ def check_destination_privileges(ctx: PrecheckContext) -> list[CheckResult]:
 def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
     config = ctx.config
     by_name = {t.name: t for t in ctx.tables}
-    selected_names = {t.name for t in ctx.selected}
     problems: list[str] = []
     assert ctx.src is not None
     schemas = set(catalog.list_schemas(ctx.src))
@@ -482,8 +482,7 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
             close = difflib.get_close_matches(str(name), keys, n=1, cutoff=0.6)
             problems.append(f"table {name} does not exist" + (f" (did you mean {close[0]}?)" if close else ""))
     # Every entry naming a table must match one the migration moves (partitions of selected tables included).
-    ancestors = catalog.partition_ancestors(ctx.src)
-    moved = selected_names | {name for name, above in ancestors.items() if set(above) & selected_names}
+    moved = _moved_tables(ctx)
     problems.extend(unmatched_entries(config, by_name, moved, ctx.scope_schemas()))
     for key, cols in config.objects.columns.items():
         name = parse_qualified_name(key)
@@ -551,7 +550,19 @@ def check_row_filters(ctx: PrecheckContext) -> list[CheckResult]:
     if bad:
         return [failed("row_filters", "invalid row filter(s): " + "; ".join(bad),
                        "fix the conditions in filters: each must be valid over the table's own columns", objects=bad)]
+    broken = keys_broken_by_filters(ctx.src, ctx.config, _moved_tables(ctx))
+    if broken:
+        return [failed("row_filters", "; ".join(k.problem() for k in broken), "\n".join(k.fix() for k in broken),
+                       objects=[f"{k.table} {k.constraint}" for k in broken])]
     return [passed("row_filters", f"{len(ctx.config.filters)} row filter(s) are valid over their tables")]
+
+
+def _moved_tables(ctx: PrecheckContext) -> set[QualifiedName]:
+    """The selected tables and the partitions (at any depth) of selected partitioned tables."""
+    assert ctx.src is not None
+    selected = {t.name for t in ctx.selected}
+    ancestors = catalog.partition_ancestors(ctx.src)
+    return selected | {name for name, above in ancestors.items() if set(above) & selected}
 
 
 def check_name_mapping(ctx: PrecheckContext) -> list[CheckResult]:
