@@ -161,6 +161,8 @@ class SourceSchema:
     constraint_indexes: set[QualifiedName] = field(default_factory=set)
     #: Every schema of the source but the system's.
     all_schemas: set[str] = field(default_factory=set)
+    #: Relations an extension creates (they exist wherever the extension is installed).
+    extension_relations: set[QualifiedName] = field(default_factory=set)
     #: (table, constraint) of foreign keys into a table whose rows do not migrate (``objects.exclude_data``).
     keys_into_without_rows: dict[tuple[QualifiedName, str], KeyIntoTableWithoutRows] = field(default_factory=dict)
 
@@ -191,10 +193,19 @@ class SourceSchema:
                 if everything or schema in self.whole_schemas or ("EXTENSION", None, name) in self.needed]
 
     def view_kept(self, view: QualifiedName) -> bool:
-        """A view or materialized view migrates with its whole schema, unless excluded or reading an excluded table."""
+        """A view or materialized view migrates with its whole schema, unless excluded or reading a table or view
+        that does not migrate."""
         if view.schema not in self.whole_schemas or view in self.excluded_views:
             return False
-        return all(t in self.selected for t in self.view_tables.get(view, set()) if t in self.tables)
+        return not self.view_reads_unmigrated(view)
+
+    def view_reads_unmigrated(self, view: QualifiedName) -> list[QualifiedName]:
+        """The tables not selected, and the views and materialized views not migrated (excluded, or in a schema
+        that does not migrate whole), that a view or materialized view reads directly."""
+        return sorted(t for t in self.view_tables.get(view, set())
+                      if (t in self.tables and t not in self.selected)
+                      or (self.relkinds.get(t) in ("v", "m") and t not in self.extension_relations
+                          and (t.schema not in self.whole_schemas or t in self.excluded_views)))
 
     @property
     def columns(self) -> dict[QualifiedName, list[str]]:
@@ -279,6 +290,10 @@ def _read_source_schema(conn: psycopg.Connection, config: MigrationConfig) -> So
                           {(s, named): tag for s, named, tag, _ in routines}, selection.selects_everything)
     _read_dependencies(conn, source)
     source.all_schemas = {s for s in catalog.list_schemas(conn) if not s.startswith("pg_")}
+    source.extension_relations = {QualifiedName(n, c) for n, c in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE d.classid = 'pg_class'::regclass "
+        "AND d.deptype = 'e'").fetchall()}
     source.keys_into_without_rows = {(k.table, k.constraint): k for k in keys_into_tables_without_rows(
         conn, tables_without_rows(conn, selection.exclude_data))}
     return source
@@ -687,13 +702,17 @@ class _Planner:
         src = self.src
         if entry.schema not in src.whole_schemas or relation in src.excluded_views:
             return False
-        missing = sorted(str(t) for t in src.view_tables.get(relation, set())
-                         if t in src.tables and t not in src.selected)
-        if missing:
-            self.errors.append(f"{entry.type.lower()} {relation} reads {', '.join(missing)}, which is not selected: "
+        unmigrated = src.view_reads_unmigrated(relation)
+        tables = [str(t) for t in unmigrated if t in src.tables]
+        views = [str(t) for t in unmigrated if t not in src.tables]
+        if tables:
+            self.errors.append(f"{entry.type.lower()} {relation} reads {', '.join(tables)}, which is not selected: "
                                f"select it, or exclude {relation.key} too")
-            return False
-        return True
+        if views:
+            self.errors.append(f"{entry.type.lower()} {relation} reads {', '.join(views)}, which is not migrated "
+                               f"(excluded, or its schema is not selected): migrate it too, or exclude "
+                               f"{relation.key} too")
+        return not unmigrated
 
     def _cast_selected(self, entry: DumpEntry) -> bool:
         """A cast migrates with a partial selection when its types and function all migrate: their schema migrates

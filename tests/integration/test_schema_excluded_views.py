@@ -52,3 +52,15 @@ def test_excluding_the_readers_too_migrates_the_rest(migration_env):
     run(env, config, "post_data")
     assert env.dst("SELECT relname FROM pg_class WHERE relnamespace = 'foo'::regnamespace AND relkind IN "
                    "('r', 'v', 'm') ORDER BY 1") == [("mv_kept",), ("t",)]
+
+
+def test_a_view_reading_an_extension_view_outside_the_selection_migrates(migration_env):
+    """A view an extension creates exists wherever the extension is installed: reading it is no missing dependency."""
+    env = migration_env
+    if not env.src("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'"):
+        pytest.skip("pg_stat_statements is not installed with this PostgreSQL")
+    env.src("CREATE SCHEMA ext; CREATE EXTENSION pg_stat_statements SCHEMA ext; CREATE SCHEMA foo;"
+            "CREATE VIEW foo.calls AS SELECT calls FROM ext.pg_stat_statements;")
+    env.dst("CREATE SCHEMA ext; CREATE EXTENSION pg_stat_statements SCHEMA ext")
+    run(env, env.config(objects={"schemas": ["foo"]}))
+    assert env.dst("SELECT to_regclass('foo.calls') IS NOT NULL") == [(True,)]
