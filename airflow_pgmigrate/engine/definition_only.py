@@ -45,6 +45,15 @@ def tables_without_rows(conn: psycopg.Connection, patterns: list[str]) -> set[Qu
     return out
 
 
+def materialized_views_without_rows(conn: psycopg.Connection, patterns: list[str]) -> set[QualifiedName]:
+    """Source materialized views matching ``patterns``: created on the destination, left unpopulated."""
+    if not patterns:
+        return set()
+    rows = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.relkind = 'm'").fetchall()
+    return {QualifiedName(s, n) for s, n in rows if matches(patterns, QualifiedName(s, n))}
+
+
 @dataclass(frozen=True)
 class KeyIntoTableWithoutRows:
     """A foreign key of a table whose rows migrate, into one whose rows (some or all) do not: the destination's copy
@@ -97,4 +106,5 @@ def keys_into_tables_without_rows(conn: psycopg.Connection, without_rows: set[Qu
             if QualifiedName(rs, r) in partly and QualifiedName(s, t) not in without_rows]
 
 
-__all__ = ["KeyIntoTableWithoutRows", "keys_into_tables_without_rows", "matches", "tables_without_rows"]
+__all__ = ["KeyIntoTableWithoutRows", "keys_into_tables_without_rows", "matches", "materialized_views_without_rows",
+           "tables_without_rows"]

@@ -5,7 +5,7 @@ then gives each the state it has on the source: one populated on the source is r
 its (migrated) tables, one the source holds unpopulated (created ``WITH NO DATA``, or emptied by ``REFRESH ...
 WITH NO DATA``) stays or becomes unpopulated. A view that reads, directly or through other views, a table whose
 rows do not migrate (``objects.exclude_data``) is left unpopulated: its contents would be computed from an empty
-table. Views are handled in dependency order (one reading another comes after it).
+table; so is one ``objects.exclude_data`` names itself, and one that reads it. Views are handled in dependency order (one reading another comes after it).
 
 It runs at the end of the post-data phase and again at cutover after the drain: a ``REFRESH MATERIALIZED VIEW
 [CONCURRENTLY]`` on the source during incremental sync writes no row change the destination could apply, so the
@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
-from airflow_pgmigrate.engine.definition_only import tables_without_rows
+from airflow_pgmigrate.engine.definition_only import materialized_views_without_rows, tables_without_rows
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName
 
 if TYPE_CHECKING:
@@ -52,11 +52,14 @@ class MaterializedView:
     reads_without_rows: list[QualifiedName]
     #: Materialized views it reads that are unpopulated on the source: it cannot be refreshed (a difference).
     reads_unpopulated: list[QualifiedName]
+    #: Its own contents do not migrate (``objects.exclude_data`` names it): it stays unpopulated.
+    rows_excluded: bool = False
 
     @property
     def expected_populated(self) -> bool:
-        """Populated on the destination: as on the source, unless it reads tables whose rows do not migrate."""
-        return self.populated and not self.reads_without_rows
+        """Populated on the destination: as on the source, unless its contents or those of a table (or materialized
+        view) it reads do not migrate."""
+        return self.populated and not self.reads_without_rows and not self.rows_excluded
 
     @property
     def can_populate(self) -> bool:
@@ -70,7 +73,8 @@ class MaterializedView:
 def migrated_materialized_views(config: MigrationConfig, schema: ViewCatalog, src: psycopg.Connection,
                                 dst: psycopg.Connection) -> list[MaterializedView]:
     """The materialized views the schema migration created on the destination, in dependency order."""
-    without_rows = tables_without_rows(src, config.objects.exclude_data)
+    excluded_contents = materialized_views_without_rows(src, config.objects.exclude_data)
+    without_rows = tables_without_rows(src, config.objects.exclude_data) | excluded_contents
     populated = {QualifiedName(s, n): bool(p) for s, n, p in src.execute(
         "SELECT n.nspname, c.relname, c.relispopulated FROM pg_class c JOIN pg_namespace n "
         "ON n.oid = c.relnamespace WHERE c.relkind = 'm'")}
@@ -85,7 +89,8 @@ def migrated_materialized_views(config: MigrationConfig, schema: ViewCatalog, sr
             continue
         reads = _reads(name, schema.view_tables)
         views.append(MaterializedView(name, target, populated[name], sorted(reads & without_rows),
-                                      sorted(r for r in reads if populated.get(r) is False)))
+                                      sorted(r for r in reads if populated.get(r) is False),
+                                      name in excluded_contents))
     return views
 
 
@@ -143,7 +148,9 @@ def sync_materialized_views(config: MigrationConfig, schema: ViewCatalog, source
                 action = "emptied"
             else:
                 action = "left unpopulated"
-            if view.populated and view.reads_without_rows:
+            if view.populated and view.rows_excluded:
+                action += ": its contents do not migrate (objects.exclude_data)"
+            elif view.populated and view.reads_without_rows:
                 action += f": reads {', '.join(map(str, view.reads_without_rows))} whose rows do not migrate"
             elif view.expected_populated and view.reads_unpopulated:
                 action += f": reads {', '.join(map(str, view.reads_unpopulated))}, unpopulated on the source"
@@ -182,6 +189,8 @@ def compare_materialized_views(config: MigrationConfig, schema: ViewCatalog, src
             "equal": populated_there == expected and (not expected or here_sum == there_sum or stale),
             **({"note": f"left unpopulated: reads {', '.join(map(str, view.reads_without_rows))} whose rows do not "
                         "migrate"} if view.populated and view.reads_without_rows else {}),
+            **({"note": "left unpopulated: its contents do not migrate (objects.exclude_data)"}
+               if view.populated and view.rows_excluded else {}),
             **({"stale_on_source": True, "note": _stale_note(reads_stale, missing, extra)} if stale else {}),
         })
         if stale:

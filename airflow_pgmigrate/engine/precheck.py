@@ -19,7 +19,11 @@ from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.check_names import CHECK_NAMES
 from airflow_pgmigrate.engine.config_entries import unmatched_entries
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
-from airflow_pgmigrate.engine.definition_only import keys_into_tables_without_rows, tables_without_rows
+from airflow_pgmigrate.engine.definition_only import (
+    keys_into_tables_without_rows,
+    materialized_views_without_rows,
+    tables_without_rows,
+)
 from airflow_pgmigrate.engine.filtered_keys import keys_broken_by_filters
 from airflow_pgmigrate.engine.names import (
     NameMapper,
@@ -497,8 +501,11 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
             left_out = [c for c in key_cols if c not in cols]
             if left_out:
                 problems.append(f"the column selection of {name} leaves out key column(s) {', '.join(left_out)}")
-    for i, pattern in enumerate(config.objects.exclude_data):  # partitions of selected tables migrate with them
-        if not any(fnmatch.fnmatchcase(name.key, pattern) for name in moved):
+    # Partitions of selected tables migrate with them; materialized views with their whole schema.
+    views = {v for v in materialized_views_without_rows(ctx.src, config.objects.exclude_data)
+             if config.objects.selects_everything or v.schema in config.objects.schemas}
+    for i, pattern in enumerate(config.objects.exclude_data):
+        if not any(fnmatch.fnmatchcase(name.key, pattern) for name in moved | views):
             problems.append(f"objects.exclude_data[{i}] {pattern!r} matches no selected table: correct it (names are "
                             "exact and case-sensitive) or remove it")
     problems.extend(_keys_into_tables_without_rows(ctx, moved))
