@@ -23,8 +23,9 @@ from airflow_pgmigrate.engine.definition_only import (
     keys_into_tables_without_rows,
     materialized_views_without_rows,
     tables_without_rows,
+    without_rows_problem,
 )
-from airflow_pgmigrate.engine.filtered_keys import keys_broken_by_filters
+from airflow_pgmigrate.engine.filtered_keys import broken_key_fix, broken_key_problem, keys_broken_by_filters
 from airflow_pgmigrate.engine.names import (
     NameMapper,
     QualifiedName,
@@ -559,7 +560,7 @@ def check_row_filters(ctx: PrecheckContext) -> list[CheckResult]:
                        "fix the conditions in filters: each must be valid over the table's own columns", objects=bad)]
     broken = keys_broken_by_filters(ctx.src, ctx.config, _moved_tables(ctx))
     if broken:
-        return [failed("row_filters", "; ".join(k.problem() for k in broken), "\n".join(k.fix() for k in broken),
+        return [failed("row_filters", "; ".join(map(broken_key_problem, broken)), "\n".join(map(broken_key_fix, broken)),
                        objects=[f"{k.table} {k.constraint}" for k in broken])]
     return [passed("row_filters", f"{len(ctx.config.filters)} row filter(s) are valid over their tables")]
 
@@ -758,7 +759,7 @@ def _keys_into_tables_without_rows(ctx: PrecheckContext, selected: set[Qualified
         return []
     assert ctx.src is not None
     without_rows = tables_without_rows(ctx.src, config.objects.exclude_data)
-    return [k.problem() for k in keys_into_tables_without_rows(ctx.src, without_rows) if k.table in selected]
+    return [without_rows_problem(k) for k in keys_into_tables_without_rows(ctx.src, without_rows) if k.table in selected]
 
 
 def check_privileges_not_migrated(ctx: PrecheckContext) -> list[CheckResult]:

@@ -29,10 +29,12 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import (
-    KeyIntoTableWithoutRows,
     keys_into_tables_without_rows,
     tables_without_rows,
+    without_rows_problem,
+    without_rows_reason,
 )
+from airflow_pgmigrate.engine.foreign_keys import ForeignKey
 from airflow_pgmigrate.engine.matviews import sync_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgdump import (
@@ -164,7 +166,7 @@ class SourceSchema:
     #: Relations an extension creates (they exist wherever the extension is installed).
     extension_relations: set[QualifiedName] = field(default_factory=set)
     #: (table, constraint) of foreign keys into a table whose rows do not migrate (``objects.exclude_data``).
-    keys_into_without_rows: dict[tuple[QualifiedName, str], KeyIntoTableWithoutRows] = field(default_factory=dict)
+    keys_into_without_rows: dict[tuple[QualifiedName, str], ForeignKey] = field(default_factory=dict)
 
     def dumped_schemas(self) -> list[str]:
         """Schemas holding something that migrates: whole schemas, those of selected tables and of what they need."""
@@ -691,10 +693,10 @@ class _Planner:
             into = src.keys_into_without_rows.get(constraint) if constraint is not None else None
             if into is not None:
                 if self.config.schema_migration.foreign_keys_to_excluded == "skip":
-                    self.report.skip(str(entry), into.reason)
-                    self.skipped_keys[(into.table, into.constraint)] = into.reason
+                    self.report.skip(str(entry), without_rows_reason(into))
+                    self.skipped_keys[(into.table, into.constraint)] = without_rows_reason(into)
                     return False
-                self.errors.append(into.problem())
+                self.errors.append(without_rows_problem(into))
                 return False
         return not self._index_left_out(entry)
 
