@@ -33,6 +33,11 @@ from airflow_pgmigrate.engine.names import (
     parse_qualified_name,
 )
 from airflow_pgmigrate.engine.public_privileges import narrowed_public_privileges
+from airflow_pgmigrate.engine.publication import (
+    VIRTUAL_IN_FULL_IDENTITY,
+    virtual_generated_fix,
+    virtual_generated_in_full_identity,
+)
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
 from airflow_pgmigrate.engine.sqlfilter import volatile_calls
 from airflow_pgmigrate.engine.state import MigrationState
@@ -714,6 +719,12 @@ def check_primary_keys(ctx: PrecheckContext) -> list[CheckResult]:
                               f"their replica identity does not use it: {_listing(names)}",
                               "\n".join(f"ALTER TABLE {_q(t.name)} REPLICA IDENTITY USING INDEX {_qi(idx)};"
                                         for t, idx in wrong_identity), objects=names))
+    virtual = virtual_generated_in_full_identity(
+        ctx.src, [t.name for t in ctx.selected if t.relkind != "p"]) if incremental and ctx.src is not None else []
+    if virtual:
+        names = [str(t) for t in virtual]
+        results.append(failed("primary_keys", f"{len(virtual)} table(s) have {VIRTUAL_IN_FULL_IDENTITY}: "
+                              f"{_listing(names)}", virtual_generated_fix(virtual), objects=names))
     if full_identity:
         names = [str(t.name) for t in full_identity]
         results.append(warning("primary_keys",
