@@ -54,6 +54,8 @@ class MaterializedView:
     reads_unpopulated: list[QualifiedName]
     #: Its own contents do not migrate (``objects.exclude_data`` names it): it stays unpopulated.
     rows_excluded: bool = False
+    #: Found on the destination (one missing there is a difference verification reports).
+    on_destination: bool = True
 
     @property
     def expected_populated(self) -> bool:
@@ -85,12 +87,10 @@ def migrated_materialized_views(config: MigrationConfig, schema: ViewCatalog, sr
             continue
         target = mapper.table(name)
         found = dst.execute("SELECT to_regclass(%s)", (sql.Identifier(target.schema, target.name).as_string(dst),))
-        if found.fetchone() == (None,):
-            continue
         reads = _reads(name, schema.view_tables)
         views.append(MaterializedView(name, target, populated[name], sorted(reads & without_rows),
                                       sorted(r for r in reads if populated.get(r) is False),
-                                      name in excluded_contents))
+                                      name in excluded_contents, found.fetchone() != (None,)))
     return views
 
 
@@ -137,6 +137,11 @@ def sync_materialized_views(config: MigrationConfig, schema: ViewCatalog, source
     out = []
     with connect(source) as src, connect(destination) as dst:
         for view in migrated_materialized_views(config, schema, src, dst):
+            if not view.on_destination:  # verification names it
+                log(f"materialized_view={view.target} action=none missing_on_destination=true")
+                out.append({"view": str(view.target), "source": str(view.source),
+                            "action": "missing on the destination"})
+                continue
             row = dst.execute("SELECT relispopulated FROM pg_class WHERE oid = %s::regclass",
                               (view.ident.as_string(dst),)).fetchone()
             populated_there = bool(row and row[0])
@@ -166,11 +171,17 @@ def compare_materialized_views(config: MigrationConfig, schema: ViewCatalog, src
     results = []
     stale_views: set[QualifiedName] = set()  # views are in dependency order: those a later one reads come first
     for view in migrated_materialized_views(config, schema, src, dst):
+        source_ident = sql.Identifier(view.source.schema, view.source.name)
+        here_sum = _checksum(src, source_ident) if view.populated else (0, 0)
+        if not view.on_destination:
+            results.append({"view": str(view.source), "target": str(view.target), "source_populated": view.populated,
+                            "destination_populated": False, "missing_on_destination": True,
+                            "source_rows": here_sum[0], "destination_rows": 0, "missing_count": here_sum[0],
+                            "extra_count": 0, "equal": False})
+            continue
         row = dst.execute("SELECT relispopulated FROM pg_class WHERE oid = %s::regclass",
                           (view.ident.as_string(dst),)).fetchone()
         populated_there = bool(row and row[0])
-        source_ident = sql.Identifier(view.source.schema, view.source.name)
-        here_sum = _checksum(src, source_ident) if view.populated else (0, 0)
         there_sum = _checksum(dst, view.ident) if populated_there else (0, 0)
         missing = extra = 0
         stale = False

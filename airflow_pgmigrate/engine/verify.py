@@ -362,7 +362,9 @@ def differences(report: dict[str, Any], limit: int = 5) -> list[str]:
     for view in report.get("materialized_views", []):
         if view["equal"]:
             continue
-        if view["source_populated"] != view["destination_populated"]:
+        if view.get("missing_on_destination"):
+            out.append(f"materialized view {view['view']} missing on the destination")
+        elif view["source_populated"] != view["destination_populated"]:
             out.append(f"materialized view {view['view']} (populated on the source: {view['source_populated']}, on "
                        f"the destination: {view['destination_populated']})")
         else:
