@@ -37,6 +37,21 @@ STAGING_DELETE_ROWS = 10_000
 #: Seconds a target table's estimated row count is reused before it is read again.
 TABLE_SIZE_SECONDS = 60.0
 
+#: Whether index lookups driven by staged keys pay on a table: a valid, non-partial index starting with a key column,
+#: and every partitioned table of its tree partitioned by key columns alone (else each key probes every partition).
+LOOKUPS_POSSIBLE = """
+WITH RECURSIVE target(relid) AS (SELECT format('%%I.%%I', %(schema)s::text, %(name)s::text)::regclass::oid),
+tree(relid) AS (SELECT relid FROM target
+                UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid)
+SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                WHERE i.indrelid = (SELECT relid FROM target) AND i.indisvalid AND i.indpred IS NULL
+                  AND a.attname = ANY(%(keys)s::text[]))
+   AND NOT EXISTS (SELECT FROM tree JOIN pg_partitioned_table p ON p.partrelid = tree.relid
+                   CROSS JOIN LATERAL unnest(p.partattrs::int2[]) AS k(attnum)
+                   LEFT JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = k.attnum
+                    WHERE k.attnum = 0 OR a.attname IS NULL OR NOT a.attname = ANY(%(keys)s::text[]))
+"""
+
 
 class ApplyError(PgMigrateError):
     """A change cannot be applied (DDL on the source, a row the destination cannot take)."""
@@ -373,18 +388,17 @@ class Applier:
     def _lookup_limit(self, t: TableTarget) -> float:
         """Below how many staged rows a statement on ``t`` is planned as index lookups: a share of the table's rows
         as the planner estimates them (statistics, or its size when never analysed; partitions included), or 0 when
-        no valid index of the destination table starts with a key column (lookups would then scan it per key)."""
+        no valid index of the destination table starts with a key column (lookups would then scan it per key), or
+        when the table is partitioned by a column (or expression) outside the key, at any level: a staged key then
+        cannot prune, and each lookup probes every partition."""
         name = str(t.target)
         known = self._lookup_limits.get(name)
         now = time.monotonic()
         if known is None or now - known[1] > TABLE_SIZE_SECONDS:
-            indexed = self.conn.execute(
-                "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-                "AND a.attnum = i.indkey[0] WHERE i.indrelid = format('%%I.%%I', %s::text, %s::text)::regclass "
-                "AND i.indisvalid AND i.indpred IS NULL AND a.attname = ANY(%s::text[]))",
-                (t.target.schema, t.target.name, t.key_names)).fetchone()
+            lookups = self.conn.execute(LOOKUPS_POSSIBLE, {"schema": t.target.schema, "name": t.target.name,
+                                                          "keys": t.key_names}).fetchone()
             row = self.conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT FROM {}").format(t.ident)).fetchone()
-            rows = float(row[0][0]["Plan"]["Plan Rows"]) if row and indexed and indexed[0] else 0.0
+            rows = float(row[0][0]["Plan"]["Plan Rows"]) if row and lookups and lookups[0] else 0.0
             known = (LOOKUP_SHARE * rows, now)
             self._lookup_limits[name] = known
         return known[0]
