@@ -106,3 +106,15 @@ def test_the_cutover_question_in_a_task_group_branches_to_the_tasks_of_its_group
     ask = dag.task_dict["pgmigrate_grp.cutover_question"]
     assert ask.options_mapping == {"Cut over": "pgmigrate_grp.cutover", "Abort": "pgmigrate_grp.release"}
     assert set(ask.options_mapping.values()) <= {t.task_id for t in ask.downstream_list}
+
+
+def test_a_failed_question_is_asked_again():
+    """Airflow's executor race can fail the question when the answer comes within a scheduler loop of the asking;
+    without a retry nobody is asked again and the sync beside it waits for a decision until its timeout."""
+    from airflow.sdk import DAG
+
+    config = MigrationConfig.from_dict({"name": "ask", "source": {"conn_id": "a"}, "destination": {"conn_id": "b"}})
+    with DAG(dag_id="mine_question", schedule=None) as dag:
+        migration_task_group(config)
+    ask = dag.task_dict["pgmigrate_ask.cutover_question"]
+    assert ask.retries >= 1 and ask.retry_delay.total_seconds() <= 10
