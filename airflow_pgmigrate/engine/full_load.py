@@ -765,7 +765,7 @@ class FullLoad:
             self._built.append(result)
 
     def _queue_builds(self, queue: list[Work], plan: TablePlan) -> None:
-        """Queue a table's index builds (its copy committed); caller holds the lock."""
+        """Queue a table's index builds (its copy committed; none before they are planned); caller holds the lock."""
         queue.extend((plan, b) for b in self._builds.pop(plan.source, []))
         queue.sort(key=_priority, reverse=True)
         self._ready.notify_all()
@@ -774,11 +774,8 @@ class FullLoad:
                   results: dict[str, ChunkResult]) -> None:
         remaining = {p.source: sum(1 for q, _ in todo if q.source == p.source) for p in plans}
         queue: list[Work] = list(todo)
-        with self._lock:
-            for plan in plans:
-                if not remaining[plan.source]:
-                    self._queue_builds(queue, plan)  # copied by an earlier attempt, its builds not all done
-        if not queue:
+        builds = self.config.wants("schema") and self.config.full_load.build_indexes
+        if not queue and not builds:
             return
         total_tables = sum(1 for v in remaining.values() if v)
         done_tables = 0
@@ -804,9 +801,13 @@ class FullLoad:
             self.metric("pgmigrate.full_load.rows", result.rows, tags)
             self.metric("pgmigrate.full_load.bytes", result.bytes, tags)
 
-        workers = max(1, self.jobs if self._builds or len(queue) > len(todo) else min(self.jobs, len(queue)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy") as pool:
-            futures = [pool.submit(self._worker, queue, snapshot, on_done) for _ in range(workers)]
+        workers = max(1, self.jobs if builds else min(self.jobs, len(queue)))
+        with ThreadPoolExecutor(max_workers=workers + builds, thread_name_prefix="copy") as pool:
+            futures = []
+            if builds:
+                self._busy += 1  # the planning, until it queued what it found
+                futures.append(pool.submit(self._plan_builds, plans, queue, remaining))
+            futures += [pool.submit(self._worker, queue, snapshot, on_done) for _ in range(workers)]
             wait(futures, return_when=FIRST_EXCEPTION)
             errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
             if errors:
@@ -844,7 +845,6 @@ class FullLoad:
         }
         results: dict[str, ChunkResult] = {}
         snapshot, todo = self._snapshot_and_todo(start, record)
-        self._plan_builds(plans)
         overridden: list[tuple[str, str]] = []
         try:
             overridden = self._skip_compression({p.target for p, _ in todo}, plans)
@@ -925,17 +925,27 @@ class FullLoad:
         self.state.put("full_load", record)
         return snapshot, _largest_first([(p, c) for p in unfinished for c in p.chunks])
 
-    def _plan_builds(self, plans: list[TablePlan]) -> None:
-        """The index and key builds post_data would run for the copied tables, to run as each table's copy commits
-        (with schema migration and ``full_load.build_indexes``). Those the destination holds already are left out."""
-        if not (self.config.wants("schema") and self.config.full_load.build_indexes):
-            return
-        preamble, builds = table_builds(self.config, self.source, self.destination)
-        copied = {p.source for p in plans if not p.staging}
-        for build in builds:
-            if str(build.table) in copied:
-                self._builds.setdefault(str(build.table), []).append(build)
-        self._builder = IndexBuilder(self.destination, self.state, preamble, self.log)
+    def _plan_builds(self, plans: list[TablePlan], queue: list[Work], remaining: dict[str, int]) -> None:
+        """Plan the index and key builds post_data would run for the copied tables (pg_dump), while the first chunks
+        copy; queue those of tables copied already. Those the destination holds already are left out; a planning
+        failure leaves every build to post_data. Counted as work in progress, so no worker ends before it."""
+        preamble, builds = "", list[TableBuild]()
+        try:
+            preamble, builds = table_builds(self.config, self.source, self.destination)
+        except (PgMigrateError, psycopg.Error, OSError) as exc:
+            self.log(f"full_load index builds left to post_data (planning them failed): {exc}")
+        finally:
+            copied = {p.source for p in plans if not p.staging}
+            with self._ready:
+                self._builder = IndexBuilder(self.destination, self.state, preamble, self.log)
+                for build in builds:
+                    if str(build.table) in copied:
+                        self._builds.setdefault(str(build.table), []).append(build)
+                for plan in plans:
+                    if not remaining[plan.source]:
+                        self._queue_builds(queue, plan)  # copied already (or by an earlier attempt)
+                self._busy -= 1
+                self._ready.notify_all()
         self.log(f"full_load index_builds={sum(len(b) for b in self._builds.values())} "
                  f"tables={len(self._builds)} (each table's start as soon as its copy is committed)")
 
