@@ -13,6 +13,7 @@ import time
 import psycopg
 import pytest
 
+from airflow_pgmigrate.engine.index_builds import IndexBuilder
 from airflow_pgmigrate.engine.schema import actual_definitions, expected_definitions, migrate_schema
 from airflow_pgmigrate.engine.state import MigrationState
 
@@ -129,3 +130,35 @@ def test_build_indexes_false_leaves_every_build_to_post_data(migration_env):
     assert post.created["index"] == 2 and post.created["constraint"] == 4, post.created
     with psycopg.connect(**env.destination_info().connect_kwargs()) as dst:
         assert dst.execute("SELECT count(*) FROM pg_index WHERE indrelid = 'public.big'::regclass").fetchone() == (2,)
+
+
+def test_parallel_maintenance_workers_take_idle_jobs_within_the_destination_limits(migration_env, monkeypatch):
+    env = migration_env
+    config = env.config()
+    builder = IndexBuilder(env.destination_info(), MigrationState(env.destination_info(), config.state_schema,
+                                                                  config.name), "", lambda message: None)
+    with psycopg.connect(**env.destination_info().connect_kwargs(), autocommit=True) as conn:
+        row = conn.execute("SELECT least(current_setting('max_parallel_workers')::int, "
+                           "current_setting('max_worker_processes')::int - 1)").fetchone()
+        assert row is not None and row[0] >= 2
+        large = 1 << 30
+        assert builder.parallel_workers(conn, 0, large) == 0, "no job idle: no worker"
+        assert builder.parallel_workers(conn, 3, 1 << 20) == 0, "a small index: no worker"
+        assert builder.parallel_workers(conn, 1, large) == 1
+        assert builder.parallel_workers(conn, 1000, large) == row[0], "bounded by the destination"
+
+    # A load of one table with two jobs: its first build starts while the other job is idle, and takes it.
+    from airflow_pgmigrate.engine import index_builds
+    from airflow_pgmigrate.engine.full_load import run_full_load
+
+    monkeypatch.setattr(index_builds, "PARALLEL_MIN_BYTES", 0)
+    env.src("CREATE TABLE public.big (id bigint PRIMARY KEY, n int NOT NULL);"
+            "INSERT INTO public.big SELECT g, g % 1000 FROM generate_series(1, 100000) g;"
+            "CREATE INDEX big_n ON public.big (n)")
+    config = env.config(migration_types=["schema", "full"], full_load={"parallel_jobs": 2})
+    state = MigrationState(env.destination_info(), config.state_schema, config.name)
+    migrate_schema(config, env.source_info(), env.destination_info(), "pre_data", state=state)
+    report = run_full_load(config, env.source_info(), env.destination_info())
+    assert sorted(report["indexes_built_now"]) == ["constraint public.big big_pkey", "index public.big_n"]
+    workers = [r[0] for r in env.dst("SELECT parallel_workers FROM pgmigrate.full_load_index_builds")]
+    assert max(workers) == 1, workers
