@@ -104,7 +104,8 @@ class TablePlan:
     column_types: dict[str, str] = field(default_factory=dict)
     #: Destination columns whose TOASTed values the source could not compress (see ``_incompressible_columns``).
     incompressible: list[str] = field(default_factory=list)
-    #: The source's index bytes: what building the table's indexes on the destination costs (0 in older plans).
+    #: The source's index bytes: what building the table's indexes on the destination costs (0 when the load does
+    #: not build them, and in older plans).
     index_bytes: int = 0
 
     @property
@@ -181,7 +182,8 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
         plan.incompressible = [target_columns[columns.index(c)] for c in incompressible]
         # A TOAST byte costs about TOAST_COST heap bytes, unless its compression attempts are skipped.
         plan.cost = heap_bytes + (1.0 if incompressible else TOAST_COST) * toast_bytes
-        plan.index_bytes = source_index_bytes(src, table.oid)
+        if config.wants("schema") and config.full_load.build_indexes:  # the load builds them: part of its cost
+            plan.index_bytes = source_index_bytes(src, table.oid)
         plans.append(plan)
         tables.append(table)
     _split(config, src, plans, tables, jobs or config.full_load.parallel_jobs, version)
@@ -1088,15 +1090,24 @@ def _largest_first(todo: list[tuple[TablePlan, Chunk]]) -> list[tuple[TablePlan,
 
 
 def _next_chunk(queue: list[Work], active: dict[str, int]) -> Work:
-    """Take the costliest work whose table no other worker is writing, else the costliest.
+    """Take the costliest work, passing over a chunk of a table another worker is writing for shorter work of
+    another table, unless that work is shorter than the chunk's own copy.
 
     Parts of one table copied at the same time compete for the table's extension lock on the destination (before
-    PostgreSQL 16 it serialises them); two different tables do not. So parts of a split table run side by side only
-    when nothing else is left. An index build reads its table, written by nobody by then.
+    PostgreSQL 16 it serialises them); two different tables do not. So parts of a split table run side by side when
+    nothing comparable is left, or when the table's index builds, which wait for its last part, make it the long
+    pole. An index build reads its table, written by nobody by then.
     """
+    first_plan, first = queue[0]
+    if isinstance(first, TableBuild) or not active.get(first_plan.target):
+        return queue.pop(0)
+    if not first_plan.index_bytes:  # no builds wait for the table: keep its parts apart while anything else is left
+        return next((queue.pop(i) for i, (p, w) in enumerate(queue) if not active.get(p.target)), None) \
+            or queue.pop(0)
+    own_copy = (first_plan.cost or first_plan.size_bytes) / max(1, first.parts)
     for i, (plan, work) in enumerate(queue):
         if isinstance(work, TableBuild) or not active.get(plan.target):
-            return queue.pop(i)
+            return queue.pop(i) if _priority((plan, work)) >= own_copy else queue.pop(0)
     return queue.pop(0)
 
 
