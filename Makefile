@@ -20,8 +20,9 @@ lint: venv
 # Lint, type check, unit tests, and integration tests against real PostgreSQL servers and Airflow (dag.test()).
 # The slow suites have their own targets, which .ci/run runs after this one: the pgcopydb-style peer scenarios
 # (test-peer), tests that take longer than about 20 s (test-slow), the real Airflow deployment (test-real-airflow).
+# It lists its 25 slowest tests: one that grows past about 20 s moves to the slow marker (the target stays < 15 min).
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider -m "not real_airflow and not peer and not slow"
+	$(BIN)/pytest -q -p no:cacheprovider -m "not real_airflow and not peer and not slow" --durations=25
 
 # Tests that take longer than about 20 s each (long throttled windows, waits for the caps).
 test-slow: venv

@@ -224,21 +224,36 @@ def _unreadable_large_objects(ctx: PrecheckContext) -> list[int]:
         """)]
 
 
-def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
-    """The source account's rights for each migration type; the fix holds one statement per missing grant.
+@dataclass
+class _Lacking:
+    """What an account lacks (in the order found) and the statements that give it, one per missing grant."""
 
-    schema: USAGE on the schemas and SELECT on every table of the schemas pg_dump reads (it locks each of them);
-    full: SELECT on the selected tables and their sequences, and on the large objects; incremental: the REPLICATION
-    attribute, and either a publication given by the config or the rights to create one (CREATE on the database,
-    ownership of the tables); cutover with ``freeze_source``: ownership of the database and pg_signal_backend.
-    """
-    assert ctx.src is not None
-    config = ctx.config
-    user = ctx.source.user
-    to = _grantee(user)
-    missing: list[str] = []
-    fixes: list[str] = []
-    row = ctx.src.execute(
+    to: str
+    missing: list[str] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)
+
+    def add(self, what: str, *fixes: str) -> None:
+        self.missing.append(what)
+        self.fixes.extend(fixes)
+
+    def result(self, name: str, account: str) -> CheckResult:
+        return failed(name, f"{account} lacks: " + "; ".join(self.missing), "\n".join(dict.fromkeys(self.fixes)),
+                      objects=self.missing)
+
+
+@dataclass(frozen=True)
+class _SourceRoles:
+    is_super: bool
+    can_replicate: bool
+    rds_role: bool
+    catalog_usage: bool
+    db_create: bool
+    db_owner: bool
+    can_signal: bool
+
+
+def _source_roles(src: psycopg.Connection) -> _SourceRoles:
+    row = src.execute(
         """
         SELECT r.rolsuper, r.rolreplication,
                EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname IN ('rds_superuser', 'rds_replication')
@@ -252,85 +267,117 @@ def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
         """
     ).fetchone()
     assert row is not None
-    is_super, can_replicate, rds_role, catalog_usage, db_create, db_owner, can_signal = row
-    if not catalog_usage:
-        missing.append("USAGE on schema pg_catalog")
-        fixes.append(f"GRANT USAGE ON SCHEMA pg_catalog TO {to};")
+    return _SourceRoles(*(bool(v) for v in row))
+
+
+def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
+    """The source account's rights for each migration type; the fix holds one statement per missing grant.
+
+    schema: USAGE on the schemas and SELECT on every table of the schemas pg_dump reads (it locks each of them);
+    full: SELECT on the selected tables and their sequences, and on the large objects; incremental: the REPLICATION
+    attribute, and either a publication given by the config or the rights to create one (CREATE on the database,
+    ownership of the tables); cutover with ``freeze_source``: ownership of the database and pg_signal_backend.
+    """
+    assert ctx.src is not None
+    user = ctx.source.user
+    roles = _source_roles(ctx.src)
+    lacking = _Lacking(_grantee(user))
+    _source_read_rights(ctx, roles, lacking)
+    if ctx.config.wants("incremental") and not roles.is_super:
+        _source_replication_rights(ctx, roles, lacking)
+        if ctx.config.owns_publication:
+            _source_publication_rights(ctx, roles, lacking)
+        if ctx.config.cutover.freeze_source:
+            _source_freeze_rights(ctx, roles, lacking)
+    if lacking.missing:
+        return [lacking.result("source_privileges", f"source account {user!r}")]
+    what = "superuser" if roles.is_super else "required privileges"
+    return [passed("source_privileges", f"source account {user!r} has the {what} for {', '.join(ctx.types)}")]
+
+
+def _source_read_rights(ctx: PrecheckContext, roles: _SourceRoles, lacking: _Lacking) -> None:
+    """USAGE on the schemas, SELECT on the tables (and the sequences and large objects the data steps copy)."""
+    assert ctx.src is not None
+    config, to = ctx.config, lacking.to
+    if not roles.catalog_usage:
+        lacking.add("USAGE on schema pg_catalog", f"GRANT USAGE ON SCHEMA pg_catalog TO {to};")
     dumped = set(ctx.scope_schemas()) if config.wants("schema") else set()
     schemas = sorted({t.name.schema for t in ctx.selected} | dumped)
-    no_usage = [r[0] for r in ctx.src.execute(
-        "SELECT s FROM unnest(%s::text[]) AS s WHERE NOT has_schema_privilege(s, 'USAGE') ORDER BY 1", (schemas,))]
-    for schema in no_usage:
-        missing.append(f"USAGE on schema {schema}")
-        fixes.append(f"GRANT USAGE ON SCHEMA {_qi(schema)} TO {to};")
+    for (schema,) in ctx.src.execute(
+            "SELECT s FROM unnest(%s::text[]) AS s WHERE NOT has_schema_privilege(s, 'USAGE') ORDER BY 1", (schemas,)):
+        lacking.add(f"USAGE on schema {schema}", f"GRANT USAGE ON SCHEMA {_qi(schema)} TO {to};")
     # Every type reads the selected tables; pg_dump also locks (so must be able to read) every table it dumps.
     selected_names = {t.name for t in ctx.selected}
-    readable = [t for t in ctx.tables if t.name in selected_names or t.name.schema in dumped]
-    by_oid = {t.oid: t for t in readable}
-    no_select = [by_oid[r[0]] for r in ctx.src.execute(
-        "SELECT o FROM unnest(%s::oid[]) AS o WHERE NOT has_table_privilege(o, 'SELECT')", (list(by_oid),))]
-    no_select.sort(key=lambda t: t.name)
+    by_oid = {t.oid: t for t in ctx.tables if t.name in selected_names or t.name.schema in dumped}
+    no_select = sorted((by_oid[r[0]] for r in ctx.src.execute(
+        "SELECT o FROM unnest(%s::oid[]) AS o WHERE NOT has_table_privilege(o, 'SELECT')", (list(by_oid),))),
+        key=lambda t: t.name)
     if no_select:
-        missing.append("SELECT on " + _listing([str(t.name) for t in no_select]))
-        fixes += [f"GRANT SELECT ON {_q(t.name)} TO {to};" for t in no_select]
+        lacking.add("SELECT on " + _listing([str(t.name) for t in no_select]),
+                    *(f"GRANT SELECT ON {_q(t.name)} TO {to};" for t in no_select))
     if config.wants("full") or config.wants("incremental"):
         sequences = [name for name, ok in _migrated_sequences(ctx) if not ok]
         if sequences:
-            missing.append("SELECT on sequence " + _listing([str(s) for s in sequences])
-                           + " (to copy its value)")
-            fixes += [f"GRANT SELECT ON SEQUENCE {_q(s)} TO {to};" for s in sequences]
+            lacking.add("SELECT on sequence " + _listing([str(s) for s in sequences]) + " (to copy its value)",
+                        *(f"GRANT SELECT ON SEQUENCE {_q(s)} TO {to};" for s in sequences))
     if config.wants("full"):
         objects = _unreadable_large_objects(ctx)
         if objects:
-            missing.append(f"SELECT on {len(objects)} large object(s): {_listing([str(o) for o in objects])}")
-            fixes += [f"GRANT SELECT ON LARGE OBJECT {o} TO {to};" for o in objects]
-    if config.wants("incremental") and not is_super:
-        if not (can_replicate or rds_role):
-            missing.append("the REPLICATION attribute (or rds_replication / rds_superuser on Amazon RDS)")
-            fixes.append(f"ALTER ROLE {to} REPLICATION;  -- on Amazon RDS: GRANT rds_replication TO {to};")
-        if config.owns_publication:
-            # Creating the publication needs CREATE on the database and ownership of every published table.
-            owners = sorted({t.owner for t in ctx.selected})
-            foreign = {r[0] for r in ctx.src.execute(
-                "SELECT o FROM unnest(%s::text[]) AS o WHERE NOT pg_has_role(current_user, o, 'USAGE')", (owners,))}
-            not_owned = [t for t in ctx.selected if t.owner in foreign]
-            if not db_create or not_owned:
-                from airflow_pgmigrate.engine.publication import create_statement
+            lacking.add(f"SELECT on {len(objects)} large object(s): {_listing([str(o) for o in objects])}",
+                        *(f"GRANT SELECT ON LARGE OBJECT {o} TO {to};" for o in objects))
 
-                if not db_create:
-                    missing.append("CREATE on the database (to create the publication)")
-                if not_owned:
-                    missing.append("ownership of " + _listing([str(t.name) for t in not_owned])
-                                   + " (to publish them)")
-                tables = [t.name for t in ctx.selected if not t.is_partition]
-                owner_list = ", ".join(sorted({t.owner for t in not_owned})) or "the tables"
-                fixes.append(f"-- either the owner ({owner_list}) creates the publication, and the config names it "
-                             f"(incremental.publication: {config.publication_name}):")
-                fixes.append(create_statement(config.publication_name, tables))
-                fixes.append("-- or the account gets the rights to create it:")
-                if not db_create:
-                    fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.source.dbname)} TO {to};")
-                owner_roles = sorted({t.owner for t in not_owned})
-                supers = {r[0] for r in ctx.src.execute(
-                    "SELECT rolname FROM pg_roles WHERE rolsuper AND rolname = ANY(%s)", (owner_roles,))}
-                fixes += [f"GRANT {_qi(o)} TO {to};" for o in owner_roles if o not in supers]
-                if supers:
-                    fixes.append(f"-- (tables owned by the superuser {', '.join(sorted(supers))} cannot be delegated "
-                                 "this way: use the publication)")
-        if config.cutover.freeze_source and not (db_owner and (can_signal or rds_role)):
-            lacks = ([] if db_owner else ["ownership of the database (to set it read-only at cutover)"]) + \
-                    ([] if can_signal or rds_role else ["pg_signal_backend (to end sessions at cutover)"])
-            missing += lacks
-            if not db_owner:
-                fixes.append(f"ALTER DATABASE {_qi(ctx.source.dbname)} OWNER TO {to};  -- or set "
+
+def _source_replication_rights(ctx: PrecheckContext, roles: _SourceRoles, lacking: _Lacking) -> None:
+    if not (roles.can_replicate or roles.rds_role):
+        lacking.add("the REPLICATION attribute (or rds_replication / rds_superuser on Amazon RDS)",
+                    f"ALTER ROLE {lacking.to} REPLICATION;  -- on Amazon RDS: GRANT rds_replication TO {lacking.to};")
+
+
+def _source_publication_rights(ctx: PrecheckContext, roles: _SourceRoles, lacking: _Lacking) -> None:
+    """Creating the publication needs CREATE on the database and ownership of every published table."""
+    from airflow_pgmigrate.engine.publication import create_statement
+
+    assert ctx.src is not None
+    config, to = ctx.config, lacking.to
+    owners = sorted({t.owner for t in ctx.selected})
+    foreign = {r[0] for r in ctx.src.execute(
+        "SELECT o FROM unnest(%s::text[]) AS o WHERE NOT pg_has_role(current_user, o, 'USAGE')", (owners,))}
+    not_owned = [t for t in ctx.selected if t.owner in foreign]
+    if roles.db_create and not not_owned:
+        return
+    if not roles.db_create:
+        lacking.add("CREATE on the database (to create the publication)")
+    if not_owned:
+        lacking.add("ownership of " + _listing([str(t.name) for t in not_owned]) + " (to publish them)")
+    tables = [t.name for t in ctx.selected if not t.is_partition]
+    owner_list = ", ".join(sorted({t.owner for t in not_owned})) or "the tables"
+    lacking.fixes.append(f"-- either the owner ({owner_list}) creates the publication, and the config names it "
+                         f"(incremental.publication: {config.publication_name}):")
+    lacking.fixes.append(create_statement(config.publication_name, tables))
+    lacking.fixes.append("-- or the account gets the rights to create it:")
+    if not roles.db_create:
+        lacking.fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.source.dbname)} TO {to};")
+    owner_roles = sorted({t.owner for t in not_owned})
+    supers = {r[0] for r in ctx.src.execute(
+        "SELECT rolname FROM pg_roles WHERE rolsuper AND rolname = ANY(%s)", (owner_roles,))}
+    lacking.fixes.extend(f"GRANT {_qi(o)} TO {to};" for o in owner_roles if o not in supers)
+    if supers:
+        lacking.fixes.append(f"-- (tables owned by the superuser {', '.join(sorted(supers))} cannot be delegated "
+                             "this way: use the publication)")
+
+
+def _source_freeze_rights(ctx: PrecheckContext, roles: _SourceRoles, lacking: _Lacking) -> None:
+    """The cutover's freeze sets the database read-only (its owner) and ends sessions (pg_signal_backend)."""
+    can_signal = roles.can_signal or roles.rds_role
+    if not roles.db_owner:
+        lacking.missing.append("ownership of the database (to set it read-only at cutover)")
+    if not can_signal:
+        lacking.missing.append("pg_signal_backend (to end sessions at cutover)")
+    if not roles.db_owner:
+        lacking.fixes.append(f"ALTER DATABASE {_qi(ctx.source.dbname)} OWNER TO {lacking.to};  -- or set "
                              "cutover.freeze_source: false and stop the application's writes yourself")
-            if not (can_signal or rds_role):
-                fixes.append(f"GRANT pg_signal_backend TO {to};")
-    if missing:
-        return [failed("source_privileges", f"source account {user!r} lacks: " + "; ".join(missing),
-                       "\n".join(dict.fromkeys(fixes)), objects=missing)]
-    what = "superuser" if is_super else "required privileges"
-    return [passed("source_privileges", f"source account {user!r} has the {what} for {', '.join(ctx.types)}")]
+    if not can_signal:
+        lacking.fixes.append(f"GRANT pg_signal_backend TO {lacking.to};")
 
 
 def check_publication(ctx: PrecheckContext) -> list[CheckResult]:
@@ -361,7 +408,6 @@ def check_destination_privileges(ctx: PrecheckContext) -> list[CheckResult]:
     assert ctx.dst is not None
     config = ctx.config
     user = ctx.destination.user
-    to = _grantee(user)
     row = ctx.dst.execute(
         "SELECT rolsuper, has_database_privilege(current_database(), 'CREATE'), "
         "current_setting('server_version_num')::int FROM pg_roles WHERE rolname = current_user"
@@ -370,7 +416,26 @@ def check_destination_privileges(ctx: PrecheckContext) -> list[CheckResult]:
     is_super, db_create, version = row
     if is_super:
         return [passed("destination_privileges", f"destination account {user!r} is a superuser")]
+    lacking = _Lacking(_grantee(user))
     targets = sorted({ctx.mapper.schema(t.name.schema) for t in ctx.selected} | {config.state_schema})
+    _destination_schema_rights(ctx, targets, db_create, lacking)
+    if config.wants("schema"):
+        _destination_owner_rights(ctx, version, lacking)
+    if config.wants("full") or config.wants("incremental"):
+        _destination_write_rights(ctx, lacking)
+    if lacking.missing:
+        results = [lacking.result("destination_privileges", f"destination account {user!r}")]
+    else:
+        results = [passed("destination_privileges",
+                          f"destination account {user!r} can create and own objects in {', '.join(targets)}")]
+    if config.wants("incremental"):
+        results += _replication_role_setting(ctx, version, lacking.to)
+    return results
+
+
+def _destination_schema_rights(ctx: PrecheckContext, targets: list[str], db_create: bool, lacking: _Lacking) -> None:
+    """CREATE and USAGE on (and ownership of) each target schema, or CREATE on the database to create it."""
+    assert ctx.dst is not None
     rows = ctx.dst.execute(
         """
         SELECT n.nspname, has_schema_privilege(n.oid, 'CREATE'), has_schema_privilege(n.oid, 'USAGE'),
@@ -380,84 +445,88 @@ def check_destination_privileges(ctx: PrecheckContext) -> list[CheckResult]:
         (targets,),
     ).fetchall()
     existing = {r[0]: r[1:] for r in rows}
-    missing: list[str] = []
-    fixes: list[str] = []
+    to = lacking.to
     for schema in targets:
         if schema not in existing:
             if not db_create:
-                missing.append(f"CREATE on the database (to create schema {schema})")
-                fixes.append(f"GRANT CREATE ON DATABASE {_qi(ctx.destination.dbname)} TO {to};")
+                lacking.add(f"CREATE on the database (to create schema {schema})",
+                            f"GRANT CREATE ON DATABASE {_qi(ctx.destination.dbname)} TO {to};")
             continue
         create, usage, owner, owner_name = existing[schema]
         if not (create and usage):
-            missing.append(f"CREATE and USAGE on schema {schema}")
-            fixes.append(f"GRANT CREATE, USAGE ON SCHEMA {_qi(schema)} TO {to};")
-        if not owner and schema != config.state_schema:
-            missing.append(f"ownership of schema {schema} (owned by {owner_name})")
-            fixes.append(f"ALTER SCHEMA {_qi(schema)} OWNER TO {to};")
-    if config.wants("schema"):
-        roles = sorted(set(config.schema_migration.owner_mapping.values()))
-        for role, member in ctx.dst.execute(
-                "SELECT r, pg_has_role(current_user, r, 'MEMBER') FROM unnest(%s::text[]) AS r "
-                "WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) ORDER BY 1", (roles,)).fetchall():
-            if not member:
-                missing.append(f"membership in role {role} (to make it the owner of migrated objects)")
-                fixes.append(f"GRANT {_qi(role)} TO {to};")
-        if version >= 130000 and ctx.src is not None:
-            used = sorted(k for k in catalog.installed_extensions(ctx.src) if k != "plpgsql")
-            for name in (r[0] for r in ctx.dst.execute(
-                    "SELECT DISTINCT v.name FROM pg_available_extension_versions v WHERE v.name = ANY(%s) "
-                    "AND v.superuser AND NOT v.trusted AND NOT EXISTS (SELECT 1 FROM pg_extension e "
-                    "WHERE e.extname = v.name) ORDER BY 1", (used,))):
-                missing.append(f"a superuser to create extension {name} (it is not trusted)")
-                fixes.append(f"CREATE EXTENSION IF NOT EXISTS {_qi(name)};  -- run by a superuser (on a managed "
-                             f"service: its admin account) in database {ctx.destination.dbname}")
-    if config.wants("full") or config.wants("incremental"):
-        # Tables and sequences that exist already (incremental only, conflicting_tables: ignore, or created by
-        # someone else) must be writable: the copy and the apply write rows, TRUNCATE them, and set sequences.
-        needed = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
-        targets_t = sorted({ctx.mapper.table(t.name) for t in ctx.selected})
-        for schema, name, lacks in ctx.dst.execute(
-                """
-                SELECT n.nspname, c.relname, array(SELECT p FROM unnest(%s::text[]) AS p
-                                                   WHERE NOT has_table_privilege(c.oid, p))
-                  FROM unnest(%s::text[]) AS t(name) JOIN pg_class c ON c.oid = to_regclass(t.name)
-                  JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2
-                """, (list(needed), [_q(t) for t in targets_t])).fetchall():
-            if lacks:
-                table = QualifiedName(schema, name)
-                missing.append(f"{', '.join(lacks)} on {table}")
-                fixes.append(f"GRANT {', '.join(lacks)} ON {_q(table)} TO {to};")
-        if ctx.src is not None:
-            sequences = [_q(ctx.mapper.table(s)) for s, _ in _migrated_sequences(ctx)]
-            for schema, name in ctx.dst.execute(
-                    "SELECT n.nspname, c.relname FROM unnest(%s::text[]) AS t(name) "
-                    "JOIN pg_class c ON c.oid = to_regclass(t.name) JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE NOT has_sequence_privilege(c.oid, 'UPDATE') ORDER BY 1, 2", (sequences,)).fetchall():
-                sequence = QualifiedName(schema, name)
-                missing.append(f"UPDATE on sequence {sequence} (for setval)")
-                fixes.append(f"GRANT UPDATE ON SEQUENCE {_q(sequence)} TO {to};")
-    results: list[CheckResult] = []
-    if missing:
-        results.append(failed("destination_privileges", f"destination account {user!r} lacks: " + "; ".join(missing),
-                              "\n".join(dict.fromkeys(fixes)), objects=missing))
-    else:
-        results.append(passed("destination_privileges",
-                              f"destination account {user!r} can create and own objects in {', '.join(targets)}"))
-    if config.wants("incremental"):
-        can_set = version >= 150000 and bool(ctx.dst.execute(
-            "SELECT has_parameter_privilege('session_replication_role', 'SET')").fetchone()[0])  # type: ignore[index]
-        if not can_set:
-            fix = (f"GRANT SET ON PARAMETER session_replication_role TO {to};  -- run by a superuser"
-                   if version >= 150000 else
-                   "on PostgreSQL before 15 only a superuser may set it (on Amazon RDS or ApsaraDB: the admin "
-                   "account's role); otherwise accept the slower apply")
-            results.append(warning("destination_privileges",
-                                   f"destination account {user!r} may not set session_replication_role: incremental "
-                                   "sync applies changes one at a time in source order, with the destination's "
-                                   "triggers firing and foreign keys checked (slower; triggers that write would "
-                                   "write twice)", fix, objects=["session_replication_role"]))
-    return results
+            lacking.add(f"CREATE and USAGE on schema {schema}", f"GRANT CREATE, USAGE ON SCHEMA {_qi(schema)} TO {to};")
+        if not owner and schema != ctx.config.state_schema:
+            lacking.add(f"ownership of schema {schema} (owned by {owner_name})",
+                        f"ALTER SCHEMA {_qi(schema)} OWNER TO {to};")
+
+
+def _destination_owner_rights(ctx: PrecheckContext, version: int, lacking: _Lacking) -> None:
+    """Membership in the mapped owners' roles, and a superuser for the untrusted extensions the source uses."""
+    assert ctx.dst is not None
+    roles = sorted(set(ctx.config.schema_migration.owner_mapping.values()))
+    for role, member in ctx.dst.execute(
+            "SELECT r, pg_has_role(current_user, r, 'MEMBER') FROM unnest(%s::text[]) AS r "
+            "WHERE EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) ORDER BY 1", (roles,)).fetchall():
+        if not member:
+            lacking.add(f"membership in role {role} (to make it the owner of migrated objects)",
+                        f"GRANT {_qi(role)} TO {lacking.to};")
+    if version < 130000 or ctx.src is None:
+        return
+    used = sorted(k for k in catalog.installed_extensions(ctx.src) if k != "plpgsql")
+    for name in (r[0] for r in ctx.dst.execute(
+            "SELECT DISTINCT v.name FROM pg_available_extension_versions v WHERE v.name = ANY(%s) "
+            "AND v.superuser AND NOT v.trusted AND NOT EXISTS (SELECT 1 FROM pg_extension e "
+            "WHERE e.extname = v.name) ORDER BY 1", (used,))):
+        lacking.add(f"a superuser to create extension {name} (it is not trusted)",
+                    f"CREATE EXTENSION IF NOT EXISTS {_qi(name)};  -- run by a superuser (on a managed "
+                    f"service: its admin account) in database {ctx.destination.dbname}")
+
+
+def _destination_write_rights(ctx: PrecheckContext, lacking: _Lacking) -> None:
+    """Tables and sequences that exist already (incremental only, conflicting_tables: ignore, or created by someone
+    else) must be writable: the copy and the apply write rows, TRUNCATE them, and set sequences."""
+    assert ctx.dst is not None
+    needed = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE")
+    targets = sorted({ctx.mapper.table(t.name) for t in ctx.selected})
+    for schema, name, lacks in ctx.dst.execute(
+            """
+            SELECT n.nspname, c.relname, array(SELECT p FROM unnest(%s::text[]) AS p
+                                               WHERE NOT has_table_privilege(c.oid, p))
+              FROM unnest(%s::text[]) AS t(name) JOIN pg_class c ON c.oid = to_regclass(t.name)
+              JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2
+            """, (list(needed), [_q(t) for t in targets])).fetchall():
+        if lacks:
+            table = QualifiedName(schema, name)
+            lacking.add(f"{', '.join(lacks)} on {table}", f"GRANT {', '.join(lacks)} ON {_q(table)} TO {lacking.to};")
+    if ctx.src is None:
+        return
+    sequences = [_q(ctx.mapper.table(s)) for s, _ in _migrated_sequences(ctx)]
+    for schema, name in ctx.dst.execute(
+            "SELECT n.nspname, c.relname FROM unnest(%s::text[]) AS t(name) "
+            "JOIN pg_class c ON c.oid = to_regclass(t.name) JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE NOT has_sequence_privilege(c.oid, 'UPDATE') ORDER BY 1, 2", (sequences,)).fetchall():
+        sequence = QualifiedName(schema, name)
+        lacking.add(f"UPDATE on sequence {sequence} (for setval)",
+                    f"GRANT UPDATE ON SEQUENCE {_q(sequence)} TO {lacking.to};")
+
+
+def _replication_role_setting(ctx: PrecheckContext, version: int, to: str) -> list[CheckResult]:
+    """A warning when the apply may not set session_replication_role (it then applies one change at a time)."""
+    assert ctx.dst is not None
+    user = ctx.destination.user
+    can_set = version >= 150000 and bool(ctx.dst.execute(
+        "SELECT has_parameter_privilege('session_replication_role', 'SET')").fetchone()[0])  # type: ignore[index]
+    if can_set:
+        return []
+    fix = (f"GRANT SET ON PARAMETER session_replication_role TO {to};  -- run by a superuser"
+           if version >= 150000 else
+           "on PostgreSQL before 15 only a superuser may set it (on Amazon RDS or ApsaraDB: the admin "
+           "account's role); otherwise accept the slower apply")
+    return [warning("destination_privileges",
+                    f"destination account {user!r} may not set session_replication_role: incremental "
+                    "sync applies changes one at a time in source order, with the destination's "
+                    "triggers firing and foreign keys checked (slower; triggers that write would "
+                    "write twice)", fix, objects=["session_replication_role"])]
 
 
 # -- the config against the real source ---------------------------------------------------------------------------

@@ -181,7 +181,9 @@ def test_large_objects_are_copied(migration_env):
 
 
 @pytest.mark.parametrize("cap, value", [("mb_per_second", 4.0), ("rows_per_second", 20000.0)])
-def test_throttling_is_honoured_within_15_percent(migration_env, cap, value):
+def test_throttling_keeps_the_rate_under_the_cap(migration_env, cap, value):
+    """Never above the cap (15% for the measurement's edges); not far below it either: a throttle that sleeps twice
+    too long is a bug too, but a busy machine may not reach the cap, so the lower bound is loose."""
     migration_env.src("CREATE TABLE public.payload (id bigint PRIMARY KEY, body text);"
                       "INSERT INTO public.payload SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 80000) g")
     # The caps pace the copy; index builds (not data moved, and on the destination only) are left to post_data so
@@ -195,7 +197,8 @@ def test_throttling_is_honoured_within_15_percent(migration_env, cap, value):
     amount = report["bytes"] / 1048576 if cap == "mb_per_second" else report["rows"]
     rate = amount / seconds
     assert seconds > 1.5, "the copy is long enough to measure"
-    assert value * 0.85 <= rate <= value * 1.15, f"{cap}: measured {rate:.1f} for a cap of {value}"
+    assert rate <= value * 1.15, f"{cap}: measured {rate:.1f} for a cap of {value}"
+    assert rate >= value * 0.5, f"{cap}: measured {rate:.1f} for a cap of {value}: throttled far below the cap"
 
 
 def test_queries_per_second_cap(migration_env):
