@@ -15,6 +15,10 @@ skips committed chunks. When the original snapshot is gone (the worker died), ev
 emptied and copied again whole under a new snapshot, taken from a temporary slot at LSN B; the table's start LSN
 becomes B, so incremental sync applies its changes only after B (the slot still holds them from the original
 consistent point A for the tables that finished). See docs/full_load.md.
+
+Index builds. With schema migration, the same workers build each table's indexes and keys as soon as its last chunk
+commits, beside the other tables' copies (``engine.index_builds``); each build is recorded in its own transaction, so a
+retry builds nothing twice and post_data skips them. The order of the work counts copy plus index build time.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 ``pre_data`` (before the full load) creates schemas, extensions, types, domains, sequences, tables, views, functions,
 rules and comments in ONE destination transaction. ``post_data`` (after the full load) builds primary keys, unique and
-exclusion constraints and indexes in parallel, then triggers, foreign keys and the rest in one transaction, and
-refreshes materialized views.
+exclusion constraints and indexes in parallel (skipping those the full load built as each table's copy committed,
+see :func:`table_builds`), then triggers, foreign keys and the rest in one transaction, and refreshes materialized
+views.
 
 pg_dump is the source of truth for definitions. Both sections of the database are dumped; their entries are selected
 (only the selected tables, what they need, whole schemas when schemas are selected, database-wide objects with the
