@@ -15,7 +15,7 @@ MB/s figures all use the same basis: the source's table data size (sum of ``pg_t
 Ratios are the anchor's time divided by ours: higher means ours is faster. Absolute figures swing with machine load;
 compare the ratios. Besides wall time, each run reports its CPU seconds (every process of both servers and every client)
 and the average cores busy (CPU seconds over wall seconds). ``--dataset`` names the issue's two sizes: ``2gb`` (scale
-100, 2.08 GB of table data), ``7.5gb`` (scale 500, 7.55 GB), ``both`` (one after the other, in one run, each dataset
+100, 2.08 GB of table data), ``7.5gb`` (pgbench scale 500, the other two tables as at 2gb: 7.55 GB), ``both`` (one after the other, in one run, each dataset
 removed before the next is built); ``--repeat`` runs each comparison again on the same dataset. Run on demand::
 
     .venv/bin/python bench/full_load_bench.py --dataset 2gb --repeat 2 --only ours --only psql_pipe
@@ -94,13 +94,15 @@ def qualified(schema: str, table: str) -> str:
 # -- dataset --------------------------------------------------------------------------------------------------------
 
 
-def build_dataset(source: LocalPostgres, scale: int) -> None:
+def build_dataset(source: LocalPostgres, scale: int, extras_scale: int | None = None) -> None:
+    """pgbench at ``scale``, the wide and TOAST tables at ``extras_scale`` (default: the same)."""
     fresh_database(source, SOURCE_DB)
     started = time.monotonic()
     run_tool([*pgbench_args(source), "-i", "-q", "-s", str(scale), SOURCE_DB], source, "pgbench -i",
              pgbench_env(source))
-    wide_rows = max(10_000, 1_000_000 * scale // 100)
-    toast_rows = max(500, 20_000 * scale // 100)
+    extras = scale if extras_scale is None else extras_scale
+    wide_rows = max(10_000, 1_000_000 * extras // 100)
+    toast_rows = max(500, 20_000 * extras // 100)
     source.execute("""
         CREATE TABLE public.bench_wide (
             id bigint PRIMARY KEY, label text, doc jsonb, amount numeric, created timestamptz, digest bytea,
@@ -270,7 +272,8 @@ def line(name: str, figures: dict[str, Any], data_mb: float) -> str:
             f"total_s={figures['total_s']:.2f} MB/s={rate:.1f} (dump+restore)")
 
 
-DATASETS = {"2gb": [100], "7.5gb": [500], "both": [100, 500]}
+#: The issue's datasets: (pgbench scale, scale of the wide and TOAST tables). 2.08 GB and 7.55 GB of table data.
+DATASETS = {"2gb": [(100, 100)], "7.5gb": [(500, 100)], "both": [(100, 100), (500, 100)]}
 RUNS = ("ours", "psql_pipe", "pg_dump_restore")
 
 
@@ -294,21 +297,23 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.reuse and not args.workdir:
         parser.error("--reuse needs --workdir")
-    args.scales = DATASETS[args.dataset] if args.dataset else [args.scale]
+    args.scales = DATASETS[args.dataset] if args.dataset else [(args.scale, args.scale)]
     return args
 
 
-def prepare_dataset(source: LocalPostgres, base: Path, scale: int, reuse: bool) -> tuple[list[Any], float,
-                                                                                          dict[str, int]]:
-    """Build (or reuse) the dataset of ``scale``; returns its tables, MB of table data and row counts."""
+def prepare_dataset(source: LocalPostgres, base: Path, scales: tuple[int, int],
+                    reuse: bool) -> tuple[list[Any], float, dict[str, int]]:
+    """Build (or reuse) the dataset of (pgbench scale, extras scale); returns its tables, MB of table data and row
+    counts."""
+    scale, extras = scales
     marker = base / "dataset.json"
     built = json.loads(marker.read_text()) if marker.exists() else {}
-    if reuse and built.get("scale") == scale:
+    if reuse and built.get("scale") == scale and built.get("extras_scale", scale) == extras:
         print(f"bench: reusing the dataset of scale {scale} in {base}", flush=True)
     else:
         marker.unlink(missing_ok=True)
-        build_dataset(source, scale)
-        marker.write_text(json.dumps({"scale": scale}))
+        build_dataset(source, scale, extras)
+        marker.write_text(json.dumps({"scale": scale, "extras_scale": extras}))
     source.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                    "WHERE slot_name = %s", SOURCE_DB, (f"pgmigrate_{MIGRATION}",))
     tables = user_tables(source, SOURCE_DB)
@@ -388,8 +393,8 @@ def main() -> int:
         print(f"bench: servers PostgreSQL {source.major} source_port={source.port} "
               f"destination_port={destination.port} workdir={base} cores={os.cpu_count()} jobs={args.jobs}",
               flush=True)
-        for scale in args.scales:
-            tables, data_mb, expected = prepare_dataset(source, base, scale, args.reuse)
+        for scale, extras in args.scales:
+            tables, data_mb, expected = prepare_dataset(source, base, (scale, extras), args.reuse)
             for round_no in range(1, args.repeat + 1):
                 results = compare(source, destination, base, args, tables, data_mb, expected)
                 failed = failed or not all(r["verified"] for r in results.values())
