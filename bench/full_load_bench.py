@@ -13,10 +13,11 @@ c. pg_dump_restore: ``pg_dump -Fd -j2`` (default compression) then ``pg_restore 
 
 MB/s figures all use the same basis: the source's table data size (sum of ``pg_table_size`` of the user tables).
 Ratios are the anchor's time divided by ours: higher means ours is faster. Absolute figures swing with machine load;
-compare the ratios. Besides wall time, each run reports its CPU seconds (every process of both servers and every client)
-and the average cores busy (CPU seconds over wall seconds). ``--dataset`` names the issue's two sizes: ``2gb`` (scale
-100, 2.08 GB of table data), ``7.5gb`` (pgbench scale 500, the other two tables as at 2gb: 7.55 GB), ``both`` (one after the other, in one run, each dataset
-removed before the next is built); ``--repeat`` runs each comparison again on the same dataset. Run on demand::
+compare the ratios. Besides wall time, each run reports its CPU seconds (every process of both servers and every
+client) and the average cores busy (CPU seconds over wall seconds). ``--dataset`` names the issue's two sizes:
+``2gb`` (scale 100, 2.08 GB of table data), ``7.5gb`` (pgbench scale 500, the other two tables as at 2gb: 7.55 GB),
+``both`` (one after the other, in one run, each dataset removed before the next is built); ``--repeat`` runs each
+comparison again on the same dataset. Run on demand::
 
     .venv/bin/python bench/full_load_bench.py --dataset 2gb --repeat 2 --only ours --only psql_pipe
     .venv/bin/python bench/full_load_bench.py --dataset both --only ours --only psql_pipe
