@@ -5,10 +5,21 @@ destination server:
 
 - ``pgbench`` (default): ``pgbench -i -s <scale>`` (``pgbench_history`` gets a ``hid bigserial`` primary key so that it
   can be replicated with a key); the backlog is pgbench's tpcb-like transaction (three updates and one insert);
+- ``hot-rows``: 200 rows, each backlog transaction updates one of them (8 clients by default): most changes of a batch
+  hit a row changed before in the same batch;
+- ``wide-toast``: ``--rows`` rows (default 20 k) with a 6.4 kB column stored out of line (TOAST, ``STORAGE
+  EXTERNAL``); each transaction updates the small column of one random row, so the TOASTed value arrives unchanged;
+- ``bulk-insert``: 20 transactions of ``INSERT ... SELECT`` of 100 k rows each (one client): 2 M inserts;
 - ``delete-heavy``: one table of ``--rows`` rows (default 2 M; ``id bigserial`` primary key, an int and a 32-character
   text); each backlog transaction deletes a random range of 5 keys and inserts 2 new rows. Each batch then deletes
   thousands of scattered keys from a table of millions of rows: the shape where a set-based statement planned as a
-  join over the whole table costs the table instead of the batch.
+  join over the whole table costs the table instead of the batch;
+- ``many-tables``: 50 tables of 2,000 rows; each transaction updates one random row of one random table;
+- ``long-mixed``: ONE transaction of 500 k changes over 3 tables (200 k inserts into one, 150 k updates of another,
+  150 k deletes from the third), which the source streams in pieces (protocol 2) to ours;
+- ``all``: every shape above, one after the other on the same two servers, then a table of the figures.
+
+``--big-transaction-mb N`` adds one transaction of N MB (1 kB rows) to the backlog of a shape (``all``: of pgbench).
 
 The two copies:
 
@@ -29,12 +40,13 @@ b. native (timed): ``ALTER SUBSCRIPTION ... ENABLE``, then poll every 0.2 s unti
    ``confirmed_flush_lsn`` on the source reaches the target.
 
 Both copies are then checked against the source (row count and an md5 over the rows in key order, per table). The
-ratio ``ours_vs_native`` is our transactions/s divided by native's: higher means ours is faster. Absolute figures swing
+ratio ``ours_vs_native`` is native's time divided by ours over the same backlog: higher means ours is faster. Absolute figures swing
 with machine load; compare the ratio, and the CPU seconds each catch-up cost: our process's, and the source's and the
 destination's servers' (postmaster and every backend, the walsender and apply worker included). Run on demand::
 
     .venv/bin/python bench/incremental_bench.py --scale 100 --seconds 60 --clients 4
     .venv/bin/python bench/incremental_bench.py --shape delete-heavy --rows 2000000 --seconds 30 --clients 4
+    .venv/bin/python bench/incremental_bench.py --shape all --scale 20 --seconds 20 --big-transaction-mb 1024
     .venv/bin/python bench/incremental_bench.py --workdir /tmp/incbench          # keep the servers' data
     .venv/bin/python bench/incremental_bench.py --workdir /tmp/incbench --reuse  # rerun, no pgbench -i
 """
@@ -48,6 +60,8 @@ import re
 import resource
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,20 +99,82 @@ NATIVE_DB = "native"
 MIGRATION = "bench_incremental"
 NATIVE = "bench_native"  # the subscription, its slot and its publication
 #: The four pgbench tables and the key each is ordered by for the checksum.
-TABLES = {"public.pgbench_accounts": "aid", "public.pgbench_branches": "bid", "public.pgbench_tellers": "tid",
-          "public.pgbench_history": "hid"}
+PGBENCH_TABLES = {"public.pgbench_accounts": "aid", "public.pgbench_branches": "bid",
+                  "public.pgbench_tellers": "tid", "public.pgbench_history": "hid"}
+#: The tables of the shape being measured.
+TABLES = dict(PGBENCH_TABLES)
 #: With --big-transaction-mb: a table that gets one transaction of that size (rows of about 1 kB) after pgbench.
 BIG_TABLE = "public.bench_big"
 #: A tpcb-like pgbench transaction: three updates and one insert.
 CHANGES_PER_TXN = 4
-#: --shape delete-heavy: the table, and the backlog's transaction (a pgbench script; :rows is the table's initial size).
-DELETE_HEAVY_TABLE = "public.bench_rows"
-DELETE_HEAVY_SCRIPT = """\\set k random(1, :rows)
-BEGIN;
-DELETE FROM public.bench_rows WHERE id BETWEEN :k AND :k + 4;
-INSERT INTO public.bench_rows (k, body) VALUES (:k, md5(:k::text)), (:k + 1, md5((:k + 1)::text));
-END;
-"""
+
+
+@dataclass
+class Shape:
+    """One workload: its tables (name -> key column, for the checksum), how they are built on the source, and its
+    backlog as pgbench scripts (none: pgbench's own transaction)."""
+
+    tables: dict[str, str]
+    #: SQL that creates and fills the tables, given the shape's row count.
+    build: Callable[[int], str]
+    #: pgbench scripts (each in a file of its own; pgbench picks one at random per transaction), given the rows.
+    scripts: Callable[[int], list[str]]
+    rows: int = 0
+    #: Fixed pgbench clients, and transactions per client (None: --clients and -T --seconds).
+    clients: int | None = None
+    transactions: int | None = None
+
+
+def _keyed_table(name: str, rows: int) -> str:
+    return (f"CREATE TABLE {name} (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, body text);"
+            f"INSERT INTO {name} (id, body) SELECT g, md5(g::text) FROM generate_series(1, {int(rows)}) g;")
+
+
+def _update_one(name: str) -> str:
+    return f"\\set k random(1, :rows)\nUPDATE {name} SET n = n + 1 WHERE id = :k;\n"
+
+
+MANY_TABLES = 50
+WIDE_BODY = "(SELECT string_agg(md5(g::text || '-' || i::text), '') FROM generate_series(1, 200) i)"  # 6.4 kB
+SHAPES: dict[str, Shape] = {
+    "pgbench": Shape(PGBENCH_TABLES, lambda rows: "", lambda rows: []),
+    "hot-rows": Shape({"public.bench_hot": "id"}, lambda rows: _keyed_table("public.bench_hot", rows),
+                      lambda rows: [_update_one("public.bench_hot")], rows=200, clients=8),
+    "wide-toast": Shape(
+        {"public.bench_wide": "id"},
+        lambda rows: ("CREATE TABLE public.bench_wide (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, "
+                      "body text); ALTER TABLE public.bench_wide ALTER COLUMN body SET STORAGE EXTERNAL;"
+                      f"INSERT INTO public.bench_wide (id, body) SELECT g, {WIDE_BODY} "
+                      f"FROM generate_series(1, {int(rows)}) g;"),
+        lambda rows: [_update_one("public.bench_wide")], rows=20_000),
+    "bulk-insert": Shape(
+        {"public.bench_bulk": "id"},
+        lambda rows: "CREATE TABLE public.bench_bulk (id bigserial PRIMARY KEY, k int NOT NULL, body text);",
+        lambda rows: ["INSERT INTO public.bench_bulk (k, body) SELECT g, md5(g::text) "
+                      "FROM generate_series(1, 100000) g;\n"], clients=1, transactions=20),
+    "delete-heavy": Shape(
+        {"public.bench_rows": "id"},
+        lambda rows: ("CREATE TABLE public.bench_rows (id bigserial PRIMARY KEY, k int NOT NULL, body text);"
+                      "INSERT INTO public.bench_rows (k, body) SELECT g, md5(g::text) "
+                      f"FROM generate_series(1, {int(rows)}) g;"),
+        lambda rows: ["\\set k random(1, :rows)\nBEGIN;\n"
+                      "DELETE FROM public.bench_rows WHERE id BETWEEN :k AND :k + 4;\n"
+                      "INSERT INTO public.bench_rows (k, body) VALUES (:k, md5(:k::text)), "
+                      "(:k + 1, md5((:k + 1)::text));\nEND;\n"], rows=2_000_000),
+    "many-tables": Shape(
+        {f"public.bench_t{i}": "id" for i in range(1, MANY_TABLES + 1)},
+        lambda rows: "".join(_keyed_table(f"public.bench_t{i}", rows) for i in range(1, MANY_TABLES + 1)),
+        lambda rows: [_update_one(f"public.bench_t{i}") for i in range(1, MANY_TABLES + 1)], rows=2_000),
+    "long-mixed": Shape(
+        {"public.bench_m1": "id", "public.bench_m2": "id", "public.bench_m3": "id"},
+        lambda rows: ("CREATE TABLE public.bench_m1 (id bigserial PRIMARY KEY, k int NOT NULL, body text);"
+                      + _keyed_table("public.bench_m2", rows) + _keyed_table("public.bench_m3", rows)),
+        lambda rows: ["BEGIN;\nINSERT INTO public.bench_m1 (k, body) SELECT g, md5(g::text) "
+                      "FROM generate_series(1, 200000) g;\n"
+                      "UPDATE public.bench_m2 SET n = n + 1 WHERE id <= 150000;\n"
+                      "DELETE FROM public.bench_m3 WHERE id <= 150000;\nEND;\n"],
+        rows=200_000, clients=1, transactions=1),
+}
 WINDOW_SECONDS = 7 * 24 * 3600.0
 MAX_CALLS = 100
 POLL_SECONDS = 0.2
@@ -128,15 +204,13 @@ def make_config() -> dict[str, Any]:
 # -- dataset and leftovers ------------------------------------------------------------------------------------------
 
 
-def build_delete_heavy(source: LocalPostgres, rows: int) -> None:
+def build_shape(source: LocalPostgres, name: str, shape: Shape, rows: int) -> None:
     fresh_database(source, SOURCE_DB)
     started = time.monotonic()
-    source.execute(f"CREATE TABLE {qualified(DELETE_HEAVY_TABLE)} (id bigserial PRIMARY KEY, k int NOT NULL, body text);"
-                   f"INSERT INTO {qualified(DELETE_HEAVY_TABLE)} (k, body) SELECT g, md5(g::text) "  # noqa: S608
-                   f"FROM generate_series(1, {int(rows)}) g", SOURCE_DB)
+    source.execute(shape.build(rows), SOURCE_DB)
     source.execute("VACUUM ANALYZE", SOURCE_DB)
     checkpoint(source)
-    print(f"bench: dataset built shape=delete-heavy rows={rows} seconds={time.monotonic() - started:.1f}", flush=True)
+    print(f"bench: dataset built shape={name} rows={rows} seconds={time.monotonic() - started:.1f}", flush=True)
 
 
 def build_dataset(source: LocalPostgres, scale: int) -> None:
@@ -320,14 +394,15 @@ def row_changes(source: LocalPostgres) -> int:
                               "FROM pg_stat_user_tables", SOURCE_DB)[0][0])
 
 
-def build_backlog(source: LocalPostgres, clients: int, seconds: int, big_mb: int = 0,
+def build_backlog(source: LocalPostgres, clients: int, timing: list[str], big_mb: int = 0,
                   script: list[str] | None = None) -> dict[str, Any]:
-    """The backlog: pgbench's own transaction, or ``script`` (pgbench options naming a script file)."""
+    """The backlog: pgbench's own transaction, or ``script`` (pgbench options naming script files), run for
+    ``timing`` (``-T <seconds>`` or ``-t <transactions per client>``)."""
     env = pgbench_env(source)
     before = current_lsn(source)
     changed_before = row_changes(source)
     started = time.monotonic()
-    result = run_tool([*pgbench_args(source), "-c", str(clients), "-j", str(min(2, clients)), "-T", str(seconds),
+    result = run_tool([*pgbench_args(source), "-c", str(clients), "-j", str(min(2, clients)), *timing,
                        "-n", *(script or []), SOURCE_DB], source, "pgbench", env)
     wall = time.monotonic() - started
     match = re.search(r"number of transactions actually processed:\s*(\d+)", result.stdout)
@@ -400,44 +475,129 @@ def servers_cpu_since(before: tuple[float, float], source: LocalPostgres,
 # -- main -----------------------------------------------------------------------------------------------------------
 
 
-def prepare_dataset(args: argparse.Namespace, source: LocalPostgres, base: Path) -> list[str] | None:
-    """Build (or reuse) the shape's source dataset; return the pgbench options of its backlog script (None: pgbench's
+def prepare_dataset(args: argparse.Namespace, name: str, source: LocalPostgres, base: Path) -> list[str] | None:
+    """Build (or reuse) the shape's source dataset; return the pgbench options of its backlog scripts (None: pgbench's
     own transaction)."""
+    shape = SHAPES[name]
+    rows = args.rows or shape.rows
     marker = base / "dataset.json"
-    wanted = {"shape": args.shape, "scale": args.scale} if args.shape == "pgbench" else \
-        {"shape": args.shape, "rows": args.rows}
+    wanted = {"shape": name, "scale": args.scale} if name == "pgbench" else {"shape": name, "rows": rows}
     built = json.loads(marker.read_text()) if marker.exists() else {}
-    if args.shape == "delete-heavy":
-        TABLES.clear()
-        TABLES[DELETE_HEAVY_TABLE] = "id"
+    TABLES.clear()
+    TABLES.update(shape.tables)
     if args.reuse and built == wanted:
-        if args.shape == "pgbench":
+        if name == "pgbench":
             source.execute("TRUNCATE public.pgbench_history", SOURCE_DB)
         print(f"bench: reusing the dataset {wanted} in {base}", flush=True)
     else:
         marker.unlink(missing_ok=True)
-        if args.shape == "pgbench":
+        if name == "pgbench":
             build_dataset(source, args.scale)
         else:
-            build_delete_heavy(source, args.rows)
+            build_shape(source, name, shape, rows)
         marker.write_text(json.dumps(wanted))
-    if args.shape == "pgbench":
-        return None
-    script = base / "delete_heavy.sql"
-    script.write_text(DELETE_HEAVY_SCRIPT)
-    os.chmod(script, 0o644)
-    return ["-f", str(script), "-D", f"rows={int(args.rows)}"]
+    options = []
+    for i, text in enumerate(shape.scripts(rows)):
+        script = base / f"{name}-{i + 1}.sql"
+        script.write_text(text)
+        os.chmod(script, 0o644)
+        options += ["-f", str(script)]
+    return [*options, "-D", f"rows={int(rows)}"] if options else None
 
 
+def rounded(figures: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 3) if isinstance(v, float) else rounded(v) if isinstance(v, dict) else v)
+            for k, v in figures.items()}
+
+
+def run_shape(args: argparse.Namespace, name: str, source: LocalPostgres, destination: LocalPostgres, base: Path,
+              timeout: float, big_mb: int) -> dict[str, Any]:
+    """One shape, measured: ours and native catch up the same backlog, one after the other; both verified."""
+    shape = SHAPES[name]
+    drop_native(source, destination)
+    drop_ours(source, args.verbose)
+    script = prepare_dataset(args, name, source, base)
+    if big_mb:
+        TABLES[BIG_TABLE] = "id"
+        source.execute(f"DROP TABLE IF EXISTS {qualified(BIG_TABLE)}; "
+                       f"CREATE TABLE {qualified(BIG_TABLE)} (id bigint PRIMARY KEY, body text)", SOURCE_DB)
+    fresh_database(destination, OURS_DB)
+    fresh_database(destination, NATIVE_DB)
+
+    ours_setup = setup_ours(source, destination, args.verbose)
+    native_setup = setup_native(source, destination, timeout)
+    catch_up_ours_untimed(source, destination, args.verbose)
+
+    checkpoint(source, destination)
+    clients = shape.clients or args.clients
+    timing = ["-t", str(shape.transactions)] if shape.transactions else ["-T", str(args.seconds)]
+    backlog = build_backlog(source, clients, timing, big_mb, script)
+    txns = backlog["transactions"]
+    print(f"bench: shape={name} backlog transactions={txns} changes~={backlog['changes_estimate']} "
+          f"wal_MB={backlog['wal_MB']:.1f} (pgbench -c {clients} {' '.join(timing)}: tps={backlog['pgbench_tps']}) "
+          f"target_lsn={backlog['target_lsn']}", flush=True)
+
+    checkpoint(source, destination)
+    cpu = servers_cpu(source, destination)
+    ours = time_ours(source, destination, backlog["target_lsn"], args.verbose)
+    ours.update(servers_cpu_since(cpu, source, destination))
+    ours["txn_per_s"] = ours["transactions"] / ours["seconds"]
+    ours["changes_per_s"] = ours["changes"] / ours["seconds"]
+    ours.update(setup=ours_setup)
+    print(f"bench: shape={name} run=ours seconds={ours['seconds']:.2f} txn/s={ours['txn_per_s']:.0f} "
+          f"changes/s={ours['changes_per_s']:.0f} peak_MB={ours['peak_MB']:.0f} "
+          f"(transactions={ours['transactions']} changes={ours['changes']} calls={ours['calls']} "
+          f"child_wall_s={ours['child_wall_s']:.2f} child_cpu_s={ours['cpu_s']:.2f} "
+          f"source_cpu_s={ours['source_cpu_s']:.2f} destination_cpu_s={ours['destination_cpu_s']:.2f} "
+          f"loadavg={os.getloadavg()[0]:.2f})", flush=True)
+    if ours["transactions"] != txns:
+        print(f"bench: note: ours applied {ours['transactions']} transactions, pgbench reported {txns}", flush=True)
+
+    checkpoint(source, destination)
+    cpu = servers_cpu(source, destination)
+    native = time_native(source, destination, backlog["target_lsn"], timeout)
+    native.update(servers_cpu_since(cpu, source, destination))
+    native["txn_per_s"] = txns / native["seconds"]
+    native["changes_per_s"] = backlog["changes_estimate"] / native["seconds"]
+    native.update(setup=native_setup)
+    print(f"bench: shape={name} run=native seconds={native['seconds']:.2f} txn/s={native['txn_per_s']:.0f} "
+          f"(changes/s~={native['changes_per_s']:.0f} source_cpu_s={native['source_cpu_s']:.2f} "
+          f"destination_cpu_s={native['destination_cpu_s']:.2f} loadavg={os.getloadavg()[0]:.2f})", flush=True)
+    # Same backlog, same target LSN: the ratio of the times (the transactions/s of each over the same work).
+    ratio = native["seconds"] / ours["seconds"]
+    print(f"bench: shape={name} ours_vs_native={ratio:.2f}x (native time / our time; higher = ours faster)",
+          flush=True)
+    verified = verify(source, destination)
+    figures = {"postgres": source.major, "shape": name, "scale": args.scale, "rows": args.rows or shape.rows,
+               "seconds": args.seconds, "clients": clients, "cores": os.cpu_count(), "backlog": rounded(backlog),
+               "runs": {"ours": rounded(ours), "native": rounded(native)}, "ours_vs_native": round(ratio, 3),
+               "peak_MB": round(ours["peak_MB"], 1), "verified": verified}
+    print("bench-json: " + json.dumps(figures), flush=True)
+    return figures
+
+
+def shape_table(results: list[dict[str, Any]]) -> str:
+    """The figures of a run as a Markdown table (the one docs/incremental.md shows)."""
+    lines = ["| shape | backlog (txns / changes / WAL MB) | ours s | native s | ratio | our CPU s | "
+             "source CPU s ours / native | destination CPU s ours / native | our peak MB | verified |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        b, o, n = r["backlog"], r["runs"]["ours"], r["runs"]["native"]
+        name = r["shape"] + (f" + {b['big_transaction_mb']} MB transaction" if b["big_transaction_mb"] else "")
+        lines.append(f"| {name} | {b['transactions']:,} / {o['changes']:,} / {b['wal_MB']:.0f} | {o['seconds']:.1f} | "
+                     f"{n['seconds']:.1f} | {r['ours_vs_native']:.2f} | {o['cpu_s']:.1f} | "
+                     f"{o['source_cpu_s']:.1f} / {n['source_cpu_s']:.1f} | "
+                     f"{o['destination_cpu_s']:.1f} / {n['destination_cpu_s']:.1f} | {r['peak_MB']:.0f} | "
+                     f"{'yes' if all(r['verified'].values()) else 'NO'} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=["pgbench", "delete-heavy"], default="pgbench",
+    parser.add_argument("--shape", choices=[*SHAPES, "all"], default="pgbench",
                         help="the workload (default pgbench; see above)")
     parser.add_argument("--scale", type=int, default=100, help="pgbench scale of the source (default 100)")
-    parser.add_argument("--rows", type=int, default=2_000_000, help="--shape delete-heavy: the table's rows "
-                        "(default 2000000)")
+    parser.add_argument("--rows", type=int, help="the shape's table rows (default: the shape's own, see above)")
     parser.add_argument("--seconds", type=int, default=60, help="pgbench -T of the backlog (default 60)")
     parser.add_argument("--clients", type=int, default=4, help="pgbench -c of the backlog (default 4)")
     parser.add_argument("--big-transaction-mb", type=int, default=0,
@@ -453,6 +613,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.reuse and not args.workdir:
         parser.error("--reuse needs --workdir")
+    if args.shape == "all" and args.rows:
+        parser.error("--rows applies to one shape; --shape all uses each shape's own")
     timeout = args.timeout or max(600.0, 30.0 * args.seconds)
     install_signal_handlers()
 
@@ -461,77 +623,20 @@ def main() -> int:
     destination = LocalPostgres(base / "destination", major=args.major)
     failed = False
     started_servers = False
+    results: list[dict[str, Any]] = []
     try:
         source.start()
         destination.start()
         started_servers = True
         print(f"bench: servers PostgreSQL {source.major} source_port={source.port} "
               f"destination_port={destination.port} workdir={base}", flush=True)
-        drop_native(source, destination)
-        drop_ours(source, args.verbose)
-        script = prepare_dataset(args, source, base)
-        if args.big_transaction_mb:
-            TABLES[BIG_TABLE] = "id"
-            source.execute(f"DROP TABLE IF EXISTS {qualified(BIG_TABLE)}; "
-                           f"CREATE TABLE {qualified(BIG_TABLE)} (id bigint PRIMARY KEY, body text)", SOURCE_DB)
-        fresh_database(destination, OURS_DB)
-        fresh_database(destination, NATIVE_DB)
-
-        ours_setup = setup_ours(source, destination, args.verbose)
-        native_setup = setup_native(source, destination, timeout)
-        catch_up_ours_untimed(source, destination, args.verbose)
-
-        checkpoint(source, destination)
-        backlog = build_backlog(source, args.clients, args.seconds, args.big_transaction_mb, script)
-        txns = backlog["transactions"]
-        print(f"bench: backlog transactions={txns} changes~={backlog['changes_estimate']} "
-              f"wal_MB={backlog['wal_MB']:.1f} (pgbench -c {args.clients} -j {min(2, args.clients)} "
-              f"-T {args.seconds}: tps={backlog['pgbench_tps']}) target_lsn={backlog['target_lsn']}", flush=True)
-
-        checkpoint(source, destination)
-        cpu = servers_cpu(source, destination)
-        ours = time_ours(source, destination, backlog["target_lsn"], args.verbose)
-        ours.update(servers_cpu_since(cpu, source, destination))
-        ours["txn_per_s"] = ours["transactions"] / ours["seconds"]
-        ours["changes_per_s"] = ours["changes"] / ours["seconds"]
-        ours.update(setup=ours_setup)
-        print(f"bench: run=ours seconds={ours['seconds']:.2f} txn/s={ours['txn_per_s']:.0f} "
-              f"changes/s={ours['changes_per_s']:.0f} peak_MB={ours['peak_MB']:.0f} "
-              f"(transactions={ours['transactions']} changes={ours['changes']} calls={ours['calls']} "
-              f"child_wall_s={ours['child_wall_s']:.2f} child_cpu_s={ours['cpu_s']:.2f} "
-              f"source_cpu_s={ours['source_cpu_s']:.2f} destination_cpu_s={ours['destination_cpu_s']:.2f} "
-              f"loadavg={os.getloadavg()[0]:.2f})", flush=True)
-        if ours["transactions"] != txns:
-            print(f"bench: note: ours applied {ours['transactions']} transactions, pgbench reported {txns}",
-                  flush=True)
-
-        checkpoint(source, destination)
-        cpu = servers_cpu(source, destination)
-        native = time_native(source, destination, backlog["target_lsn"], timeout)
-        native.update(servers_cpu_since(cpu, source, destination))
-        native["txn_per_s"] = txns / native["seconds"]
-        native["changes_per_s"] = backlog["changes_estimate"] / native["seconds"]
-        native.update(setup=native_setup)
-        print(f"bench: run=native seconds={native['seconds']:.2f} txn/s={native['txn_per_s']:.0f} "
-              f"(changes/s~={native['changes_per_s']:.0f} source_cpu_s={native['source_cpu_s']:.2f} "
-              f"destination_cpu_s={native['destination_cpu_s']:.2f} loadavg={os.getloadavg()[0]:.2f})", flush=True)
-        ratio = ours["txn_per_s"] / native["txn_per_s"]
-        print(f"bench: ours_vs_native={ratio:.2f}x (transactions/s; higher = ours faster)", flush=True)
-
-        verified = verify(source, destination)
-        failed = not all(verified.values())
-
-        def rounded(figures: dict[str, Any]) -> dict[str, Any]:
-            return {k: (round(v, 3) if isinstance(v, float) else rounded(v) if isinstance(v, dict) else v)
-                    for k, v in figures.items()}
-
-        print("bench-json: " + json.dumps({
-            "postgres": source.major, "shape": args.shape, "scale": args.scale, "rows": args.rows,
-            "seconds": args.seconds, "clients": args.clients,
-            "cores": os.cpu_count(), "backlog": rounded(backlog), "runs": {"ours": rounded(ours),
-                                                                             "native": rounded(native)},
-            "ours_vs_native": round(ratio, 3), "peak_MB": round(ours["peak_MB"], 1), "verified": verified}),
-            flush=True)
+        names = list(SHAPES) if args.shape == "all" else [args.shape]
+        for name in names:
+            big_mb = args.big_transaction_mb if name == "pgbench" or args.shape != "all" else 0
+            results.append(run_shape(args, name, source, destination, base, timeout, big_mb))
+            failed = failed or not all(results[-1]["verified"].values())
+        print("bench: shapes (ratio = native time / our time over the same backlog; higher = ours faster)\n"
+              + shape_table(results), flush=True)
     except KeyboardInterrupt:
         print("bench: interrupted, stopping the servers", file=sys.stderr, flush=True)
         failed = True

@@ -91,6 +91,8 @@ def main() -> int:
             time.sleep(args.poke)
         report = run_cutover(config, src, dst)
         drain = next(s["seconds"] for s in report["steps"] if s["step"] == "drain")
+        print("wait_bench: cutover steps " + " ".join(f"{s['step']}={s['seconds']}s" for s in report["steps"]
+                                                      if "seconds" in s), flush=True)
         print(f"wait_bench: minutes={args.minutes:g} tps={args.tps} windows={windows} worst_lag_bytes={worst_bytes} "
               f"worst_lag_s={worst_seconds:.2f} windows_over_threshold={over} drain_s={drain} window_s={args.window} "
               f"drain_within_one_window={drain <= args.window} downtime_s={report['downtime_seconds']} "

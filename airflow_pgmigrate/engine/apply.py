@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -30,8 +32,25 @@ from airflow_pgmigrate.exceptions import PgMigrateError
 #: large part of it). Measured on 2 M rows: 36 k random keys took 1.2 s as lookups, 1.5 s as a merge join over the
 #: whole primary key and 2.4 s as a hash join; 200 k keys took 4.7 s as a hash join and 8.1 s as lookups.
 LOOKUP_SHARE = 0.05
+#: A staging table is emptied with DELETE until this many rows were staged in it since its last TRUNCATE.
+STAGING_DELETE_ROWS = 10_000
 #: Seconds a target table's estimated row count is reused before it is read again.
 TABLE_SIZE_SECONDS = 60.0
+
+#: Whether index lookups driven by staged keys pay on a table: a valid, non-partial index starting with a key column,
+#: and every partitioned table of its tree partitioned by key columns alone (else each key probes every partition).
+LOOKUPS_POSSIBLE = """
+WITH RECURSIVE target(relid) AS (SELECT format('%%I.%%I', %(schema)s::text, %(name)s::text)::regclass::oid),
+tree(relid) AS (SELECT relid FROM target
+                UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid)
+SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                WHERE i.indrelid = (SELECT relid FROM target) AND i.indisvalid AND i.indpred IS NULL
+                  AND a.attname = ANY(%(keys)s::text[]))
+   AND NOT EXISTS (SELECT FROM tree JOIN pg_partitioned_table p ON p.partrelid = tree.relid
+                   CROSS JOIN LATERAL unnest(p.partattrs::int2[]) AS k(attnum)
+                   LEFT JOIN pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = k.attnum
+                    WHERE k.attnum = 0 OR a.attname IS NULL OR NOT a.attname = ANY(%(keys)s::text[]))
+"""
 
 
 class ApplyError(PgMigrateError):
@@ -52,15 +71,59 @@ def _escape(value: Value) -> bytes:
     return value
 
 
-def copy_lines(rows: Iterable[list[Value]], positions: list[int]) -> Iterator[bytes]:
-    """COPY text lines of ``rows`` (the values at ``positions``), about 256 kB at a time.
+#: Bytes of COPY text ``copy_lines`` aims at per block: the rows of the next chunk follow the size of the last.
+COPY_BLOCK_BYTES = 262144
 
-    Most rows need no escaping: the line is joined first and checked as a whole (its tabs are the separators, its
-    backslashes the NULL markers), and only a row that holds a special character is escaped value by value.
+
+def copy_lines(rows: Iterable[list[Value]], positions: list[int]) -> Iterator[bytes]:
+    """COPY text lines of ``rows`` (the values at ``positions``), about ``COPY_BLOCK_BYTES`` at a time.
+
+    Most values need no escaping: a chunk is formatted whole (one join per row, in C; NULL markers put in only where
+    a row holds a NULL), and checked as a whole: exactly the separators' tabs and newlines, no backslash but the NULL
+    markers, no carriage return. A chunk that fails the check is formatted row by row, escaping only the rows that
+    need it.
     """
+    pick: Any = itemgetter(*positions) if len(positions) > 1 else \
+        (lambda row, p=positions[0]: (row[p],)) if positions else None
+    iterator = iter(rows)
+    size = 64  # rows of the first chunk; rows of any size stay near COPY_BLOCK_BYTES per block from then on
+    while chunk := list(islice(iterator, size)):
+        block = _copy_block(chunk, len(positions), pick) if pick is not None else None
+        if block is None:
+            block = _copy_rows(chunk, positions)
+        yield block
+        size = max(1, min(8192, len(chunk) * COPY_BLOCK_BYTES // max(1, len(block))))
+
+
+def _copy_block(chunk: list[list[Value]], width: int, pick: Any) -> bytes | None:
+    """The COPY lines of a chunk formatted whole, or None when a value needs escaping (or is not bytes)."""
+    picked = list(map(pick, chunk))
+    nulls = 0
+    try:
+        block = b"\n".join(map(b"\t".join, picked))
+    except TypeError:  # NULLs: their markers are the chunk's only backslashes
+        lines = []
+        try:
+            for values in picked:
+                if None in values:
+                    nulls += values.count(None)
+                    values = [b"\\N" if v is None else v for v in values]
+                lines.append(b"\t".join(values))
+        except TypeError:  # an unchanged TOASTed value, which is never staged
+            return None
+        block = b"\n".join(lines)
+    n = len(chunk)
+    if (block.count(b"\t") != n * (width - 1) or block.count(b"\n") != n - 1 or block.count(b"\\") != nulls
+            or b"\r" in block):
+        return None
+    return block + b"\n"
+
+
+def _copy_rows(rows: list[list[Value]], positions: list[int]) -> bytes:
+    """COPY text lines of ``rows``, row by row: a line is joined first and checked as a whole (its tabs are the
+    separators, its backslashes the NULL markers), and only a row that holds a special character is escaped."""
     width = len(positions)
     buffer: list[bytes] = []
-    size = 0
     for row in rows:
         values = [row[p] for p in positions]
         nulls = 0
@@ -71,14 +134,8 @@ def copy_lines(rows: Iterable[list[Value]], positions: list[int]) -> Iterator[by
         if (line.count(b"\t") != width - 1 or line.count(b"\\") != nulls or b"\n" in line or b"\r" in line):
             line = b"\t".join(_escape(row[p]) for p in positions)
         buffer.append(line)
-        size += len(line)
-        if size > 262144:
-            buffer.append(b"")
-            yield b"\n".join(buffer)
-            buffer, size = [], 0
-    if buffer:
-        buffer.append(b"")
-        yield b"\n".join(buffer)
+    buffer.append(b"")
+    return b"\n".join(buffer)
 
 
 @dataclass
@@ -116,15 +173,28 @@ class TableTarget:
 @dataclass
 class SetOps:
     """Collapsible changes of one keyed table, as each row's net effect: key -> ``[existed, final]``, whether the row
-    existed before the batch and its final values (None: deleted). A two-item list is cheaper than an object."""
+    existed before the batch and its final values (None: deleted). A two-item list is cheaper than an object.
+
+    While every change of the group is an insert, the new rows are only listed (``inserted``), without computing a
+    key: no key repeats in such a run (the source's key is unique; a delete or update of an inserted row comes before
+    any new insert of its key, and a key change or truncate ends the group). The first other change moves the listed
+    rows into ``rows`` and collapsing goes on from there. An insert-only group goes straight to COPY.
+    """
 
     table: TableTarget
     rows: dict[tuple[Value, ...], list[Any]] = field(default_factory=dict)
+    inserted: list[list[Value]] | None = field(default_factory=list)
 
     def add(self, change: Change) -> None:
+        kind = change.kind
+        inserted = self.inserted
+        if inserted is not None:
+            if kind == "I":
+                inserted.append(change.new)  # type: ignore[arg-type]
+                return
+            self._index_inserted(inserted)
         key_of = self.table.key_of
         rows = self.rows
-        kind = change.kind
         if kind == "D":
             assert change.old is not None
             key = key_of(change.old)
@@ -147,6 +217,29 @@ class SetOps:
             state[1] = [f if n is UNCHANGED else n for n, f in zip(new, final, strict=True)] \
                 if UNCHANGED in new else new
 
+    def _index_inserted(self, inserted: list[list[Value]]) -> None:
+        """End the insert-only run: its rows become net effects (new rows) keyed like every other change."""
+        key_of = self.table.key_of
+        rows = self.rows
+        for new in inserted:
+            rows[key_of(new)] = [False, new]
+        self.inserted = None
+
+    def net_effect(self) -> tuple[list[tuple[Value, ...]], list[list[Value]], list[list[Value]]]:
+        """The keys to delete, the rows to update and the rows to insert."""
+        if self.inserted is not None:
+            return [], [], self.inserted
+        deletes, updates, inserts = [], [], []
+        for key, (existed, final) in self.rows.items():
+            if final is None:
+                if existed:
+                    deletes.append(key)
+            elif existed:
+                updates.append(final)
+            else:
+                inserts.append(final)
+        return deletes, updates, inserts
+
 
 @dataclass
 class Sequential:
@@ -163,9 +256,11 @@ class Batch:
 
     def __init__(self, *, collapse: bool = True) -> None:
         self.steps: list[SetOps | Sequential] = []
-        #: Every change as it came, for a one-by-one replay when a set-based write fails: ``(table, change)``, or a
-        #: truncate's step.
-        self.original: list[tuple[TableTarget, Change] | Sequential] = []
+        #: Every change as it came (a truncate as its step), for a one-by-one replay when a set-based write fails;
+        #: ``_tables`` holds where each run of one table's changes starts (one entry per run, not per change).
+        self._log: list[Change | Sequential] = []
+        self._tables: list[tuple[int, TableTarget | None]] = [(0, None)]
+        self._last_table: TableTarget | None = None
         self.collapse = collapse
         self._open: dict[int, SetOps] = {}
         self.changes = 0
@@ -174,7 +269,14 @@ class Batch:
     def add(self, rel: int, table: TableTarget, change: Change, size: int) -> None:
         self.changes += 1
         self.bytes += size
-        self.original.append((table, change))
+        if table is not self._last_table:
+            self._tables.append((len(self._log), table))
+            self._last_table = table
+        self._log.append(change)
+        ops = self._open.get(rel)
+        if ops is not None and ops.inserted is not None and change.kind == "I" and ops.table is table:
+            ops.inserted.append(change.new)  # type: ignore[arg-type]  # the insert-only run (see SetOps)
+            return
         if not self.collapse:
             self.steps.append(Sequential(table, change))
             return
@@ -185,7 +287,6 @@ class Batch:
             self._open.pop(rel, None)
             self.steps.append(Sequential(table, change))
             return
-        ops = self._open.get(rel)
         if ops is None or ops.table is not table:
             # A new relation description (columns, replica identity) starts a new group: rows are keyed by it.
             ops = SetOps(table)
@@ -199,7 +300,17 @@ class Batch:
             self._open.pop(rel, None)
         step = Sequential(None, None, tables, restart_identity)
         self.steps.append(step)
-        self.original.append(step)
+        self._log.append(step)
+
+    @property
+    def original(self) -> list[tuple[TableTarget, Change] | Sequential]:
+        """Every change as it came, ``(table, change)``, or a truncate's step."""
+        out: list[tuple[TableTarget, Change] | Sequential] = []
+        starts = self._tables + [(len(self._log), None)]
+        for (start, table), (end, _) in zip(starts, starts[1:], strict=False):
+            for item in self._log[start:end]:
+                out.append(item if isinstance(item, Sequential) else (table, item))  # type: ignore[arg-type]
+        return out
 
     def __bool__(self) -> bool:
         return bool(self.steps)
@@ -217,6 +328,8 @@ class Applier:
         self.conn = conn
         self.count_rows = count_rows
         self._staging: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
+        #: Rows staged into each staging table since it was last truncated (dead rows its scans step over).
+        self._staged_since_truncate: dict[tuple[str, tuple[str, ...]], int] = {}
         #: Target table -> (staged rows below which its statements are index lookups, when read).
         self._lookup_limits: dict[str, tuple[float, float]] = {}
         #: The session's enable_hashjoin and enable_mergejoin, restored for statements the planner chooses freely.
@@ -245,17 +358,28 @@ class Applier:
             self._apply_one(step if isinstance(step, Sequential) else Sequential(*step))
 
     def _stage(self, table: TableTarget, names: list[str], rows: Iterable[list[Value]],
-               positions: list[int]) -> sql.Identifier:
-        """Fill a temporary table (columns ``names``) with ``rows`` through COPY; return its name."""
+               positions: list[int], staged: int) -> sql.Identifier:
+        """Fill a temporary table (columns ``names``) with ``rows`` (``staged`` of them) through COPY, and plan the
+        statement that joins it to ``table`` (see ``_join_plan``); return the temporary table's name.
+
+        Emptying (or creating) the temporary table and setting the join strategy go in one round trip."""
         key = (str(table.target), tuple(names))
         ident = self._staging.get(key)
         if ident is None:
             ident = sql.Identifier(f"pgm_stage_{len(self._staging) + 1}")
-            self.conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA")
-                              .format(ident, sql.SQL(", ").join(map(sql.Identifier, names)), table.ident))
+            prepare = sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
+                ident, sql.SQL(", ").join(map(sql.Identifier, names)), table.ident)
             self._staging[key] = ident
+            self._staged_since_truncate[key] = 0
+        elif self._staged_since_truncate.get(key, 0) > STAGING_DELETE_ROWS:
+            prepare = sql.SQL("TRUNCATE {}").format(ident)
+            self._staged_since_truncate[key] = 0
         else:
-            self.conn.execute(sql.SQL("TRUNCATE {}").format(ident))
+            # Few rows (or none: ON COMMIT DELETE ROWS empties it at each commit): a DELETE costs them, while a
+            # TRUNCATE replaces the table's files, milliseconds each time, for every table of every batch.
+            prepare = sql.SQL("DELETE FROM {}").format(ident)
+        self._staged_since_truncate[key] += staged
+        self.conn.execute(sql.SQL("{}; {}").format(prepare, self._join_plan(table, staged)))
         with self.conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(ident)) as copy:
             for block in copy_lines(rows, positions):
                 copy.write(block)
@@ -264,34 +388,33 @@ class Applier:
     def _lookup_limit(self, t: TableTarget) -> float:
         """Below how many staged rows a statement on ``t`` is planned as index lookups: a share of the table's rows
         as the planner estimates them (statistics, or its size when never analysed; partitions included), or 0 when
-        no valid index of the destination table starts with a key column (lookups would then scan it per key)."""
+        no valid index of the destination table starts with a key column (lookups would then scan it per key), or
+        when the table is partitioned by a column (or expression) outside the key, at any level: a staged key then
+        cannot prune, and each lookup probes every partition."""
         name = str(t.target)
         known = self._lookup_limits.get(name)
         now = time.monotonic()
         if known is None or now - known[1] > TABLE_SIZE_SECONDS:
-            indexed = self.conn.execute(
-                "SELECT EXISTS (SELECT FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-                "AND a.attnum = i.indkey[0] WHERE i.indrelid = format('%%I.%%I', %s::text, %s::text)::regclass "
-                "AND i.indisvalid AND i.indpred IS NULL AND a.attname = ANY(%s::text[]))",
-                (t.target.schema, t.target.name, t.key_names)).fetchone()
+            lookups = self.conn.execute(LOOKUPS_POSSIBLE, {"schema": t.target.schema, "name": t.target.name,
+                                                          "keys": t.key_names}).fetchone()
             row = self.conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) SELECT FROM {}").format(t.ident)).fetchone()
-            rows = float(row[0][0]["Plan"]["Plan Rows"]) if row and indexed and indexed[0] else 0.0
+            rows = float(row[0][0]["Plan"]["Plan Rows"]) if row and lookups and lookups[0] else 0.0
             known = (LOOKUP_SHARE * rows, now)
             self._lookup_limits[name] = known
         return known[0]
 
-    def _plan_joins(self, t: TableTarget, staged: int) -> None:
-        """Before a statement that joins ``staged`` rows to ``t``: index lookups when the batch is small against the
-        table (hash and merge joins off for this transaction, until the next set-based statement sets them again),
-        else the session's own settings."""
+    def _join_plan(self, t: TableTarget, staged: int) -> sql.Composable:
+        """The statement to run before one that joins ``staged`` rows to ``t``: index lookups when the batch is small
+        against the table (hash and merge joins off for this transaction, until the next set-based statement sets
+        them again), else the session's own settings."""
         if self._join_settings is None:
             row = self.conn.execute("SELECT current_setting('enable_hashjoin'), "
                                     "current_setting('enable_mergejoin')").fetchone()
             assert row is not None
             self._join_settings = (str(row[0]), str(row[1]))
         hashjoin, mergejoin = ("off", "off") if staged < self._lookup_limit(t) else self._join_settings
-        self.conn.execute("SELECT set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)",
-                          (hashjoin, mergejoin))
+        return sql.SQL("SELECT set_config('enable_hashjoin', {}, true), set_config('enable_mergejoin', {}, true)"
+                       ).format(sql.Literal(hashjoin), sql.Literal(mergejoin))
 
     def _match(self, table: TableTarget, left: str, right: str) -> sql.Composable:
         return sql.SQL(" AND ").join(
@@ -300,13 +423,10 @@ class Applier:
 
     def _apply_set(self, ops: SetOps) -> None:
         t = ops.table
-        deletes = [k for k, (existed, final) in ops.rows.items() if existed and final is None]
-        updates = [final for existed, final in ops.rows.values() if existed and final is not None]
-        inserts = [final for existed, final in ops.rows.values() if not existed and final is not None]
+        deletes, updates, inserts = ops.net_effect()
         key_positions = list(range(len(t.key)))
         if deletes:
-            stage = self._stage(t, t.key_names, [list(k) for k in deletes], key_positions)
-            self._plan_joins(t, len(deletes))
+            stage = self._stage(t, t.key_names, deletes, key_positions, len(deletes))  # type: ignore[arg-type]
             cur = self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m}").format(
                 t=t.ident, s=stage, m=self._match(t, "d", "s")))
             if self.count_rows and not t.upsert and cur.rowcount != len(deletes):
@@ -335,8 +455,7 @@ class Applier:
                         copy.write(block)
         if t.row_filter and (updates or inserts):
             keys = [[r[i] for i in t.key] for r in updates + inserts if r is not None]
-            stage = self._stage(t, t.key_names, keys, key_positions)
-            self._plan_joins(t, len(keys))
+            stage = self._stage(t, t.key_names, keys, key_positions, len(keys))
             self.conn.execute(sql.SQL("DELETE FROM {t} AS d USING {s} AS s WHERE {m} AND NOT coalesce(({f}), false)")
                               .format(t=t.ident, s=stage, m=self._match(t, "d", "s"), f=sql.SQL(t.row_filter)))
 
@@ -348,8 +467,7 @@ class Applier:
         staged_names = list(dict.fromkeys(t.key_names + columns))
         positions = [t.key[t.key_names.index(n)] if n in key_names else next(i for i in known if names.get(i) == n)
                      for n in staged_names]
-        stage = self._stage(t, staged_names, rows, positions)
-        self._plan_joins(t, len(rows))
+        stage = self._stage(t, staged_names, rows, positions, len(rows))
         set_cols = [c for c in columns if c not in key_names]
         if set_cols:
             cur = self.conn.execute(sql.SQL("UPDATE {t} AS d SET {sets} FROM {s} AS s WHERE {m}").format(

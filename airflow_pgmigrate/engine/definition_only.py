@@ -12,6 +12,8 @@ import fnmatch
 
 import psycopg
 
+from airflow_pgmigrate.engine import catalog
+from airflow_pgmigrate.engine.foreign_keys import ForeignKey, foreign_keys
 from airflow_pgmigrate.engine.names import QualifiedName
 
 
@@ -44,4 +46,38 @@ def tables_without_rows(conn: psycopg.Connection, patterns: list[str]) -> set[Qu
     return out
 
 
-__all__ = ["matches", "tables_without_rows"]
+def materialized_views_without_rows(conn: psycopg.Connection, patterns: list[str]) -> set[QualifiedName]:
+    """Source materialized views matching ``patterns``: created on the destination, left unpopulated."""
+    if not patterns:
+        return set()
+    rows = conn.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.relkind = 'm'").fetchall()
+    return {QualifiedName(s, n) for s, n in rows if matches(patterns, QualifiedName(s, n))}
+
+
+def without_rows_problem(key: ForeignKey) -> str:
+    """A foreign key of a table whose rows migrate into one whose rows do not: the destination's copy of the
+    referenced table lacks the rows it points to, so the key cannot be built there."""
+    return (f"foreign key {key.constraint} of {key.table} references {key.referenced}, whose rows do not migrate "
+            f"(objects.exclude_data): add {key.table} to objects.exclude_data too, or set "
+            "schema_migration.foreign_keys_to_excluded: skip to leave such keys out")
+
+
+def without_rows_reason(key: ForeignKey) -> str:
+    """Why such a key is left out (``foreign_keys_to_excluded: skip``)."""
+    return (f"references {key.referenced}, whose rows do not migrate (objects.exclude_data; "
+            "schema_migration.foreign_keys_to_excluded: skip)")
+
+
+def keys_into_tables_without_rows(conn: psycopg.Connection, without_rows: set[QualifiedName]) -> list[ForeignKey]:
+    """The foreign keys from a table whose rows migrate into a table of which some rows do not (``without_rows``,
+    or one of its partitions is)."""
+    if not without_rows:
+        return []
+    ancestors = catalog.partition_ancestors(conn)
+    partly = set(without_rows) | {a for name in without_rows for a in ancestors.get(name, [])}
+    return [k for k in foreign_keys(conn) if k.referenced in partly and k.table not in without_rows]
+
+
+__all__ = ["keys_into_tables_without_rows", "without_rows_problem", "without_rows_reason", "matches", "materialized_views_without_rows",
+           "tables_without_rows"]

@@ -5,7 +5,7 @@ then gives each the state it has on the source: one populated on the source is r
 its (migrated) tables, one the source holds unpopulated (created ``WITH NO DATA``, or emptied by ``REFRESH ...
 WITH NO DATA``) stays or becomes unpopulated. A view that reads, directly or through other views, a table whose
 rows do not migrate (``objects.exclude_data``) is left unpopulated: its contents would be computed from an empty
-table. Views are handled in dependency order (one reading another comes after it).
+table; so is one ``objects.exclude_data`` names itself, and one that reads it. Views are handled in dependency order (one reading another comes after it).
 
 It runs at the end of the post-data phase and again at cutover after the drain: a ``REFRESH MATERIALIZED VIEW
 [CONCURRENTLY]`` on the source during incremental sync writes no row change the destination could apply, so the
@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
-from airflow_pgmigrate.engine.definition_only import tables_without_rows
+from airflow_pgmigrate.engine.definition_only import materialized_views_without_rows, tables_without_rows
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName
 
 if TYPE_CHECKING:
@@ -52,11 +52,16 @@ class MaterializedView:
     reads_without_rows: list[QualifiedName]
     #: Materialized views it reads that are unpopulated on the source: it cannot be refreshed (a difference).
     reads_unpopulated: list[QualifiedName]
+    #: Its own contents do not migrate (``objects.exclude_data`` names it): it stays unpopulated.
+    rows_excluded: bool = False
+    #: Found on the destination (one missing there is a difference verification reports).
+    on_destination: bool = True
 
     @property
     def expected_populated(self) -> bool:
-        """Populated on the destination: as on the source, unless it reads tables whose rows do not migrate."""
-        return self.populated and not self.reads_without_rows
+        """Populated on the destination: as on the source, unless its contents or those of a table (or materialized
+        view) it reads do not migrate."""
+        return self.populated and not self.reads_without_rows and not self.rows_excluded
 
     @property
     def can_populate(self) -> bool:
@@ -70,7 +75,8 @@ class MaterializedView:
 def migrated_materialized_views(config: MigrationConfig, schema: ViewCatalog, src: psycopg.Connection,
                                 dst: psycopg.Connection) -> list[MaterializedView]:
     """The materialized views the schema migration created on the destination, in dependency order."""
-    without_rows = tables_without_rows(src, config.objects.exclude_data)
+    excluded_contents = materialized_views_without_rows(src, config.objects.exclude_data)
+    without_rows = tables_without_rows(src, config.objects.exclude_data) | excluded_contents
     populated = {QualifiedName(s, n): bool(p) for s, n, p in src.execute(
         "SELECT n.nspname, c.relname, c.relispopulated FROM pg_class c JOIN pg_namespace n "
         "ON n.oid = c.relnamespace WHERE c.relkind = 'm'")}
@@ -81,11 +87,10 @@ def migrated_materialized_views(config: MigrationConfig, schema: ViewCatalog, sr
             continue
         target = mapper.table(name)
         found = dst.execute("SELECT to_regclass(%s)", (sql.Identifier(target.schema, target.name).as_string(dst),))
-        if found.fetchone() == (None,):
-            continue
         reads = _reads(name, schema.view_tables)
         views.append(MaterializedView(name, target, populated[name], sorted(reads & without_rows),
-                                      sorted(r for r in reads if populated.get(r) is False)))
+                                      sorted(r for r in reads if populated.get(r) is False),
+                                      name in excluded_contents, found.fetchone() != (None,)))
     return views
 
 
@@ -132,6 +137,11 @@ def sync_materialized_views(config: MigrationConfig, schema: ViewCatalog, source
     out = []
     with connect(source) as src, connect(destination) as dst:
         for view in migrated_materialized_views(config, schema, src, dst):
+            if not view.on_destination:  # verification names it
+                log(f"materialized_view={view.target} action=none missing_on_destination=true")
+                out.append({"view": str(view.target), "source": str(view.source),
+                            "action": "missing on the destination"})
+                continue
             row = dst.execute("SELECT relispopulated FROM pg_class WHERE oid = %s::regclass",
                               (view.ident.as_string(dst),)).fetchone()
             populated_there = bool(row and row[0])
@@ -143,7 +153,9 @@ def sync_materialized_views(config: MigrationConfig, schema: ViewCatalog, source
                 action = "emptied"
             else:
                 action = "left unpopulated"
-            if view.populated and view.reads_without_rows:
+            if view.populated and view.rows_excluded:
+                action += ": its contents do not migrate (objects.exclude_data)"
+            elif view.populated and view.reads_without_rows:
                 action += f": reads {', '.join(map(str, view.reads_without_rows))} whose rows do not migrate"
             elif view.expected_populated and view.reads_unpopulated:
                 action += f": reads {', '.join(map(str, view.reads_unpopulated))}, unpopulated on the source"
@@ -159,11 +171,17 @@ def compare_materialized_views(config: MigrationConfig, schema: ViewCatalog, src
     results = []
     stale_views: set[QualifiedName] = set()  # views are in dependency order: those a later one reads come first
     for view in migrated_materialized_views(config, schema, src, dst):
+        source_ident = sql.Identifier(view.source.schema, view.source.name)
+        here_sum = _checksum(src, source_ident) if view.populated else (0, 0)
+        if not view.on_destination:
+            results.append({"view": str(view.source), "target": str(view.target), "source_populated": view.populated,
+                            "destination_populated": False, "missing_on_destination": True,
+                            "source_rows": here_sum[0], "destination_rows": 0, "missing_count": here_sum[0],
+                            "extra_count": 0, "equal": False})
+            continue
         row = dst.execute("SELECT relispopulated FROM pg_class WHERE oid = %s::regclass",
                           (view.ident.as_string(dst),)).fetchone()
         populated_there = bool(row and row[0])
-        source_ident = sql.Identifier(view.source.schema, view.source.name)
-        here_sum = _checksum(src, source_ident) if view.populated else (0, 0)
         there_sum = _checksum(dst, view.ident) if populated_there else (0, 0)
         missing = extra = 0
         stale = False
@@ -182,6 +200,8 @@ def compare_materialized_views(config: MigrationConfig, schema: ViewCatalog, src
             "equal": populated_there == expected and (not expected or here_sum == there_sum or stale),
             **({"note": f"left unpopulated: reads {', '.join(map(str, view.reads_without_rows))} whose rows do not "
                         "migrate"} if view.populated and view.reads_without_rows else {}),
+            **({"note": "left unpopulated: its contents do not migrate (objects.exclude_data)"}
+               if view.populated and view.rows_excluded else {}),
             **({"stale_on_source": True, "note": _stale_note(reads_stale, missing, extra)} if stale else {}),
         })
         if stale:

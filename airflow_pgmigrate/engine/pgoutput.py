@@ -132,8 +132,8 @@ class Decoder:
     def decode(self, data: bytes | memoryview, offset: int = 0) -> Any:
         """Decode the message that starts at ``offset`` of ``data`` (a CopyData payload, or a spilled message)."""
         code = data[offset]
-        if code in _ROW_TAGS and not self.in_stream:
-            return decode_row_change(data, offset)
+        if code in _ROW_TAGS:
+            return decode_row_change(data, offset, streamed=self.in_stream)
         if code == 66:  # 'B', once per transaction: no reader object
             return Begin(*struct.unpack_from("!qqi", data, offset + 1))
         if code == 67:  # 'C' (flags, then three int64)
@@ -158,22 +158,6 @@ class Decoder:
                 flags = reader.int8()
                 columns.append(Column(reader.string(), reader.int32(), reader.int32(), bool(flags & 1)))
             return Relation(oid, schema, name, identity, columns)
-        if tag == "I":
-            relation = reader.int32()
-            reader.byte()  # 'N'
-            return Change("I", relation, reader.tuple(), None, None, xid)
-        if tag == "U":
-            relation = reader.int32()
-            marker = chr(reader.byte())
-            old, old_kind = None, None
-            if marker in "KO":
-                old, old_kind = reader.tuple(), marker
-                marker = chr(reader.byte())
-            return Change("U", relation, reader.tuple(), old, old_kind, xid)
-        if tag == "D":
-            relation = reader.int32()
-            marker = chr(reader.byte())
-            return Change("D", relation, None, reader.tuple(), marker, xid)
         if tag == "T":
             count = reader.int32()
             options = reader.int8()
@@ -210,14 +194,23 @@ _ROW_TAGS = frozenset(b"IUD")
 _I, _U, _N, _K, _O = 73, 85, 110, 75, 79  # 'I', 'U', 'n', 'K', 'O'
 
 
-def decode_row_change(data: bytes | memoryview, offset: int = 0) -> Change:
-    """An Insert, Update or Delete message outside a streamed transaction: the hottest code of incremental sync.
+_RELATION_MARKER = struct.Struct("!iB").unpack_from
+_INT16 = struct.Struct("!h").unpack_from
+_INT32 = struct.Struct("!i").unpack_from
+
+
+def decode_row_change(data: bytes | memoryview, offset: int = 0, *, streamed: bool = False) -> Change:
+    """An Insert, Update or Delete message: the hottest code of incremental sync. Inside a streamed transaction
+    (``streamed``) the message carries the transaction's xid after its tag.
 
     Written flat (no reader object, no method call per column) because it runs once per changed row.
     """
-    unpack = struct.unpack_from
     code = data[offset]
-    relation, marker = unpack("!iB", data, offset + 1)
+    xid: int | None = None
+    if streamed:
+        xid = _INT32(data, offset + 1)[0]
+        offset += 4
+    relation, marker = _RELATION_MARKER(data, offset + 1)
     pos = offset + 6
     old: list[Value] | None = None
     old_kind: str | None = None
@@ -227,26 +220,29 @@ def decode_row_change(data: bytes | memoryview, offset: int = 0) -> Change:
         pos += 1  # 'N'
     values, _ = _tuple(data, pos)
     if code == _I:
-        return Change("I", relation, values, None, None, None)
+        return Change("I", relation, values, None, None, xid)
     if code == _U:
-        return Change("U", relation, values, old, old_kind, None)
-    return Change("D", relation, None, values, chr(marker), None)
+        return Change("U", relation, values, old, old_kind, xid)
+    return Change("D", relation, None, values, chr(marker), xid)
 
 
 def _tuple(data: bytes | memoryview, pos: int) -> tuple[list[Value], int]:
-    """TupleData at ``pos``: the column values and the position after them."""
-    unpack = struct.unpack_from
-    count = unpack("!h", data, pos)[0]
+    """TupleData at ``pos``: the column values and the position after them.
+
+    A bytes message is sliced directly (a slice of bytes is bytes); a memoryview's slices are copied out.
+    """
+    unpack_int32 = _INT32
+    count = _INT16(data, pos)[0]
     pos += 2
     values: list[Value] = []
     append = values.append
+    copy = type(data) is not bytes
     for _ in range(count):
         kind = data[pos]
         if kind == 116:  # 't' text
-            length = unpack("!i", data, pos + 1)[0]
-            pos += 5
-            append(bytes(data[pos:pos + length]))
-            pos += length
+            end = pos + 5 + unpack_int32(data, pos + 1)[0]
+            append(bytes(data[pos + 5:end]) if copy else data[pos + 5:end])  # type: ignore[arg-type]
+            pos = end
         elif kind == _N:
             append(None)
             pos += 1
@@ -299,10 +295,6 @@ class _Reader:
         value = bytes(buf[self.pos:end]).decode()
         self.pos = end + 1
         return value
-
-    def tuple(self) -> list[Value]:
-        values, self.pos = _tuple(self.buf, self.pos)
-        return values
 
 
 __all__ = [

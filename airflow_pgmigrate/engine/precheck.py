@@ -19,6 +19,13 @@ from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.check_names import CHECK_NAMES
 from airflow_pgmigrate.engine.config_entries import unmatched_entries
 from airflow_pgmigrate.engine.connection import ConnectFailed, ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import (
+    keys_into_tables_without_rows,
+    materialized_views_without_rows,
+    tables_without_rows,
+    without_rows_problem,
+)
+from airflow_pgmigrate.engine.filtered_keys import broken_key_fix, broken_key_problem, keys_broken_by_filters
 from airflow_pgmigrate.engine.names import (
     NameMapper,
     QualifiedName,
@@ -26,6 +33,11 @@ from airflow_pgmigrate.engine.names import (
     parse_qualified_name,
 )
 from airflow_pgmigrate.engine.public_privileges import narrowed_public_privileges
+from airflow_pgmigrate.engine.publication import (
+    VIRTUAL_IN_FULL_IDENTITY,
+    virtual_generated_fix,
+    virtual_generated_in_full_identity,
+)
 from airflow_pgmigrate.engine.results import CheckResult, PrecheckReport, failed, passed, skipped, warning
 from airflow_pgmigrate.engine.sqlfilter import volatile_calls
 from airflow_pgmigrate.engine.state import MigrationState
@@ -535,7 +547,6 @@ def _replication_role_setting(ctx: PrecheckContext, version: int, to: str) -> li
 def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
     config = ctx.config
     by_name = {t.name: t for t in ctx.tables}
-    selected_names = {t.name for t in ctx.selected}
     problems: list[str] = []
     assert ctx.src is not None
     schemas = set(catalog.list_schemas(ctx.src))
@@ -550,8 +561,7 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
             close = difflib.get_close_matches(str(name), keys, n=1, cutoff=0.6)
             problems.append(f"table {name} does not exist" + (f" (did you mean {close[0]}?)" if close else ""))
     # Every entry naming a table must match one the migration moves (partitions of selected tables included).
-    ancestors = catalog.partition_ancestors(ctx.src)
-    moved = selected_names | {name for name, above in ancestors.items() if set(above) & selected_names}
+    moved = _moved_tables(ctx)
     problems.extend(unmatched_entries(config, by_name, moved, ctx.scope_schemas()))
     for key, cols in config.objects.columns.items():
         name = parse_qualified_name(key)
@@ -566,10 +576,14 @@ def check_selected_objects(ctx: PrecheckContext) -> list[CheckResult]:
             left_out = [c for c in key_cols if c not in cols]
             if left_out:
                 problems.append(f"the column selection of {name} leaves out key column(s) {', '.join(left_out)}")
+    # Partitions of selected tables migrate with them; materialized views with their whole schema.
+    views = {v for v in materialized_views_without_rows(ctx.src, config.objects.exclude_data)
+             if config.objects.selects_everything or v.schema in config.objects.schemas}
     for i, pattern in enumerate(config.objects.exclude_data):
-        if not any(fnmatch.fnmatchcase(t.name.key, pattern) for t in ctx.selected):
+        if not any(fnmatch.fnmatchcase(name.key, pattern) for name in moved | views):
             problems.append(f"objects.exclude_data[{i}] {pattern!r} matches no selected table: correct it (names are "
                             "exact and case-sensitive) or remove it")
+    problems.extend(_keys_into_tables_without_rows(ctx, moved))
     for key, renames in config.mapping.columns.items():
         table = by_name.get(parse_qualified_name(key))
         if table is not None:
@@ -618,7 +632,19 @@ def check_row_filters(ctx: PrecheckContext) -> list[CheckResult]:
     if bad:
         return [failed("row_filters", "invalid row filter(s): " + "; ".join(bad),
                        "fix the conditions in filters: each must be valid over the table's own columns", objects=bad)]
+    broken = keys_broken_by_filters(ctx.src, ctx.config, _moved_tables(ctx))
+    if broken:
+        return [failed("row_filters", "; ".join(map(broken_key_problem, broken)), "\n".join(map(broken_key_fix, broken)),
+                       objects=[f"{k.table} {k.constraint}" for k in broken])]
     return [passed("row_filters", f"{len(ctx.config.filters)} row filter(s) are valid over their tables")]
+
+
+def _moved_tables(ctx: PrecheckContext) -> set[QualifiedName]:
+    """The selected tables and the partitions (at any depth) of selected partitioned tables."""
+    assert ctx.src is not None
+    selected = {t.name for t in ctx.selected}
+    ancestors = catalog.partition_ancestors(ctx.src)
+    return selected | {name for name, above in ancestors.items() if set(above) & selected}
 
 
 def check_name_mapping(ctx: PrecheckContext) -> list[CheckResult]:
@@ -693,6 +719,12 @@ def check_primary_keys(ctx: PrecheckContext) -> list[CheckResult]:
                               f"their replica identity does not use it: {_listing(names)}",
                               "\n".join(f"ALTER TABLE {_q(t.name)} REPLICA IDENTITY USING INDEX {_qi(idx)};"
                                         for t, idx in wrong_identity), objects=names))
+    virtual = virtual_generated_in_full_identity(
+        ctx.src, [t.name for t in ctx.selected if t.relkind != "p"]) if incremental and ctx.src is not None else []
+    if virtual:
+        names = [str(t) for t in virtual]
+        results.append(failed("primary_keys", f"{len(virtual)} table(s) have {VIRTUAL_IN_FULL_IDENTITY}: "
+                              f"{_listing(names)}", virtual_generated_fix(virtual), objects=names))
     if full_identity:
         names = [str(t.name) for t in full_identity]
         results.append(warning("primary_keys",
@@ -798,6 +830,18 @@ def check_not_migrated(ctx: PrecheckContext) -> list[CheckResult]:
                     "(docs/schema.md, What is not migrated)", objects=objects)]
 
 
+def _keys_into_tables_without_rows(ctx: PrecheckContext, selected: set[QualifiedName]) -> list[str]:
+    """Foreign keys post-data would build from a selected table whose rows migrate into one whose rows do not
+    (``objects.exclude_data``): they cannot hold on the destination, unless left out (foreign_keys_to_excluded)."""
+    config = ctx.config
+    if not config.objects.exclude_data or not config.wants("schema") \
+            or config.schema_migration.foreign_keys_to_excluded == "skip":
+        return []
+    assert ctx.src is not None
+    without_rows = tables_without_rows(ctx.src, config.objects.exclude_data)
+    return [without_rows_problem(k) for k in keys_into_tables_without_rows(ctx.src, without_rows) if k.table in selected]
+
+
 def check_privileges_not_migrated(ctx: PrecheckContext) -> list[CheckResult]:
     """Without migrate_grants, a revoke from PUBLIC is lost: the object is open to every role on the destination."""
     assert ctx.src is not None
@@ -840,7 +884,8 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
     if not ctx.config.wants("schema"):
         return check_prepared_tables(ctx)
     if not existing:
-        return [passed("name_conflicts", f"none of the {len(targets)} destination name(s) exists yet")]
+        return [_rows_never_copied(ctx) or passed("name_conflicts",
+                                                  f"none of the {len(targets)} destination name(s) exists yet")]
     names = [f"{name} ({kind})" for name, kind in sorted(existing.items())]
     state = MigrationState(ctx.destination, ctx.config.state_schema, ctx.config.name)
     if (state.read(ctx.dst, "schema.pre_data") or {}).get("completed"):
@@ -854,6 +899,26 @@ def check_name_conflicts(ctx: PrecheckContext) -> list[CheckResult]:
     return [failed("name_conflicts", f"{len(existing)} object(s) already exist in the destination: {_listing(names)}",
                    "drop or rename them in the destination, map the tables to other names (mapping.tables), "
                    "or set conflicting_tables: ignore to keep them", objects=names)]
+
+
+def _rows_never_copied(ctx: PrecheckContext) -> CheckResult | None:
+    """``[schema, incremental]`` creates the tables empty and applies only the changes made from its start: rows the
+    source holds now never reach the destination (an update or delete of one stops sync, verification finds them
+    missing). A warning naming the tables that hold rows, or None."""
+    if not ctx.config.wants("incremental") or ctx.config.wants("full"):
+        return None
+    assert ctx.src is not None
+    holding = [str(t.name) for t in ctx.selected if t.relkind == "r" and ctx.src.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(t.name.schema, t.name.name))).fetchone()
+        == (True,)]
+    if not holding:
+        return None
+    return warning("name_conflicts", f"{len(holding)} source table(s) hold rows that are never copied: "
+                   f"{_listing(holding)}; a migration of types {', '.join(ctx.config.migration_types)} creates the "
+                   "tables empty and brings only the changes made from the start of incremental sync, an update or "
+                   "delete of an older row stops sync, and the cutover's verification finds the older rows missing",
+                   "add full to migration_types, or migrate into prepared tables loaded by other means (without "
+                   "schema)", objects=holding)
 
 
 def check_destination_large_objects(ctx: PrecheckContext) -> list[CheckResult]:
@@ -889,7 +954,7 @@ def check_prepared_tables(ctx: PrecheckContext) -> list[CheckResult]:
     from airflow_pgmigrate.engine.prepared import compare_prepared
 
     assert ctx.dst is not None
-    found = compare_prepared(ctx.selected, ctx.dst, ctx.mapper)
+    found = compare_prepared(ctx.selected, ctx.dst, ctx.mapper, config=ctx.config)
     types = ", ".join(ctx.config.migration_types)
     if found.missing:
         return [failed("name_conflicts", f"a migration without schema migration ({types}) copies into tables that "

@@ -186,6 +186,32 @@ def unlogged_tables(conn: psycopg.Connection, tables: Iterable[QualifiedName]) -
     return [QualifiedName(s, t) for s, t in rows]
 
 
+def virtual_generated_in_full_identity(conn: psycopg.Connection,
+                                      tables: Iterable[QualifiedName]) -> list[QualifiedName]:
+    """Of ``tables``, those with REPLICA IDENTITY FULL and a VIRTUAL generated column (PostgreSQL 18+): such a
+    column cannot be published, and PostgreSQL refuses UPDATE and DELETE on the table once it is published."""
+    if catalog.server_version_num(conn) < 180000:
+        return []
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = ANY(SELECT to_regclass(t) FROM unnest(%s::text[]) AS t) AND c.relreplident = 'f' "
+        "AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attgenerated = 'v' "
+        "AND NOT a.attisdropped) ORDER BY 1, 2", ([_text(_ident(t)) for t in tables],)).fetchall()
+    return [QualifiedName(s, t) for s, t in rows]
+
+
+VIRTUAL_IN_FULL_IDENTITY = (
+    "REPLICA IDENTITY FULL and a VIRTUAL generated column, which cannot be published: once the table is in a "
+    "publication, PostgreSQL 18 refuses its UPDATE and DELETE on the source")
+
+
+def virtual_generated_fix(tables: Iterable[QualifiedName]) -> str:
+    """What makes such tables publishable: a key as replica identity (or a STORED column, or leaving them out)."""
+    return "\n".join(f"ALTER TABLE {_text(_ident(t))} ADD PRIMARY KEY (...);" for t in tables) + (
+        "\n-- or REPLICA IDENTITY USING INDEX on a unique index of NOT NULL columns, or make the column STORED, "
+        "or exclude the table (objects.exclude)")
+
+
 def ensure_publication(conn: psycopg.Connection, config: MigrationConfig, tables: list[QualifiedName],
                        log: Callable[[str], None] = lambda message: None) -> None:
     """Before the slot: create (or update) the migration's own publication, or check the one the config names.
@@ -193,6 +219,11 @@ def ensure_publication(conn: psycopg.Connection, config: MigrationConfig, tables
     Unlogged tables are left out (PostgreSQL refuses them in a publication): the full load copies them, incremental
     sync cannot follow them, and the log says so."""
     name = config.publication_name
+    virtual = virtual_generated_in_full_identity(conn, tables)
+    if virtual:  # before anything is published: the source's own writes would fail
+        raise PublicationError(f"table(s) {', '.join(map(str, virtual))} have {VIRTUAL_IN_FULL_IDENTITY}. Nothing was "
+                               "published. "
+                               f"Fix on the source: {virtual_generated_fix(virtual)}")
     unlogged = unlogged_tables(conn, tables)
     if unlogged:
         tables = [t for t in tables if t not in set(unlogged)]
@@ -243,5 +274,6 @@ def drop_publication(conn: psycopg.Connection, config: MigrationConfig,
     return False
 
 
-__all__ = ["ACTIONS", "PublicationCheck", "PublicationError", "check_publication", "create_statement",
-           "drop_publication", "ensure_publication", "leaf_tables", "unlogged_tables"]
+__all__ = ["ACTIONS", "VIRTUAL_IN_FULL_IDENTITY", "PublicationCheck", "PublicationError", "check_publication",
+           "create_statement", "drop_publication", "ensure_publication", "leaf_tables", "unlogged_tables",
+           "virtual_generated_fix", "virtual_generated_in_full_identity"]

@@ -64,7 +64,8 @@ class WaitingFigures:
     """What the sync beside the question measured in its latest window."""
 
     lag_bytes: int
-    lag_seconds: float
+    #: How far behind the source the destination is, in time (None: not measured, as for a lag read from the slot).
+    lag_seconds: float | None
     applied_lsn: str
     #: WAL applied per second while a backlog was pending (None: nothing was pending long enough to measure).
     apply_bytes_per_second: float | None = None
@@ -104,9 +105,9 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimated_drain_seconds(figures: WaitingFigures) -> float:
+def estimated_drain_seconds(figures: WaitingFigures) -> float | None:
     """How long the drain after the freeze should take: the pending WAL at the apply rate measured, else the lag
-    in seconds (how far behind the source the destination is)."""
+    in seconds (how far behind the source the destination is); None when neither is known."""
     if figures.lag_bytes <= 0:
         return 0.0
     if figures.apply_bytes_per_second:
@@ -117,26 +118,51 @@ def estimated_drain_seconds(figures: WaitingFigures) -> float:
 def _verification_lines(verification: dict[str, Any] | None) -> list[str]:
     if not verification:
         return ["- **Last verification:** none yet (the cutover verifies every table before it releases the source)"]
+    from airflow_pgmigrate.engine.verify import differences
+
     tables = verification.get("tables") or []
     differing = [t for t in tables if not t.get("equal")]
+    # Partitions, sequences, large objects and materialized views count too (the report says "NOT equal" for them).
+    others = differences({k: v for k, v in verification.items() if k != "tables"})
     head = (f"- **Last verification:** {len(tables)} table(s), {verification.get('rows', 0):,} rows compared in "
             f"{format_duration(verification.get('seconds'))}: ")
-    if not differing:
+    if not differing and not others:
         return [head + "no difference"]
-    lines = [head + f"{verification.get('differences', 0):,} difference(s) in {len(differing)} table(s)"]
+    count = max(int(verification.get("differences") or 0), len(others))
+    lines = [head + f"{count:,} difference(s)" + (f" in {len(differing)} table(s)" if differing else "")]
     for table in differing[:5]:
         lines.append(f"  - {table['table']}: {table.get('missing_count', 0)} missing, {table.get('extra_count', 0)} "
                      f"extra, {table.get('different_count', 0)} different row(s)")
+    lines += [f"  - {line}" for line in others[:5]]
+    if others:
+        lines.append("  - (the cutover sets the sequences and brings the large objects over, then verifies again)")
     return lines
+
+
+def _standing(config: MigrationConfig, figures: WaitingFigures | None) -> str:
+    """Whether incremental sync is delayed, judged on the figures shown (the verification before the question pauses
+    sync, so the lag may have grown past the thresholds since the sync step was done)."""
+    max_bytes = _size(config.incremental.max_lag_bytes)
+    max_seconds = config.incremental.max_lag_seconds
+    thresholds = f"thresholds: {max_seconds:g} s and {format_bytes(max_bytes)}"
+    over = []
+    if figures is not None and figures.lag_bytes > max_bytes:
+        over.append(f"{format_bytes(figures.lag_bytes)} of WAL")
+    if figures is not None and figures.lag_seconds is not None and figures.lag_seconds > max_seconds:
+        over.append(f"{figures.lag_seconds:.1f} s")
+    if over:
+        return (f"Incremental sync of **{config.name}** is **delayed**: {' and '.join(over)} behind the source, "
+                f"above the {thresholds}. Cutting over now drains that backlog while writes are stopped.")
+    if figures is None or figures.lag_seconds is None:
+        return f"The lag of incremental sync of **{config.name}** is not fully measured yet ({thresholds})."
+    return f"Incremental sync of **{config.name}** is not delayed ({thresholds})."
 
 
 def question_body(config: MigrationConfig, figures: WaitingFigures | None, verification: dict[str, Any] | None,
                   *, report_link: str = "") -> str:
     """The question in Markdown: where the migration stands, and what each answer does."""
     asked = datetime.now(UTC).strftime("%H:%M:%S")
-    lines = [f"Incremental sync of **{config.name}** is not delayed (thresholds: "
-             f"{config.incremental.max_lag_seconds:g} s and {format_bytes(_size(config.incremental.max_lag_bytes))}). "
-             f"Figures as of {asked} UTC, when this question was asked"
+    lines = [_standing(config, figures) + f" Figures as of {asked} UTC, when this question was asked"
              + ("; the migration report below has the latest, refreshed while the question waits." if report_link
                 else "."), ""]
     if figures is None:
@@ -144,8 +170,10 @@ def question_body(config: MigrationConfig, figures: WaitingFigures | None, verif
     else:
         drain = estimated_drain_seconds(figures)
         lines += [
-            f"- **Lag:** {format_bytes(figures.lag_bytes)} of WAL, {figures.lag_seconds:.1f} s behind the source "
-            f"(measured {figures.measured_at[11:19]} UTC)",
+            f"- **Lag:** {format_bytes(figures.lag_bytes)} of WAL, "
+            + ("time behind the source not measured yet (read from the replication slot)"
+               if figures.lag_seconds is None else f"{figures.lag_seconds:.1f} s behind the source")
+            + f" (measured {figures.measured_at[11:19]} UTC)",
             "- **Writes on the source:** " + ("not measured yet" if figures.source_wal_bytes_per_second is None
                                               else f"{format_rate(figures.source_wal_bytes_per_second)} of WAL")
             + ("" if figures.source_commits_per_second is None
@@ -203,7 +231,7 @@ def lag_from_slot(config: MigrationConfig, source: ConnectionInfo) -> WaitingFig
                            (config.slot_name,)).fetchone()
     if row is None:
         return None
-    return WaitingFigures(lag_bytes=int(row[0] or 0), lag_seconds=0.0, applied_lsn=str(row[1]))
+    return WaitingFigures(lag_bytes=int(row[0] or 0), lag_seconds=None, applied_lsn=str(row[1]))
 
 
 __all__ = ["ABORT", "ANSWERS_KEY", "CUT_OVER", "KEEP_SYNCING", "OPTIONS", "SourceActivity", "WAITING_KEY",

@@ -450,7 +450,9 @@ def _waiting_section(waiting: dict[str, Any] | None) -> list[str]:
     if figures is None:
         return []
     rows = {
-        "lag": f"{format_bytes(figures.lag_bytes)} of WAL, {figures.lag_seconds:.1f} s behind the source",
+        "lag": f"{format_bytes(figures.lag_bytes)} of WAL, "
+        + ("time behind the source not measured" if figures.lag_seconds is None
+           else f"{figures.lag_seconds:.1f} s behind the source"),
         "writes on the source": "not measured yet" if figures.source_wal_bytes_per_second is None else
         f"{format_rate(figures.source_wal_bytes_per_second)} of WAL, "
         f"{figures.source_commits_per_second or 0:.1f} transactions per second",
@@ -468,7 +470,8 @@ def _answers_section(answers: list[dict[str, Any]]) -> list[str]:
         return out + ["<p class=\"muted\">Not answered yet.</p>"]
     out.append("<table><tr><th>answered (UTC)</th><th>by</th><th>answer</th><th>lag then</th><th>DAG run</th></tr>")
     for a in answers:
-        lag = "" if a.get("lag_bytes") is None else f"{format_bytes(a['lag_bytes'])}, {a.get('lag_seconds') or 0:.1f} s"
+        lag = "" if a.get("lag_bytes") is None else format_bytes(a["lag_bytes"]) + (
+            "" if a.get("lag_seconds") is None else f", {a['lag_seconds']:.1f} s")
         out.append(f"<tr><td>{_fmt_time(_parse_time(a.get('at')))}</td><td>{_esc(a.get('by'))}</td>"
                    f"<td class=\"answer\">{_esc(a.get('answer'))}</td><td>{_esc(lag)}</td>"
                    f"<td class=\"run\">{_esc(a.get('run_id') or '')}</td></tr>")

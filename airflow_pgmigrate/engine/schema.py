@@ -29,6 +29,13 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definition_only import (
+    keys_into_tables_without_rows,
+    tables_without_rows,
+    without_rows_problem,
+    without_rows_reason,
+)
+from airflow_pgmigrate.engine.foreign_keys import ForeignKey
 from airflow_pgmigrate.engine.matviews import sync_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.pgdump import (
@@ -157,6 +164,10 @@ class SourceSchema:
     constraint_indexes: set[QualifiedName] = field(default_factory=set)
     #: Every schema of the source but the system's.
     all_schemas: set[str] = field(default_factory=set)
+    #: Relations an extension creates (they exist wherever the extension is installed).
+    extension_relations: set[QualifiedName] = field(default_factory=set)
+    #: (table, constraint) of foreign keys into a table whose rows do not migrate (``objects.exclude_data``).
+    keys_into_without_rows: dict[tuple[QualifiedName, str], ForeignKey] = field(default_factory=dict)
 
     def dumped_schemas(self) -> list[str]:
         """Schemas holding something that migrates: whole schemas, those of selected tables and of what they need."""
@@ -185,10 +196,19 @@ class SourceSchema:
                 if everything or schema in self.whole_schemas or ("EXTENSION", None, name) in self.needed]
 
     def view_kept(self, view: QualifiedName) -> bool:
-        """A view or materialized view migrates with its whole schema, unless excluded or reading an excluded table."""
+        """A view or materialized view migrates with its whole schema, unless excluded or reading a table or view
+        that does not migrate."""
         if view.schema not in self.whole_schemas or view in self.excluded_views:
             return False
-        return all(t in self.selected for t in self.view_tables.get(view, set()) if t in self.tables)
+        return not self.view_reads_unmigrated(view)
+
+    def view_reads_unmigrated(self, view: QualifiedName) -> list[QualifiedName]:
+        """The tables not selected, and the views and materialized views not migrated (excluded, or in a schema
+        that does not migrate whole), that a view or materialized view reads directly."""
+        return sorted(t for t in self.view_tables.get(view, set())
+                      if (t in self.tables and t not in self.selected)
+                      or (self.relkinds.get(t) in ("v", "m") and t not in self.extension_relations
+                          and (t.schema not in self.whole_schemas or t in self.excluded_views)))
 
     @property
     def columns(self) -> dict[QualifiedName, list[str]]:
@@ -273,6 +293,12 @@ def _read_source_schema(conn: psycopg.Connection, config: MigrationConfig) -> So
                           {(s, named): tag for s, named, tag, _ in routines}, selection.selects_everything)
     _read_dependencies(conn, source)
     source.all_schemas = {s for s in catalog.list_schemas(conn) if not s.startswith("pg_")}
+    source.extension_relations = {QualifiedName(n, c) for n, c in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE d.classid = 'pg_class'::regclass "
+        "AND d.deptype = 'e'").fetchall()}
+    source.keys_into_without_rows = {(k.table, k.constraint): k for k in keys_into_tables_without_rows(
+        conn, tables_without_rows(conn, selection.exclude_data))}
     return source
 
 
@@ -665,19 +691,31 @@ class _Planner:
                                    f"selected: select {referenced} too, exclude {table}, or set "
                                    "schema_migration.foreign_keys_to_excluded: skip to leave such keys out")
                 return False
+            into = src.keys_into_without_rows.get(constraint) if constraint is not None else None
+            if into is not None:
+                if self.config.schema_migration.foreign_keys_to_excluded == "skip":
+                    self.report.skip(str(entry), without_rows_reason(into))
+                    self.skipped_keys[(into.table, into.constraint)] = without_rows_reason(into)
+                    return False
+                self.errors.append(without_rows_problem(into))
+                return False
         return not self._index_left_out(entry)
 
     def _view(self, entry: DumpEntry, relation: QualifiedName) -> bool:
         src = self.src
         if entry.schema not in src.whole_schemas or relation in src.excluded_views:
             return False
-        missing = sorted(str(t) for t in src.view_tables.get(relation, set())
-                         if t in src.tables and t not in src.selected)
-        if missing:
-            self.errors.append(f"{entry.type.lower()} {relation} reads {', '.join(missing)}, which is not selected: "
+        unmigrated = src.view_reads_unmigrated(relation)
+        tables = [str(t) for t in unmigrated if t in src.tables]
+        views = [str(t) for t in unmigrated if t not in src.tables]
+        if tables:
+            self.errors.append(f"{entry.type.lower()} {relation} reads {', '.join(tables)}, which is not selected: "
                                f"select it, or exclude {relation.key} too")
-            return False
-        return True
+        if views:
+            self.errors.append(f"{entry.type.lower()} {relation} reads {', '.join(views)}, which is not migrated "
+                               f"(excluded, or its schema is not selected): migrate it too, or exclude "
+                               f"{relation.key} too")
+        return not unmigrated
 
     def _cast_selected(self, entry: DumpEntry) -> bool:
         """A cast migrates with a partial selection when its types and function all migrate: their schema migrates

@@ -38,7 +38,9 @@ def start_incremental(config: MigrationConfig, source: ConnectionInfo, destinati
             row = src.execute("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
                               (config.slot_name,)).fetchone()
     assert row is not None
-    previous = state.get(START_KEY) or {}
+    # A retry finds the slot and keeps the recorded start; a slot created now (the first start, or one after an
+    # abort dropped the earlier slot) starts here, and nothing before it is captured.
+    previous = {} if created else state.get(START_KEY) or {}
     record = {"slot": config.slot_name, "publication": config.publication_name, "tables": len(tables),
               "start_lsn": previous.get("start_lsn") or str(row[0]),
               "started_at": previous.get("started_at") or datetime.now(UTC).isoformat(), "slot_created": created}

@@ -28,7 +28,7 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
-from airflow_pgmigrate.engine.definition_only import tables_without_rows
+from airflow_pgmigrate.engine.definition_only import materialized_views_without_rows, tables_without_rows
 from airflow_pgmigrate.engine.matviews import ViewCatalog, compare_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
 from airflow_pgmigrate.engine.nonstreamed import (
@@ -280,7 +280,8 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                 f"seconds={time.monotonic() - t0:.2f}")
         state = compare_state(config, src, dst, schema, sequences)
         views = _compare_views(config, schema, src, dst, log)
-        definition_only = sorted(str(t) for t in tables_without_rows(src, config.objects.exclude_data))
+        definition_only = sorted(str(t) for t in tables_without_rows(src, config.objects.exclude_data)
+                                 | materialized_views_without_rows(src, config.objects.exclude_data))
         if snapshot is not None:
             src.rollback()
     report = {
@@ -361,7 +362,9 @@ def differences(report: dict[str, Any], limit: int = 5) -> list[str]:
     for view in report.get("materialized_views", []):
         if view["equal"]:
             continue
-        if view["source_populated"] != view["destination_populated"]:
+        if view.get("missing_on_destination"):
+            out.append(f"materialized view {view['view']} missing on the destination")
+        elif view["source_populated"] != view["destination_populated"]:
             out.append(f"materialized view {view['view']} (populated on the source: {view['source_populated']}, on "
                        f"the destination: {view['destination_populated']})")
         else:

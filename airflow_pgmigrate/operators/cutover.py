@@ -10,6 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_pgmigrate.engine.cutover import CutoverError, run_cutover
 from airflow_pgmigrate.engine.incremental import release
+from airflow_pgmigrate.engine.question import ABORT, decision_key
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.operators.base import MigrationBaseOperator
 
@@ -64,13 +65,30 @@ class CutoverOperator(MigrationBaseOperator):
 
 
 class ReleaseOperator(MigrationBaseOperator):
-    """Abort: drop the slot and the publication, remove the security-group rule; the destination stays as it is."""
+    """Abort: drop the slot and the publication, remove the security-group rule; the destination stays as it is.
+
+    :param only_after_abort: release only when the cutover question of this DAG run was answered Abort (skip
+        otherwise). Behind the question the task then runs whatever became of the sync beside it: a person who
+        gives up after that sync failed must still get the slot released, or it keeps retaining WAL on the source.
+    """
 
     template_fields: Sequence[str] = ("config",)
     ui_color = "#d7dbdd"
 
+    def __init__(self, *, only_after_abort: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.only_after_abort = only_after_abort
+
     def execute(self, context: Context) -> dict[str, Any]:
         config = self.migration
+        if self.only_after_abort:
+            decision = MigrationState(self.destination_info, config.state_schema, config.name).get(
+                decision_key(context["run_id"])) or {}
+            if decision.get("answer") != ABORT:
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException("the cutover question was not answered Abort in this DAG run: the slot "
+                                           "and the publication stay")
         dropped = release(config, self.source_info, log=lambda message: self.log.info("%s", message))
         removed: list[Any] = []
         remover = _rule_remover(self)

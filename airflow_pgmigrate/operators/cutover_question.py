@@ -2,8 +2,9 @@
 
 The question is a human-in-the-loop branch: "Cut over" leads to the cutover task, "Abort" to the release task.
 "Keep syncing" changes nothing: the answer is recorded and the same question is open again at once. Airflow keeps one
-question text per task instance (a retry keeps it too), so the text carries the figures of when it was first asked,
-with their time, and links the migration report, whose figures the sync beside the question refreshes. While it waits, :class:`~airflow_pgmigrate.sensors.cutover_wait.SyncUntilAnsweredSensor` keeps the destination in sync.
+question text per try of a task instance, so the text carries the figures of when it was first asked, with their
+time, and links the migration report, whose figures the sync beside the question refreshes (a retry asks anew, with
+fresh figures). While it waits, :class:`~airflow_pgmigrate.sensors.cutover_wait.SyncUntilAnsweredSensor` keeps the destination in sync.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class CutoverQuestionOperator(MigrationTaskMixin, HITLBranchOperator):
         self.body = question_body(config, figures, state.get("verification"),
                                   report_link=report_link(config) if config.report.enabled else "")
         if figures is not None:
-            self.log.info("cutover question asked lag_bytes=%d lag_s=%.1f", figures.lag_bytes, figures.lag_seconds)
+            self.log.info("cutover question asked lag_bytes=%d lag_s=%s", figures.lag_bytes,
+                          "unknown" if figures.lag_seconds is None else f"{figures.lag_seconds:.1f}")
         return super().execute(context)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:

@@ -3,8 +3,8 @@
 The tasks write each migration's report as a file (engine/report.py); this plugin serves those files to signed-in
 Airflow users, so the tasks' "Migration report" link opens from the UI (browsers refuse ``file://`` links from an
 ``http://`` page). It looks in the default report folder and in the ``report.directory`` of every config in the
-config folder. The API server and the workers must share the folder (one machine, or a shared volume); otherwise
-set ``report.base_url`` to wherever the folder is served.
+config folder the DAG file reads. The API server and the workers must share the folder (one machine, or a shared
+volume); otherwise set ``report.base_url`` to wherever the folder is served.
 """
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ URL_PREFIX = "/pgmigrate"
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,63}$")
 
 
+def migration_config_folder() -> str:
+    """Where the DAG file (dags/pgmigrate_dags.py) reads the migration configs: ``$PGMIGRATE_CONFIG_FOLDER``, else
+    ``[pgmigrate] config_folder``, else the ``migrations`` folder in the DAGs folder."""
+    from airflow.sdk import conf
+
+    return (os.environ.get("PGMIGRATE_CONFIG_FOLDER") or conf.get("pgmigrate", "config_folder", fallback="")
+            or str(Path(conf.get("core", "dags_folder", fallback=".")) / "migrations"))
+
+
 def report_folders() -> list[Path]:
     """The default report folder, then each configured migration's ``report.directory``."""
     from airflow_pgmigrate.config import MigrationConfig
@@ -30,7 +39,7 @@ def report_folders() -> list[Path]:
     folders: list[Path] = []
     default = MigrationConfig.from_dict({"name": "x", "source": {"conn_id": "s"}, "destination": {"conn_id": "d"}})
     folders.append(report_directory(default))
-    config_folder = os.environ.get("PGMIGRATE_CONFIG_FOLDER")
+    config_folder = migration_config_folder()
     if config_folder and Path(config_folder).is_dir():
         for file in sorted([*Path(config_folder).glob("*.yaml"), *Path(config_folder).glob("*.yml")]):
             try:
@@ -98,4 +107,5 @@ class MigrationReportsPlugin(AirflowPlugin):
     fastapi_apps = _AppsOnFirstUse()  # type: ignore[assignment]
 
 
-__all__ = ["MigrationReportsPlugin", "URL_PREFIX", "create_app", "find_report", "report_folders"]
+__all__ = ["MigrationReportsPlugin", "URL_PREFIX", "create_app", "find_report", "migration_config_folder",
+           "report_folders"]

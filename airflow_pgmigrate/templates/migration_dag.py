@@ -103,12 +103,22 @@ def _cutover_tasks(config: MigrationConfig, plain: dict[str, Any], synced: Any) 
         synced >> cutover
         return tasks
     verify = VerifyOperator(task_id="verify", config=plain, fail_on_difference=False)
-    ask = CutoverQuestionOperator(task_id="cutover_question", config=plain, cut_over_task_id="cutover",
-                                  abort_task_id="release")
+    # The branch names the tasks by their full ids (in a TaskGroup: "<group>.cutover").
+    group = cutover.task_group
+    # An answer given within about one scheduler loop of the question being asked can meet Airflow's executor race
+    # (the asking process's end is processed after the answer resumed the task: "finished with state success, but
+    # the task instance's state attribute is queued"), which fails the question without running its answer. Retried,
+    # the question is asked again (a new try has a question of its own, with fresh figures) instead of the sync
+    # beside it waiting for a decision that never comes.
+    ask = CutoverQuestionOperator(task_id="cutover_question", config=plain, cut_over_task_id=cutover.task_id,
+                                  abort_task_id=group.child_id("release") if group is not None else "release",
+                                  retries=3, retry_delay=timedelta(seconds=5))
     # A lost worker (a scheduler restart ends the LocalExecutor's) is retried; sync resumes where it stopped.
     waiting = SyncUntilAnsweredSensor(task_id="sync_while_waiting", config=plain, retries=5,
                                       retry_delay=timedelta(seconds=10))
-    release = ReleaseOperator(task_id="release", config=plain, trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    # Abort releases even after the sync beside the question failed (else the slot keeps retaining WAL and nothing
+    # in the UI can release it); an upstream failure without an Abort answer skips it.
+    release = ReleaseOperator(task_id="release", config=plain, only_after_abort=True, trigger_rule=TriggerRule.ALL_DONE)
     synced >> verify >> [ask, waiting]
     ask >> [cutover, release]
     waiting >> [cutover, release]

@@ -88,6 +88,18 @@ cutover_manual = _fast(build_migration_dag(
     )
 ))
 
+# The sync beside the question fails (DDL on the source); the person then answers Abort.
+cutover_manual_sync_fails = _fast(build_migration_dag(
+    MigrationConfig.from_dict(
+        {
+            "name": "it_cut_sync_fails",
+            "source": {"conn_id": "pgm_source"},
+            "destination": {"conn_id": "pgm_destination"},
+            "cutover": {"approval": "manual"},
+        }
+    )
+))
+
 rds_abort = _fast(build_migration_dag(
     MigrationConfig.from_dict(
         {

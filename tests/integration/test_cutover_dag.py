@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -112,3 +113,68 @@ def test_cutover_answered_in_the_ui(migration_env, airflow_db, answers, outcome)
     else:
         assert states["release"] == "success" and states["cutover"] == "skipped"
         assert migration_env.src("SELECT count(*) FROM pg_publication") == [(0,)]
+
+
+class AbortOnceSyncFailed(Responder):
+    """Answers only after the sync beside the question has failed: the person gives up on the migration."""
+
+    def run(self) -> None:
+        from airflow.models.taskinstance import TaskInstance as TI
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import select
+
+        deadline = time.monotonic() + self.timeout
+        while not self._halt.is_set() and time.monotonic() < deadline:
+            with create_session() as session:
+                if session.scalar(select(TI.task_id).where(TI.dag_id == self.dag_id,
+                                                           TI.task_id == "sync_while_waiting",
+                                                           TI.state == TaskInstanceState.FAILED)):
+                    break
+            time.sleep(0.5)
+        super().run()
+
+
+def _ddl_once_verified(env, name: str, halt: threading.Event) -> None:
+    """Once the verification before the question is recorded, a column is added on the source and used: the sync
+    beside the question stops ("DDL on the source"), which retrying cannot fix."""
+    while not halt.is_set():
+        try:
+            if env.dst("SELECT 1 FROM pgmigrate.migration_state WHERE migration = %s AND key = 'verification'",
+                       (name,)):
+                break
+        except Exception:  # noqa: BLE001 - the state schema does not exist yet
+            pass
+        halt.wait(0.3)
+    env.src("ALTER TABLE public.customers ADD COLUMN vip boolean; "
+            "INSERT INTO public.customers (name, vip) VALUES ('late', true)")
+
+
+def test_abort_after_the_sync_beside_the_question_failed_still_releases_the_slot(migration_env, airflow_db):
+    """The sync beside the question failed; the person answers Abort to give the migration up. The release must run:
+    otherwise the slot stays on the source, retaining WAL until its disk fills, and nothing in the UI can release it
+    (the release task is upstream_failed, and clearing it gives the same)."""
+    prepare_orm()
+    migration_env.src(SHOP)
+    responder = AbortOnceSyncFailed("pgmigrate_it_cut_sync_fails", [("cutover_question", "Abort")])
+    responder.start()
+    halt = threading.Event()
+    ddl = threading.Thread(target=_ddl_once_verified, args=(migration_env, "it_cut_sync_fails", halt), daemon=True)
+    ddl.start()
+    try:
+        dag_run = _run("pgmigrate_it_cut_sync_fails")
+    finally:
+        halt.set()
+        ddl.join(timeout=10)
+        responder.stop()
+    states = _states(dag_run)
+    assert responder.answered == ["cutover_question=Abort"], states
+    assert states["sync_while_waiting"] == "failed", states
+    assert states["release"] == "success", states
+    assert states["cutover"] in ("skipped", "upstream_failed"), states
+    slot = migration_env.src("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgmigrate_it_cut_sync_fails'")
+    assert slot == [(0,)], states
+    assert migration_env.src("SELECT count(*) FROM pg_publication") == [(0,)]
+    # The abort asked for is done (as after any Abort, the run ends success); the failed sync stays red in the grid
+    # and has alerted through its failure callback.
+    assert dag_run.state == "success", states

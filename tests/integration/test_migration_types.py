@@ -143,3 +143,62 @@ def test_missing_prepared_tables_say_what_to_do(migration_env):
     result = env.precheck(migration_types=["incremental"]).result("name_conflicts")
     assert result.status == "failed" and set(result.objects) == {"public.customers", "public.orders"}
     assert "add schema to migration_types" in result.fix and "slot" not in result.detail
+
+
+def test_a_prepared_table_with_a_column_the_source_lacks_fails_the_precheck_when_it_would_stop_the_migration(
+        migration_env):
+    """A destination column the source does not have: incremental sync stops at the table's first change (it takes
+    the column for one dropped on the source, "DDL on the source"), hours after a precheck that passed; a full load
+    cannot fill one that is NOT NULL without a default. A full load alone fills a nullable one with its default."""
+    env = migration_env
+    env.src(TABLES + ROWS)
+    env.dst(TABLES.replace("name text NOT NULL)", "name text NOT NULL, migrated_at timestamptz DEFAULT now())"))
+    result = env.precheck(migration_types=["full", "incremental"]).result("name_conflicts")
+    assert result.status == "failed", result.detail
+    assert any(o.startswith("public.customers: column migrated_at is not in the source") for o in result.objects), \
+        result.objects
+    assert env.precheck(migration_types=["full"]).result("name_conflicts").status == "passed"
+    env.dst("ALTER TABLE public.orders ADD COLUMN batch integer NOT NULL")
+    result = env.precheck(migration_types=["full"]).result("name_conflicts")
+    assert result.status == "failed", result.detail
+    assert any(o.startswith("public.orders: column batch is not in the source") for o in result.objects), \
+        result.objects
+
+
+def test_schema_and_incremental_over_a_source_holding_rows_warns_that_they_are_never_copied(migration_env):
+    """[schema, incremental] creates the tables empty and applies only the changes made from the start on: the rows
+    the source holds now never reach the destination (an update or delete of one stops sync, the cutover's
+    verification finds them missing). The precheck says so before the migration starts, naming the tables."""
+    env = migration_env
+    env.src(TABLES)
+    assert env.precheck(migration_types=["schema", "incremental"]).result("name_conflicts").status == "passed"
+    env.src(ROWS)
+    result = env.precheck(migration_types=["schema", "incremental"]).result("name_conflicts")
+    assert result.status == "warning", result.detail
+    assert set(result.objects) == {"public.customers", "public.orders"}
+    assert "never copied" in result.detail and "add full to migration_types" in result.fix
+
+
+def test_a_new_start_after_an_abort_records_where_the_new_slot_starts(migration_env):
+    """After an abort (slot dropped) a new run of an [incremental] migration creates a new slot: the recorded start
+    is where that slot starts. Keeping the first run's start_lsn tells the person loading the destination that
+    changes from that older point on are captured, when everything before the new slot is lost."""
+    from airflow_pgmigrate.engine.incremental import release
+    from airflow_pgmigrate.engine.start import start_incremental
+
+    env = migration_env
+    env.src(TABLES + ROWS)
+    env.dst(TABLES + ROWS)
+    config = env.config(migration_types=["incremental"])
+    first = start_incremental(config, env.source_info(), env.destination_info())
+    assert first["slot_created"] is True
+    release(config, env.source_info())
+    env.src("INSERT INTO public.customers (name) SELECT 'lost' FROM generate_series(1, 1000)")
+    second = start_incremental(config, env.source_info(), env.destination_info())
+    assert second["slot_created"] is True
+    slot_start = env.src("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                         (config.slot_name,))[0][0]
+    assert second["start_lsn"] == slot_start != first["start_lsn"], (first, second)
+    assert second["started_at"] > first["started_at"]
+    again = start_incremental(config, env.source_info(), env.destination_info())  # a retry keeps the start
+    assert again["slot_created"] is False and again["start_lsn"] == second["start_lsn"]

@@ -130,8 +130,8 @@ def _digests(conn: psycopg.Connection, schema: str, name: str, *, only: bool = F
 
 
 def _object_counts(conn: psycopg.Connection, skip: list[str]) -> Counter[str]:
-    """Objects by kind in the user schemas: relations by relkind, constraints by type, indexes, functions, types,
-    triggers, policies, extensions."""
+    """Objects by kind in the user schemas: relations by relkind (indexes among them), constraints by type,
+    functions, types, triggers, extensions, rules, row security policies and the tables that enable them."""
     counts: Counter[str] = Counter()
     queries = {
         "relation": "SELECT 'relkind ' || c.relkind::text, count(*) FROM pg_class c JOIN pg_namespace n "
@@ -150,6 +150,14 @@ def _object_counts(conn: psycopg.Connection, skip: list[str]) -> Counter[str]:
                    "pg_namespace n ON n.oid = c.relnamespace WHERE {} AND NOT t.tgisinternal GROUP BY 1",
         "extension": "SELECT 'extension ' || e.extname, 1 FROM pg_extension e JOIN pg_namespace n "
                      "ON n.oid = e.extnamespace WHERE e.extname <> 'plpgsql' AND {}",
+        "rule": "SELECT 'rule ' || r.ev_type::text, count(*) FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {} AND r.rulename <> '_RETURN' GROUP BY 1",
+        "policy": "SELECT 'policy ' || p.polcmd::text || CASE WHEN p.polpermissive THEN ' permissive' ELSE "
+                  "' restrictive' END, count(*) FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid "
+                  "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {} GROUP BY 1",
+        "row security": "SELECT 'row security' || CASE WHEN c.relforcerowsecurity THEN ' forced' ELSE '' END, "
+                        "count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE {} AND c.relrowsecurity GROUP BY 1",
     }
     where = f"{USER_SCHEMAS} AND n.nspname <> ALL(%s)"
     for query in queries.values():

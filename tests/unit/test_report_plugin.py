@@ -35,3 +35,19 @@ def test_the_api_server_serves_a_report_to_a_signed_in_user_and_nobody_else(tmp_
 def test_the_plugin_mounts_its_app_under_pgmigrate():
     (entry,) = MigrationReportsPlugin.fastapi_apps
     assert entry["url_prefix"] == "/pgmigrate" and entry["app"] is MigrationReportsPlugin.fastapi_apps[0]["app"]
+
+
+def test_reports_of_the_migrations_in_the_configured_config_folder_are_found(tmp_path, monkeypatch):
+    """The DAG file reads its configs from ``[pgmigrate] config_folder`` (airflow.cfg) as well as from the
+    environment variable; the plugin must look in the ``report.directory`` of those configs too, or the report link
+    of such a migration answers 404."""
+    configs, reports = tmp_path / "configs", tmp_path / "reports"
+    configs.mkdir()
+    reports.mkdir()
+    (configs / "shop.yaml").write_text("name: shop\nsource: {conn_id: s}\ndestination: {conn_id: d}\n"
+                                       f"report: {{directory: '{reports}'}}\n")
+    (reports / "shop.html").write_text("<h1>Migration report: shop</h1>")
+    monkeypatch.setenv("PGMIGRATE_REPORT_FOLDER", str(tmp_path / "default"))
+    monkeypatch.delenv("PGMIGRATE_CONFIG_FOLDER", raising=False)
+    monkeypatch.setenv("AIRFLOW__PGMIGRATE__CONFIG_FOLDER", str(configs))
+    assert find_report("shop") == reports / "shop.html"

@@ -92,3 +92,29 @@ def test_the_adhoc_dag_takes_the_config_from_its_trigger_form():
                                              "start_incremental", "incremental_sync", "remove_ingress_rules"]
     assert dag.task_dict["full_load"].config == "{{ params.config }}"
     assert dag.task_dict["full_load"].trigger_rule == "none_failed"
+
+
+def test_the_cutover_question_in_a_task_group_branches_to_the_tasks_of_its_group():
+    """In a TaskGroup the tasks are named ``<group>.cutover`` and ``<group>.release``: a question that branches to
+    plain ``cutover`` fails after the person answered (Airflow: "'branch_task_ids' must contain only valid
+    task_ids"), and neither Cut over nor Abort happens."""
+    from airflow.sdk import DAG
+
+    config = MigrationConfig.from_dict({"name": "grp", "source": {"conn_id": "a"}, "destination": {"conn_id": "b"}})
+    with DAG(dag_id="mine_manual", schedule=None) as dag:
+        migration_task_group(config)
+    ask = dag.task_dict["pgmigrate_grp.cutover_question"]
+    assert ask.options_mapping == {"Cut over": "pgmigrate_grp.cutover", "Abort": "pgmigrate_grp.release"}
+    assert set(ask.options_mapping.values()) <= {t.task_id for t in ask.downstream_list}
+
+
+def test_a_failed_question_is_asked_again():
+    """Airflow's executor race can fail the question when the answer comes within a scheduler loop of the asking;
+    without a retry nobody is asked again and the sync beside it waits for a decision until its timeout."""
+    from airflow.sdk import DAG
+
+    config = MigrationConfig.from_dict({"name": "ask", "source": {"conn_id": "a"}, "destination": {"conn_id": "b"}})
+    with DAG(dag_id="mine_question", schedule=None) as dag:
+        migration_task_group(config)
+    ask = dag.task_dict["pgmigrate_ask.cutover_question"]
+    assert ask.retries >= 1 and ask.retry_delay.total_seconds() <= 10
