@@ -393,6 +393,9 @@ class FullLoadSettings(_Validated):
     #: "auto": a table is split into ranges copied in parallel only when it alone would outlast the rest of the load
     #: spread over the other jobs. A size (bytes, or "512MB", "10GB"): every table larger than it is split.
     split_tables_larger_than: int | str = "auto"
+    #: With schema migration: a table's indexes and keys (primary, unique, exclusion) are built as soon as its copy is
+    #: committed, beside the copies of the other tables; false leaves them all to post_data.
+    build_indexes: bool = True
 
     @classmethod
     def _validate(cls, values: Mapping[str, Any]) -> list[Problem]:

@@ -6,14 +6,21 @@ fresh database on the same throwaway destination:
 
 a. ours: schema pre_data (not timed), the full load (timed, in a child process whose peak memory is read), post_data
    (timed: indexes and constraints); full_load.parallel_jobs=2, schema_migration.index_jobs=2;
-b. psql_pipe: ``psql COPY TO STDOUT (FORMAT binary) | psql COPY FROM STDIN``, two tables at a time, largest first
-   (timed), then ``pg_restore -j2 --section=post-data`` (timed);
+b. psql_pipe (the freeze pipe): ``psql COPY TO STDOUT (FORMAT binary) | psql -1 -c 'TRUNCATE ONLY t' -c 'COPY t
+   FROM STDIN (FORMAT binary, FREEZE)'``, two tables at a time, largest first (timed), then ``pg_restore -j2
+   --section=post-data`` (timed);
 c. pg_dump_restore: ``pg_dump -Fd -j2`` (default compression) then ``pg_restore -j2`` (timed together).
 
 MB/s figures all use the same basis: the source's table data size (sum of ``pg_table_size`` of the user tables).
 Ratios are the anchor's time divided by ours: higher means ours is faster. Absolute figures swing with machine load;
-compare the ratios. Run on demand::
+compare the ratios. Besides wall time, each run reports its CPU seconds (every process of both servers and every
+client) and the average cores busy (CPU seconds over wall seconds). ``--dataset`` names the issue's two sizes:
+``2gb`` (scale 100, 2.08 GB of table data), ``7.5gb`` (pgbench scale 500, the other two tables as at 2gb: 7.55 GB),
+``both`` (one after the other, in one run, each dataset removed before the next is built); ``--repeat`` runs each
+comparison again on the same dataset. Run on demand::
 
+    .venv/bin/python bench/full_load_bench.py --dataset 2gb --repeat 2 --only ours --only psql_pipe
+    .venv/bin/python bench/full_load_bench.py --dataset both --only ours --only psql_pipe
     .venv/bin/python bench/full_load_bench.py --scale 100
     .venv/bin/python bench/full_load_bench.py --scale 100 --workdir /tmp/flbench          # keep the servers' data
     .venv/bin/python bench/full_load_bench.py --scale 100 --workdir /tmp/flbench --reuse  # rerun, no rebuild
@@ -88,13 +95,15 @@ def qualified(schema: str, table: str) -> str:
 # -- dataset --------------------------------------------------------------------------------------------------------
 
 
-def build_dataset(source: LocalPostgres, scale: int) -> None:
+def build_dataset(source: LocalPostgres, scale: int, extras_scale: int | None = None) -> None:
+    """pgbench at ``scale``, the wide and TOAST tables at ``extras_scale`` (default: the same)."""
     fresh_database(source, SOURCE_DB)
     started = time.monotonic()
     run_tool([*pgbench_args(source), "-i", "-q", "-s", str(scale), SOURCE_DB], source, "pgbench -i",
              pgbench_env(source))
-    wide_rows = max(10_000, 1_000_000 * scale // 100)
-    toast_rows = max(500, 20_000 * scale // 100)
+    extras = scale if extras_scale is None else extras_scale
+    wide_rows = max(10_000, 1_000_000 * extras // 100)
+    toast_rows = max(500, 20_000 * extras // 100)
     source.execute("""
         CREATE TABLE public.bench_wide (
             id bigint PRIMARY KEY, label text, doc jsonb, amount numeric, created timestamptz, digest bytea,
@@ -196,8 +205,8 @@ def _pipe_table(source: LocalPostgres, destination: LocalPostgres, db: str, sche
     out = subprocess.Popen([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", source.uri(SOURCE_DB),
                             "-c", f"COPY {name} TO STDOUT (FORMAT binary)"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    into = subprocess.Popen([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", destination.uri(db),
-                             "-c", f"COPY {name} FROM STDIN (FORMAT binary)"],
+    into = subprocess.Popen([psql, "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", destination.uri(db),
+                             "-c", f"TRUNCATE ONLY {name}", "-c", f"COPY {name} FROM STDIN (FORMAT binary, FREEZE)"],
                             stdin=out.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert out.stdout is not None
     out.stdout.close()
@@ -264,9 +273,17 @@ def line(name: str, figures: dict[str, Any], data_mb: float) -> str:
             f"total_s={figures['total_s']:.2f} MB/s={rate:.1f} (dump+restore)")
 
 
-def main() -> int:
+#: The issue's datasets: (pgbench scale, scale of the wide and TOAST tables). 2.08 GB and 7.55 GB of table data.
+DATASETS = {"2gb": [(100, 100)], "7.5gb": [(500, 100)], "both": [(100, 100), (500, 100)]}
+RUNS = ("ours", "psql_pipe", "pg_dump_restore")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=int, default=100, help="pgbench scale; 100 gives about 1.5-2 GB")
+    parser.add_argument("--dataset", choices=sorted(DATASETS),
+                        help="the issue's dataset sizes: 2gb (scale 100), 7.5gb (scale 500), both (in one run)")
+    parser.add_argument("--scale", type=int, default=100, help="pgbench scale (without --dataset); 100: about 2 GB")
+    parser.add_argument("--repeat", type=int, default=1, help="run each comparison this many times per dataset")
     parser.add_argument("--workdir", help="keep the servers here (stopped, data kept) instead of a temporary folder")
     parser.add_argument("--reuse", action="store_true", help="reuse the dataset in --workdir when built at --scale")
     parser.add_argument("--with-slot", action="store_true",
@@ -275,86 +292,120 @@ def main() -> int:
     parser.add_argument("--major", type=int, help="PostgreSQL major version of both servers (default: the lowest)")
     parser.add_argument("--split", default="auto",
                         help="our full_load.split_tables_larger_than (default auto, the product's default)")
-    parser.add_argument("--only", choices=["ours", "psql_pipe", "pg_dump_restore"], action="append",
+    parser.add_argument("--only", choices=list(RUNS), action="append",
                         help="run only these (repeatable); ratios need ours and the anchor")
     parser.add_argument("--verbose", action="store_true", help="print the engine's log lines")
     args = parser.parse_args()
     if args.reuse and not args.workdir:
         parser.error("--reuse needs --workdir")
-    install_signal_handlers()
+    args.scales = DATASETS[args.dataset] if args.dataset else [(args.scale, args.scale)]
+    return args
 
+
+def prepare_dataset(source: LocalPostgres, base: Path, scales: tuple[int, int],
+                    reuse: bool) -> tuple[list[Any], float, dict[str, int]]:
+    """Build (or reuse) the dataset of (pgbench scale, extras scale); returns its tables, MB of table data and row
+    counts."""
+    scale, extras = scales
+    marker = base / "dataset.json"
+    built = json.loads(marker.read_text()) if marker.exists() else {}
+    if reuse and built.get("scale") == scale and built.get("extras_scale", scale) == extras:
+        print(f"bench: reusing the dataset of scale {scale} in {base}", flush=True)
+    else:
+        marker.unlink(missing_ok=True)
+        build_dataset(source, scale, extras)
+        marker.write_text(json.dumps({"scale": scale, "extras_scale": extras}))
+    source.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                   "WHERE slot_name = %s", SOURCE_DB, (f"pgmigrate_{MIGRATION}",))
+    tables = user_tables(source, SOURCE_DB)
+    data_mb = sum(size for _, _, size in tables) / MB
+    expected = count_rows(source, SOURCE_DB, tables)
+    print(f"bench: dataset scale={scale} tables={len(tables)} rows={sum(expected.values())} "
+          f"table_data_MB={data_mb:.1f} (the MB basis of every MB/s)", flush=True)
+    for schema, table, size in tables:
+        print(f"bench:   table={schema}.{table} MB={size / MB:.1f} rows={expected[f'{schema}.{table}']}")
+    return tables, data_mb, expected
+
+
+def compare(source: LocalPostgres, destination: LocalPostgres, base: Path, args: argparse.Namespace,
+            tables: list[Any], data_mb: float, expected: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """One round: each selected run into a fresh database, timed, with its CPU seconds, then verified."""
+    runs = {"ours": lambda db: run_ours(source, destination, db, args.jobs, args.with_slot, args.verbose, args.split),
+            "psql_pipe": lambda db: run_pipe(source, destination, db, base, args.jobs, tables),
+            "pg_dump_restore": lambda db: run_dump_restore(source, destination, db, base, args.jobs)}
+    results: dict[str, dict[str, Any]] = {}
+    for name in RUNS:
+        if args.only and name not in args.only:
+            continue
+        db = f"bench_{name}"
+        fresh_database(destination, db)
+        cpu_before = server_cpu_seconds(source) + server_cpu_seconds(destination) + clients_cpu_seconds()
+        results[name] = runs[name](db)
+        cpu = server_cpu_seconds(source) + server_cpu_seconds(destination) + clients_cpu_seconds() - cpu_before
+        results[name].update(cpu_s=cpu, cores_busy=cpu / results[name]["total_s"])
+        print(line(name, results[name], data_mb) + f" cpu_s={cpu:.1f} cores_busy={cpu / results[name]['total_s']:.2f}",
+              flush=True)
+        results[name]["verified"] = verify(name, destination, db, tables, expected)
+        destination.drop_database(db)
+    return results
+
+
+def ratios_of(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Anchor's time (or CPU) over ours: higher means ours is faster."""
+    ours = results.get("ours")
+    out: dict[str, float] = {}
+    if ours is None:
+        return out
+    if "psql_pipe" in results:
+        pipe = results["psql_pipe"]
+        out.update(ours_vs_psql_pipe=pipe["total_s"] / ours["total_s"],
+                   copy_only_ours_vs_psql_pipe=pipe["copy_s"] / ours["copy_s"],
+                   post_data_ours_vs_pg_restore=pipe["post_data_s"] / max(ours["post_data_s"], 1e-3),
+                   cpu_ours_vs_psql_pipe=pipe["cpu_s"] / ours["cpu_s"])
+    if "pg_dump_restore" in results:
+        dump = results["pg_dump_restore"]
+        out.update(ours_vs_pg_dump_restore=dump["total_s"] / ours["total_s"],
+                   cpu_ours_vs_pg_dump_restore=dump["cpu_s"] / ours["cpu_s"])
+    return out
+
+
+def report_round(scale: int, round_no: int, results: dict[str, dict[str, Any]], data_mb: float) -> dict[str, Any]:
+    ratios = ratios_of(results)
+    print(f"bench: scale={scale} round={round_no} " + " ".join(f"{k}={v:.2f}x" for k, v in ratios.items())
+          + " (higher = ours faster)", flush=True)
+    rounded = {k: {f: round(v, 3) if isinstance(v, float) else v for f, v in r.items()} for k, r in results.items()}
+    summary = {"scale": scale, "round": round_no, "table_data_MB": round(data_mb, 1), "runs": rounded,
+               "ratios": {k: round(v, 3) for k, v in ratios.items()}}
+    print("bench-json: " + json.dumps(summary), flush=True)
+    return summary
+
+
+def main() -> int:
+    args = parse_args()
+    install_signal_handlers()
     base, keep = workdir_base(args.workdir, "pgmigrate-flbench-")
     source = LocalPostgres(base / "source", major=args.major, settings=SOURCE_SETTINGS)
     destination = LocalPostgres(base / "destination", major=args.major)
-    marker = base / "dataset.json"
     failed = False
+    summaries: list[dict[str, Any]] = []
     try:
         source.start()
         destination.start()
         print(f"bench: servers PostgreSQL {source.major} source_port={source.port} "
-              f"destination_port={destination.port} workdir={base}", flush=True)
-        built = json.loads(marker.read_text()) if marker.exists() else {}
-        if args.reuse and built.get("scale") == args.scale:
-            print(f"bench: reusing the dataset of scale {args.scale} in {base}", flush=True)
-        else:
-            marker.unlink(missing_ok=True)
-            build_dataset(source, args.scale)
-            marker.write_text(json.dumps({"scale": args.scale}))
-        source.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                       "WHERE slot_name = %s", SOURCE_DB, (f"pgmigrate_{MIGRATION}",))
-        tables = user_tables(source, SOURCE_DB)
-        data_mb = sum(size for _, _, size in tables) / MB
-        expected = count_rows(source, SOURCE_DB, tables)
-        print(f"bench: dataset tables={len(tables)} rows={sum(expected.values())} table_data_MB={data_mb:.1f} "
-              f"(the MB basis of every MB/s)", flush=True)
-        for schema, table, size in tables:
-            print(f"bench:   table={schema}.{table} MB={size / MB:.1f} rows={expected[f'{schema}.{table}']}")
-
-        results: dict[str, dict[str, Any]] = {}
-        runs = [("ours", lambda db: run_ours(source, destination, db, args.jobs, args.with_slot, args.verbose,
-                                                 args.split)),
-                ("psql_pipe", lambda db: run_pipe(source, destination, db, base, args.jobs, tables)),
-                ("pg_dump_restore", lambda db: run_dump_restore(source, destination, db, base, args.jobs))]
-        for name, run in runs:
-            if args.only and name not in args.only:
-                continue
-            db = f"bench_{name}"
-            fresh_database(destination, db)
-            cpu_before = server_cpu_seconds(source) + server_cpu_seconds(destination) + clients_cpu_seconds()
-            results[name] = run(db)
-            results[name]["cpu_s"] = (server_cpu_seconds(source) + server_cpu_seconds(destination)
-                                      + clients_cpu_seconds() - cpu_before)
-            print(line(name, results[name], data_mb) + f" cpu_s={results[name]['cpu_s']:.1f}", flush=True)
-            results[name]["verified"] = verify(name, destination, db, tables, expected)
-            failed = failed or not results[name]["verified"]
-            destination.drop_database(db)
-
-        if len(results) < len(runs):
-            print("bench-json: " + json.dumps({"runs": results}, default=str), flush=True)
-            return 1 if failed else 0
-        ours, pipe, dump = results["ours"], results["psql_pipe"], results["pg_dump_restore"]
-        ratios = {"ours_vs_psql_pipe": pipe["total_s"] / ours["total_s"],
-                  "ours_vs_pg_dump_restore": dump["total_s"] / ours["total_s"],
-                  "copy_only_ours_vs_psql_pipe": pipe["copy_s"] / ours["copy_s"],
-                  "post_data_ours_vs_pg_restore": pipe["post_data_s"] / ours["post_data_s"],
-                  "cpu_ours_vs_psql_pipe": pipe["cpu_s"] / ours["cpu_s"],
-                  "cpu_ours_vs_pg_dump_restore": dump["cpu_s"] / ours["cpu_s"]}
-        print(f"bench: ours_vs_psql_pipe={ratios['ours_vs_psql_pipe']:.2f}x "
-              f"ours_vs_pg_dump_restore={ratios['ours_vs_pg_dump_restore']:.2f}x "
-              f"peak_worker_MB={ours['peak_worker_MB']:.0f} "
-              f"(copy only {ratios['copy_only_ours_vs_psql_pipe']:.2f}x, "
-              f"post-data {ratios['post_data_ours_vs_pg_restore']:.2f}x; higher = ours faster)")
-        print(f"bench: cpu_s ours={ours['cpu_s']:.1f} psql_pipe={pipe['cpu_s']:.1f} "
-              f"pg_dump_restore={dump['cpu_s']:.1f} (all processes of both servers and every client; "
-              f"cpu_ours_vs_psql_pipe={ratios['cpu_ours_vs_psql_pipe']:.2f}x "
-              f"cpu_ours_vs_pg_dump_restore={ratios['cpu_ours_vs_pg_dump_restore']:.2f}x)")
-        rounded = {k: {f: round(v, 3) if isinstance(v, float) else v for f, v in r.items()}
-                   for k, r in results.items()}
-        print("bench-json: " + json.dumps({
-            "postgres": source.major, "scale": args.scale, "jobs": args.jobs, "cores": os.cpu_count(),
-            "table_data_MB": round(data_mb, 1), "tables": len(tables), "rows": sum(expected.values()),
-            "runs": rounded, "ratios": {k: round(v, 3) for k, v in ratios.items()},
-            "peak_worker_MB": round(ours["peak_worker_MB"], 1)}), flush=True)
+              f"destination_port={destination.port} workdir={base} cores={os.cpu_count()} jobs={args.jobs}",
+              flush=True)
+        for scale, extras in args.scales:
+            tables, data_mb, expected = prepare_dataset(source, base, (scale, extras), args.reuse)
+            for round_no in range(1, args.repeat + 1):
+                results = compare(source, destination, base, args, tables, data_mb, expected)
+                failed = failed or not all(r["verified"] for r in results.values())
+                summaries.append(report_round(scale, round_no, results, data_mb))
+        for item in summaries:
+            runs = item["runs"]
+            print(f"bench: summary scale={item['scale']} round={item['round']} " + " ".join(
+                f"{name}={r['total_s']:.1f}s/{r['cpu_s']:.1f}cpu-s/{r['cores_busy']:.2f}cores"
+                for name, r in runs.items()) + f" ratio_vs_pipe={item['ratios'].get('ours_vs_psql_pipe', 0):.2f}x",
+                flush=True)
     except KeyboardInterrupt:
         print("bench: interrupted, stopping the servers", file=sys.stderr, flush=True)
         failed = True

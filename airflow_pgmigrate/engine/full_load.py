@@ -15,6 +15,10 @@ skips committed chunks. When the original snapshot is gone (the worker died), ev
 emptied and copied again whole under a new snapshot, taken from a temporary slot at LSN B; the table's start LSN
 becomes B, so incremental sync applies its changes only after B (the slot still holds them from the original
 consistent point A for the tables that finished). See docs/full_load.md.
+
+Index builds. With schema migration, the same workers build each table's indexes and keys as soon as its last chunk
+commits, beside the other tables' copies (``engine.index_builds``); each build is recorded in its own transaction, so a
+retry builds nothing twice and post_data skips them. The order of the work counts copy plus index build time.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.config_entries import unmatched_entries
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import tables_without_rows
+from airflow_pgmigrate.engine.index_builds import INDEX_COST, BuildResult, IndexBuilder, source_index_bytes
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
 from airflow_pgmigrate.engine.nonstreamed import LargeObjectRoles, sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.pgdump import (
@@ -46,7 +51,7 @@ from airflow_pgmigrate.engine.pgdump import (
     psql_command,
 )
 from airflow_pgmigrate.engine.publication import ensure_publication
-from airflow_pgmigrate.engine.schema import read_source_schema
+from airflow_pgmigrate.engine.schema import TableBuild, read_source_schema, table_builds
 from airflow_pgmigrate.engine.slots import drop_leftover_slot, watch_slot_creation
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.engine.state import MigrationState
@@ -103,6 +108,14 @@ class TablePlan:
     column_types: dict[str, str] = field(default_factory=dict)
     #: Destination columns whose TOASTed values the source could not compress (see ``_incompressible_columns``).
     incompressible: list[str] = field(default_factory=list)
+    #: The source's index bytes: what building the table's indexes on the destination costs (0 when the load does
+    #: not build them, and in older plans).
+    index_bytes: int = 0
+
+    @property
+    def index_cost(self) -> float:
+        """Estimated index build cost, in the unit of ``cost`` (heap bytes copied)."""
+        return INDEX_COST * self.index_bytes
 
     @property
     def source_name(self) -> QualifiedName:
@@ -173,19 +186,29 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
         plan.incompressible = [target_columns[columns.index(c)] for c in incompressible]
         # A TOAST byte costs about TOAST_COST heap bytes, unless its compression attempts are skipped.
         plan.cost = heap_bytes + (1.0 if incompressible else TOAST_COST) * toast_bytes
+        if config.wants("schema") and config.full_load.build_indexes:  # the load builds them: part of its cost
+            plan.index_bytes = source_index_bytes(src, table.oid)
         plans.append(plan)
         tables.append(table)
+    _split(config, src, plans, tables, jobs or config.full_load.parallel_jobs, version)
+    plans.sort(key=lambda p: p.cost + p.index_cost, reverse=True)
+    return plans
+
+
+def _split(config: MigrationConfig, src: psycopg.Connection, plans: list[TablePlan], tables: list[catalog.TableInfo],
+           jobs: int, version: int) -> None:
+    """Give each plan its chunks. ``auto`` splits only a table that would be the load's long pole (its copy plus its
+    index builds over one job's share of the whole), into parts that leave room in a share for its index builds."""
     split_bytes = config.full_load.split_bytes
-    share = sum(p.cost for p in plans) / max(1, jobs or config.full_load.parallel_jobs)
+    share = sum(p.cost + p.index_cost for p in plans) / max(1, jobs)
     for plan, table in zip(plans, tables, strict=True):
         if split_bytes is not None:
             parts = math.ceil(plan.size_bytes / split_bytes) if plan.size_bytes > split_bytes else 1
+        elif plan.cost + plan.index_cost > max(AUTO_SPLIT_MIN_BYTES, share) and plan.cost > AUTO_SPLIT_MIN_BYTES:
+            parts = math.ceil(plan.cost / max(share - plan.index_cost, share / max(1, jobs)))
         else:
-            # auto: split only a table that would be the load's long pole, into parts about one job's share.
-            parts = math.ceil(plan.cost / share) if plan.cost > max(AUTO_SPLIT_MIN_BYTES, share) else 1
+            parts = 1
         plan.chunks = _chunks(src, table, min(MAX_PARTS, parts), version)
-    plans.sort(key=lambda p: p.cost, reverse=True)
-    return plans
 
 
 def nothing_selected(config: MigrationConfig, dbname: str) -> str:
@@ -318,6 +341,21 @@ class SnapshotSource:
         self.conn.close()
 
 
+@dataclass
+class LoadStart:
+    """What an attempt starts from: the plan, what an earlier attempt recorded, and whether it starts afresh."""
+
+    plans: list[TablePlan]
+    previous: dict[str, Any]
+    done: dict[str, dict[str, Any]]
+    fresh: bool
+    incremental: bool
+    version: int
+    definition_only: list[str]
+    #: The recorded report, when an earlier attempt completed the load.
+    completed: dict[str, Any] | None = None
+
+
 class FullLoad:
     """One full load of one migration. ``run()`` returns the report (a JSON-able dict)."""
 
@@ -341,6 +379,11 @@ class FullLoad:
         self._started = 0.0
         self._stop = threading.Event()
         self._active: dict[str, int] = {}  # destination table -> chunks being written now
+        self._ready = threading.Condition(self._lock)  # work queued, or work finished
+        self._busy = 0  # chunks and builds in progress
+        self._builds: dict[str, list[TableBuild]] = {}  # source table -> builds waiting for its copy
+        self._builder: IndexBuilder | None = None
+        self._built: list[BuildResult] = []
         self._psql = _find_psql(source)
 
     # -- state ---------------------------------------------------------------------------------------------------
@@ -671,39 +714,75 @@ class FullLoad:
         while conn.get_result() is not None:
             pass
 
-    def _worker(self, queue: list[tuple[TablePlan, Chunk]], snapshot: str,
-                on_done: Callable[[TablePlan, ChunkResult], None]) -> None:
+    def _worker(self, queue: list[Work], snapshot: str, on_done: Callable[[TablePlan, ChunkResult], None]) -> None:
+        """Take work until none is left nor can come: chunks, and the index builds of tables whose copy committed."""
         src = connect(self.source, autocommit=False)
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         src.read_only = True
         dst = connect(self.destination, autocommit=True)
         self._defer_foreign_keys(dst)
         try:
-            while not self._stop.is_set():
-                with self._lock:
-                    if not queue:
-                        return
-                    plan, chunk = _next_chunk(queue, self._active)
-                    self._active[plan.target] = self._active.get(plan.target, 0) + 1
+            while (item := self._take(queue)) is not None:
+                plan, work, idle = item
                 try:
-                    result = self._copy_chunk(plan, chunk, snapshot, src, dst)
-                except psycopg.Error as exc:
-                    self._stop.set()
-                    message = (exc.diag.message_primary or str(exc)).strip()
-                    raise FullLoadError(f"copying {chunk.id} into {plan.target} failed: {message}") from None
+                    if isinstance(work, TableBuild):
+                        self._build(plan, work, idle)
+                        continue
+                    try:
+                        result = self._copy_chunk(plan, work, snapshot, src, dst)
+                    except psycopg.Error as exc:
+                        self._stop.set()
+                        message = (exc.diag.message_primary or str(exc)).strip()
+                        raise FullLoadError(f"copying {work.id} into {plan.target} failed: {message}") from None
+                    on_done(plan, result)
                 finally:
-                    with self._lock:
-                        self._active[plan.target] -= 1
-                on_done(plan, result)
+                    self._release(plan, work)
         finally:
             src.close()
             dst.close()
 
+    def _take(self, queue: list[Work]) -> tuple[TablePlan, Chunk | TableBuild, int] | None:
+        """The next work (with the jobs idle once it runs), waiting while the queue is empty but work in progress may
+        add index builds to it; None when nothing is left."""
+        with self._ready:
+            while not self._stop.is_set():
+                if queue:
+                    plan, work = _next_chunk(queue, self._active)
+                    if isinstance(work, Chunk):
+                        self._active[plan.target] = self._active.get(plan.target, 0) + 1
+                    self._busy += 1
+                    return plan, work, self.jobs - self._busy
+                if not self._busy:
+                    return None
+                self._ready.wait(0.5)
+            return None
+
+    def _release(self, plan: TablePlan, work: Chunk | TableBuild) -> None:
+        with self._ready:
+            if isinstance(work, Chunk):
+                self._active[plan.target] -= 1
+            self._busy -= 1
+            self._ready.notify_all()
+
+    def _build(self, plan: TablePlan, build: TableBuild, idle: int) -> None:
+        assert self._builder is not None
+        result = self._builder.build(plan.source, build, idle, plan.index_bytes)
+        with self._lock:
+            self._built.append(result)
+
+    def _queue_builds(self, queue: list[Work], plan: TablePlan) -> None:
+        """Queue a table's index builds (its copy committed; none before they are planned); caller holds the lock."""
+        queue.extend((plan, b) for b in self._builds.pop(plan.source, []))
+        queue.sort(key=_priority, reverse=True)
+        self._ready.notify_all()
+
     def _copy_all(self, plans: list[TablePlan], todo: list[tuple[TablePlan, Chunk]], snapshot: str,
                   results: dict[str, ChunkResult]) -> None:
-        if not todo:
-            return
         remaining = {p.source: sum(1 for q, _ in todo if q.source == p.source) for p in plans}
+        queue: list[Work] = list(todo)
+        builds = self.config.wants("schema") and self.config.full_load.build_indexes
+        if not queue and not builds:
+            return
         total_tables = sum(1 for v in remaining.values() if v)
         done_tables = 0
         self._planned_bytes = sum(p.size_bytes // max(1, len(p.chunks)) for p, _ in todo)
@@ -715,6 +794,7 @@ class FullLoad:
                 remaining[plan.source] -= 1
                 if remaining[plan.source] == 0:
                     done_tables += 1
+                    self._queue_builds(queue, plan)
                 elapsed = max(1e-6, time.monotonic() - self._started)
                 rate = self._copied_bytes / elapsed
                 left = max(0, self._planned_bytes - self._copied_bytes)
@@ -727,10 +807,13 @@ class FullLoad:
             self.metric("pgmigrate.full_load.rows", result.rows, tags)
             self.metric("pgmigrate.full_load.bytes", result.bytes, tags)
 
-        queue = list(todo)
-        workers = max(1, min(self.jobs, len(queue)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="copy") as pool:
-            futures = [pool.submit(self._worker, queue, snapshot, on_done) for _ in range(workers)]
+        workers = max(1, self.jobs if builds else min(self.jobs, len(queue)))
+        with ThreadPoolExecutor(max_workers=workers + builds, thread_name_prefix="copy") as pool:
+            futures = []
+            if builds:
+                self._busy += 1  # the planning, until it queued what it found
+                futures.append(pool.submit(self._plan_builds, plans, queue, remaining))
+            futures += [pool.submit(self._worker, queue, snapshot, on_done) for _ in range(workers)]
             wait(futures, return_when=FIRST_EXCEPTION)
             errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
             if errors:
@@ -754,6 +837,39 @@ class FullLoad:
     def run(self) -> dict[str, Any]:
         self._started = time.monotonic()
         config = self.config
+        start = self._start()
+        if start.completed is not None:
+            return start.completed
+        plans, previous = start.plans, start.previous
+        record: dict[str, Any] = {
+            "migration": config.name,
+            "slot": config.slot_name if start.incremental else None,
+            "publication": config.publication_name if start.incremental else None,
+            "plan": [asdict(p) for p in plans],
+            "definition_only": start.definition_only,  # rows not migrated (objects.exclude_data): sync skips them
+            "table_start_lsn": dict(previous.get("table_start_lsn") or {}),
+        }
+        results: dict[str, ChunkResult] = {}
+        snapshot, todo = self._snapshot_and_todo(start, record)
+        overridden: list[tuple[str, str]] = []
+        try:
+            overridden = self._skip_compression({p.target for p, _ in todo}, plans)
+            self._copy_all(plans, todo, snapshot.name, results)
+            sequences = self._copy_sequences(snapshot.name)
+            large_objects = self._copy_large_objects(snapshot.name)
+        finally:
+            snapshot.close()  # the exporting connection outlives every copy worker
+            try:
+                self._restore_storage(overridden)
+            except (PgMigrateError, psycopg.Error) as exc:  # never hides the copy's own error; retried next run
+                self.log(f"full_load warning: column storage not restored yet (a retry restores it): {exc}")
+        record.update({"resumed": bool(start.done) and not start.fresh, "chunks_copied_now": len(results),
+                       "sequences": sequences, "large_objects": large_objects})
+        return self._finish(record, plans, results)
+
+    def _start(self) -> LoadStart:
+        """Read what an earlier attempt left, decide between starting afresh and resuming, and plan."""
+        config = self.config
         incremental = config.wants("incremental")
         slot = config.slot_name
         with connect(self.source) as src, connect(self.destination) as dst:
@@ -767,7 +883,8 @@ class FullLoad:
             slot_there = self._slot_exists(src, slot) if incremental else False
             if previous.get("completed") and (slot_there or not incremental):
                 self.log(f"full_load already completed for migration={config.name}: nothing to do")
-                return {**previous, "resumed": False, "already_completed": True}
+                completed = {**previous, "resumed": False, "already_completed": True}
+                return LoadStart(plans, previous, done, False, incremental, version, definition_only, completed)
             fresh = not previous.get("consistent_lsn") or (incremental and not slot_there)
             if fresh and (previous or done):
                 # The slot is gone (or the plan was never recorded): the whole load starts over.
@@ -782,53 +899,65 @@ class FullLoad:
                     # Created by an attempt that died before recording it: its snapshot is gone, start afresh.
                     drop_leftover_slot(src, slot, self.log)
                 self._ensure_publication(src, plans)
-        record: dict[str, Any] = {
-            "migration": config.name,
-            "slot": slot if incremental else None,
-            "publication": config.publication_name if incremental else None,
-            "plan": [asdict(p) for p in plans],
-            "definition_only": definition_only,  # rows not migrated (objects.exclude_data): sync skips them
-            "table_start_lsn": dict(previous.get("table_start_lsn") or {}),
-        }
-        results: dict[str, ChunkResult] = {}
-        resumed = bool(done) and not fresh
-        if fresh:
-            snapshot = self._create_slot(slot, temporary=False, version=version) if incremental \
+        return LoadStart(plans, previous, done, fresh, incremental, version, definition_only)
+
+    def _snapshot_and_todo(self, start: LoadStart,
+                           record: dict[str, Any]) -> tuple[SnapshotSource, list[tuple[TablePlan, Chunk]]]:
+        """The snapshot to copy in (the slot's, or a temporary slot's on a resume) and the chunks to copy in it;
+        records the consistent point and each table's start LSN before any copy."""
+        plans, slot = start.plans, self.config.slot_name
+        if start.fresh:
+            snapshot = self._create_slot(slot, temporary=False, version=start.version) if start.incremental \
                 else self._plain_snapshot()
             record["consistent_lsn"] = snapshot.lsn
             record["table_start_lsn"] = {p.source: snapshot.lsn for p in plans}
             record["snapshot"] = self._snapshot_description(snapshot.name)
             self.state.put("full_load", record)
-            todo = _largest_first([(p, c) for p in plans for c in p.chunks])
-        else:
-            record["consistent_lsn"] = previous["consistent_lsn"]
-            record["snapshot"] = previous.get("snapshot")
-            unfinished = [p for p in plans if any(c.id not in done for c in p.chunks)]
-            self.log(f"full_load resuming: chunks_done={len(done)} tables_to_redo={len(unfinished)} "
-                     f"(their earlier snapshot is gone: each is emptied and copied again whole)")
-            with connect(self.destination) as dst:
-                self._truncate(dst, unfinished)
-                for p in unfinished:
-                    dst.execute(sql.SQL("DELETE FROM {} WHERE migration = %s AND table_name = %s").format(
-                        self.state.chunks_table), (config.name, p.source))
-            snapshot = self._create_slot(f"{slot}_resume", temporary=True, version=version) if incremental \
-                else self._plain_snapshot()
+            return snapshot, _largest_first([(p, c) for p in plans for c in p.chunks])
+        record["consistent_lsn"] = start.previous["consistent_lsn"]
+        record["snapshot"] = start.previous.get("snapshot")
+        unfinished = [p for p in plans if any(c.id not in start.done for c in p.chunks)]
+        self.log(f"full_load resuming: chunks_done={len(start.done)} tables_to_redo={len(unfinished)} "
+                 f"(their earlier snapshot is gone: each is emptied and copied again whole)")
+        with connect(self.destination) as dst:
+            self._truncate(dst, unfinished)
             for p in unfinished:
-                record["table_start_lsn"][p.source] = snapshot.lsn
-            self.state.put("full_load", record)
-            todo = _largest_first([(p, c) for p in unfinished for c in p.chunks])
-        overridden: list[tuple[str, str]] = []
+                dst.execute(sql.SQL("DELETE FROM {} WHERE migration = %s AND table_name = %s").format(
+                    self.state.chunks_table), (self.config.name, p.source))
+        snapshot = self._create_slot(f"{slot}_resume", temporary=True, version=start.version) \
+            if start.incremental else self._plain_snapshot()
+        for p in unfinished:
+            record["table_start_lsn"][p.source] = snapshot.lsn
+        self.state.put("full_load", record)
+        return snapshot, _largest_first([(p, c) for p in unfinished for c in p.chunks])
+
+    def _plan_builds(self, plans: list[TablePlan], queue: list[Work], remaining: dict[str, int]) -> None:
+        """Plan the index and key builds post_data would run for the copied tables (pg_dump), while the first chunks
+        copy; queue those of tables copied already. Those the destination holds already are left out; a planning
+        failure leaves every build to post_data. Counted as work in progress, so no worker ends before it."""
+        preamble, builds = "", list[TableBuild]()
         try:
-            overridden = self._skip_compression({p.target for p, _ in todo}, plans)
-            self._copy_all(plans, todo, snapshot.name, results)
-            sequences = self._copy_sequences(snapshot.name)
-            large_objects = self._copy_large_objects(snapshot.name)
+            preamble, builds = table_builds(self.config, self.source, self.destination)
+        except (PgMigrateError, psycopg.Error, OSError) as exc:
+            self.log(f"full_load index builds left to post_data (planning them failed): {exc}")
         finally:
-            snapshot.close()  # the exporting connection outlives every copy worker
-            try:
-                self._restore_storage(overridden)
-            except (PgMigrateError, psycopg.Error) as exc:  # never hides the copy's own error; retried next run
-                self.log(f"full_load warning: column storage not restored yet (a retry restores it): {exc}")
+            copied = {p.source for p in plans if not p.staging}
+            with self._ready:
+                self._builder = IndexBuilder(self.destination, self.state, preamble, self.log)
+                for build in builds:
+                    if str(build.table) in copied:
+                        self._builds.setdefault(str(build.table), []).append(build)
+                for plan in plans:
+                    if not remaining[plan.source]:
+                        self._queue_builds(queue, plan)  # copied already (or by an earlier attempt)
+                self._busy -= 1
+                self._ready.notify_all()
+        self.log(f"full_load index_builds={sum(len(b) for b in self._builds.values())} "
+                 f"tables={len(self._builds)} (each table's start as soon as its copy is committed)")
+
+    def _finish(self, record: dict[str, Any], plans: list[TablePlan],
+                results: dict[str, ChunkResult]) -> dict[str, Any]:
+        """Complete the report from the committed chunks and the builds, record it as completed and log it."""
         with connect(self.destination) as dst:
             all_done = self._done_chunks(dst)
         tables = {}
@@ -842,20 +971,19 @@ class FullLoad:
         copied = sum(r.bytes for r in results.values())
         record.update({
             "completed": True,
-            "resumed": resumed,
             "tables": tables,
             "rows": sum(t["rows"] for t in tables.values()),
             "bytes": sum(t["bytes"] for t in tables.values()),
             "skipped_rows": sum(t["skipped_rows"] for t in tables.values()),
-            "chunks_copied_now": len(results),
-            "sequences": sequences,
-            "large_objects": large_objects,
+            "indexes_built_now": sorted(b.build.id for b in self._built if b.built),
+            "index_builds_left_to_post_data": sorted(b.build.id for b in self._built if b.error),
             "seconds": round(seconds, 3),
             "mb_per_second": round(copied / 1048576 / max(seconds, 1e-6), 2),
         })
         self.state.put("full_load", record)
         self.log(f"full_load done tables={len(tables)} rows={record['rows']} MB={record['bytes'] / 1048576:.1f} "
-                 f"seconds={seconds:.1f} MB/s={record['mb_per_second']} consistent_lsn={record['consistent_lsn']}")
+                 f"indexes_built={len(record['indexes_built_now'])} seconds={seconds:.1f} "
+                 f"MB/s={record['mb_per_second']} consistent_lsn={record['consistent_lsn']}")
         return record
 
     def _definition_only(self, src: psycopg.Connection, plans: list[TablePlan]) -> list[str]:
@@ -946,22 +1074,44 @@ def _where_clause(conditions: list[str]) -> sql.Composable:
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(sql.SQL(f"({c})") for c in conditions)
 
 
+#: Work for a copy worker: a chunk to copy, or an index build of a table whose copy committed.
+Work = tuple[TablePlan, "Chunk | TableBuild"]
+
+
+def _priority(item: Work) -> float:
+    """The work a job has ahead once it starts this: a chunk's own cost plus its table's index builds (which wait
+    for it), or a build's share of its table's index builds. The longest chains start first."""
+    plan, work = item
+    if isinstance(work, TableBuild):
+        return plan.index_cost
+    return (plan.cost or plan.size_bytes) / max(1, work.parts) + plan.index_cost
+
+
 def _largest_first(todo: list[tuple[TablePlan, Chunk]]) -> list[tuple[TablePlan, Chunk]]:
-    """Chunks in decreasing estimated cost, so the long ones start first and the short ones fill the gaps."""
-    return sorted(todo, key=lambda item: (item[0].cost or item[0].size_bytes) / max(1, item[1].parts), reverse=True)
+    """Chunks in decreasing estimated cost (with their table's index builds), so the long ones start first and the
+    short ones fill the gaps."""
+    return sorted(todo, key=_priority, reverse=True)
 
 
-def _next_chunk(queue: list[tuple[TablePlan, Chunk]],
-                active: dict[str, int]) -> tuple[TablePlan, Chunk]:
-    """Take the largest chunk of a table no other worker is writing, else the largest chunk.
+def _next_chunk(queue: list[Work], active: dict[str, int]) -> Work:
+    """Take the costliest work, passing over a chunk of a table another worker is writing for shorter work of
+    another table, unless that work is shorter than the chunk's own copy.
 
     Parts of one table copied at the same time compete for the table's extension lock on the destination (before
-    PostgreSQL 16 it serialises them); two different tables do not. So parts of a split table run side by side only
-    when nothing else is left.
+    PostgreSQL 16 it serialises them); two different tables do not. So parts of a split table run side by side when
+    nothing comparable is left, or when the table's index builds, which wait for its last part, make it the long
+    pole. An index build reads its table, written by nobody by then.
     """
-    for i, (plan, _) in enumerate(queue):
-        if not active.get(plan.target):
-            return queue.pop(i)
+    first_plan, first = queue[0]
+    if isinstance(first, TableBuild) or not active.get(first_plan.target):
+        return queue.pop(0)
+    if not first_plan.index_bytes:  # no builds wait for the table: keep its parts apart while anything else is left
+        return next((queue.pop(i) for i, (p, w) in enumerate(queue) if not active.get(p.target)), None) \
+            or queue.pop(0)
+    own_copy = (first_plan.cost or first_plan.size_bytes) / max(1, first.parts)
+    for i, (plan, work) in enumerate(queue):
+        if isinstance(work, TableBuild) or not active.get(plan.target):
+            return queue.pop(i) if _priority((plan, work)) >= own_copy else queue.pop(0)
     return queue.pop(0)
 
 

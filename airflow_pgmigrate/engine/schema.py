@@ -2,8 +2,9 @@
 
 ``pre_data`` (before the full load) creates schemas, extensions, types, domains, sequences, tables, views, functions,
 rules and comments in ONE destination transaction. ``post_data`` (after the full load) builds primary keys, unique and
-exclusion constraints and indexes in parallel, then triggers, foreign keys and the rest in one transaction, and
-refreshes materialized views.
+exclusion constraints and indexes in parallel (skipping those the full load built as each table's copy committed,
+see :func:`table_builds`), then triggers, foreign keys and the rest in one transaction, and refreshes materialized
+views.
 
 pg_dump is the source of truth for definitions. Both sections of the database are dumped; their entries are selected
 (only the selected tables, what they need, whole schemas when schemas are selected, database-wide objects with the
@@ -59,11 +60,11 @@ from airflow_pgmigrate.engine.rewrite import (
     statement_text,
 )
 from airflow_pgmigrate.engine.secrets import redact
+from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
-    from airflow_pgmigrate.engine.state import MigrationState
 
 PHASES = ("pre_data", "post_data")
 #: Entry types built in parallel in post-data (each in its own transaction).
@@ -1309,6 +1310,18 @@ class RoleMapper:
         return ";\n".join(kept) + (";\n" if kept else "")
 
 
+@dataclass
+class _PhasePlan:
+    """What a phase is about to do: the source's schema, pg_dump's session settings and the renamed entries."""
+
+    src: SourceSchema
+    dst_major: int
+    preamble: str
+    plan: list[PlannedEntry]
+    schemas: list[str]
+    rewriter: DefinitionRewriter
+
+
 def migrate_schema(
     config: MigrationConfig,
     source: ConnectionInfo,
@@ -1323,6 +1336,44 @@ def migrate_schema(
         raise SchemaMigrationError(f"unknown schema phase {phase!r}: use one of {', '.join(PHASES)}")
     started = time.monotonic()
     report = SchemaReport(config.name, phase)
+    planned = _plan_phase(config, source, destination, phase, report, log)
+    plan = planned.plan
+    with connect(destination) as dst_conn:
+        if phase == "post_data":
+            _skip_built_by_full_load(dst_conn, plan, state or MigrationState(
+                destination, config.state_schema, config.name), report)
+        others = _other_schemas(dst_conn, {planned.rewriter.schema(s) for s in planned.schemas}
+                                | {config.state_schema})
+        _decide_existing(dst_conn, plan, config, phase, state, destination, planned.dst_major, others, report)
+    todo = [p for p in plan if p.run]
+    for item in plan:
+        if not item.run:
+            log(f"schema skip object={item.entry} reason={item.reason}")
+    log(f"schema phase={phase} to_create={len(todo)} skipped={len(plan) - len(todo)}")
+    if phase == "pre_data":
+        def record(conn: psycopg.Connection) -> None:
+            # In the phase's own transaction: a worker dying right after the commit still leaves the objects
+            # marked as this migration's, so the retry skips them instead of reporting conflicts.
+            assert state is not None
+            state.write(conn, "schema.pre_data", {**report.to_dict(), "completed": True})
+
+        _run_in_one_transaction(destination, planned.preamble, todo, report, log,
+                                before_commit=record if state is not None else None)
+    else:
+        _run_post_data(destination, planned.preamble, todo, config.schema_migration.index_jobs, report, log)
+        report.refreshed += [v["view"] for v in sync_materialized_views(config, planned.src, source, destination,
+                                                                         log=log) if v["action"] == "refreshed"]
+    report.seconds = time.monotonic() - started
+    if state is not None:
+        state.put(f"schema.{phase}", {**report.to_dict(), "completed": True})
+    log(f"schema phase={phase} done created={sum(report.created.values())} skipped={len(report.skipped)} "
+        f"differing={len(report.differing)} review={len(report.review)} seconds={report.seconds:.1f}")
+    return report
+
+
+def _plan_phase(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, phase: str,
+                report: SchemaReport, log: Callable[[str], None]) -> _PhasePlan:
+    """Dump the source's definitions, select and rename the phase's entries (nothing changes yet)."""
     with connect(source) as src_conn:
         src = read_source_schema(src_conn, config)
         if phase == "pre_data" and not config.schema_migration.migrate_grants:
@@ -1357,34 +1408,48 @@ def migrate_schema(
         if roles_mapped or item.entry.type == "USER MAPPING":  # a user mapping names its role in any case
             item.sql = mapper.apply(item.sql, report, str(item.entry))
     plan = [p for p in plan if p.sql.strip()]
+    return _PhasePlan(src, dst_major, preamble, plan, schemas, rewriter)
 
-    with connect(destination) as dst_conn:
-        others = _other_schemas(dst_conn, {rewriter.schema(s) for s in schemas} | {config.state_schema})
-        _decide_existing(dst_conn, plan, config, phase, state, destination, dst_major, others, report)
-    todo = [p for p in plan if p.run]
+
+@dataclass
+class TableBuild:
+    """A post-data index or key (primary key, unique, exclusion constraint) of one table, which the full load
+    builds as soon as the table's copy is committed."""
+
+    #: The entry as post_data names it (``str(DumpEntry)``): the id under which the build is recorded.
+    id: str
+    table: QualifiedName
+    statement: str
+
+
+def table_builds(config: MigrationConfig, source: ConnectionInfo,
+                 destination: ConnectionInfo) -> tuple[str, list[TableBuild]]:
+    """(pg_dump's session settings, the indexes and keys of the selected tables that post_data would build and the
+    destination does not hold yet). Foreign keys, triggers and the rest are not among them: they wait for all data."""
+    report = SchemaReport(config.name, "post_data")
+    planned = _plan_phase(config, source, destination, "post_data", report, lambda message: None)
+    builds = []
+    with connect(destination) as conn:
+        for item in planned.plan:
+            if item.entry.type not in PARALLEL_TYPES or item.table is None:
+                continue
+            what = _created_object(item.sql)
+            if what is not None and _exists(conn, what, item.entry.name):
+                continue  # post_data compares it with the source's, as for any existing object
+            builds.append(TableBuild(str(item.entry), item.table, item.entry.settings + item.sql))
+    return planned.preamble, builds
+
+
+def _skip_built_by_full_load(conn: psycopg.Connection, plan: list[PlannedEntry], state: MigrationState,
+                             report: SchemaReport) -> None:
+    """Entries the full load built (recorded with their build): skipped, and said so in the report."""
+    built = state.built_by_full_load(conn)
     for item in plan:
-        if not item.run:
-            log(f"schema skip object={item.entry} reason={item.reason}")
-    log(f"schema phase={phase} to_create={len(todo)} skipped={len(plan) - len(todo)}")
-    if phase == "pre_data":
-        def record(conn: psycopg.Connection) -> None:
-            # In the phase's own transaction: a worker dying right after the commit still leaves the objects
-            # marked as this migration's, so the retry skips them instead of reporting conflicts.
-            assert state is not None
-            state.write(conn, "schema.pre_data", {**report.to_dict(), "completed": True})
-
-        _run_in_one_transaction(destination, preamble, todo, report, log,
-                                before_commit=record if state is not None else None)
-    else:
-        _run_post_data(destination, preamble, todo, config.schema_migration.index_jobs, report, log)
-        report.refreshed += [v["view"] for v in sync_materialized_views(config, src, source, destination, log=log)
-                             if v["action"] == "refreshed"]
-    report.seconds = time.monotonic() - started
-    if state is not None:
-        state.put(f"schema.{phase}", {**report.to_dict(), "completed": True})
-    log(f"schema phase={phase} done created={sum(report.created.values())} skipped={len(report.skipped)} "
-        f"differing={len(report.differing)} review={len(report.review)} seconds={report.seconds:.1f}")
-    return report
+        seconds = built.get(str(item.entry))
+        if seconds is not None and item.entry.type in PARALLEL_TYPES:
+            item.run = False
+            item.reason = f"built by the full load right after its table was copied ({seconds:.1f} s)"
+            report.skip(str(item.entry), item.reason)
 
 
 def _review_narrowed_privileges(conn: psycopg.Connection, src: SourceSchema, report: SchemaReport) -> None:
@@ -1418,6 +1483,8 @@ def _decide_existing(conn: psycopg.Connection, plan: list[PlannedEntry], config:
     create nothing (comments, grants, options) are skipped when the destination's own dump has them identical."""
     existing: list[PlannedEntry] = []
     for item in plan:
+        if not item.run:
+            continue  # decided already (built by the full load)
         what = _created_object(item.sql)
         if what is not None and _exists(conn, what, item.entry.name):
             item.creates = (what[0], str(what[1]))

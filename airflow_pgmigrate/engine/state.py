@@ -28,6 +28,20 @@ class MigrationState:
         """One row per full-load chunk committed, written in the same transaction as the chunk's rows."""
         return sql.Identifier(self.schema, "full_load_chunks")
 
+    @property
+    def index_builds_table(self) -> sql.Identifier:
+        """One row per index or key the full load built, written in the same transaction as the build."""
+        return sql.Identifier(self.schema, "full_load_index_builds")
+
+    def built_by_full_load(self, conn: Any) -> dict[str, float]:
+        """The post-data entries (as the schema phase names them) the full load built -> seconds; {} before any."""
+        exists = conn.execute("SELECT to_regclass(%s)", (self.index_builds_table.as_string(conn),)).fetchone()
+        if not exists or exists[0] is None:
+            return {}
+        rows = conn.execute(sql.SQL("SELECT build_id, seconds FROM {} WHERE migration = %s").format(
+            self.index_builds_table), (self.migration,)).fetchall()
+        return {str(r[0]): float(r[1]) for r in rows}
+
     def ensure(self, conn: Any) -> None:
         """Create the state schema and tables if missing."""
         self._ensure(conn)
@@ -42,6 +56,10 @@ class MigrationState:
             "NULL, rows bigint NOT NULL, bytes bigint NOT NULL, seconds double precision NOT NULL, skipped_rows "
             "bigint NOT NULL DEFAULT 0, done_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (migration, "
             "chunk_id))").format(self.chunks_table))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (migration text NOT NULL, build_id text NOT NULL, table_name text NOT "
+            "NULL, seconds double precision NOT NULL, parallel_workers int NOT NULL DEFAULT 0, done_at timestamptz "
+            "NOT NULL DEFAULT now(), PRIMARY KEY (migration, build_id))").format(self.index_builds_table))
 
     def put(self, key: str, value: Any) -> None:
         with connect(self.destination) as conn:
