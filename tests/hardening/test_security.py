@@ -155,6 +155,7 @@ def assert_no_leaks(artifacts: dict[str, str]) -> None:
     assert not found, found
 
 
+@pytest.mark.slow  # over 20 s (a whole DAG under dag.test()): make test-slow
 def test_least_privilege_migration_through_airflow_leaks_no_secret(migration_env, airflow_db, capfd,
                                                                    no_airflow_masking):
     env = migration_env

@@ -80,6 +80,7 @@ def test_automatic_cutover_under_a_write_load(migration_env, airflow_db):
     assert seq == migration_env.src("SELECT last_value FROM public.orders_id_seq")[0][0] + 10
 
 
+@pytest.mark.slow  # over 20 s (a whole DAG under dag.test()): make test-slow
 @pytest.mark.parametrize("answers, outcome", [
     (["Cut over"], "cutover"),
     (["Keep syncing", "Keep syncing", "Cut over"], "cutover"),
@@ -150,6 +151,7 @@ def _ddl_once_verified(env, name: str, halt: threading.Event) -> None:
             "INSERT INTO public.customers (name, vip) VALUES ('late', true)")
 
 
+@pytest.mark.slow  # over 20 s (a whole DAG under dag.test()): make test-slow
 def test_abort_after_the_sync_beside_the_question_failed_still_releases_the_slot(migration_env, airflow_db):
     """The sync beside the question failed; the person answers Abort to give the migration up. The release must run:
     otherwise the slot stays on the source, retaining WAL until its disk fills, and nothing in the UI can release it

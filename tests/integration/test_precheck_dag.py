@@ -110,6 +110,7 @@ def test_a_failed_migration_still_removes_the_rule(migration_env, airflow_db, aw
     assert ingress_cidrs(ec2, sg_id) == []
 
 
+@pytest.mark.slow  # over 20 s (a whole DAG under dag.test()): make test-slow
 def test_an_aborted_migration_removes_the_rule(migration_env, airflow_db, aws_env):
     from tests.integration.hitl import Responder, prepare_orm
     from tests.unit.test_rds import ingress_cidrs
