@@ -25,9 +25,9 @@ from pathlib import Path
 import psycopg
 from common import install_signal_handlers, server_cpu_seconds, workdir_base
 
-from airflow_pgmigrate.engine.apply import Applier, Batch, TableTarget
+from airflow_pgmigrate.engine.incremental.apply import Applier, Batch, TableTarget
+from airflow_pgmigrate.engine.incremental.pgoutput import Change
 from airflow_pgmigrate.engine.names import QualifiedName
-from airflow_pgmigrate.engine.pgoutput import Change
 from airflow_pgmigrate.testing.local_postgres import LocalPostgres
 
 

@@ -20,7 +20,7 @@ FailureKind = Literal["connection", "transient", "permanent"]
 
 #: SQLSTATEs of a session ended by the server: admin_shutdown, crash_shutdown, cannot_connect_now.
 _ENDED_SESSION_STATES = ("57P01", "57P02", "57P03")
-#: How a SyncError says that the replication or destination connection broke (engine/incremental.py).
+#: How a SyncError says that the replication or destination connection broke (engine/incremental/__init__.py).
 _SYNC_CONNECTION_PHRASES = ("connection lost", "the source ended the replication stream", "replication stream failed")
 #: The server ended the replication stream because the session or the server ended: a connection failure.
 _STREAM_ENDED_BY_SHUTDOWN = ("terminating connection", "server closed the connection", "shutting down",

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
-from airflow_pgmigrate.engine.pgoutput import lsn_to_int
+from airflow_pgmigrate.engine.incremental.pgoutput import lsn_to_int
 from airflow_pgmigrate.engine.watchdog import format_bytes
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ import psycopg
 from airflow.sdk import Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_pgmigrate.engine.pgoutput import lsn_to_int
+from airflow_pgmigrate.engine.incremental.pgoutput import lsn_to_int
 from airflow_pgmigrate.engine.question import (
     WAITING_KEY,
     SourceActivity,

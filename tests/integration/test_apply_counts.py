@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_pgmigrate.engine.apply import ApplyError
 from airflow_pgmigrate.engine.incremental import run_incremental
+from airflow_pgmigrate.engine.incremental.apply import ApplyError
 from tests.hardening.rig import applied_lsn, assert_same_data
 from tests.integration.test_incremental import catch_up, start_migration
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from airflow_pgmigrate.engine.apply import Applier, Batch, SetOps, TableTarget, copy_lines
 from airflow_pgmigrate.engine.connection import connect
+from airflow_pgmigrate.engine.incremental.apply import Applier, Batch, SetOps, TableTarget, copy_lines
+from airflow_pgmigrate.engine.incremental.pgoutput import UNCHANGED, Change
 from airflow_pgmigrate.engine.names import QualifiedName
-from airflow_pgmigrate.engine.pgoutput import UNCHANGED, Change
 from tests.integration.test_incremental import assert_equal, catch_up, start_migration
 
 pytestmark = pytest.mark.integration

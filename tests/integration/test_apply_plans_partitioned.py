@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from airflow_pgmigrate.engine.apply import Applier, Batch, TableTarget
 from airflow_pgmigrate.engine.connection import connect
+from airflow_pgmigrate.engine.incremental.apply import Applier, Batch, TableTarget
+from airflow_pgmigrate.engine.incremental.pgoutput import Change
 from airflow_pgmigrate.engine.names import QualifiedName
-from airflow_pgmigrate.engine.pgoutput import Change
 
 pytestmark = pytest.mark.integration
 

@@ -7,12 +7,12 @@ import struct
 import time
 from typing import Any
 
-from airflow_pgmigrate.engine.apply import TableTarget
-from airflow_pgmigrate.engine.assembler import Assembler
-from airflow_pgmigrate.engine.batcher import Batcher, BatchLimits, Pace
+from airflow_pgmigrate.engine.incremental.apply import TableTarget
+from airflow_pgmigrate.engine.incremental.assembler import Assembler
+from airflow_pgmigrate.engine.incremental.batcher import Batcher, BatchLimits, Pace
+from airflow_pgmigrate.engine.incremental.pgoutput import Relation
+from airflow_pgmigrate.engine.incremental.positions import PositionTracker, StopConditions
 from airflow_pgmigrate.engine.names import QualifiedName
-from airflow_pgmigrate.engine.pgoutput import Relation
-from airflow_pgmigrate.engine.positions import PositionTracker, StopConditions
 from airflow_pgmigrate.engine.throttle import Throttle
 
 REL = 16384

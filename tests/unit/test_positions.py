@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_pgmigrate.engine.positions import DurableFeedback, Feedback, PositionTracker
+from airflow_pgmigrate.engine.incremental.positions import DurableFeedback, Feedback, PositionTracker
 
 
 def test_nothing_is_reported_flushed_before_the_destination_flushed_its_commit():

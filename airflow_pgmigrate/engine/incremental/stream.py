@@ -1,7 +1,7 @@
 """The replication stream of the incremental sync: START_REPLICATION, CopyData messages, keepalives and standby
 status updates on the source's replication connection.
 
-The stream only carries: what it sends as feedback is produced by the position tracker (engine/positions.py), and
+The stream only carries: what it sends as feedback is produced by the position tracker (engine/incremental/positions.py), and
 :meth:`ReplicationStream.report` is the one place that sends it.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from airflow_pgmigrate.engine.pgoutput import int_to_lsn
-from airflow_pgmigrate.engine.positions import Feedback
+from airflow_pgmigrate.engine.incremental.pgoutput import int_to_lsn
+from airflow_pgmigrate.engine.incremental.positions import Feedback
 from airflow_pgmigrate.exceptions import SyncError
 
 #: Message kinds (first byte of a CopyData message).

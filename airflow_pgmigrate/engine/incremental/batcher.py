@@ -1,5 +1,5 @@
 """The batcher of the incremental sync: changes of many source transactions gathered into one destination write
-(their net effect, :class:`~airflow_pgmigrate.engine.apply.Batch`), cut by size, age and the throttle's caps.
+(their net effect, :class:`~airflow_pgmigrate.engine.incremental.apply.Batch`), cut by size, age and the throttle's caps.
 
 A batch is handed to the writer when it holds enough changes or bytes, has waited ``BATCH_SECONDS``, or the stream
 went quiet; inside one transaction too large to hold, it is written (not committed) in parts. Transactions with
@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from airflow_pgmigrate.engine.apply import Batch, TableTarget
-from airflow_pgmigrate.engine.pgoutput import Begin, Change
-from airflow_pgmigrate.engine.positions import PositionTracker
+from airflow_pgmigrate.engine.incremental.apply import Batch, TableTarget
+from airflow_pgmigrate.engine.incremental.pgoutput import Begin, Change
+from airflow_pgmigrate.engine.incremental.positions import PositionTracker
+from airflow_pgmigrate.engine.incremental.writer import Writer
 from airflow_pgmigrate.engine.throttle import Throttle
-from airflow_pgmigrate.engine.writer import Writer
 
 
 @dataclass(frozen=True)

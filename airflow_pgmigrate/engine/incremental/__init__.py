@@ -1,15 +1,15 @@
 """Incremental sync: stream the slot over the replication protocol, decode pgoutput, apply exactly once.
 
 One ``run()`` streams and applies for a bounded window (or until caught up) and returns the lag. It is a pipeline of
-stages, each in its own module: the **stream** (engine/stream.py: replication connection, keepalives, standby status)
--> the **decoder** (engine/pgoutput.py) -> the **transaction assembler** (engine/assembler.py: begin/commit, streamed
-and spilled transactions, skipped transactions, table targets from engine/targets.py) -> the **batcher**
-(engine/batcher.py: net effect, sizes, the throttle's pace) -> the **writer** (engine/writer.py: the destination
-transaction and its progress row, in a thread of its own). The **position tracker** (engine/positions.py) is the only
+stages, each in its own module: the **stream** (engine/incremental/stream.py: replication connection, keepalives, standby status)
+-> the **decoder** (engine/incremental/pgoutput.py) -> the **transaction assembler** (engine/incremental/assembler.py: begin/commit, streamed
+and spilled transactions, skipped transactions, table targets from engine/incremental/targets.py) -> the **batcher**
+(engine/incremental/batcher.py: net effect, sizes, the throttle's pace) -> the **writer** (engine/incremental/writer.py: the destination
+transaction and its progress row, in a thread of its own). The **position tracker** (engine/incremental/positions.py) is the only
 owner of the positions and the only producer of the feedback sent to the source: nothing is reported flushed before
 the destination has made it durable, so a restart, or a crash of the destination whatever its
 ``synchronous_commit``, at any instant skips what was applied and loses nothing. When a run stops is an input
-(:class:`~airflow_pgmigrate.engine.positions.StopConditions`: the window, the target LSN, the stop-before LSN).
+(:class:`~airflow_pgmigrate.engine.incremental.positions.StopConditions`: the window, the target LSN, the stop-before LSN).
 Rolled-back transactions never reach us (the server decodes committed ones only; streamed ones that abort are
 dropped). Streamed in-progress transactions (protocol 2) spill to a temporary file, so memory stays bounded.
 """
@@ -27,21 +27,21 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from airflow_pgmigrate.engine import catalog
-from airflow_pgmigrate.engine.apply import Applier
-from airflow_pgmigrate.engine.assembler import Assembler
-from airflow_pgmigrate.engine.batcher import Batcher, BatchLimits, Pace
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.failures import sync_failure_message
+from airflow_pgmigrate.engine.incremental.apply import Applier
+from airflow_pgmigrate.engine.incremental.assembler import Assembler
+from airflow_pgmigrate.engine.incremental.batcher import Batcher, BatchLimits, Pace
+from airflow_pgmigrate.engine.incremental.pgoutput import Begin, int_to_lsn, lsn_to_int, pg_time
+from airflow_pgmigrate.engine.incremental.positions import DurableFeedback, PositionTracker, StopConditions
+from airflow_pgmigrate.engine.incremental.stream import KEEPALIVE, XLOG_DATA, ReplicationStream, keepalive_of
+from airflow_pgmigrate.engine.incremental.targets import TableTargets
+from airflow_pgmigrate.engine.incremental.writer import ProgressTable, WriteCounts, Writer, wal_lsn
 from airflow_pgmigrate.engine.names import QualifiedName, TableSelector
-from airflow_pgmigrate.engine.pgoutput import Begin, int_to_lsn, lsn_to_int, pg_time
-from airflow_pgmigrate.engine.positions import DurableFeedback, PositionTracker, StopConditions
 from airflow_pgmigrate.engine.publication import drop_publication
 from airflow_pgmigrate.engine.state import MigrationState
-from airflow_pgmigrate.engine.stream import KEEPALIVE, XLOG_DATA, ReplicationStream, keepalive_of
-from airflow_pgmigrate.engine.targets import TableTargets
 from airflow_pgmigrate.engine.throttle import Throttle
-from airflow_pgmigrate.engine.writer import ProgressTable, WriteCounts, Writer, wal_lsn
 from airflow_pgmigrate.exceptions import SyncError
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from airflow_pgmigrate.engine.incremental.pgoutput import UNCHANGED, Change, Value
 from airflow_pgmigrate.engine.names import QualifiedName
-from airflow_pgmigrate.engine.pgoutput import UNCHANGED, Change, Value
 from airflow_pgmigrate.exceptions import PgMigrateError
 
 #: A set-based statement is planned as index lookups when its staged rows are fewer than this share of the target

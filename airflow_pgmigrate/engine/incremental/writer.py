@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from airflow_pgmigrate.engine.apply import Applier, ApplyError, Batch, RowsNotMatched
-from airflow_pgmigrate.engine.pgoutput import int_to_lsn, lsn_to_int, pg_time
-from airflow_pgmigrate.engine.positions import PositionTracker
+from airflow_pgmigrate.engine.incremental.apply import Applier, ApplyError, Batch, RowsNotMatched
+from airflow_pgmigrate.engine.incremental.pgoutput import int_to_lsn, lsn_to_int, pg_time
+from airflow_pgmigrate.engine.incremental.positions import PositionTracker
 from airflow_pgmigrate.engine.state import MigrationState
 
 

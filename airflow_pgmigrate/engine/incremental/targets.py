@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from airflow_pgmigrate.engine.apply import TableTarget
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.incremental.apply import TableTarget
+from airflow_pgmigrate.engine.incremental.pgoutput import Relation, lsn_to_int
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
-from airflow_pgmigrate.engine.pgoutput import Relation, lsn_to_int
 from airflow_pgmigrate.engine.rewrite import row_filter_for_destination
 from airflow_pgmigrate.engine.sqlfilter import safe_row_filter
 from airflow_pgmigrate.exceptions import SyncError

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from airflow_pgmigrate.engine.batcher import Batcher
-from airflow_pgmigrate.engine.pgoutput import (
+from airflow_pgmigrate.engine.incremental.batcher import Batcher
+from airflow_pgmigrate.engine.incremental.pgoutput import (
     Begin,
     Change,
     Commit,
@@ -29,9 +29,9 @@ from airflow_pgmigrate.engine.pgoutput import (
     Truncate,
     decode_row_change,
 )
-from airflow_pgmigrate.engine.positions import PositionTracker, StopConditions
-from airflow_pgmigrate.engine.stream import PAYLOAD
-from airflow_pgmigrate.engine.targets import TableTargets
+from airflow_pgmigrate.engine.incremental.positions import PositionTracker, StopConditions
+from airflow_pgmigrate.engine.incremental.stream import PAYLOAD
+from airflow_pgmigrate.engine.incremental.targets import TableTargets
 
 #: Changes of a streamed transaction kept in memory before spilling to disk.
 SPILL_BYTES = 32 * 1024 * 1024
