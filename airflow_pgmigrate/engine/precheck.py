@@ -296,7 +296,7 @@ def check_source_privileges(ctx: PrecheckContext) -> list[CheckResult]:
     lacking = _Lacking(_grantee(user))
     _source_read_rights(ctx, roles, lacking)
     if ctx.config.wants("incremental") and not roles.is_super:
-        _source_replication_rights(ctx, roles, lacking)
+        _source_replication_rights(roles, lacking)
         if ctx.config.owns_publication:
             _source_publication_rights(ctx, roles, lacking)
         if ctx.config.cutover.freeze_source:
@@ -339,7 +339,7 @@ def _source_read_rights(ctx: PrecheckContext, roles: _SourceRoles, lacking: _Lac
                         *(f"GRANT SELECT ON LARGE OBJECT {o} TO {to};" for o in objects))
 
 
-def _source_replication_rights(ctx: PrecheckContext, roles: _SourceRoles, lacking: _Lacking) -> None:
+def _source_replication_rights(roles: _SourceRoles, lacking: _Lacking) -> None:
     if not (roles.can_replicate or roles.rds_role):
         lacking.add("the REPLICATION attribute (or rds_replication / rds_superuser on Amazon RDS)",
                     f"ALTER ROLE {lacking.to} REPLICATION;  -- on Amazon RDS: GRANT rds_replication TO {lacking.to};")
@@ -380,16 +380,12 @@ def _source_publication_rights(ctx: PrecheckContext, roles: _SourceRoles, lackin
 
 def _source_freeze_rights(ctx: PrecheckContext, roles: _SourceRoles, lacking: _Lacking) -> None:
     """The cutover's freeze sets the database read-only (its owner) and ends sessions (pg_signal_backend)."""
-    can_signal = roles.can_signal or roles.rds_role
     if not roles.db_owner:
-        lacking.missing.append("ownership of the database (to set it read-only at cutover)")
-    if not can_signal:
-        lacking.missing.append("pg_signal_backend (to end sessions at cutover)")
-    if not roles.db_owner:
-        lacking.fixes.append(f"ALTER DATABASE {_qi(ctx.source.dbname)} OWNER TO {lacking.to};  -- or set "
-                             "cutover.freeze_source: false and stop the application's writes yourself")
-    if not can_signal:
-        lacking.fixes.append(f"GRANT pg_signal_backend TO {lacking.to};")
+        lacking.add("ownership of the database (to set it read-only at cutover)",
+                    f"ALTER DATABASE {_qi(ctx.source.dbname)} OWNER TO {lacking.to};  -- or set "
+                    "cutover.freeze_source: false and stop the application's writes yourself")
+    if not (roles.can_signal or roles.rds_role):
+        lacking.add("pg_signal_backend (to end sessions at cutover)", f"GRANT pg_signal_backend TO {lacking.to};")
 
 
 def check_publication(ctx: PrecheckContext) -> list[CheckResult]:

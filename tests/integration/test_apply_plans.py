@@ -41,6 +41,17 @@ class ExplainingConnection:
         return self.conn.cursor()
 
 
+def apply_explained(env: Any, batch: Batch, table: str) -> list[tuple[str, str]]:
+    """Apply ``batch`` on the destination as incremental sync does (replica role, one transaction) and return each
+    statement writing ``table`` (a quoted qualified name) with the plan it ran under."""
+    with connect(env.destination_info(), autocommit=False) as conn:
+        conn.execute("SET session_replication_role = replica")
+        explaining = ExplainingConnection(conn, table)
+        Applier(explaining, count_rows=True).apply(batch)  # type: ignore[arg-type]
+        conn.commit()
+    return explaining.plans
+
+
 def _target(upsert: bool) -> TableTarget:
     name = QualifiedName("public", "big")
     return TableTarget(source=name, target=name, columns=[(0, "id"), (1, "v"), (2, "body")], key=[0],
@@ -75,12 +86,8 @@ def test_small_batch_against_large_table_is_planned_as_index_lookups(big_table):
         batch.add(1, t, Change("D", 1, None, [_key(key), None, None], "K"), 10)
         batch.add(1, t, Change("U", 1, [_key(key + 1), b"7", b"updated"], None), 10)
         batch.add(1, t, Change("I", 1, [_key(TABLE_ROWS + 1 + i), b"1", b"new"], None), 10)
-    with connect(env.destination_info(), autocommit=False) as conn:
-        conn.execute("SET session_replication_role = replica")
-        explaining = ExplainingConnection(conn, '"public"."big"')
-        Applier(explaining, count_rows=True).apply(batch)  # type: ignore[arg-type]
-        conn.commit()
-    _assert_lookups(explaining.plans, {"DELETE", "UPDATE"})
+    plans = apply_explained(env, batch, '"public"."big"')
+    _assert_lookups(plans, {"DELETE", "UPDATE"})
     assert env.dst("SELECT count(*), count(*) FILTER (WHERE v = 7), count(*) FILTER (WHERE v = 1) "
                    "FROM public.big") == [(TABLE_ROWS, BATCH_KEYS, BATCH_KEYS)]
 
@@ -95,12 +102,8 @@ def test_small_upsert_batch_against_large_table_is_planned_as_index_lookups(big_
         key = 1 + i * (TABLE_ROWS // BATCH_KEYS)
         batch.add(1, t, Change("U", 1, [_key(key), b"-1" if i % 2 else b"7", b"moved"], None), 10)
         batch.add(1, t, Change("I", 1, [_key(TABLE_ROWS + 1 + i), b"1", b"new"], None), 10)
-    with connect(env.destination_info(), autocommit=False) as conn:
-        conn.execute("SET session_replication_role = replica")
-        explaining = ExplainingConnection(conn, '"public"."big"')
-        Applier(explaining, count_rows=True).apply(batch)  # type: ignore[arg-type]
-        conn.commit()
-    _assert_lookups(explaining.plans, {"DELETE", "UPDATE", "INSERT"})
+    plans = apply_explained(env, batch, '"public"."big"')
+    _assert_lookups(plans, {"DELETE", "UPDATE", "INSERT"})
     half = BATCH_KEYS // 2
     assert env.dst("SELECT count(*), count(*) FILTER (WHERE v = 7), count(*) FILTER (WHERE v = 1) "
                    "FROM public.big") == [(TABLE_ROWS - half + BATCH_KEYS, half, BATCH_KEYS)]
@@ -140,11 +143,7 @@ def test_no_forced_lookups_where_the_destination_has_no_index_on_the_key(big_tab
     batch = Batch()
     for key in range(1, 2001):
         batch.add(1, t, Change("U", 1, [_key(key), b"2", b"y"], None), 10)
-    with connect(env.destination_info(), autocommit=False) as conn:
-        conn.execute("SET session_replication_role = replica")
-        explaining = ExplainingConnection(conn, '"public"."big"')
-        Applier(explaining, count_rows=True).apply(batch)  # type: ignore[arg-type]
-        conn.commit()
-    [(_, plan)] = explaining.plans
+    plans = apply_explained(env, batch, '"public"."big"')
+    [(_, plan)] = plans
     assert "Hash Join" in plan or "Merge Join" in plan, plan
     assert env.dst("SELECT count(*) FROM public.big WHERE v = 2") == [(2000,)]

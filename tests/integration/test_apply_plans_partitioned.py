@@ -11,36 +11,17 @@ the lookups forced and 0.9 s with the planner's own choice).
 from __future__ import annotations
 
 import pytest
-from psycopg import sql
 
-from airflow_pgmigrate.engine.connection import connect
-from airflow_pgmigrate.engine.incremental.apply import Applier, Batch, TableTarget
+from airflow_pgmigrate.engine.incremental.apply import Batch, TableTarget
 from airflow_pgmigrate.engine.incremental.pgoutput import Change
 from airflow_pgmigrate.engine.names import QualifiedName
+from tests.integration.test_apply_plans import apply_explained
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 128
 ROWS = 100_000
 KEYS = 2_000  # 2 % of the table: below the share where lookups are forced
-
-
-class Explaining:
-    """A real connection that EXPLAINs each UPDATE of the target just before running it (same transaction, same
-    settings), so the plans are those of the statements really run."""
-
-    def __init__(self, conn) -> None:
-        self.conn = conn
-        self.plans: list[str] = []
-
-    def execute(self, query, params=None):
-        text = query.as_string(self.conn) if isinstance(query, sql.Composable) else str(query)
-        if text.startswith("UPDATE") and '"public"."events"' in text:
-            self.plans.append("\n".join(r[0] for r in self.conn.execute(sql.SQL("EXPLAIN ") + sql.SQL(text), params)))
-        return self.conn.execute(query, params)
-
-    def cursor(self):
-        return self.conn.cursor()
 
 
 def _update_small_batch(env, partition_column: str) -> str:
@@ -60,13 +41,8 @@ def _update_small_batch(env, partition_column: str) -> str:
     for i in range(KEYS):
         key = 1 + i * (ROWS // KEYS)
         batch.add(1, target, Change("U", 1, [str(key).encode(), str(key % 1000).encode(), b"7"], None), 10)
-    with connect(env.destination_info(), autocommit=False) as conn:
-        conn.execute("SET session_replication_role = replica")
-        explaining = Explaining(conn)
-        Applier(explaining, count_rows=True).apply(batch)  # type: ignore[arg-type]
-        conn.commit()
+    [(_, plan)] = apply_explained(env, batch, '"public"."events"')
     assert env.dst("SELECT count(*) FROM public.events WHERE v = 7") == [(KEYS,)]
-    [plan] = explaining.plans
     return plan
 
 
