@@ -29,6 +29,7 @@ MIGRATION_TYPES: tuple[str, ...] = ("schema", "full", "incremental")
 NameCase = Literal["keep", "lower", "upper"]
 ConflictMode = Literal["error", "ignore"]
 ApprovalMode = Literal["manual", "automatic"]
+DdlMode = Literal["stop", "replicate"]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 #: Airflow's rule for connection ids.
@@ -440,6 +441,9 @@ class IncrementalSettings(_Validated):
     retained_wal_stop: int | str | None = None
     #: On a stop, drop the slot too (protects the source disk; the migration restarts from a fresh full load).
     drop_slot_on_stop: bool = False
+    #: DDL on the source during the sync: ``stop`` the sync and say what to do (the default), or ``replicate`` it
+    #: (an event trigger records table DDL on the source, applied in commit order; see docs/incremental.md).
+    ddl: DdlMode = "stop"
 
     @property
     def retained_wal_warn_bytes(self) -> int | None:
@@ -459,6 +463,10 @@ class IncrementalSettings(_Validated):
         if isinstance(prefix, str) and not re.fullmatch(r"[a-z0-9_]*", prefix):
             _problem(errors, "slot_prefix", f"{prefix!r} may hold only lower-case letters, digits and _",
                      "replication slot names allow only [a-z0-9_]; the default is pgmigrate_")
+        if values.get("ddl") == "replicate" and isinstance(publication, str):
+            _problem(errors, "ddl", f"replicate needs the migration's own publication, and publication is set to "
+                     f"{publication!r}", "leave publication out (the migration then creates its own and adds the "
+                     "tables DDL creates to it), or keep ddl: stop")
         lag = values.get("max_lag_seconds")
         if isinstance(lag, (int, float)) and lag <= 0:
             _problem(errors, "max_lag_seconds", f"must be greater than 0, got {lag}", "5 seconds is the default")
