@@ -30,10 +30,13 @@ def commit(commit_lsn: int, end_lsn: int) -> bytes:
     return b"C\x00" + struct.pack("!qqq", commit_lsn, end_lsn, 1_000_000)
 
 
-def relation(xid: int | None = None) -> bytes:
+def relation(xid: int | None = None, extra: bool = False) -> bytes:
+    """The Relation message of ``public.t`` (id, v), with a third column ``w`` when ``extra``."""
     head = b"R" + (struct.pack("!i", xid) if xid is not None else b"") + struct.pack("!i", REL)
     columns = b"\x01id\x00" + struct.pack("!ii", 23, -1) + b"\x00v\x00" + struct.pack("!ii", 25, -1)
-    return head + b"public\x00t\x00d" + struct.pack("!h", 2) + columns
+    if extra:
+        columns += b"\x00w\x00" + struct.pack("!ii", 25, -1)
+    return head + b"public\x00t\x00d" + struct.pack("!h", 3 if extra else 2) + columns
 
 
 def insert(key: int, xid: int | None = None) -> bytes:
@@ -59,13 +62,27 @@ class Targets:
 
     def __init__(self) -> None:
         self.tables: dict[int, TableTarget | None] = {}
+        self.relations: dict[int, Relation] = {}
         self.described: list[int] = []
+        self.capture_oids: set[int] = set()
+        #: The relation description each change was assigned under (its number of columns).
+        self.shapes: list[int] = []
 
     def describe(self, rel: Relation) -> None:
         self.described.append(rel.oid)
+        self.relations[rel.oid] = rel
         self.tables.pop(rel.oid, None)
 
+    def restore(self, descriptions: dict[int, Relation | None]) -> None:
+        for oid, rel in descriptions.items():
+            self.tables.pop(oid, None)
+            if rel is None:
+                self.relations.pop(oid, None)
+            else:
+                self.relations[oid] = rel
+
     def target(self, rel: int) -> TableTarget | None:
+        self.shapes.append(len(self.relations[rel].columns))
         name = QualifiedName("public", "t")
         self.tables[rel] = TableTarget(name, name, [(0, "id"), (1, "v")], [0], ["id"], False, None)
         return self.tables[rel]
@@ -143,6 +160,19 @@ def test_a_streamed_transaction_is_applied_at_its_commit_without_its_aborted_sub
     assembler.batcher.flush()
     assert writer.written() == [("commit", 2, 410)]  # keys 1 and 3; key 2 was in the aborted subtransaction
     assert not assembler.spills and positions.position == 410
+
+
+def test_a_streamed_transaction_replays_its_own_relation_descriptions_in_order_then_puts_back_the_others():
+    """A DDL inside a streamed transaction changes a table's shape between its changes: each change is assigned under
+    the description that preceded it in the stream, and transactions outside it keep their own description."""
+    assembler, positions, writer = pipeline()
+    feed(assembler, [begin(250, 5), relation(), insert(7), commit(250, 260)])
+    feed(assembler, [stream_start(9), relation(xid=9), insert(1, xid=9), relation(xid=9, extra=True),
+                     insert(2, xid=9), b"E"], start=270)
+    assert assembler.targets.shapes == [2]  # only the ordinary transaction's change so far: nothing described early
+    feed(assembler, [stream_commit(9, 400, 410)], start=300)
+    assert assembler.targets.shapes == [2, 2, 3]
+    assert len(assembler.targets.relations[REL].columns) == 2  # the ordinary transactions' description again
 
 
 def test_an_aborted_streamed_transaction_leaves_nothing_open():

@@ -36,9 +36,10 @@ from airflow_pgmigrate.engine.incremental.targets import TableTargets
 
 #: Changes of a streamed transaction kept in memory before spilling to disk.
 SPILL_BYTES = 32 * 1024 * 1024
-#: Message tags (as bytes of the payload): row changes, and what a streamed transaction spills until its commit.
+#: Message tags (as bytes of the payload): row changes, and what a streamed transaction spills until its commit (its
+#: Relation messages too: a DDL inside it changes a table's shape at one point of its changes, applied at replay).
 ROW_TAGS = frozenset(b"IUD")
-SPILLED_TAGS = frozenset(b"IUDT")
+SPILLED_TAGS = frozenset(b"IUDTR")
 BEGIN, COMMIT = 66, 67  # 'B', 'C'
 _unpack_from = struct.unpack_from
 
@@ -174,8 +175,6 @@ class Assembler:
             return self._begin(item)
         if item_type is Relation:
             self.targets.describe(item)
-            if self.stream_xid is not None:
-                self._spill(self.stream_xid)
         elif item_type is StreamStart:
             self.stream_xid = item.xid
             self.positions.stream_started()
@@ -252,11 +251,19 @@ class Assembler:
         """The changes of a streamed transaction, now committed, in their order (aborted subtransactions left out)."""
         decoder = Decoder()
         decoder.in_stream = True
-        for raw in spill.messages():
-            change = decoder.decode(raw)
-            if isinstance(change, (Change, Truncate)) and change.xid not in spill.aborted:
-                if not self._add(txn, change, len(raw)):
-                    break  # the caps stopped the run
+        targets = self.targets
+        outside: dict[int, Relation | None] = {}  # descriptions the other transactions use, restored after
+        try:
+            for raw in spill.messages():
+                change = decoder.decode(raw)
+                if isinstance(change, Relation):
+                    outside.setdefault(change.oid, targets.relations.get(change.oid))
+                    targets.describe(change)
+                elif isinstance(change, (Change, Truncate)) and change.xid not in spill.aborted:
+                    if not self._add(txn, change, len(raw)):
+                        break  # the caps stopped the run
+        finally:
+            targets.restore(outside)
 
     def _add(self, txn: Txn, item: Change | Truncate, size: int) -> bool:
         commit_lsn = txn.begin.commit_lsn if txn.begin is not None else 0

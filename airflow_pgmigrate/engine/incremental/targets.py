@@ -106,6 +106,15 @@ class TableTargets:
         if relation.schema == self.capture.schema and relation.name == self.capture.name:
             self.capture_oids.add(relation.oid)
 
+    def restore(self, descriptions: dict[int, Relation | None]) -> None:
+        """Put back relation descriptions (a streamed transaction's own ones were used for its replay)."""
+        for oid, relation in descriptions.items():
+            self.tables.pop(oid, None)
+            if relation is None:
+                self.relations.pop(oid, None)
+            else:
+                self.relations[oid] = relation
+
     def target(self, rel: int) -> TableTarget | None:
         """The target of relation ``rel`` (worked out at its first change)."""
         if rel not in self.tables:
