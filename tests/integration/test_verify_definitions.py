@@ -9,9 +9,13 @@ from typing import Any
 import pytest
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo
+from airflow_pgmigrate.engine.cutover import CutoverError, run_cutover
 from airflow_pgmigrate.engine.full_load import run_full_load
+from airflow_pgmigrate.engine.question import question_body
+from airflow_pgmigrate.engine.report import ReportData, decision_sections
 from airflow_pgmigrate.engine.schema import migrate_schema
 from airflow_pgmigrate.engine.verify import compare, differences
+from tests.integration.test_incremental import catch_up, start_migration
 
 pytestmark = pytest.mark.integration
 
@@ -133,6 +137,37 @@ def test_changed_constraint_and_index_are_named(migration_env):
         "table app.orders: index orders_note_idx is not unique on the source, unique on the destination",
         "table app.orders: index orders_note_idx is on (note) on the source, on (note, qty) on the destination",
     ]
+
+
+def test_the_cutover_question_and_the_report_name_definition_differences(migration_env):
+    env = migration_env
+    env.src(ORDERS)
+    config = _config(env)
+    _migrate(env, config)
+    report, _ = _compare(env, config)
+    page = "\n".join(decision_sections(ReportData(config.name, {}, verification=report)))
+    assert "Table definitions (columns, constraints, indexes): 2 table(s) compared, 0 different." in page
+    env.dst("DROP INDEX app.orders_note_idx")
+    report, _ = _compare(env, config)
+    body = question_body(config, None, report)
+    assert "1 difference(s)" in body and "no difference" not in body, body
+    assert "  - table app.orders: index orders_note_idx missing on the destination" in body, body
+    assert "the cutover sets the sequences" not in body, "the cutover does not fix a definition"
+    page = "\n".join(decision_sections(ReportData(config.name, {}, verification=report)))
+    assert "2 table(s) compared, 1 different:" in page
+    assert "<li>table app.orders: index orders_note_idx missing on the destination</li>" in page
+
+
+def test_a_definition_difference_stops_the_cutover_naming_it(migration_env):
+    env = migration_env
+    env.src(ORDERS)
+    config = start_migration(env, incremental={"ddl": "replicate"})
+    env.src("INSERT INTO app.orders (customer_id, qty, price, note) VALUES (2, 3, 1, 'during sync')")
+    env.dst("ALTER TABLE app.orders DROP CONSTRAINT orders_qty_check")
+    catch_up(env, config)
+    with pytest.raises(CutoverError) as info:
+        run_cutover(config, env.source_info(), env.destination_info())
+    assert "table app.orders: constraint orders_qty_check missing on the destination" in str(info.value)
 
 
 def test_a_table_missing_on_the_destination_is_named_with_its_rows(migration_env):
