@@ -140,8 +140,9 @@ def read_definitions(conn: psycopg.Connection, tables: list[QualifiedName]) -> d
     found = {QualifiedName(s, n): TableDefinition() for _, s, n in conn.execute(_TABLES, params)}
     for s, n, name, type_, prefix, schema, not_null, default, generated, identity in conn.execute(_COLUMNS, params):
         type_ = type_[len(prefix):] if schema != "pg_catalog" and type_.startswith(prefix) else type_
-        found[QualifiedName(s, n)].columns[name] = ColumnDefinition(
-            type_, not_null, default, _GENERATED.get(generated, str(generated)), _IDENTITY.get(identity, str(identity)))
+        found[QualifiedName(s, n)].columns[name] = ColumnDefinition(type_, not_null, default,
+                                                                    _GENERATED.get(generated, str(generated)),
+                                                                    _IDENTITY.get(identity, str(identity)))
     for s, n, name, kind, columns, ref_schema, ref_name, ref_columns, text in conn.execute(_CONSTRAINTS, params):
         found[QualifiedName(s, n)].constraints[name] = ConstraintDefinition(
             kind, tuple(columns), QualifiedName(ref_schema, ref_name) if ref_name else None, tuple(ref_columns),
@@ -314,11 +315,11 @@ def compare_definitions(config: MigrationConfig, checks: Sequence[TablePair], sr
     return out
 
 
-def definition_lines(definitions: list[dict[str, Any]], limit: int | None = None) -> list[str]:
+def definition_lines(definitions: list[dict[str, Any]]) -> list[str]:
     """The differences of :func:`compare_definitions`, one line each, naming the table."""
-    return [f"table {d['table']}: {words}" for d in definitions for words in d["differences"][:limit]]
+    return [f"table {d['table']}: {words}" for d in definitions for words in d["differences"]]
 
 
-__all__ = ["ColumnDefinition", "ConstraintDefinition", "IndexDefinition", "TableDefinition", "TablePair", "compare_definitions",
-           "definition_differences", "definition_lines", "expected_definition", "masked", "mask_texts",
-           "read_definitions"]
+__all__ = ["ColumnDefinition", "ConstraintDefinition", "IndexDefinition", "TableDefinition", "TablePair",
+           "compare_definitions", "definition_differences", "definition_lines", "expected_definition", "mask_texts",
+           "masked", "read_definitions"]
