@@ -12,8 +12,8 @@ import psycopg
 
 from airflow_pgmigrate.engine.names import QualifiedName
 
-#: Schemas that are never migrated.
-SYSTEM_SCHEMA_FILTER = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') " \
+#: Schemas that are never migrated (the system's, and the migration's own DDL capture on the source).
+SYSTEM_SCHEMA_FILTER = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'pgmigrate_ddl') " \
                        "AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'"
 
 

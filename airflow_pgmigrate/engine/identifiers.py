@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The source schema that holds the migration's DDL capture (``incremental.ddl: replicate``): never migrated.
+CAPTURE_SCHEMA = "pgmigrate_ddl"
+
 
 @dataclass(frozen=True, order=True)
 class QualifiedName:
@@ -74,4 +77,4 @@ def parse_qualified_name(text: str) -> QualifiedName:
     return QualifiedName(parts[0], parts[1])
 
 
-__all__ = ["QualifiedName", "parse_qualified_name"]
+__all__ = ["CAPTURE_SCHEMA", "QualifiedName", "parse_qualified_name"]

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Protocol
 
-from airflow_pgmigrate.engine.identifiers import QualifiedName, parse_qualified_name
+from airflow_pgmigrate.engine.identifiers import CAPTURE_SCHEMA, QualifiedName, parse_qualified_name
 
 
 class SelectionSpec(Protocol):
@@ -50,7 +50,7 @@ class TableSelector:
 
     def __call__(self, table: QualifiedName) -> bool:
         key = table.key
-        if any(p.match(key) for p in self.exclude):
+        if table.schema == CAPTURE_SCHEMA or any(p.match(key) for p in self.exclude):
             return False
         if self.everything or table.schema in self.schemas or table in self.tables:
             return True

@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
+from airflow_pgmigrate.engine.ddl_capture import install_capture
 from airflow_pgmigrate.engine.names import QualifiedName
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -258,6 +259,8 @@ def ensure_publication(conn: psycopg.Connection, config: MigrationConfig, tables
                 f"incremental.publication: {name} in the migration config, or give the account ownership of the "
                 "tables (see the precheck's source_privileges item)") from None
     log(f"full_load publication={name} tables={len(tables)}")
+    if config.incremental.ddl == "replicate":
+        install_capture(conn, config, log)
 
 
 def drop_publication(conn: psycopg.Connection, config: MigrationConfig,

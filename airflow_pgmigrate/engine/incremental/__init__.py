@@ -28,11 +28,13 @@ import psycopg
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.ddl_capture import remove_capture
 from airflow_pgmigrate.engine.definition_only import tables_without_rows
 from airflow_pgmigrate.engine.failures import sync_failure_message
 from airflow_pgmigrate.engine.incremental.apply import Applier
-from airflow_pgmigrate.engine.incremental.assembler import Assembler
+from airflow_pgmigrate.engine.incremental.assembler import Assembler, DdlContext
 from airflow_pgmigrate.engine.incremental.batcher import Batcher, BatchLimits, Pace
+from airflow_pgmigrate.engine.incremental.ddl import DdlPlanner, ddl_done_by_hand, source_resolver
 from airflow_pgmigrate.engine.incremental.pgoutput import Begin, int_to_lsn, lsn_to_int, pg_time
 from airflow_pgmigrate.engine.incremental.positions import DurableFeedback, PositionTracker, StopConditions
 from airflow_pgmigrate.engine.incremental.stream import KEEPALIVE, XLOG_DATA, ReplicationStream, keepalive_of
@@ -212,8 +214,10 @@ class IncrementalSync:
             with conns.dst.transaction():
                 applied = self.progress.ensure(conns.dst)
                 full_load = self.state.read(conns.dst, "full_load") or {}
+                by_hand = ddl_done_by_hand(conns.dst, self.config.state_schema, self.config.name) \
+                    if self.replicates_ddl else set()
             self.targets.start_run(full_load, ancestors, conns.lookup)
-            p = self._pipeline(conns, version, applied, confirmed, start_sample, stops, window_seconds)
+            p = self._pipeline(conns, version, applied, confirmed, start_sample, stops, window_seconds, by_hand)
             self._pump(p)
             p.batcher.flush(p.assembler.txn.begin if p.assembler.txn is not None else None)
             p.writer.drain()
@@ -242,8 +246,12 @@ class IncrementalSync:
             lock.close()
             raise
 
+    @property
+    def replicates_ddl(self) -> bool:
+        return self.config.incremental.ddl == "replicate"
+
     def _pipeline(self, conns: _Connections, version: int, applied: int, confirmed: int, start_sample: _WalSample,
-                  stops: StopConditions, window_seconds: float) -> _Pipeline:
+                  stops: StopConditions, window_seconds: float, by_hand: set[int]) -> _Pipeline:
         """Wire the stages of one run, and start the stream at the applied position."""
         dst = conns.dst
         replica_role = self._set_replica_role(dst)
@@ -262,7 +270,9 @@ class IncrementalSync:
         pace = Pace(self.throttle, stops.deadline, lambda: stream.report(positions.last),
                     lambda txn: self._warn_overrun(window_seconds, txn))
         batcher = Batcher(writer, pace, positions, self._batch_limits(window_seconds), collapse=replica_role)
-        assembler = Assembler(self.targets, batcher, positions, stops, applied)
+        ddl = DdlContext(DdlPlanner(self.config, self.targets.migrates, source_resolver(self.source), self.log),
+                         by_hand, dst, self.log) if self.replicates_ddl else None
+        assembler = Assembler(self.targets, batcher, positions, stops, applied, ddl)
         return _Pipeline(stream, positions, writer, counts, batcher, assembler, stops, result, start_sample,
                          conns.lookup)
 
@@ -497,7 +507,7 @@ def slot_lag(config: MigrationConfig, source: ConnectionInfo) -> dict[str, Any]:
 def release(config: MigrationConfig, source: ConnectionInfo, *, log: Callable[[str], None] = print) -> dict[str, bool]:
     """Drop the migration's slot and publication on the source (after cutover, or on abort); a publication named in
     the config belongs to its owner and is kept."""
-    dropped = {"slot": False, "publication": False}
+    dropped = {"slot": False, "publication": False, "ddl_capture": False}
     with connect(source) as src:
         src.execute("SET default_transaction_read_only = off")  # the cutover may have frozen the database
         row = src.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
@@ -509,6 +519,7 @@ def release(config: MigrationConfig, source: ConnectionInfo, *, log: Callable[[s
             src.execute("SELECT pg_drop_replication_slot(%s)", (config.slot_name,))
             dropped["slot"] = True
         dropped["publication"] = drop_publication(src, config, log)
+        dropped["ddl_capture"] = remove_capture(src, config, log)
     log(f"release slot={config.slot_name} dropped={dropped['slot']} publication={config.publication_name} "
         f"dropped={dropped['publication']}")
     return dropped

@@ -328,6 +328,7 @@ class Applier:
         self.conn = conn
         self.count_rows = count_rows
         self._staging: dict[tuple[str, tuple[str, ...]], sql.Identifier] = {}
+        self._staging_serial = 0  # staging table names are never reused (a forgotten one may still exist)
         #: Rows staged into each staging table since it was last truncated (dead rows its scans step over).
         self._staged_since_truncate: dict[tuple[str, tuple[str, ...]], int] = {}
         #: Target table -> (staged rows below which its statements are index lookups, when read).
@@ -342,6 +343,16 @@ class Applier:
     def staging_rolled_back(self, mark: dict[tuple[str, tuple[str, ...]], sql.Identifier]) -> None:
         """A rollback to the savepoint undid the staging tables created after ``mark``: forget them."""
         self._staging = mark
+
+    def forget(self, tables: Iterable[QualifiedName]) -> None:
+        """Replicated DDL changed these destination tables: drop their staging tables (made with the old shape) and
+        what was measured of them."""
+        names = {str(t) for t in tables}
+        for key in [k for k in self._staging if k[0] in names]:
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(self._staging.pop(key)))
+            self._staged_since_truncate.pop(key, None)
+        for name in names:
+            self._lookup_limits.pop(name, None)
 
     # -- set-based ---------------------------------------------------------------------------------------------
 
@@ -366,7 +377,8 @@ class Applier:
         key = (str(table.target), tuple(names))
         ident = self._staging.get(key)
         if ident is None:
-            ident = sql.Identifier(f"pgm_stage_{len(self._staging) + 1}")
+            self._staging_serial += 1
+            ident = sql.Identifier(f"pgm_stage_{self._staging_serial}")
             prepare = sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
                 ident, sql.SQL(", ").join(map(sql.Identifier, names)), table.ident)
             self._staging[key] = ident

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from airflow_pgmigrate.engine.incremental.batcher import Batcher
+from airflow_pgmigrate.engine.incremental.ddl import DdlPlanner, DdlStop, record_of
 from airflow_pgmigrate.engine.incremental.pgoutput import (
     Begin,
     Change,
@@ -87,6 +88,21 @@ class Txn:
     begin: Begin
     #: Committed before the applied position: already in the destination (re-sent after a restart).
     skip: bool = False
+    #: Replicated DDL was applied inside it (its commit is waited for).
+    ddl: bool = False
+    #: The batch as it was when the transaction began (:meth:`Batcher.mark`).
+    mark: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class DdlContext:
+    """What the assembler needs to replicate DDL: the planner, the records applied by hand, the writer's session
+    and the log."""
+
+    planner: DdlPlanner
+    done_by_hand: set[int]
+    writer_session: Any
+    log: Callable[[str], None]
 
 
 class Assembler:
@@ -97,9 +113,10 @@ class Assembler:
     """
 
     def __init__(self, targets: TableTargets, batcher: Batcher, positions: PositionTracker, stops: StopConditions,
-                 applied: int) -> None:
+                 applied: int, ddl: DdlContext | None = None) -> None:
         self.targets, self.batcher, self.positions, self.stops = targets, batcher, positions, stops
         self.applied = applied
+        self.ddl = ddl
         self.decoder = Decoder()
         self.txn: Txn | None = None
         self.stream_xid: int | None = None  # inside a StreamStart ... StreamStop block of this transaction
@@ -136,7 +153,11 @@ class Assembler:
             rel = change.relation
             tables = self.targets.tables
             table = tables[rel] if rel in tables else self.targets.target(rel)
-            if table is None or txn.begin.commit_lsn < table.start_lsn:
+            if table is None:
+                if rel in self.targets.capture_oids:
+                    self._ddl(txn, change)
+                return False
+            if txn.begin.commit_lsn < table.start_lsn:
                 return False
             self.batcher.add(rel, table, change, len(message) - PAYLOAD, txn.begin)
             return False
@@ -196,7 +217,7 @@ class Assembler:
         if self.stops.before is not None and self._stopped_before(begin.commit_lsn, begin.commit_time):
             return True  # committed at or after the stop point: left for later
         self._first_alone()
-        self.txn = Txn(begin, skip=begin.commit_lsn < self.applied)
+        self.txn = Txn(begin, skip=begin.commit_lsn < self.applied, mark=self.batcher.mark())
         self.positions.begin()
         return False
 
@@ -217,7 +238,8 @@ class Assembler:
         self._first_alone()
         spill = self.spills.pop(item.xid, None)
         self.positions.streamed_done(item.xid)
-        txn = self.txn = Txn(Begin(item.commit_lsn, item.commit_time, item.xid), skip=item.commit_lsn < self.applied)
+        txn = self.txn = Txn(Begin(item.commit_lsn, item.commit_time, item.xid), skip=item.commit_lsn < self.applied,
+                             mark=self.batcher.mark())
         self.positions.begin()
         if spill is not None:
             if not txn.skip:
@@ -245,9 +267,33 @@ class Assembler:
             self.batcher.truncate(item.relations, tables, item.restart_identity, txn.begin)
             return not self.batcher.pace.over
         table = targets.target(item.relation)
-        if table is None or commit_lsn < table.start_lsn:
+        if table is None:
+            return self._ddl(txn, item) if item.relation in targets.capture_oids else True
+        if commit_lsn < table.start_lsn:
             return True
         return self.batcher.add(item.relation, table, item, size, txn.begin)
+
+    def _ddl(self, txn: Txn, change: Change) -> bool:
+        """A row of the source's DDL log: its statement applied at this point of the transaction (written and
+        waited for), unless a person applied it by hand. False: the caps stopped the run before it."""
+        if change.kind != "I" or self.ddl is None:
+            return True
+        record = record_of(self.targets.relations[change.relation], change, txn.begin.commit_lsn)
+        if record.id in self.ddl.done_by_hand:
+            self.ddl.log(f"incremental ddl skipped={record.id} tag={record.tag!r}: applied by hand")
+            return True
+        try:
+            step = self.ddl.planner.plan(record)
+        except DdlStop:
+            self.batcher.flush_before(txn.mark)  # what committed before this transaction is applied all the same
+            raise
+        if step is None:
+            return True
+        if not self.batcher.ddl(step, txn.begin):
+            return False
+        self.targets.shapes_changed(self.ddl.writer_session)
+        txn.ddl = True
+        return True
 
     def _end(self, item: Commit | StreamCommit) -> None:
         txn = self.txn
@@ -257,6 +303,9 @@ class Assembler:
             self.skipped += 1
         else:
             self.batcher.transaction_read(item.end_lsn, item.commit_time, txn.begin if txn is not None else None)
+            if txn is not None and txn.ddl:
+                self.batcher.writer.drain()  # committed: every session sees the new shapes from here on
+                self.targets.ddl_committed()
         self.txn = None
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from airflow_pgmigrate.engine.incremental.apply import Batch, TableTarget
+from airflow_pgmigrate.engine.incremental.ddl import DdlStep
 from airflow_pgmigrate.engine.incremental.pgoutput import Begin, Change
 from airflow_pgmigrate.engine.incremental.positions import PositionTracker
 from airflow_pgmigrate.engine.incremental.writer import Writer
@@ -136,6 +137,28 @@ class Batcher:
         batch.truncate(rels, tables, restart_identity)
         if batch.bytes >= self.limits.part_bytes or batch.changes >= self.limits.part_changes:
             self.write_part(txn)
+
+    def mark(self) -> tuple[int, int]:
+        """The batch being filled and its size now (see :meth:`flush_before`)."""
+        return id(self.batch), self.batch.changes
+
+    def flush_before(self, mark: tuple[int, int]) -> None:
+        """Commit what was read before the transaction being read, if that transaction added nothing since
+        ``mark`` (its first changes would otherwise go with the earlier ones), and wait for it."""
+        if not self._parted and mark == self.mark():
+            self.flush()
+            self.writer.drain()
+
+    def ddl(self, step: DdlStep, txn: Begin | None) -> bool:
+        """Replicated DDL inside the transaction being read: what was read before it is written first, then the DDL,
+        in the same destination transaction (committed with the source transaction's commit), and waited for.
+        False: the caps stopped the run before it."""
+        if self.batch and not self.write_part(txn):
+            return False
+        self.writer.submit(("ddl", step))
+        self._parted = True
+        self.writer.drain()
+        return True
 
     def write_part(self, txn: Begin | None) -> bool:
         """A large transaction: write what we have into the open destination transaction, if the caps let it be

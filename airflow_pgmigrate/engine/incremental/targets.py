@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.ddl_capture import capture_names
 from airflow_pgmigrate.engine.incremental.apply import TableTarget
 from airflow_pgmigrate.engine.incremental.pgoutput import Relation, lsn_to_int
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
@@ -59,6 +60,13 @@ class TableTargets:
         self._type_names: dict[tuple[int, int], str] = {}
         self._start_lsns: dict[str, int] = {}
         self._lookup: psycopg.Connection | None = None
+        #: The writer's session while a replicated DDL is applied and not committed (it alone sees the new shapes).
+        self._lookup_in_ddl: psycopg.Connection | None = None
+        self._planned: set[QualifiedName] = set()
+        self._definitions = TableSelector(config.objects)
+        #: The source's DDL log table (``incremental.ddl: replicate``), and the oids the stream gave it.
+        self.capture = capture_names(config).table
+        self.capture_oids: set[int] = set()
 
     def start_run(self, full_load: dict[str, Any], ancestors: dict[QualifiedName, list[QualifiedName]],
                   lookup: psycopg.Connection) -> None:
@@ -69,13 +77,34 @@ class TableTargets:
         self._planned_types = {parse_qualified_name(p["source"]): p.get("column_types") or {}
                                for p in full_load.get("plan") or []}
         self._selector = synced_tables(self.config, full_load)
+        self._planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
         self._ancestors = ancestors
         self._lookup = lookup
+        self._lookup_in_ddl = None
+
+    def migrates(self, name: QualifiedName) -> bool:
+        """Whether the migration moves a source table's definition (its rows, or only its definition)."""
+        return name in self._planned or self._definitions(name)
+
+    def shapes_changed(self, writer_session: psycopg.Connection) -> None:
+        """A replicated DDL was written, not committed yet: every target is worked out again, in the writer's
+        session (the only one that sees the new shapes) until :meth:`ddl_committed`."""
+        self.tables.clear()
+        self._destination_shapes.clear()
+        self._lookup_in_ddl = writer_session
+
+    def ddl_committed(self) -> None:
+        """The transaction that carried replicated DDL is committed: shapes are looked up as usual again."""
+        self.tables.clear()
+        self._destination_shapes.clear()
+        self._lookup_in_ddl = None
 
     def describe(self, relation: Relation) -> None:
         """A Relation message: its (possibly changed) description replaces the one known, its target is redone."""
         self.relations[relation.oid] = relation
         self.tables.pop(relation.oid, None)
+        if relation.schema == self.capture.schema and relation.name == self.capture.name:
+            self.capture_oids.add(relation.oid)
 
     def target(self, rel: int) -> TableTarget | None:
         """The target of relation ``rel`` (worked out at its first change)."""
@@ -83,8 +112,9 @@ class TableTargets:
             relation = self.relations.get(rel)
             if relation is None:
                 raise SyncError(f"a change arrived for relation {rel} before its description")
-            assert self._lookup is not None, "start_run first"
-            self.tables[rel] = self._table_target(relation, self._lookup)
+            lookup = self._lookup_in_ddl or self._lookup
+            assert lookup is not None, "start_run first"
+            self.tables[rel] = self._table_target(relation, lookup)
         return self.tables[rel]
 
     def _table_target(self, rel: Relation, dst: psycopg.Connection) -> TableTarget | None:

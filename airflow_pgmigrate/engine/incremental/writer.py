@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine.incremental.apply import Applier, ApplyError, Batch, RowsNotMatched
+from airflow_pgmigrate.engine.incremental.ddl import apply_ddl
 from airflow_pgmigrate.engine.incremental.pgoutput import int_to_lsn, lsn_to_int, pg_time
 from airflow_pgmigrate.engine.incremental.positions import PositionTracker
 from airflow_pgmigrate.engine.state import MigrationState
@@ -167,6 +168,11 @@ class Writer:
 
     def _write(self, item: tuple[Any, ...]) -> None:
         dst = self._dst
+        if item[0] == "ddl":  # replicated DDL, inside the open destination transaction
+            step = item[1]
+            apply_ddl(dst, step, self._log)
+            self._applier.forget(step.tables)
+            return
         if item[0] == "partial":  # part of a transaction too large to hold: written, not committed
             write_batch(dst, self._applier, item[1], self._log)
             self._uncommitted += item[1].changes

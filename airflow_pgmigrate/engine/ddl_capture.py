@@ -1,0 +1,210 @@
+"""The DDL capture on the source (``incremental.ddl: replicate``): an event trigger that records table DDL in a table
+of the migration's own, published with the migrated tables, so the change stream carries each DDL statement at its
+place in commit order, between the row changes before and after it.
+
+Objects, all in schema ``pgmigrate_ddl`` of the source (never migrated itself):
+- the log table ``pgmigrate_ddl.<slot name>``: one row per DDL command (its tag, the statement's text, its position
+  among the DDL commands of that text, the search_path, the objects it created, altered or dropped);
+- two functions of the same name: the event triggers' (``ddl_command_end`` and ``sql_drop``), which runs as the user
+  who ran the DDL and passes on that user's search_path, and the recording one it calls (``SECURITY DEFINER``: it
+  runs as the migration's account, with a search_path of its own).
+
+A table created in a schema of a migrated table is added to the publication by the trigger, in the creating
+transaction, so its rows (those written later in that transaction too) are streamed. A table created without a
+primary key gets ``REPLICA IDENTITY FULL`` there: once published, the source would refuse its updates and deletes
+otherwise. The rows written by ``CREATE TABLE ... AS`` itself come before the table is published: the trigger writes
+them again after publishing it (an emptied table and the same rows), so they are streamed too.
+
+:func:`remove_capture` drops everything at release or abort: nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg import sql
+
+from airflow_pgmigrate.engine.identifiers import CAPTURE_SCHEMA, QualifiedName
+
+if TYPE_CHECKING:
+    from airflow_pgmigrate.config import MigrationConfig
+
+#: The log table's columns, in the order the sync reads them.
+LOG_COLUMNS = ("id", "statement_time", "ordinal", "command_tag", "query", "search_path", "objects", "dropped",
+               "columns")
+
+#: The recording function. Placeholders: the log table, the publication, a session setting prefix of this capture.
+#: ``columns`` holds, for a table made by CREATE TABLE AS / SELECT INTO, its columns and types (the destination cannot
+#: run the query that made it).
+_FUNCTION = """
+CREATE OR REPLACE FUNCTION {function}(tg_event text, tg_tag text, caller_path text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $pgm$
+DECLARE
+  objs jsonb;
+  gone jsonb;
+  cols jsonb;
+  mark text;
+  seq int := 1;
+  r record;
+BEGIN
+  IF current_setting({busy}, true) = 'on' THEN
+    RETURN;  -- statements of this function itself
+  END IF;
+  IF TG_EVENT = 'sql_drop' THEN
+    SELECT jsonb_agg(jsonb_build_object('type', object_type, 'schema', schema_name, 'name', object_name,
+                                        'identity', object_identity, 'original', original))
+      INTO gone FROM pg_event_trigger_dropped_objects()
+     WHERE schema_name IS NOT NULL AND schema_name NOT LIKE 'pg\\_%' AND schema_name <> {schema};
+    IF gone IS NOT NULL THEN
+      -- Kept for the ddl_command_end of the same command (a session setting: a local one would end with
+      -- this function, which has a SET clause).
+      PERFORM set_config({dropped}, (coalesce(nullif(current_setting({dropped}, true), ''), '[]')::jsonb
+                                    || gone)::text, false);
+    END IF;
+    RETURN;
+  END IF;
+  SELECT jsonb_agg(jsonb_build_object('type', object_type, 'schema', schema_name, 'identity', object_identity,
+                                      'tag', command_tag))
+    INTO objs FROM pg_event_trigger_ddl_commands()
+   WHERE schema_name IS NOT NULL AND schema_name NOT LIKE 'pg\\_%' AND schema_name <> {schema} AND NOT in_extension;
+  gone := nullif(current_setting({dropped}, true), '')::jsonb;
+  PERFORM set_config({dropped}, '', false);
+  -- The position of this command among the DDL commands of the statement text (a text may hold several).
+  mark := current_setting({mark}, true);
+  IF mark IS NOT NULL AND split_part(mark, '|', 1) = statement_timestamp()::text
+     AND split_part(mark, '|', 2) = pg_backend_pid()::text THEN
+    seq := split_part(mark, '|', 3)::int + 1;
+  END IF;
+  PERFORM set_config({mark}, statement_timestamp()::text || '|' || pg_backend_pid() || '|' || seq, false);
+  IF objs IS NULL AND gone IS NULL THEN
+    RETURN;  -- temporary objects, the system's, or ours
+  END IF;
+  FOR r IN SELECT * FROM pg_event_trigger_ddl_commands()
+            WHERE command_tag IN ('CREATE TABLE AS', 'SELECT INTO') AND object_type = 'table'
+              AND schema_name NOT LIKE 'pg\\_%' LOOP
+    SELECT jsonb_agg(jsonb_build_array(attname, format_type(atttypid, atttypmod)) ORDER BY attnum) INTO cols
+      FROM pg_attribute WHERE attrelid = r.objid AND attnum > 0 AND NOT attisdropped;
+  END LOOP;
+  INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects, dropped, columns)
+  VALUES (statement_timestamp(), seq, tg_tag, current_query(), caller_path, objs, gone, cols);
+  PERFORM set_config({busy}, 'on', true);
+  FOR r IN SELECT c.command_tag, c.objid, c.object_identity, c.schema_name FROM pg_event_trigger_ddl_commands() c
+             JOIN pg_class k ON k.oid = c.objid
+            WHERE c.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') AND c.object_type = 'table'
+              AND k.relkind = 'r' AND k.relpersistence = 'p'
+              AND c.schema_name IN (SELECT schemaname FROM pg_publication_tables WHERE pubname = {publication}
+                                     AND schemaname <> {schema})
+              AND NOT EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                               WHERE p.pubname = {publication} AND pr.prrelid = c.objid) LOOP
+    IF NOT EXISTS (SELECT FROM pg_index WHERE indrelid = r.objid AND indisprimary) THEN
+      EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity);
+      -- Recorded as a DDL of its own, so that the destination's definition follows.
+      INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects)
+      VALUES (statement_timestamp(), 1, 'ALTER TABLE', format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity),
+              'pg_catalog', jsonb_build_array(jsonb_build_object('type', 'table', 'schema', r.schema_name,
+                                                                 'identity', r.object_identity)));
+    END IF;
+    EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', {publication}, r.object_identity);
+    IF r.command_tag <> 'CREATE TABLE' THEN
+      -- Its rows were written before it was published: write them again, now that they are streamed.
+      EXECUTE format('CREATE TEMPORARY TABLE pgmigrate_ddl_rows ON COMMIT DROP AS TABLE %s', r.object_identity);
+      EXECUTE format('TRUNCATE %s', r.object_identity);
+      EXECUTE format('INSERT INTO %s TABLE pg_temp.pgmigrate_ddl_rows', r.object_identity);
+      DROP TABLE pg_temp.pgmigrate_ddl_rows;
+    END IF;
+  END LOOP;
+  PERFORM set_config({busy}, 'off', true);
+END
+$pgm$;
+-- The event trigger's function: it runs as the user who ran the DDL, and hands the recording function (which runs
+-- as the migration's account, with a search_path of its own) the user's search_path.
+CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger LANGUAGE plpgsql AS $pgm$
+BEGIN
+  PERFORM {function}(TG_EVENT, TG_TAG, pg_catalog.current_setting('search_path'));
+END
+$pgm$;
+GRANT USAGE ON SCHEMA {schema_ident} TO PUBLIC;
+"""
+
+
+@dataclass(frozen=True)
+class CaptureNames:
+    """The capture's objects on the source for one migration."""
+
+    table: QualifiedName
+    end_trigger: str
+    drop_trigger: str
+    #: Prefix of the session settings the trigger keeps (custom settings need a dotted name).
+    setting: str
+
+
+def capture_names(config: MigrationConfig) -> CaptureNames:
+    slot = config.slot_name
+    stem = slot if len(slot) <= 50 else slot[:41] + "_" + hashlib.md5(slot.encode()).hexdigest()[:8]  # noqa: S324
+    return CaptureNames(QualifiedName(CAPTURE_SCHEMA, slot), f"{stem}_ddl_end", f"{stem}_ddl_drop",
+                        f"pgmigrate_ddl.{stem}")
+
+
+def install_capture(conn: psycopg.Connection, config: MigrationConfig,
+                    log: Callable[[str], None] = lambda message: None) -> None:
+    """Create (or renew) the capture and publish its log table; the publication must exist. Idempotent."""
+    names = capture_names(config)
+    table = sql.Identifier(names.table.schema, names.table.name)
+    setting = names.setting
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CAPTURE_SCHEMA)))
+    conn.execute(sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, statement_time timestamptz NOT NULL, "
+        "ordinal int NOT NULL, command_tag text NOT NULL, query text NOT NULL, search_path text NOT NULL, "
+        "objects jsonb, dropped jsonb, columns jsonb, recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+    ).format(table))
+    conn.execute(sql.SQL(_FUNCTION).format(
+        function=table, log=table, schema=sql.Literal(CAPTURE_SCHEMA), schema_ident=sql.Identifier(CAPTURE_SCHEMA),
+        publication=sql.Literal(config.publication_name), busy=sql.Literal(f"{setting}_busy"),
+        dropped=sql.Literal(f"{setting}_dropped"), mark=sql.Literal(f"{setting}_mark")))
+    for trigger, event in ((names.end_trigger, "ddl_command_end"), (names.drop_trigger, "sql_drop")):
+        conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(trigger)))
+        conn.execute(sql.SQL("CREATE EVENT TRIGGER {} ON {} EXECUTE PROCEDURE {}()").format(
+            sql.Identifier(trigger), sql.SQL(event), table))
+    published = conn.execute(
+        "SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid "
+        "WHERE p.pubname = %s AND pr.prrelid = to_regclass(%s)",
+        (config.publication_name, table.as_string(conn))).fetchone()
+    if not published:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+            sql.Identifier(config.publication_name), table))
+    log(f"ddl_capture installed table={names.table} triggers={names.end_trigger},{names.drop_trigger} "
+        f"publication={config.publication_name}")
+
+
+def remove_capture(conn: psycopg.Connection, config: MigrationConfig,
+                   log: Callable[[str], None] = lambda message: None) -> bool:
+    """Drop the capture's triggers, function and log table (and the schema once no migration uses it). True when
+    something was there. Safe to repeat; done whatever ``incremental.ddl`` says now (it may have changed)."""
+    names = capture_names(config)
+    table = sql.Identifier(names.table.schema, names.table.name)
+    found = False
+    for trigger in (names.end_trigger, names.drop_trigger):
+        if conn.execute("SELECT 1 FROM pg_event_trigger WHERE evtname = %s", (trigger,)).fetchone():
+            conn.execute(sql.SQL("DROP EVENT TRIGGER {}").format(sql.Identifier(trigger)))
+            found = True
+    if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (CAPTURE_SCHEMA,)).fetchone() is None:
+        return found
+    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(table))
+    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}(text, text, text)").format(table))
+    if conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),)).fetchone() != (None,):
+        conn.execute(sql.SQL("DROP TABLE {}").format(table))
+        found = True
+    left = conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = %s", (CAPTURE_SCHEMA,)).fetchone()
+    if left is not None and left[0] == 0:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {}").format(sql.Identifier(CAPTURE_SCHEMA)))
+    if found:
+        log(f"release ddl_capture={names.table} dropped=True")
+    return found
+
+
+__all__ = ["LOG_COLUMNS", "CaptureNames", "capture_names", "install_capture", "remove_capture"]

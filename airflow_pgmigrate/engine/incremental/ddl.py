@@ -1,0 +1,513 @@
+"""Replicated DDL (``incremental.ddl: replicate``): a row of the source's DDL log, read from the change stream, made
+into the destination's statements.
+
+The capture (engine/ddl_capture.py) records each DDL command with the text of the statement it came from, its
+position among the DDL commands of that text, the search_path, and the objects it touched. Here the command's own
+statement is picked out of the text with PostgreSQL's parser (pglast), its names resolved (unqualified names through
+the recorded search_path), mapped to the destination's (name mapping and case policy) and checked:
+
+- table DDL (CREATE TABLE, CREATE TABLE AS, ALTER TABLE, RENAME, DROP TABLE), indexes (CREATE / ALTER / DROP INDEX),
+  partitions (CREATE ... PARTITION OF, ATTACH, DETACH) and comments on migrated objects are applied;
+- DDL on objects the migration does not move is left alone (a log line says so), and so are grants and owners
+  (roles are the schema step's business: docs/incremental.md);
+- anything else on migrated objects, DDL run inside a function or DO block, and a rename the name mapping cannot
+  follow stop the sync with the statement, its LSN and the fix: :class:`DdlStop`.
+
+The writer applies the statements in the destination transaction of the source transaction that ran the DDL, at its
+place among that transaction's changes: rows before it and after it meet the right table shape, and a restart never
+applies it twice (it commits with the progress row).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.incremental.pgoutput import Change, Relation, int_to_lsn
+from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
+from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError, deparse, statement_text, walk_nodes
+from airflow_pgmigrate.exceptions import SyncError
+
+if TYPE_CHECKING:
+    from airflow_pgmigrate.config import MigrationConfig
+
+#: Statements that never fire an event trigger: the DDL commands of a text are the others, in order.
+NOT_DDL = frozenset({
+    "SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "TransactionStmt", "VariableSetStmt",
+    "VariableShowStmt", "CopyStmt", "ExplainStmt", "VacuumStmt", "LockStmt", "PrepareStmt", "ExecuteStmt",
+    "DeallocateStmt", "NotifyStmt", "ListenStmt", "UnlistenStmt", "CheckPointStmt", "DiscardStmt", "ClusterStmt",
+    "ReindexStmt", "LoadStmt", "ConstraintsSetStmt", "DeclareCursorStmt", "FetchStmt", "ClosePortalStmt",
+})
+#: Statements that run other statements: the DDL inside them is not in the recorded text.
+RUNS_OTHERS = frozenset({"DoStmt", "CallStmt"})
+#: ALTER TABLE subcommands applied on the destination as they are.
+ALTER_APPLIED = frozenset({
+    "AT_AddColumn", "AT_DropColumn", "AT_AlterColumnType", "AT_ColumnDefault", "AT_DropNotNull", "AT_SetNotNull",
+    "AT_AddConstraint", "AT_DropConstraint", "AT_ValidateConstraint", "AT_AlterConstraint", "AT_AttachPartition",
+    "AT_DetachPartition", "AT_DetachPartitionFinalize", "AT_SetStatistics", "AT_SetStorage", "AT_SetCompression",
+    "AT_AddIdentity", "AT_SetIdentity", "AT_DropIdentity", "AT_AddIndexConstraint", "AT_ReplicaIdentity",
+    "AT_SetRelOptions", "AT_ResetRelOptions", "AT_ClusterOn", "AT_DropCluster", "AT_DropExpression",
+    "AT_SetExpression", "AT_EnableTrig", "AT_DisableTrig", "AT_EnableAlwaysTrig", "AT_EnableReplicaTrig",
+    "AT_EnableTrigAll", "AT_DisableTrigAll", "AT_EnableTrigUser", "AT_DisableTrigUser", "AT_SetLogged",
+    "AT_SetUnLogged", "AT_AddInherit", "AT_DropInherit",
+})
+#: ALTER TABLE subcommands left out on the destination (roles and foreign options are not the sync's to change).
+ALTER_LEFT_OUT = frozenset({"AT_ChangeOwner", "AT_GenericOptions"})
+#: Renames the sync follows.
+RENAMED_KINDS = frozenset({"OBJECT_TABLE", "OBJECT_COLUMN", "OBJECT_INDEX", "OBJECT_TABCONSTRAINT"})
+
+
+@dataclass(frozen=True)
+class DdlRecord:
+    """One row of the source's DDL log, and the source commit that carried it."""
+
+    id: int
+    ordinal: int
+    tag: str
+    query: str
+    search_path: list[str]
+    objects: list[dict[str, Any]]
+    dropped: list[dict[str, Any]]
+    columns: list[list[str]] | None
+    commit_lsn: int
+
+    def where(self) -> str:
+        return f"DDL {self.id} ({self.tag}, committed at source LSN {int_to_lsn(self.commit_lsn)})"
+
+
+@dataclass
+class DdlStep:
+    """What the writer runs for one DDL record: statements under a search_path, and the destination tables whose
+    shape may have changed (their cached shapes and staging tables are forgotten)."""
+
+    record: DdlRecord
+    statements: list[str]
+    search_path: str
+    tables: set[QualifiedName] = field(default_factory=set)
+    #: The statement that tells the sync a person applied this record by hand (said when it cannot be applied).
+    mark_done: str = ""
+
+
+class DdlStop(SyncError):
+    """A DDL statement the sync cannot apply safely: it stopped before it, nothing of it applied."""
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else bytes(value).decode()
+
+
+def record_of(relation: Relation, change: Change, commit_lsn: int) -> DdlRecord:
+    """The DDL log row inserted by ``change`` (values of the log table's columns, by name)."""
+    values = dict(zip([c.name for c in relation.columns], change.new or [], strict=False))
+
+    def field_(name: str) -> str | None:
+        return _text(values.get(name))
+
+    return DdlRecord(int(field_("id") or 0), int(field_("ordinal") or 1), field_("command_tag") or "",
+                     field_("query") or "", split_search_path(field_("search_path") or ""),
+                     json.loads(field_("objects") or "[]"), json.loads(field_("dropped") or "[]"),
+                     json.loads(field_("columns") or "null"), commit_lsn)
+
+
+def split_search_path(text: str) -> list[str]:
+    """The schemas of a search_path setting, unquoted (``"$user"`` stays as written)."""
+    parts, current, quoted = [], "", False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+            current += ch
+        elif ch == "," and not quoted:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        parts.append(current.strip())
+    return [p if p == '"$user"' else p[1:-1].replace('""', '"') if p.startswith('"') else p for p in parts]
+
+
+class DdlPlanner:
+    """Makes DDL records into destination steps.
+
+    :param migrated: whether the migration moves a source table's definition.
+    :param resolve: the schema an unqualified relation name resolves to on the source, through a search_path.
+    :param log: where the records left alone are said.
+    """
+
+    def __init__(self, config: MigrationConfig, migrated: Callable[[QualifiedName], bool],
+                 resolve: Callable[[str, list[str]], str | None], log: Callable[[str], None]) -> None:
+        self.config, self.migrated, self.resolve, self.log = config, migrated, resolve, log
+        self.mapper = NameMapper(config.mapping)
+        self.selector = TableSelector(config.objects)
+        mapping = config.mapping
+        self.identity = not (mapping.schemas or mapping.tables or mapping.columns) and mapping.name_case == "keep"
+        self.column_selection = {parse_qualified_name(k): set(v) for k, v in config.objects.columns.items()}
+
+    # -- entry point ---------------------------------------------------------------------------------------------
+
+    def plan(self, record: DdlRecord) -> DdlStep | None:
+        """The destination step of ``record``; None when it concerns nothing the migration moves."""
+        stmt, raw = self._statement(record)
+        if stmt is None:
+            return self._left_alone(record)
+        kind = type(stmt).__name__
+        if kind in ("GrantStmt", "AlterOwnerStmt"):
+            if self._touches_migrated(record):
+                self.log(f"incremental ddl left_alone={record.id} tag={record.tag!r}: grants and owners are not "
+                         "replicated (apply them on the destination by hand if the destination needs them)")
+            return None
+        handlers: dict[str, Callable[[DdlRecord, Any, Any], DdlStep | None]] = {
+            "CreateStmt": self._create, "CreateTableAsStmt": self._create_as, "AlterTableStmt": self._alter,
+            "IndexStmt": self._index, "DropStmt": self._drop, "RenameStmt": self._rename,
+            "CommentStmt": self._comment, "SelectStmt": self._select_into,
+        }
+        handler = handlers.get(kind)
+        if handler is None:
+            if not self._touches_migrated(record):
+                return self._left_alone(record)
+            raise self._stop(record, f"{kind.removesuffix('Stmt')} statements are not replicated",
+                             "apply the same change on the destination by hand")
+        return handler(record, stmt, raw)
+
+    # -- picking the statement -------------------------------------------------------------------------------------
+
+    def _statement(self, record: DdlRecord) -> tuple[Any, Any]:
+        from pglast import parse_sql
+        from pglast.parser import ParseError
+
+        try:
+            statements = parse_sql(record.query)
+        except ParseError as exc:
+            raise self._stop(record, f"its text cannot be parsed ({exc.args[0]})",
+                             "apply the same change on the destination by hand") from None
+        kinds = [type(raw.stmt).__name__ for raw in statements]
+        commands = [raw for raw in statements if type(raw.stmt).__name__ not in NOT_DDL
+                    or getattr(raw.stmt, "intoClause", None) is not None]  # SELECT ... INTO makes a table
+        if RUNS_OTHERS & set(kinds) or record.ordinal > len(commands):
+            if not self._touches_migrated(record):
+                return None, None
+            raise self._stop(record, "it ran inside a function, procedure or DO block, whose statements are not in "
+                             "the recorded text", "apply the same change on the destination by hand")
+        raw = commands[record.ordinal - 1]
+        words = statement_text(record.query, raw).split(None, 1)
+        if not words or not record.tag.upper().startswith(words[0].upper()):
+            raise self._stop(record, f"the recorded command {record.tag!r} is not the statement found in its text",
+                             "apply the same change on the destination by hand")
+        return raw.stmt, raw
+
+    # -- handlers ------------------------------------------------------------------------------------------------
+
+    def _create(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        table = self._qualify(stmt.relation, record)
+        if stmt.relation.relpersistence == "t" or not self.selector(table):
+            return self._left_alone(record)
+        self._qualify_all(stmt, record)
+        return self._step(record, [self._rewritten(stmt, raw, record)], {self.mapper.table(table)})
+
+    def _create_as(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        if stmt.objtype.name != "OBJECT_TABLE":
+            return self._other_relation(record, stmt)
+        return self._new_table_from_columns(record, stmt.into.rel)
+
+    def _new_table_from_columns(self, record: DdlRecord, rv: Any) -> DdlStep | None:
+        """A table made by a query (CREATE TABLE AS, SELECT INTO): created with the columns the capture recorded;
+        its rows follow in the stream."""
+        table = self._qualify(rv, record)
+        if rv.relpersistence == "t" or not self.selector(table):
+            return self._left_alone(record)
+        if not record.columns:
+            raise self._stop(record, "the capture did not record the new table's columns",
+                             f"create {self.mapper.table(table)} on the destination by hand")
+        columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(self.mapper.column(table, name)),
+                                                             sql.SQL(type_name))
+                                     for name, type_name in record.columns)
+        target = self.mapper.table(table)
+        text = sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(target.schema, target.name), columns)
+        return self._step(record, [self._mapped_types(text.as_string(None))], {target})
+
+    def _select_into(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        return self._new_table_from_columns(record, stmt.intoClause.rel)
+
+    def _alter(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        if stmt.objtype.name not in ("OBJECT_TABLE", "OBJECT_INDEX"):
+            return self._other_relation(record, stmt)
+        table = self._table_of_alter(stmt, record)
+        if table is None or not self.migrated(table):
+            return self._left_alone(record)
+        kept, changed = [], False
+        for cmd in stmt.cmds or ():
+            subtype = cmd.subtype.name
+            if subtype in ALTER_LEFT_OUT or self._left_out_column(table, cmd):
+                self.log(f"incremental ddl {record.id} table={table} left_out={subtype}")
+                changed = True
+                continue
+            if subtype not in ALTER_APPLIED:
+                raise self._stop(record, f"ALTER TABLE {subtype.removeprefix('AT_')} is not replicated",
+                                 "apply the same change on the destination by hand")
+            if subtype == "AT_DetachPartition" and getattr(cmd.def_, "concurrent", False):
+                cmd.def_.concurrent = False  # the destination applies it inside its transaction
+                changed = True
+            kept.append(cmd)
+        if not kept:
+            return self._left_alone(record)
+        stmt.cmds = tuple(kept)
+        self._qualify_all(stmt, record)
+        return self._step(record, [self._rewritten(stmt, raw, record, changed=changed)], {self.mapper.table(table)})
+
+    def _index(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        table = self._qualify(stmt.relation, record)
+        if not self.migrated(table):
+            return self._left_alone(record)
+        concurrent = bool(stmt.concurrent)
+        stmt.concurrent = False  # the destination builds it inside its transaction
+        self._qualify_all(stmt, record)
+        return self._step(record, [self._rewritten(stmt, raw, record, changed=concurrent)], set())
+
+    def _drop(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        kind = stmt.removeType.name
+        if kind not in ("OBJECT_TABLE", "OBJECT_INDEX"):
+            return self._other_relation(record, stmt)
+        gone = [QualifiedName(o["schema"], o["name"]) for o in record.dropped
+                if o.get("original") and o.get("type") == ("table" if kind == "OBJECT_TABLE" else "index")]
+        if kind == "OBJECT_TABLE":
+            names = [self.mapper.table(t) for t in gone if self.migrated(t)]
+        else:  # an index of a migrated schema: dropped on the destination if it is there
+            names = [QualifiedName(self.mapper.schema(t.schema), t.name) for t in gone
+                     if self._schema_migrated(t.schema)]
+        if not names:
+            return self._left_alone(record)
+        what = sql.SQL("TABLE" if kind == "OBJECT_TABLE" else "INDEX")
+        cascade = sql.SQL(" CASCADE" if stmt.behavior.name == "DROP_CASCADE" else "")
+        text = sql.SQL("DROP {} IF EXISTS {}{}").format(
+            what, sql.SQL(", ").join(sql.Identifier(n.schema, n.name) for n in names), cascade)
+        return self._step(record, [text.as_string(None)], set(names) if kind == "OBJECT_TABLE" else set())
+
+    def _rename(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        kind = stmt.renameType.name
+        if kind not in RENAMED_KINDS:
+            return self._other_relation(record, stmt)
+        if kind == "OBJECT_INDEX":
+            return self._rename_index(record, stmt)
+        table = self._qualify(stmt.relation, record, renamed=kind == "OBJECT_TABLE")
+        if not self.migrated(table):
+            return self._left_alone(record)
+        target = self.mapper.table(table)
+        ident = sql.Identifier(target.schema, target.name)
+        if kind == "OBJECT_TABLE":
+            return self._rename_table(record, table, ident, stmt.newname)
+        if kind == "OBJECT_COLUMN":
+            return self._rename_column(record, table, ident, stmt.subname, stmt.newname)
+        text = sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+            ident, sql.Identifier(stmt.subname), sql.Identifier(stmt.newname))
+        return self._step(record, [text.as_string(None)], set())
+
+    def _comment(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        if not self._touches_migrated(record):
+            return self._left_alone(record)
+        return self._step(record, [self._rewritten(stmt, raw, record, changed=False)], set())
+
+    # -- renames ----------------------------------------------------------------------------------------------
+
+    def _rename_table(self, record: DdlRecord, table: QualifiedName, ident: sql.Identifier,
+                      new_name: str) -> DdlStep:
+        renamed = QualifiedName(table.schema, new_name)
+        mapped = {parse_qualified_name(k) for k in self.config.mapping.tables} | set(self.column_selection) | {
+            parse_qualified_name(k) for k in self.config.mapping.columns}
+        if table in mapped or renamed in mapped:
+            raise self._stop(record, f"table {table} is renamed to {renamed}, and the migration's config names it "
+                             "(mapping.tables, mapping.columns or objects.columns) by its old name",
+                             f"rename the destination table by hand, change the config to name {renamed}, resume")
+        if not self.selector(renamed) and self.selector(table):
+            raise self._stop(record, f"table {table} is renamed to {renamed}, which the selection (objects) does "
+                             "not cover, so its changes would be lost from here on",
+                             f"add {renamed.key} to objects.tables (or select its schema), then resume")
+        text = sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident, sql.Identifier(self.mapper.table(renamed).name))
+        return self._step(record, [text.as_string(None)], {self.mapper.table(table), self.mapper.table(renamed)})
+
+    def _rename_column(self, record: DdlRecord, table: QualifiedName, ident: sql.Identifier, old: str,
+                       new: str) -> DdlStep:
+        explicit = self.config.mapping.columns.get(table.key) or self.config.mapping.columns.get(str(table)) or {}
+        if old in explicit or new in explicit or table in self.column_selection:
+            raise self._stop(record, f"column {old} of {table} is renamed to {new}, and the config names the "
+                             "table's columns (mapping.columns or objects.columns) by their old names",
+                             "rename the destination column by hand, change the config, resume")
+        text = sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
+            ident, sql.Identifier(self.mapper.column(table, old)), sql.Identifier(self.mapper.column(table, new)))
+        return self._step(record, [text.as_string(None)], {self.mapper.table(table)})
+
+    def _rename_index(self, record: DdlRecord, stmt: Any) -> DdlStep | None:
+        index = self._qualify(stmt.relation, record, renamed=True)
+        if not self._schema_migrated(index.schema):
+            return self._left_alone(record)
+        text = sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
+            sql.Identifier(self.mapper.schema(index.schema), index.name), sql.Identifier(stmt.newname))
+        return self._step(record, [text.as_string(None)], set())
+
+    # -- names -------------------------------------------------------------------------------------------------
+
+    def _qualify(self, rv: Any, record: DdlRecord, *, renamed: bool = False) -> QualifiedName:
+        """A relation's source name: its schema as written, else the recorded object's schema (the command's own
+        relation), else the search_path's first schema that has it."""
+        if rv.schemaname:
+            return QualifiedName(rv.schemaname, rv.relname)
+        for obj in record.objects + record.dropped:
+            identity = str(obj.get("identity") or "")
+            if obj.get("schema") and (identity.endswith("." + rv.relname) or identity.endswith(f'."{rv.relname}"')
+                                      or renamed):
+                rv.schemaname = obj["schema"]
+                return QualifiedName(obj["schema"], rv.relname)
+        schema = self.resolve(rv.relname, record.search_path) or next(
+            (s for s in record.search_path if s not in ('"$user"', "pg_catalog", "pg_temp")), "public")
+        rv.schemaname = schema
+        return QualifiedName(schema, rv.relname)
+
+    def _qualify_all(self, stmt: Any, record: DdlRecord) -> None:
+        """Every relation of a statement gets its schema (the name mapping renames qualified names only)."""
+        if self.identity:
+            return
+        for node in walk_nodes(stmt):
+            if type(node).__name__ == "RangeVar" and not node.schemaname and node.relpersistence != "t":
+                self._qualify(node, record)
+
+    def _table_of_alter(self, stmt: Any, record: DdlRecord) -> QualifiedName | None:
+        name = self._qualify(stmt.relation, record)
+        if stmt.objtype.name == "OBJECT_TABLE":
+            return name
+        tables = [QualifiedName(o["schema"], str(o["identity"]).split(".", 1)[-1]) for o in record.objects
+                  if o.get("type") == "table"]
+        return tables[0] if tables else (name if self._schema_migrated(name.schema) else None)
+
+    def _left_out_column(self, table: QualifiedName, cmd: Any) -> bool:
+        """A subcommand about a column that ``objects.columns`` leaves out of ``table``."""
+        wanted = self.column_selection.get(table)
+        if wanted is None:
+            return False
+        name = cmd.name or getattr(cmd.def_, "colname", None)
+        return bool(name) and name not in wanted
+
+    def _schema_migrated(self, schema: str) -> bool:
+        objects = self.config.objects
+        return objects.selects_everything or schema in objects.schemas or any(
+            parse_qualified_name(t).schema == schema for t in objects.tables) or bool(objects.include)
+
+    def _touches_migrated(self, record: DdlRecord) -> bool:
+        for obj in record.objects + record.dropped:
+            schema = obj.get("schema")
+            if schema and self._schema_migrated(str(schema)):
+                return True
+        return False
+
+    # -- output ------------------------------------------------------------------------------------------------
+
+    def _rewritten(self, stmt: Any, raw: Any, record: DdlRecord, *, changed: bool = True) -> str:
+        """The statement's text for the destination: as written when nothing is renamed or changed, else rewritten
+        through the name mapping."""
+        if self.identity and not changed:
+            return statement_text(record.query, raw)
+        text = deparse(stmt)
+        if self.identity:
+            return text
+        try:
+            rewriter = DefinitionRewriter(self.mapper, self._tables_named(stmt), self._relkinds(stmt))
+            result = rewriter.rewrite(text)
+        except RewriteError as exc:
+            raise self._stop(record, str(exc), "apply the same change on the destination by hand") from None
+        if result.unsafe:
+            raise self._stop(record, f"names in it cannot be mapped safely ({', '.join(result.unsafe)})",
+                             "apply the same change on the destination by hand")
+        return result.sql.strip().rstrip(";")
+
+    def _mapped_types(self, text: str) -> str:
+        if self.identity:
+            return text
+        return DefinitionRewriter(self.mapper, {}, {}).rewrite(text).sql.strip().rstrip(";")
+
+    @staticmethod
+    def _tables_named(stmt: Any) -> dict[QualifiedName, list[str]]:
+        return {QualifiedName(n.schemaname, n.relname): [] for n in walk_nodes(stmt)
+                if type(n).__name__ == "RangeVar" and n.schemaname}
+
+    def _relkinds(self, stmt: Any) -> dict[QualifiedName, str]:
+        return dict.fromkeys(self._tables_named(stmt), "r")
+
+    def _other_relation(self, record: DdlRecord, stmt: Any) -> DdlStep | None:
+        if not self._touches_migrated(record):
+            return self._left_alone(record)
+        raise self._stop(record, f"{record.tag} is not replicated", "apply the same change on the destination by hand")
+
+    def _step(self, record: DdlRecord, statements: list[str], tables: set[QualifiedName]) -> DdlStep:
+        path = ", ".join(p if p == '"$user"' else sql.Identifier(self.mapper.schema(p)).as_string(None)
+                         if p not in ("pg_catalog", "pg_temp") else p for p in record.search_path)
+        return DdlStep(record, statements, path or "public", tables, self._mark_done(record))
+
+    def _mark_done(self, record: DdlRecord) -> str:
+        table = sql.Identifier(self.config.state_schema, "ddl_applied_by_hand").as_string(None)
+        name = sql.Literal(self.config.name).as_string(None)
+        return f"INSERT INTO {table} (migration, ddl_id) VALUES ({name}, {record.id});"  # noqa: S608 - quoted
+
+    def _left_alone(self, record: DdlRecord) -> DdlStep | None:
+        self.log(f"incremental ddl left_alone={record.id} tag={record.tag!r}: it concerns nothing the migration "
+                 "moves")
+        return None
+
+    def _stop(self, record: DdlRecord, why: str, fix: str) -> DdlStop:
+        return DdlStop(f"{record.where()} cannot be replicated: {why}. Statement: {record.query.strip()[:500]}. "
+                       f"Incremental sync stopped before it, nothing of its transaction applied. Fix: {fix}, then "
+                       f"mark it done with {self._mark_done(record)} and resume (the rest of its transaction is "
+                       "applied then)")
+
+
+def apply_ddl(dst: psycopg.Connection, step: DdlStep, log: Callable[[str], None]) -> None:
+    """Run a step's statements in the open destination transaction, under the step's search_path (restored after).
+    A statement the destination refuses stops the sync, naming it: the transaction is rolled back."""
+    row = dst.execute("SELECT current_setting('search_path')").fetchone()
+    assert row is not None
+    dst.execute("SELECT set_config('search_path', %s, true)", (step.search_path,))
+    for statement in step.statements:
+        try:
+            dst.execute(statement)
+        except psycopg.Error as exc:
+            record = step.record
+            raise DdlStop(f"{record.where()} failed on the destination: {(exc.diag.message_primary or str(exc)).strip()}. "
+                          f"Statement run: {statement[:500]}. Incremental sync stopped before it, nothing of its "
+                          "transaction applied. Fix: bring the destination table to the source's definition by hand, "
+                          f"then mark the DDL done with {step.mark_done} and resume") from None
+        log(f"incremental ddl applied={step.record.id} tag={step.record.tag!r} "
+            f"lsn={int_to_lsn(step.record.commit_lsn)} statement={statement[:200]!r}")
+    dst.execute("SELECT set_config('search_path', %s, true)", (row[0],))
+
+
+def ddl_done_by_hand(conn: psycopg.Connection, state_schema: str, migration: str) -> set[int]:
+    """The DDL records a person applied by hand (the sync skips them): ``<state_schema>.ddl_applied_by_hand``."""
+    table = sql.Identifier(state_schema, "ddl_applied_by_hand")
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (migration text NOT NULL, ddl_id bigint NOT NULL, "
+                         "recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (migration, ddl_id))"
+                         ).format(table))
+    return {int(r[0]) for r in conn.execute(sql.SQL("SELECT ddl_id FROM {} WHERE migration = %s").format(table),
+                                            (migration,))}
+
+
+def source_resolver(source: ConnectionInfo) -> Callable[[str, list[str]], str | None]:
+    """The schema of the first relation named ``name`` along a search_path, on the source now."""
+
+    def resolve(name: str, path: list[str]) -> str | None:
+        with connect(source) as src:
+            user = src.execute("SELECT current_user").fetchone()
+            for schema in path:
+                schema = str(user[0]) if schema == '"$user"' and user else schema
+                found = src.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, name).as_string(src),))
+                if found.fetchone() != (None,):
+                    return schema
+        return None
+
+    return resolve
+
+
+__all__ = ["DdlPlanner", "DdlRecord", "DdlStep", "DdlStop", "apply_ddl", "ddl_done_by_hand", "record_of",
+           "source_resolver", "split_search_path"]
