@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.definitions import definition_lines
 from airflow_pgmigrate.engine.incremental.pgoutput import lsn_to_int
 from airflow_pgmigrate.engine.watchdog import format_bytes
 
@@ -122,8 +123,10 @@ def _verification_lines(verification: dict[str, Any] | None) -> list[str]:
 
     tables = verification.get("tables") or []
     differing = [t for t in tables if not t.get("equal")]
-    # Partitions, sequences, large objects and materialized views count too (the report says "NOT equal" for them).
-    others = differences({k: v for k, v in verification.items() if k != "tables"})
+    # Partitions, sequences, large objects, materialized views and table definitions count too (the report says "NOT
+    # equal" for them); the cutover brings the state over again, not the definitions.
+    state = differences({k: v for k, v in verification.items() if k not in ("tables", "definitions")})
+    others = definition_lines(verification.get("definitions") or []) + state
     head = (f"- **Last verification:** {len(tables)} table(s), {verification.get('rows', 0):,} rows compared in "
             f"{format_duration(verification.get('seconds'))}: ")
     if not differing and not others:
@@ -134,7 +137,7 @@ def _verification_lines(verification: dict[str, Any] | None) -> list[str]:
         lines.append(f"  - {table['table']}: {table.get('missing_count', 0)} missing, {table.get('extra_count', 0)} "
                      f"extra, {table.get('different_count', 0)} different row(s)")
     lines += [f"  - {line}" for line in others[:5]]
-    if others:
+    if state:
         lines.append("  - (the cutover sets the sequences and brings the large objects over, then verifies again)")
     return lines
 

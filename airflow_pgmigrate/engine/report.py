@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine.connection import TLS_KEYS, ConnectionInfo, connect
+from airflow_pgmigrate.engine.definitions import definition_lines
 from airflow_pgmigrate.engine.journal import RUNNING, Journal
 from airflow_pgmigrate.engine.state import MigrationState
 from airflow_pgmigrate.engine.watchdog import WATCH_KEY, format_bytes
@@ -494,7 +495,20 @@ def _verification_section(verification: dict[str, Any] | None, when: str) -> lis
                    f"</td><td class=\"num\">{t.get('missing_count', 0)}</td><td class=\"num\">{t.get('extra_count', 0)}"
                    f"</td><td class=\"num\">{t.get('different_count', 0)}</td>"
                    f"<td>{'equal' if t.get('equal') else 'different'}</td></tr>")
-    return out + ["</table>"]
+    return out + ["</table>"] + _definitions_section(verification.get("definitions") or [])
+
+
+def _definitions_section(definitions: list[dict[str, Any]]) -> list[str]:
+    """Table definitions (compared when DDL is replicated): how many, and each difference in words."""
+    if not definitions:
+        return []
+    lines = definition_lines(definitions)
+    different = sum(1 for d in definitions if not d.get("equal"))
+    out = [f"<p>Table definitions (columns, constraints, indexes): {len(definitions)} table(s) compared, "
+           f"{different} different{'.' if not lines else ':'}</p>"]
+    if lines:
+        out += ["<ul>", *(f"<li>{_esc(line)}</li>" for line in lines), "</ul>"]
+    return out
 
 
 def decision_sections(data: ReportData) -> list[str]:

@@ -10,6 +10,8 @@
   beyond the source's value in its direction; large objects by count and a digest of each object's data.
 - Materialized views: populated or not, and their rows (see :mod:`airflow_pgmigrate.engine.matviews`). Tables whose
   rows do not migrate (``objects.exclude_data``) are listed, not compared.
+- With ``incremental.ddl: replicate``, the definition of every table compared (columns, constraints, indexes; see
+  :mod:`airflow_pgmigrate.engine.definitions`): DDL applied during the sync must leave both sides the same shape.
 
 Consistency: the source is read in a snapshot and the destination holds exactly the changes committed before that
 snapshot (the caller pauses incremental sync at the snapshot's LSN, see :func:`verify_migration`), so a busy source
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -29,6 +31,7 @@ from psycopg import sql
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
 from airflow_pgmigrate.engine.definition_only import materialized_views_without_rows, tables_without_rows
+from airflow_pgmigrate.engine.definitions import compare_definitions, definition_lines
 from airflow_pgmigrate.engine.incremental import IncrementalSync
 from airflow_pgmigrate.engine.matviews import ViewCatalog, compare_materialized_views
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, parse_qualified_name
@@ -249,7 +252,8 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
             snapshot: str | None = None, sequences: list[SequenceState] | None = None,
             log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """Compare everything the migration moves: the rows of every table (partitioned ones too), the set of
-    partitions, sequences and large objects. With ``snapshot``, the source is read in that exported snapshot, and
+    partitions, sequences, large objects, materialized views, and with ``incremental.ddl: replicate`` the tables'
+    definitions. With ``snapshot``, the source is read in that exported snapshot, and
     the sequences are compared with ``sequences`` when given (the states read at that snapshot)."""
     from airflow_pgmigrate.engine.schema import read_source_schema
 
@@ -267,12 +271,14 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
         same_partitions = {parse_qualified_name(p["table"]) for p in partitions if p["equal"]}
         partitioned = {c.source for c in checks if c.partitioned}
         leaves: dict[QualifiedName, TableResult] = {}
+        definitions = _compare_definitions(config, checks, src, dst, log)
+        shapes = {d["table"]: d for d in definitions}
         for check in sorted(checks, key=lambda c: c.partitioned):  # leaves first: a parent may be made of them
             t0 = time.monotonic()
             if check.below is not None and {check.source, *check.below} & partitioned <= same_partitions:
                 result = _through_partitions(check, leaves)
             else:
-                result = compare_table(check, src, dst)
+                result = _compare_rows(check, src, dst, shapes.get(str(check.source)))
             leaves[check.source] = result
             results.append(result)
             log(f"verify table={result.table} rows={result.source_rows}/{result.destination_rows} "
@@ -291,6 +297,7 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
         "sequences": state["sequences"],
         "large_objects": state["large_objects"],
         "materialized_views": views,
+        "definitions": definitions,
         "definition_only": definition_only,
         "rows": sum(r.source_rows for r in results if not r.partitioned),
         "seconds": round(time.monotonic() - started, 3),
@@ -302,7 +309,8 @@ def compare(config: MigrationConfig, source: ConnectionInfo, destination: Connec
                              + sum(1 for s in state["sequences"] if not s["equal"])
                              + sum(state["large_objects"][k] for k in ("missing_count", "extra_count",
                                                                        "different_count", "other_roles_count"))
-                             + sum(max(1, v["missing_count"] + v["extra_count"]) for v in views if not v["equal"]))
+                             + sum(max(1, v["missing_count"] + v["extra_count"]) for v in views if not v["equal"])
+                             + sum(len(d["differences"]) for d in definitions))
     lo = state["large_objects"]
     log(f"verify sequences={len(state['sequences'])} behind={sum(1 for s in state['sequences'] if not s['equal'])} "
         f"large_objects={lo['source_count']}/{lo['destination_count']} partitioned_tables={len(partitions)}")
@@ -322,6 +330,41 @@ def _compare_views(config: MigrationConfig, schema: ViewCatalog, src: psycopg.Co
         if v.get("stale_on_source"):
             log(f"verify warning: materialized view {v['view']}: {v['note']}")
     return views
+
+
+def _compare_definitions(config: MigrationConfig, checks: list[TableCheck], src: psycopg.Connection,
+                         dst: psycopg.Connection, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Table definitions, when DDL is replicated during the sync (otherwise DDL stops the sync, and the schema step
+    made the definitions)."""
+    if config.incremental.ddl != "replicate":
+        return []
+    definitions = compare_definitions(config, checks, src, dst)
+    log(f"verify definitions tables={len(definitions)} different={sum(1 for d in definitions if not d['equal'])}")
+    return definitions
+
+
+def _compare_rows(check: TableCheck, src: psycopg.Connection, dst: psycopg.Connection,
+                  shape: dict[str, Any] | None) -> TableResult:
+    """Compare a table's rows; with its definitions compared (``shape``), a destination table or columns that are
+    missing (named differences already) leave the comparison to what both sides have: the rows of a missing table
+    are all missing, a missing column is left out of the rows."""
+    if shape is not None and not shape["on_destination"]:
+        return _rows_of_missing_table(check, src)
+    gone = set(shape["missing_columns"]) if shape else set()
+    if gone:
+        kept = [(c, t) for c, t in zip(check.columns, check.target_columns, strict=True) if t not in gone]
+        check = replace(check, columns=[c for c, _ in kept], target_columns=[t for _, t in kept])
+        if gone & set(check.target_key):
+            check = replace(check, key=check.columns, target_key=check.target_columns)
+    return compare_table(check, src, dst)
+
+
+def _rows_of_missing_table(check: TableCheck, src: psycopg.Connection) -> TableResult:
+    where = _conditions(check.row_filter, check.leaf_oids if check.partitioned else None)
+    rows = sum(n for _, n, _ in src.execute(_bucket_query(check.source, check.columns, check.key, where, BUCKETS,
+                                                          check.partitioned)))
+    return TableResult(str(check.source), str(check.target), rows, 0, BUCKETS, check.partitioned,
+                       differing_buckets=1 if rows else 0, missing_count=rows)
 
 
 def _through_partitions(check: TableCheck, done: dict[QualifiedName, TableResult]) -> TableResult:
@@ -371,7 +414,7 @@ def differences(report: dict[str, Any], limit: int = 5) -> list[str]:
         else:
             out.append(f"materialized view {view['view']} (missing {view['missing_count']}, extra "
                        f"{view['extra_count']} row(s), and not what a refresh on the source gives either)")
-    return out
+    return out + definition_lines(report.get("definitions") or [])
 
 
 def verify_migration(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo, *,
