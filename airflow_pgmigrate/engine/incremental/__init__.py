@@ -506,8 +506,9 @@ def slot_lag(config: MigrationConfig, source: ConnectionInfo) -> dict[str, Any]:
 
 def release(config: MigrationConfig, source: ConnectionInfo, *, log: Callable[[str], None] = print) -> dict[str, bool]:
     """Drop the migration's slot and publication on the source (after cutover, or on abort); a publication named in
-    the config belongs to its owner and is kept."""
-    dropped = {"slot": False, "publication": False, "ddl_capture": False}
+    the config belongs to its owner and is kept. The DDL capture (``incremental.ddl: replicate``) goes too: the
+    result says ``ddl_capture`` when it was there or the config replicates DDL."""
+    dropped = {"slot": False, "publication": False}
     with connect(source) as src:
         src.execute("SET default_transaction_read_only = off")  # the cutover may have frozen the database
         row = src.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
@@ -519,7 +520,9 @@ def release(config: MigrationConfig, source: ConnectionInfo, *, log: Callable[[s
             src.execute("SELECT pg_drop_replication_slot(%s)", (config.slot_name,))
             dropped["slot"] = True
         dropped["publication"] = drop_publication(src, config, log)
-        dropped["ddl_capture"] = remove_capture(src, config, log)
+        capture = remove_capture(src, config, log)
+        if capture or config.incremental.ddl == "replicate":
+            dropped["ddl_capture"] = capture
     log(f"release slot={config.slot_name} dropped={dropped['slot']} publication={config.publication_name} "
         f"dropped={dropped['publication']}")
     return dropped
