@@ -9,8 +9,8 @@ Objects, all in schema ``pgmigrate_ddl`` of the source (never migrated itself):
   who ran the DDL and passes on that user's search_path, and the recording one it calls (``SECURITY DEFINER``: it
   runs as the migration's account, with a search_path of its own).
 
-A table created in a schema of a migrated table is added to the publication by the trigger, in the creating
-transaction, so its rows (those written later in that transaction too) are streamed. A table created without a
+A table created in a schema of a migrated table, and whose rows the migration moves (its selection, ``exclude`` and
+``exclude_data``), is added to the publication by the trigger, in the creating transaction, so its rows (those written later in that transaction too) are streamed. A table created without a
 primary key gets ``REPLICA IDENTITY FULL`` there: once published, the source would refuse its updates and deletes
 otherwise. The rows written by ``CREATE TABLE ... AS`` itself come before the table is published: the trigger writes
 them again after publishing it (an emptied table and the same rows), so they are streamed too.
@@ -21,6 +21,7 @@ them again after publishing it (an emptied table and the same rows), so they are
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from airflow_pgmigrate.engine.identifiers import CAPTURE_SCHEMA, QualifiedName
+from airflow_pgmigrate.engine.identifiers import CAPTURE_SCHEMA, QualifiedName, parse_qualified_name
 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
@@ -51,8 +52,10 @@ DECLARE
   seq int := 1;
   r record;
 BEGIN
-  IF current_setting({busy}, true) = 'on' THEN
-    RETURN;  -- statements of this function itself
+  IF current_setting({busy}, true) = 'on' OR tg_tag = 'REINDEX' THEN
+    -- Statements of this function itself, or of another migration's capture; REINDEX (PostgreSQL 17+ fires event
+    -- triggers for it) changes no definition.
+    RETURN;
   END IF;
   IF TG_EVENT = 'sql_drop' THEN
     SELECT jsonb_agg(jsonb_build_object('type', object_type, 'schema', schema_name, 'name', object_name,
@@ -98,6 +101,7 @@ BEGIN
               AND k.relkind = 'r' AND k.relpersistence = 'p'
               AND c.schema_name IN (SELECT schemaname FROM pg_publication_tables WHERE pubname = {publication}
                                      AND schemaname <> {schema})
+              AND {streamed}
               AND NOT EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                                WHERE p.pubname = {publication} AND pr.prrelid = c.objid) LOOP
     IF NOT EXISTS (SELECT FROM pg_index WHERE indrelid = r.objid AND indisprimary) THEN
@@ -131,6 +135,11 @@ GRANT USAGE ON SCHEMA {schema_ident} TO PUBLIC;
 """
 
 
+#: The session setting every capture's function sets while it runs statements of its own (publishing a new table,
+#: setting its replica identity): no capture records them, nor counts them among the DDL commands of the user's text.
+BUSY_SETTING = f"{CAPTURE_SCHEMA}.busy"
+
+
 @dataclass(frozen=True)
 class CaptureNames:
     """The capture's objects on the source for one migration."""
@@ -149,6 +158,42 @@ def capture_names(config: MigrationConfig) -> CaptureNames:
                         f"pgmigrate_ddl.{stem}")
 
 
+def streamed_condition(config: MigrationConfig) -> sql.Composable:
+    """The recording function's test (over ``c.schema_name`` and ``k.relname``) that a new table is one whose rows the
+    migration moves: selected as :class:`~airflow_pgmigrate.engine.names.TableSelector` selects, rows not left out."""
+    objects = config.objects
+    key = sql.SQL("(c.schema_name || '.' || k.relname)")
+    tables = [parse_qualified_name(t) for t in objects.tables]
+    chosen = sql.SQL("true") if objects.selects_everything else sql.SQL(
+        "(c.schema_name = ANY({schemas}::text[]) OR (c.schema_name, k.relname::text) IN "
+        "(SELECT * FROM unnest({in_schema}::text[], {named}::text[])) OR {key} ~ ANY({include}::text[]))").format(
+        schemas=sql.Literal(list(objects.schemas)), in_schema=sql.Literal([t.schema for t in tables]),
+        named=sql.Literal([t.name for t in tables]), key=key,
+        include=sql.Literal([glob_regex(p) for p in objects.include]))
+    return sql.SQL("({} AND NOT {} ~ ANY({}::text[]))").format(
+        chosen, key, sql.Literal([glob_regex(p) for p in [*objects.exclude, *objects.exclude_data]]))
+
+
+def glob_regex(pattern: str) -> str:
+    """A selection pattern (a shell glob, as :mod:`fnmatch` reads it) as a PostgreSQL regular expression matching
+    the whole text."""
+    out, i = [], 0
+    while i < len(pattern):
+        ch, end = pattern[i], pattern.find("]", i + 2)
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "[" and end > 0:
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "^" + "".join(out) + "$"
+
+
 def install_capture(conn: psycopg.Connection, config: MigrationConfig,
                     log: Callable[[str], None] = lambda message: None) -> None:
     """Create (or renew) the capture and publish its log table; the publication must exist. Idempotent."""
@@ -163,8 +208,9 @@ def install_capture(conn: psycopg.Connection, config: MigrationConfig,
     ).format(table))
     conn.execute(sql.SQL(_FUNCTION).format(
         function=table, log=table, schema=sql.Literal(CAPTURE_SCHEMA), schema_ident=sql.Identifier(CAPTURE_SCHEMA),
-        publication=sql.Literal(config.publication_name), busy=sql.Literal(f"{setting}_busy"),
-        dropped=sql.Literal(f"{setting}_dropped"), mark=sql.Literal(f"{setting}_mark")))
+        publication=sql.Literal(config.publication_name), busy=sql.Literal(BUSY_SETTING),
+        dropped=sql.Literal(f"{setting}_dropped"), mark=sql.Literal(f"{setting}_mark"),
+        streamed=streamed_condition(config)))
     for trigger, event in ((names.end_trigger, "ddl_command_end"), (names.drop_trigger, "sql_drop")):
         conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(trigger)))
         conn.execute(sql.SQL("CREATE EVENT TRIGGER {} ON {} EXECUTE PROCEDURE {}()").format(
