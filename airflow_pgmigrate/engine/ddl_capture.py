@@ -4,13 +4,14 @@ place in commit order, between the row changes before and after it.
 
 Objects, all in schema ``pgmigrate_ddl`` of the source (never migrated itself):
 - the log table ``pgmigrate_ddl.<slot name>``: one row per DDL command (its tag, the statement's text, its position
-  among the DDL commands of that text, the search_path, the objects it created, altered or dropped);
+  among the DDL commands of that text, the search_path, the objects it created, altered or dropped, schemas too);
 - two functions of the same name: the event triggers' (``ddl_command_end`` and ``sql_drop``), which runs as the user
   who ran the DDL and passes on that user's search_path, and the recording one it calls (``SECURITY DEFINER``: it
   runs as the migration's account, with a search_path of its own).
 
-A table created in a schema of a migrated table, and whose rows the migration moves (its selection, ``exclude`` and
-``exclude_data``), is added to the publication by the trigger, in the creating transaction, so its rows (those written later in that transaction too) are streamed. A table created without a
+A table created whose rows the migration moves (its selection, ``exclude`` and ``exclude_data``; only in a schema of
+a published table when the publication is the user's) is added to the publication by the trigger, in the creating
+transaction, so its rows (those written later in that transaction too) are streamed. A table created without a
 primary key gets ``REPLICA IDENTITY FULL`` there: once published, the source would refuse its updates and deletes
 otherwise. The rows written by ``CREATE TABLE ... AS`` itself come before the table is published: the trigger writes
 them again after publishing it (an emptied table and the same rows), so they are streamed too.
@@ -73,7 +74,8 @@ BEGIN
   SELECT jsonb_agg(jsonb_build_object('type', object_type, 'schema', schema_name, 'identity', object_identity,
                                       'tag', command_tag))
     INTO objs FROM pg_event_trigger_ddl_commands()
-   WHERE schema_name IS NOT NULL AND schema_name NOT LIKE 'pg\\_%' AND schema_name <> {schema} AND NOT in_extension;
+   WHERE coalesce(schema_name, CASE object_type WHEN 'schema' THEN object_identity END) NOT LIKE 'pg\\_%'
+     AND coalesce(schema_name, object_identity) <> {schema} AND NOT in_extension;
   gone := nullif(current_setting({dropped}, true), '')::jsonb;
   PERFORM set_config({dropped}, '', false);
   -- The position of this command among the DDL commands of the statement text (a text may hold several).
@@ -99,8 +101,8 @@ BEGIN
              JOIN pg_class k ON k.oid = c.objid
             WHERE c.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') AND c.object_type = 'table'
               AND k.relkind = 'r' AND k.relpersistence = 'p'
-              AND c.schema_name IN (SELECT schemaname FROM pg_publication_tables WHERE pubname = {publication}
-                                     AND schemaname <> {schema})
+              AND ({owned} OR c.schema_name IN (SELECT schemaname FROM pg_publication_tables
+                                                 WHERE pubname = {publication} AND schemaname <> {schema}))
               AND {streamed}
               AND NOT EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                                WHERE p.pubname = {publication} AND pr.prrelid = c.objid) LOOP
@@ -210,7 +212,7 @@ def install_capture(conn: psycopg.Connection, config: MigrationConfig,
         function=table, log=table, schema=sql.Literal(CAPTURE_SCHEMA), schema_ident=sql.Identifier(CAPTURE_SCHEMA),
         publication=sql.Literal(config.publication_name), busy=sql.Literal(BUSY_SETTING),
         dropped=sql.Literal(f"{setting}_dropped"), mark=sql.Literal(f"{setting}_mark"),
-        streamed=streamed_condition(config)))
+        streamed=streamed_condition(config), owned=sql.SQL("true" if config.owns_publication else "false")))
     for trigger, event in ((names.end_trigger, "ddl_command_end"), (names.drop_trigger, "sql_drop")):
         conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(trigger)))
         conn.execute(sql.SQL("CREATE EVENT TRIGGER {} ON {} EXECUTE PROCEDURE {}()").format(

@@ -228,6 +228,7 @@ class DdlPlanner:
             "CreateStmt": self._create, "CreateTableAsStmt": self._create_as, "AlterTableStmt": self._alter,
             "IndexStmt": self._index, "DropStmt": self._drop, "RenameStmt": self._rename,
             "CommentStmt": self._comment, "SelectStmt": self._select_into, "AlterObjectSchemaStmt": self._set_schema,
+            "CreateSchemaStmt": self._create_schema,
         }
         handler = handlers.get(kind)
         if handler is None:
@@ -354,6 +355,10 @@ class DdlPlanner:
 
     def _rename(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         kind = stmt.renameType.name
+        if kind == "OBJECT_SCHEMA" and (self._schema_migrated(stmt.subname) or self._schema_migrated(stmt.newname)):
+            raise self._stop(record, f"schema {stmt.subname} is renamed to {stmt.newname}: its tables change schema, "
+                             "which is not replicated", "rename the destination schema by hand and change the "
+                             "selection (objects) to name the new schema")
         if kind not in RENAMED_KINDS:
             return self._other_relation(record, stmt)
         if kind == "OBJECT_INDEX":
@@ -375,6 +380,18 @@ class DdlPlanner:
         if not self._touches_migrated(record):
             return self._left_alone(record)
         return self._step(record, [self._rewritten(stmt, raw, record, changed=False)], set())
+
+    def _create_schema(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        """A schema the selection covers (every schema when nothing is listed): created on the destination, so that
+        its new tables have a place (their rows are published by the capture). Its owner is not replicated."""
+        names = [split_search_path(str(o["identity"]))[0] for o in record.objects if o.get("type") == "schema"]
+        if not names or not self._schema_migrated(names[0]):
+            return self._left_alone(record)
+        if stmt.schemaElts:
+            raise self._stop(record, "CREATE SCHEMA with the objects to create in it is not replicated",
+                             "create the schema and its objects on the destination by hand")
+        text = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.mapper.schema(names[0])))
+        return self._step(record, [text.as_string(None)], set())
 
     def _set_schema(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         """ALTER ... SET SCHEMA: the record names the object in its new schema only; the schema it leaves is the one
@@ -481,7 +498,8 @@ class DdlPlanner:
 
     def _touches_migrated(self, record: DdlRecord) -> bool:
         for obj in record.objects + record.dropped:
-            schema = obj.get("schema")
+            schema = obj.get("schema") or (split_search_path(str(obj.get("identity")))[0]
+                                           if obj.get("type") == "schema" else None)
             if schema and self._schema_migrated(str(schema)):
                 return True
         return False
