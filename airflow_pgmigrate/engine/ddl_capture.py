@@ -9,9 +9,8 @@ Objects, all in schema ``pgmigrate_ddl`` of the source (never migrated itself):
   who ran the DDL and passes on that user's search_path, and the recording one it calls (``SECURITY DEFINER``: it
   runs as the migration's account, with a search_path of its own).
 
-A table created whose rows the migration moves (its selection, ``exclude`` and ``exclude_data``; only in a schema of
-a published table when the publication is the user's) is added to the publication by the trigger, in the creating
-transaction, so its rows (those written later in that transaction too) are streamed. A table created without a
+A table created whose rows the migration moves (its selection, ``exclude`` and ``exclude_data``) is added to the
+publication (always the migration's own) by the trigger, in the creating transaction, so its rows (those written later in that transaction too) are streamed. A table created without a
 primary key gets ``REPLICA IDENTITY FULL`` there: once published, the source would refuse its updates and deletes
 otherwise. The rows written by ``CREATE TABLE ... AS`` itself come before the table is published: the trigger writes
 them again after publishing it (an emptied table and the same rows), so they are streamed too.
@@ -101,9 +100,7 @@ BEGIN
              JOIN pg_class k ON k.oid = c.objid
             WHERE c.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') AND c.object_type = 'table'
               AND k.relkind = 'r' AND k.relpersistence = 'p'
-              AND ({owned} OR c.schema_name IN (SELECT schemaname FROM pg_publication_tables
-                                                 WHERE pubname = {publication} AND schemaname <> {schema}))
-              AND {streamed}
+              AND c.schema_name <> {schema} AND {streamed}
               AND NOT EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                                WHERE p.pubname = {publication} AND pr.prrelid = c.objid) LOOP
     IF NOT EXISTS (SELECT FROM pg_index WHERE indrelid = r.objid AND indisprimary) THEN
@@ -134,6 +131,9 @@ BEGIN
 END
 $pgm$;
 GRANT USAGE ON SCHEMA {schema_ident} TO PUBLIC;
+-- Said outright: a database may take EXECUTE on new functions away from PUBLIC (ALTER DEFAULT PRIVILEGES), and every
+-- user who runs DDL calls it. Outside an event trigger it fails (pg_event_trigger_* refuse), so it records nothing.
+GRANT EXECUTE ON FUNCTION {function}(text, text, text) TO PUBLIC;
 """
 
 
@@ -212,7 +212,7 @@ def install_capture(conn: psycopg.Connection, config: MigrationConfig,
         function=table, log=table, schema=sql.Literal(CAPTURE_SCHEMA), schema_ident=sql.Identifier(CAPTURE_SCHEMA),
         publication=sql.Literal(config.publication_name), busy=sql.Literal(BUSY_SETTING),
         dropped=sql.Literal(f"{setting}_dropped"), mark=sql.Literal(f"{setting}_mark"),
-        streamed=streamed_condition(config), owned=sql.SQL("true" if config.owns_publication else "false")))
+        streamed=streamed_condition(config)))
     for trigger, event in ((names.end_trigger, "ddl_command_end"), (names.drop_trigger, "sql_drop")):
         conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(trigger)))
         conn.execute(sql.SQL("CREATE EVENT TRIGGER {} ON {} EXECUTE PROCEDURE {}()").format(

@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo
+from airflow_pgmigrate.engine.ddl_capture import capture_names
 from airflow_pgmigrate.engine.full_load import run_full_load
 from airflow_pgmigrate.engine.incremental import SyncError, release, run_incremental
 from airflow_pgmigrate.engine.nonstreamed import sync_sequences
@@ -366,7 +367,7 @@ def test_like_identity_serial_and_a_primary_key_added_later(migration_env):
     assert {"gen_id_seq", "gen_s_seq", "gen_b_seq"} <= {r[0] for r in query(env.source_info(), values)}
 
 
-def test_concurrent_index_builds_and_drops(migration_env):
+def test_concurrent_index_builds_and_drops_and_reindex(migration_env):
     env = migration_env
     env.src(SCHEMA)
     config = config_of(env)
@@ -375,6 +376,9 @@ def test_concurrent_index_builds_and_drops(migration_env):
         env.src("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS items_name_idx ON app.items (id, name)")
         env.src("DROP INDEX CONCURRENTLY app.items_name_idx")
         env.src("REINDEX INDEX CONCURRENTLY app.orders_qty_idx")
+        # PostgreSQL 17+ fires event triggers for REINDEX: it changes no definition, and must not shift the
+        # position of the DDL after it.
+        env.src("REINDEX TABLE app.items; ALTER TABLE app.items ADD COLUMN r int")
     catch_up(env, config)
     assert_equal(env)
     assert query(env.destination_info(), "SELECT indexname FROM pg_indexes WHERE schemaname = 'app' "
@@ -430,6 +434,29 @@ def test_ddl_by_a_role_that_is_not_a_superuser(migration_env):
     catch_up(env, config)
     assert_equal(env)
     assert {"owned", "mine"} <= dst_tables(env)
+
+
+def test_ddl_by_a_role_in_a_database_where_functions_are_not_executable_by_everyone(migration_env):
+    """A hardened database takes EXECUTE on new functions away from PUBLIC: the capture's functions are created
+    after that, and the DDL of a role that is not a superuser must still run (and be recorded)."""
+    env = migration_env
+    env.src(SCHEMA + "ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;")
+    role = f"ddl_user_{env.source_db}"
+    env.create_role(env.source, role, "pw-user-1")
+    ident = sql.Identifier(role).as_string(None)
+    env.src(f"GRANT USAGE, CREATE ON SCHEMA app TO {ident}; ALTER TABLE app.old_stuff OWNER TO {ident}")
+    config = config_of(env)
+    with psycopg.connect(**env.source_info(role, "pw-user-1").connect_kwargs(), autocommit=True) as conn:
+        conn.execute("ALTER TABLE app.old_stuff ADD COLUMN w int DEFAULT 3; CREATE TABLE app.theirs (id int)")
+        conn.execute("INSERT INTO app.theirs VALUES (1); INSERT INTO app.old_stuff VALUES (1000, 'x', 1)")
+        # Called outside an event trigger, the recording function records nothing.
+        table = capture_names(config).table
+        log = sql.Identifier(table.schema, table.name).as_string(None)
+        for event in ("ddl_command_end", "sql_drop"):
+            with pytest.raises(psycopg.Error):
+                conn.execute(f"SELECT {log}(%s, 'DROP TABLE', 'public')", (event,))
+    catch_up(env, config)
+    assert_equal(env)
 
 
 def _start_on(env: Any, destination: ConnectionInfo, **overrides: Any) -> Any:
