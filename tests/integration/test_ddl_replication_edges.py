@@ -385,6 +385,37 @@ def test_concurrent_index_builds_and_drops_and_reindex(migration_env):
                  "AND indexname IN ('orders_qty_idx', 'items_name_idx')") == [("orders_qty_idx",)]
 
 
+@pytest.mark.parametrize("column", [
+    "at timestamptz DEFAULT now()", "at timestamptz NOT NULL DEFAULT clock_timestamp()",
+    "u uuid DEFAULT gen_random_uuid()", "n serial", "n bigint GENERATED ALWAYS AS IDENTITY",
+    "d date DEFAULT CURRENT_DATE", "r float8 DEFAULT (random() * 10)",
+])
+def test_a_new_column_whose_existing_rows_get_values_per_server_stops(migration_env, column):
+    """ADD COLUMN with a default each server computes by itself (a clock, a random value, a sequence) fills the
+    table's existing rows on the source without streaming them: applied as is, the destination's rows would get
+    other values."""
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env)
+    time.sleep(0.01)
+    env.src(f"ALTER TABLE app.old_stuff ADD COLUMN {column}")
+    with pytest.raises(SyncError, match=r"existing rows.*ddl_applied_by_hand"):
+        catch_up(env, config)
+
+
+def test_a_new_column_whose_default_is_the_same_everywhere_is_replicated(migration_env):
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env)
+    env.src("ALTER TABLE app.old_stuff ADD COLUMN a int DEFAULT -1, ADD COLUMN b text NOT NULL DEFAULT 'x'::text, "
+            "ADD COLUMN c int[] DEFAULT ARRAY[1, 2], ADD COLUMN d int DEFAULT (1 + 2), "
+            "ADD COLUMN e int GENERATED ALWAYS AS (id * 2) STORED, ADD COLUMN f date DEFAULT '2026-01-01', "
+            "ADD COLUMN g numeric DEFAULT 1.5, ADD COLUMN h boolean DEFAULT true, ADD COLUMN i int, "
+            "ALTER COLUMN v SET DEFAULT now()::text")
+    catch_up(env, config)
+    assert_equal(env)
+
+
 def test_set_schema_stops(migration_env):
     env = migration_env
     env.src(SCHEMA + "CREATE SCHEMA other;")

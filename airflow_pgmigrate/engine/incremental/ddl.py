@@ -70,6 +70,10 @@ ALTER_APPLIED = frozenset({
 })
 #: ALTER TABLE subcommands left out on the destination (roles and foreign options are not the sync's to change).
 ALTER_LEFT_OUT = frozenset({"AT_ChangeOwner", "AT_GenericOptions"})
+#: Types whose new column takes its values from a new sequence.
+SERIAL_TYPES = frozenset({"serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"})
+#: Expression nodes a server evaluates by itself (functions, the clock, the session's values, queries).
+PER_SERVER_NODES = frozenset({"FuncCall", "SQLValueFunction", "SubLink"})
 #: Renames the sync follows.
 RENAMED_KINDS = frozenset({"OBJECT_TABLE", "OBJECT_COLUMN", "OBJECT_INDEX", "OBJECT_TABCONSTRAINT"})
 
@@ -152,6 +156,21 @@ def fires_event_trigger(stmt: Any) -> bool:
         return False
     return not any(getattr(getattr(stmt, attr, None), "name", None) in SHARED_OBJECTS
                    for attr in ("objtype", "objectType", "renameType", "removeType"))
+
+
+def filled_per_server(column: Any) -> str | None:
+    """Why an added column's values for the rows already in the table may differ between the servers, or None: the
+    source writes them in a rewrite the change stream does not carry, the destination computes its own."""
+    if column.typeName is not None and column.typeName.names[-1].sval in SERIAL_TYPES:
+        return "a serial column numbers them"
+    for constraint in column.constraints or ():
+        kind = constraint.contype.name
+        if kind == "CONSTR_IDENTITY":
+            return "an identity column numbers them"
+        if kind == "CONSTR_DEFAULT" and any(type(node).__name__ in PER_SERVER_NODES
+                                            for node in walk_nodes(constraint.raw_expr)):
+            return "its default is a function or the clock, which each server computes by itself"
+    return None
 
 
 def committed_commands(statements: Any) -> dict[int, Any]:
@@ -312,6 +331,11 @@ class DdlPlanner:
                 self.log(f"incremental ddl {record.id} table={table} left_out={subtype}")
                 changed = True
                 continue
+            why = filled_per_server(cmd.def_) if subtype == "AT_AddColumn" else None
+            if why:
+                raise self._stop(record, f"column {cmd.def_.colname} is added to {table} with values for its existing "
+                                 f"rows ({why})", "add the column on the destination by hand and copy its values for "
+                                 "the existing rows from the source")
             if subtype not in ALTER_APPLIED:
                 raise self._stop(record, f"ALTER TABLE {subtype.removeprefix('AT_')} is not replicated",
                                  "apply the same change on the destination by hand")
