@@ -115,6 +115,33 @@ def test_name_case_policy_with_quoted_names(migration_env):
                  "AND tablename = 't' ORDER BY 1") == [("T_NewCol_idx",), ("T_pkey",)]
 
 
+def test_mapped_schema_table_and_columns_follow_every_statement(migration_env):
+    env = migration_env
+    env.src(SCHEMA)
+    config = selected(env, {"schemas": ["app"]}, mapping={
+        "schemas": {"app": "shop"}, "tables": {"app.orders": "purchases"},
+        "columns": {"app.orders": {"qty": "quantity"}}})
+    env.src("SET search_path = app; ALTER TABLE orders ALTER COLUMN qty TYPE bigint; "
+            "ALTER TABLE orders ADD CONSTRAINT qty_ok CHECK (qty >= 0); CREATE INDEX orders_qty_idx ON orders (qty); "
+            "ALTER TABLE items ADD CONSTRAINT items_fk FOREIGN KEY (order_id) REFERENCES orders (id) NOT VALID; "
+            "CREATE TABLE extra (LIKE items INCLUDING DEFAULTS, more int); "
+            "INSERT INTO extra (id, order_id, more) VALUES (1, 2, 3); "
+            "ALTER TABLE orders ALTER COLUMN qty SET DEFAULT 1; INSERT INTO orders (id) VALUES (90001)")
+    env.src("CREATE TABLE app.copied (LIKE app.orders)")
+    with pytest.raises(SyncError, match=r"copies the columns of app.orders \(LIKE\), which mapping.columns renames"):
+        catch_up(env, config)
+    dst = env.destination_info()
+    assert columns_of(dst, "shop.purchases") == ["id", "quantity", "note", "placed"]
+    assert columns_of(dst, "shop.extra") == ["id", "order_id", "name", "more"]
+    assert query(dst, "SELECT quantity FROM shop.purchases WHERE id = 90001") == [(1,)]
+    assert query(dst, "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname IN ('qty_ok', 'items_fk') "
+                 "ORDER BY conname") == [("FOREIGN KEY (order_id) REFERENCES shop.purchases(id) NOT VALID",),
+                                         ("CHECK ((quantity >= 0))",)]
+    assert query(dst, "SELECT indexdef FROM pg_indexes WHERE indexname = 'orders_qty_idx'") == [
+        ("CREATE INDEX orders_qty_idx ON shop.purchases USING btree (quantity)",)]
+    assert query(dst, "SELECT id, order_id, name, more FROM shop.extra") == [(1, 2, None, 3)]
+
+
 # -- the selection ---------------------------------------------------------------------------------------------------
 
 

@@ -288,11 +288,27 @@ class DdlPlanner:
         table = self._qualify(stmt.relation, record)
         if stmt.relation.relpersistence == "t" or not self.selector(table):
             return self._left_alone(record)
+        self._check_like(record, stmt)
         if stmt.relation.relpersistence == "u":
             self.log(f"incremental ddl warning: {table} is created UNLOGGED: PostgreSQL does not stream its rows, so "
                      "its destination table stays empty (verification reports the difference)")
         self._qualify_all(stmt, record)
         return self._step(record, [self._rewritten(stmt, raw, record)], {self.mapper.table(table)})
+
+    def _check_like(self, record: DdlRecord, stmt: Any) -> None:
+        """CREATE TABLE ... (LIKE t): on the destination, LIKE copies the destination's column names of ``t``; when
+        the mapping renames them explicitly, the new table's columns would not be the source's (mapped)."""
+        for element in stmt.tableElts or ():
+            if type(element).__name__ == "TableLikeClause":
+                like = self._qualify(element.relation, record)
+                if self._explicit_columns(like):
+                    raise self._stop(record, f"the new table copies the columns of {like} (LIKE), which "
+                                     "mapping.columns renames", "create the new table on the destination by hand with "
+                                     "the source's column names")
+
+    def _explicit_columns(self, table: QualifiedName) -> dict[str, str]:
+        columns = self.config.mapping.columns
+        return columns.get(table.key) or columns.get(str(table)) or {}
 
     def _create_as(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         if stmt.objtype.name != "OBJECT_TABLE":
@@ -451,7 +467,7 @@ class DdlPlanner:
 
     def _rename_column(self, record: DdlRecord, table: QualifiedName, ident: sql.Identifier, old: str,
                        new: str) -> DdlStep | None:
-        explicit = self.config.mapping.columns.get(table.key) or self.config.mapping.columns.get(str(table)) or {}
+        explicit = self._explicit_columns(table)
         wanted = self.column_selection.get(table)
         if wanted is not None and old not in wanted and new not in wanted and not explicit:
             self.log(f"incremental ddl {record.id} table={table} left_out=AT_RenameColumn (column {old} is not "
