@@ -124,10 +124,12 @@ BEGIN
 END
 $pgm$;
 -- The event trigger's function: it runs as the user who ran the DDL, and hands the recording function (which runs
--- as the migration's account, with a search_path of its own) the user's search_path.
+-- as the migration's account, with a search_path of its own) the user's search_path, "$user" spelled out (on the
+-- destination the sync runs as another account).
 CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger LANGUAGE plpgsql AS $pgm$
 BEGIN
-  PERFORM {function}(TG_EVENT, TG_TAG, pg_catalog.current_setting('search_path'));
+  PERFORM {function}(TG_EVENT, TG_TAG, pg_catalog.replace(pg_catalog.current_setting('search_path'), '"$user"',
+                                                          pg_catalog.quote_ident(current_user::text)));
 END
 $pgm$;
 GRANT USAGE ON SCHEMA {schema_ident} TO PUBLIC;

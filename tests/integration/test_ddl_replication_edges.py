@@ -394,6 +394,23 @@ def test_like_identity_serial_and_a_primary_key_added_later(migration_env):
     assert {"gen_id_seq", "gen_s_seq", "gen_b_seq"} <= {r[0] for r in query(env.source_info(), values)}
 
 
+def test_a_new_partitioned_table_with_partitions_and_rows(migration_env):
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env)
+    env.src("CREATE TABLE app.m (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at); "
+            "CREATE TABLE app.m_2026 PARTITION OF app.m FOR VALUES FROM ('2026-01-01') TO ('2027-01-01') "
+            "PARTITION BY HASH (id); "
+            "CREATE TABLE app.m_2026_a PARTITION OF app.m_2026 FOR VALUES WITH (MODULUS 2, REMAINDER 0); "
+            "CREATE TABLE app.m_2026_b PARTITION OF app.m_2026 FOR VALUES WITH (MODULUS 2, REMAINDER 1); "
+            "CREATE TABLE app.m_other PARTITION OF app.m DEFAULT; "
+            "INSERT INTO app.m SELECT g, date '2026-01-01' + g, 'v' FROM generate_series(1, 600) g")
+    env.src("UPDATE app.m SET at = at + 400 WHERE id % 7 = 0; DELETE FROM app.m WHERE id % 11 = 0; "
+            "CREATE INDEX ON app.m (v)")
+    catch_up(env, config)
+    assert_equal(env)
+
+
 def test_concurrent_index_builds_and_drops_and_reindex(migration_env):
     env = migration_env
     env.src(SCHEMA)
@@ -514,6 +531,42 @@ def test_ddl_by_a_role_in_a_database_where_functions_are_not_executable_by_every
             with pytest.raises(psycopg.Error):
                 conn.execute(f"SELECT {log}(%s, 'DROP TABLE', 'public')", (event,))
     catch_up(env, config)
+    assert_equal(env)
+
+
+def test_ddl_through_the_user_schema_of_the_search_path(migration_env):
+    """``"$user"`` in the search_path of the role that runs the DDL names that role's schema: the destination, where
+    the sync runs as another account, must resolve the statement's unqualified names to the same schema."""
+    env = migration_env
+    role = f"owner_{env.source_db}"
+    env.create_role(env.source, role, "pw-owner-2")
+    ident = sql.Identifier(role).as_string(None)
+    env.src(SCHEMA + f"CREATE SCHEMA {ident} AUTHORIZATION {ident}; CREATE TABLE public.parent (id int PRIMARY KEY);")
+    with psycopg.connect(**env.source_info(role, "pw-owner-2").connect_kwargs(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE parent (id int PRIMARY KEY); CREATE TABLE child (id int, parent_id int)")
+    config = selected(env, {"schemas": ["app", role]})
+    with psycopg.connect(**env.source_info(role, "pw-owner-2").connect_kwargs(), autocommit=True) as conn:
+        conn.execute("ALTER TABLE child ADD CONSTRAINT child_fk FOREIGN KEY (parent_id) REFERENCES parent (id)")
+        conn.execute("CREATE TABLE more (LIKE parent INCLUDING ALL); INSERT INTO parent VALUES (1); "
+                     "INSERT INTO child VALUES (1, 1); INSERT INTO more VALUES (7)")
+    catch_up(env, config)
+    assert_equal(env, "app", role)
+
+
+@pytest.mark.xfail(strict=True, reason="PostgreSQL fires no event trigger for a table that EXPLAIN ANALYZE makes "
+                   "(CREATE TABLE AS / SELECT INTO under EXPLAIN ANALYZE): the capture never sees it, so it is neither "
+                   "published nor created on the destination, silently. Catching it needs a check outside the capture "
+                   "(a selected source table missing from the publication, at each sync run), not in ddl.py or "
+                   "ddl_capture.py")
+def test_a_table_made_under_explain_analyze(migration_env):
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env)
+    env.src("EXPLAIN ANALYZE CREATE TABLE app.explained AS SELECT g AS id FROM generate_series(1, 5) g")
+    try:
+        catch_up(env, config)
+    except SyncError:
+        return  # a stop naming the table would do as well
     assert_equal(env)
 
 
