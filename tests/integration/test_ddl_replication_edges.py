@@ -304,6 +304,19 @@ def test_a_row_filtered_table_gets_a_new_column(migration_env):
     assert query(env.destination_info(), "SELECT * FROM app.orders ORDER BY id") == query(env.source_info(), same)
 
 
+@pytest.mark.parametrize("ddl", ["ALTER TABLE app.orders RENAME COLUMN qty TO quantity",
+                                 "ALTER TABLE app.orders DROP COLUMN qty"])
+def test_renaming_or_dropping_a_column_the_row_filter_names_stops(migration_env, ddl):
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env, filters={"app.orders": "qty > 2"})
+    env.src("ALTER TABLE app.orders RENAME COLUMN note TO remark; INSERT INTO app.orders (id, qty) VALUES (90001, 5)")
+    env.src(ddl)
+    with pytest.raises(SyncError, match=r"column qty of app.orders is (renamed|dropped).*filters\['app.orders'\]"):
+        catch_up(env, config)
+    assert columns_of(env.destination_info(), "app.orders") == ["id", "qty", "remark", "placed"]
+
+
 # -- texts of several statements, statements that change nothing ---------------------------------------------------
 
 

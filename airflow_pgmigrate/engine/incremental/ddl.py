@@ -306,6 +306,17 @@ class DdlPlanner:
                                      "mapping.columns renames", "create the new table on the destination by hand with "
                                      "the source's column names")
 
+    def _filter_columns(self, table: QualifiedName) -> set[str]:
+        """The names the config's row filter of ``table`` uses (column names, and any qualifier)."""
+        from pglast import parse_sql
+
+        text = self.config.filters.get(table.key) or self.config.filters.get(str(table))
+        if not text:
+            return set()
+        where = parse_sql(f"SELECT WHERE {text}")[0].stmt  # noqa: S608 - parsed, never run
+        return {part.sval for node in walk_nodes(where) if type(node).__name__ == "ColumnRef"
+                for part in node.fields if type(part).__name__ == "String"}
+
     def _explicit_columns(self, table: QualifiedName) -> dict[str, str]:
         columns = self.config.mapping.columns
         return columns.get(table.key) or columns.get(str(table)) or {}
@@ -347,6 +358,10 @@ class DdlPlanner:
                 self.log(f"incremental ddl {record.id} table={table} left_out={subtype}")
                 changed = True
                 continue
+            if subtype == "AT_DropColumn" and cmd.name in self._filter_columns(table):
+                raise self._stop(record, f"column {cmd.name} of {table} is dropped, and the row filter "
+                                 f"(filters['{table.key}']) names it", "change the filter in the config, drop the "
+                                 "destination column by hand")
             why = filled_per_server(cmd.def_) if subtype == "AT_AddColumn" else None
             if why:
                 raise self._stop(record, f"column {cmd.def_.colname} is added to {table} with values for its existing "
@@ -473,6 +488,10 @@ class DdlPlanner:
             self.log(f"incremental ddl {record.id} table={table} left_out=AT_RenameColumn (column {old} is not "
                      "selected)")
             return None
+        if old in self._filter_columns(table):
+            raise self._stop(record, f"column {old} of {table} is renamed to {new}, and the row filter "
+                             f"(filters['{table.key}']) names it by its old name", "rename the destination column by "
+                             "hand, change the filter in the config to name the new one")
         if old in explicit or new in explicit or table in self.column_selection:
             raise self._stop(record, f"column {old} of {table} is renamed to {new}, and the config names the "
                              "table's columns (mapping.columns or objects.columns) by their old names",
