@@ -87,12 +87,14 @@ def test_quoted_mixed_case_and_dotted_names(migration_env):
                 'ALTER TABLE "dotted.name" ADD COLUMN "w.v" text; INSERT INTO "dotted.name" VALUES (1, \'d\'); '
                 'ALTER INDEX "Idx One" RENAME TO "Idx Two"')
         env.src('ALTER INDEX "MixedCase"."T_pkey" SET (fillfactor = 70)')
+        env.src('CREATE TABLE "MixedCase"."As Made" AS SELECT g AS "Id", \'v\'::varchar(5) AS "select", '
+                'ARRAY[g] AS "a b" FROM generate_series(1, 3) g')
         env.src('DROP TABLE "MixedCase"."New Table"')
         env.src('INSERT INTO "MixedCase"."T 2" (id, "Val") VALUES (100, \'after\')')
         time.sleep(0.2)
     catch_up(env, config)
     assert_equal(env, "app", "MixedCase")
-    assert dst_tables(env, "MixedCase") == {"T 2", "dotted.name", "no key.here"}
+    assert dst_tables(env, "MixedCase") == {"T 2", "dotted.name", "no key.here", "As Made"}
 
 
 def test_name_case_policy_with_quoted_names(migration_env):
@@ -127,6 +129,9 @@ def test_mapped_schema_table_and_columns_follow_every_statement(migration_env):
             "CREATE TABLE extra (LIKE items INCLUDING DEFAULTS, more int); "
             "INSERT INTO extra (id, order_id, more) VALUES (1, 2, 3); "
             "ALTER TABLE orders ALTER COLUMN qty SET DEFAULT 1; INSERT INTO orders (id) VALUES (90001)")
+    env.src("COMMENT ON COLUMN app.orders.qty IS 'how many'; COMMENT ON TABLE app.orders IS 'the orders'; "
+            "SET search_path = app; COMMENT ON INDEX orders_qty_idx IS 'by qty'; "
+            "COMMENT ON CONSTRAINT qty_ok ON orders IS 'sane'; COMMENT ON COLUMN orders.note IS 'a note'")
     env.src("CREATE TABLE app.copied (LIKE app.orders)")
     with pytest.raises(SyncError, match=r"copies the columns of app.orders \(LIKE\), which mapping.columns renames"):
         catch_up(env, config)
@@ -140,6 +145,25 @@ def test_mapped_schema_table_and_columns_follow_every_statement(migration_env):
     assert query(dst, "SELECT indexdef FROM pg_indexes WHERE indexname = 'orders_qty_idx'") == [
         ("CREATE INDEX orders_qty_idx ON shop.purchases USING btree (quantity)",)]
     assert query(dst, "SELECT id, order_id, name, more FROM shop.extra") == [(1, 2, None, 3)]
+    assert query(dst, "SELECT col_description('shop.purchases'::regclass, 2), obj_description('shop.purchases'::regclass),"
+                 " obj_description('shop.orders_qty_idx'::regclass), (SELECT obj_description(oid) FROM pg_constraint "
+                 "WHERE conname = 'qty_ok'), col_description('shop.purchases'::regclass, 3)") == [
+        ("how many", "the orders", "by qty", "sane", "a note")]
+
+
+def test_a_rename_that_only_changes_case_under_a_case_policy(migration_env):
+    """Under ``name_case: lower`` a rename from ``qty`` to ``"QTY"`` names the same destination column: nothing to
+    rename there, the sync goes on."""
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env, mapping={"name_case": "lower"})
+    env.src('ALTER TABLE app.orders RENAME COLUMN qty TO "QTY"; ALTER TABLE app.items RENAME TO "Items"; '
+            'INSERT INTO app.orders (id, "QTY") VALUES (90001, 4); INSERT INTO app."Items" (order_id) VALUES (1)')
+    catch_up(env, config)
+    assert columns_of(env.destination_info(), "app.orders") == ["id", "qty", "note", "placed"]
+    assert query(env.destination_info(), "SELECT qty FROM app.orders WHERE id = 90001") == [(4,)]
+    assert query(env.destination_info(), "SELECT count(*) FROM app.items") == \
+        query(env.source_info(), 'SELECT count(*) FROM app."Items"')
 
 
 # -- the selection ---------------------------------------------------------------------------------------------------

@@ -74,6 +74,10 @@ ALTER_LEFT_OUT = frozenset({"AT_ChangeOwner", "AT_GenericOptions"})
 SERIAL_TYPES = frozenset({"serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"})
 #: Expression nodes a server evaluates by itself (functions, the clock, the session's values, queries).
 PER_SERVER_NODES = frozenset({"FuncCall", "SQLValueFunction", "SubLink"})
+#: Objects a COMMENT names by their relation: how many names they have, the schema's included.
+COMMENT_NAMES = {"OBJECT_COLUMN": 3, "OBJECT_TABCONSTRAINT": 3, "OBJECT_TRIGGER": 3, "OBJECT_POLICY": 3,
+                 "OBJECT_RULE": 3, "OBJECT_TABLE": 2, "OBJECT_VIEW": 2, "OBJECT_MATVIEW": 2, "OBJECT_FOREIGN_TABLE": 2,
+                 "OBJECT_SEQUENCE": 2, "OBJECT_INDEX": 2}
 #: Renames the sync follows.
 RENAMED_KINDS = frozenset({"OBJECT_TABLE", "OBJECT_COLUMN", "OBJECT_INDEX", "OBJECT_TABCONSTRAINT"})
 
@@ -434,6 +438,13 @@ class DdlPlanner:
     def _comment(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         if not self._touches_migrated(record):
             return self._left_alone(record)
+        names, length = stmt.object, COMMENT_NAMES.get(stmt.objtype.name)
+        if not self.identity and length and isinstance(names, tuple) and len(names) == length - 1:
+            # The relation of the commented object without its schema: qualified, for the name mapping.
+            from pglast.ast import RangeVar, String
+
+            relation = self._qualify(RangeVar(relname=names[0].sval, inh=True, relpersistence="p"), record)
+            stmt.object = (String(sval=relation.schema), *names)
         return self._step(record, [self._rewritten(stmt, raw, record, changed=False)], set())
 
     def _create_schema(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
@@ -477,8 +488,11 @@ class DdlPlanner:
             raise self._stop(record, f"table {table} is renamed to {renamed}, which the selection (objects) does "
                              "not cover, so its changes would be lost from here on",
                              f"add {renamed.key} to objects.tables (or select its schema), then resume")
-        text = sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident, sql.Identifier(self.mapper.table(renamed).name))
-        return self._step(record, [text.as_string(None)], {self.mapper.table(table), self.mapper.table(renamed)})
+        target = self.mapper.table(renamed)
+        text = sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident, sql.Identifier(target.name))
+        # Under a case policy, a rename that only changes case names the same destination table: nothing to run.
+        same = target == self.mapper.table(table)
+        return self._step(record, [] if same else [text.as_string(None)], {self.mapper.table(table), target})
 
     def _rename_column(self, record: DdlRecord, table: QualifiedName, ident: sql.Identifier, old: str,
                        new: str) -> DdlStep | None:
@@ -496,9 +510,10 @@ class DdlPlanner:
             raise self._stop(record, f"column {old} of {table} is renamed to {new}, and the config names the "
                              "table's columns (mapping.columns or objects.columns) by their old names",
                              "rename the destination column by hand, change the config, resume")
+        before, after = self.mapper.column(table, old), self.mapper.column(table, new)
         text = sql.SQL("ALTER TABLE {} RENAME COLUMN {} TO {}").format(
-            ident, sql.Identifier(self.mapper.column(table, old)), sql.Identifier(self.mapper.column(table, new)))
-        return self._step(record, [text.as_string(None)], {self.mapper.table(table)})
+            ident, sql.Identifier(before), sql.Identifier(after))
+        return self._step(record, [] if before == after else [text.as_string(None)], {self.mapper.table(table)})
 
     def _rename_index(self, record: DdlRecord, stmt: Any) -> DdlStep | None:
         index = self._qualify(stmt.relation, record, renamed=True)
@@ -590,8 +605,14 @@ class DdlPlanner:
 
     @staticmethod
     def _tables_named(stmt: Any) -> dict[QualifiedName, list[str]]:
-        return {QualifiedName(n.schemaname, n.relname): [] for n in walk_nodes(stmt)
-                if type(n).__name__ == "RangeVar" and n.schemaname}
+        tables: dict[QualifiedName, list[str]] = {
+            QualifiedName(n.schemaname, n.relname): [] for n in walk_nodes(stmt)
+            if type(n).__name__ == "RangeVar" and n.schemaname}
+        names = getattr(stmt, "object", None)
+        if type(stmt).__name__ == "CommentStmt" and isinstance(names, tuple) \
+                and len(names) == COMMENT_NAMES.get(stmt.objtype.name):
+            tables[QualifiedName(names[0].sval, names[1].sval)] = []  # COMMENT ON COLUMN s.t.c and the like
+        return tables
 
     def _relkinds(self, stmt: Any) -> dict[QualifiedName, str]:
         return dict.fromkeys(self._tables_named(stmt), "r")
