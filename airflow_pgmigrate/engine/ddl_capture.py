@@ -33,10 +33,6 @@ from airflow_pgmigrate.engine.identifiers import CAPTURE_SCHEMA, QualifiedName
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
 
-#: The log table's columns, in the order the sync reads them.
-LOG_COLUMNS = ("id", "statement_time", "ordinal", "command_tag", "query", "search_path", "objects", "dropped",
-               "columns")
-
 #: The recording function. Placeholders: the log table, the publication, a session setting prefix of this capture.
 #: ``columns`` holds, for a table made by CREATE TABLE AS / SELECT INTO, its columns and types (the destination cannot
 #: run the query that made it).
@@ -47,6 +43,7 @@ DECLARE
   objs jsonb;
   gone jsonb;
   cols jsonb;
+  owned jsonb;
   mark text;
   seq int := 1;
   r record;
@@ -89,8 +86,33 @@ BEGIN
     SELECT jsonb_agg(jsonb_build_array(attname, format_type(atttypid, atttypmod)) ORDER BY attnum) INTO cols
       FROM pg_attribute WHERE attrelid = r.objid AND attnum > 0 AND NOT attisdropped;
   END LOOP;
-  INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects, dropped, columns)
-  VALUES (statement_timestamp(), seq, tg_tag, current_query(), caller_path, objs, gone, cols);
+  -- The constraints and indexes of the tables the command touched, by name (names PostgreSQL chose follow the
+  -- destination's table and column names, which a name mapping may change: the destination renames them after).
+  WITH touched AS (
+    SELECT objid AS rel FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table'
+    UNION SELECT x.indrelid FROM pg_index x
+     WHERE x.indexrelid IN (SELECT objid FROM pg_event_trigger_ddl_commands() WHERE object_type = 'index'))
+  SELECT jsonb_agg(item) INTO owned FROM (
+    SELECT jsonb_build_object('schema', n.nspname, 'table', t.relname, 'kind', 'constraint', 'name', k.conname,
+                              'type', k.contype, 'columns', (
+                                SELECT jsonb_agg(a.attname ORDER BY u.ord) FROM unnest(k.conkey) WITH ORDINALITY
+                                       AS u(attnum, ord) JOIN pg_attribute a ON a.attrelid = t.oid
+                                       AND a.attnum = u.attnum)) AS item
+      FROM pg_constraint k JOIN pg_class t ON t.oid = k.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+     WHERE k.conrelid IN (SELECT rel FROM touched) AND k.contype IN ('p', 'u', 'f', 'c', 'x')
+    UNION ALL
+    SELECT jsonb_build_object('schema', n.nspname, 'table', t.relname, 'kind', 'index', 'name', i.relname,
+                              'type', CASE WHEN x.indisunique THEN 'u' ELSE 'i' END, 'columns', (
+                                SELECT jsonb_agg(coalesce(a.attname, '') ORDER BY u.ord)
+                                  FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS u(attnum, ord)
+                                  LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = u.attnum))
+      FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+      JOIN pg_namespace n ON n.oid = t.relnamespace
+     WHERE x.indrelid IN (SELECT rel FROM touched)
+       AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = x.indexrelid AND k.contype IN ('p', 'u', 'x'))
+  ) named;
+  INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects, dropped, columns, names)
+  VALUES (statement_timestamp(), seq, tg_tag, current_query(), caller_path, objs, gone, cols, owned);
   PERFORM set_config({busy}, 'on', true);
   FOR r IN SELECT c.command_tag, c.objid, c.object_identity, c.schema_name FROM pg_event_trigger_ddl_commands() c
              JOIN pg_class k ON k.oid = c.objid
@@ -159,7 +181,8 @@ def install_capture(conn: psycopg.Connection, config: MigrationConfig,
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, statement_time timestamptz NOT NULL, "
         "ordinal int NOT NULL, command_tag text NOT NULL, query text NOT NULL, search_path text NOT NULL, "
-        "objects jsonb, dropped jsonb, columns jsonb, recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        "objects jsonb, dropped jsonb, columns jsonb, names jsonb, "
+        "recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())"
     ).format(table))
     conn.execute(sql.SQL(_FUNCTION).format(
         function=table, log=table, schema=sql.Literal(CAPTURE_SCHEMA), schema_ident=sql.Identifier(CAPTURE_SCHEMA),
@@ -207,4 +230,4 @@ def remove_capture(conn: psycopg.Connection, config: MigrationConfig,
     return found
 
 
-__all__ = ["LOG_COLUMNS", "CaptureNames", "capture_names", "install_capture", "remove_capture"]
+__all__ = ["CaptureNames", "capture_names", "install_capture", "remove_capture"]

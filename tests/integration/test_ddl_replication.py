@@ -20,6 +20,7 @@ from airflow_pgmigrate.engine.ddl_capture import capture_names
 from airflow_pgmigrate.engine.incremental import SyncError, release, run_incremental
 from airflow_pgmigrate.engine.pgdump import available_pg_dumps, run_pg_dump, split_dump
 from airflow_pgmigrate.engine.schema import normalize_sql
+from airflow_pgmigrate.engine.verify import compare
 from tests.integration.test_incremental import start_migration
 
 pytestmark = pytest.mark.integration
@@ -226,6 +227,10 @@ def test_ddl_on_a_renamed_table_follows_the_case_policy(migration_env):
     assert query(env.destination_info(), 'SELECT "LABEL" FROM "APP"."FRESH"') == [("one",)]
     assert query(env.destination_info(), "SELECT count(*) FROM pg_indexes WHERE schemaname = 'APP' "
                  "AND tablename = 'ORDERS_V2' AND indexdef LIKE '%STATUS%'") == [(1,)]
+    # Names PostgreSQL chose are the source's (orders_v2_status_idx, fresh_pkey), not ones made of the mapped names.
+    report = compare(config, env.source_info(), env.destination_info())
+    assert [d for d in report["definitions"] if not d["equal"]] == []
+    assert report["equal"], report["differences"]
 
 
 def test_unsupported_ddl_stops_with_the_statement_and_the_fix(migration_env):

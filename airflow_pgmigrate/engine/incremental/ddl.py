@@ -76,6 +76,8 @@ class DdlRecord:
     dropped: list[dict[str, Any]]
     columns: list[list[str]] | None
     commit_lsn: int
+    #: The constraints and indexes of the touched tables after the command, as the source named them.
+    names: list[dict[str, Any]] = field(default_factory=list)
 
     def where(self) -> str:
         return f"DDL {self.id} ({self.tag}, committed at source LSN {int_to_lsn(self.commit_lsn)})"
@@ -92,6 +94,20 @@ class DdlStep:
     tables: set[QualifiedName] = field(default_factory=set)
     #: The statement that tells the sync a person applied this record by hand (said when it cannot be applied).
     mark_done: str = ""
+    #: Under a name mapping: the source's names of the touched tables' constraints and indexes, with the destination's
+    #: table and column names (names PostgreSQL chose on the destination are renamed to these).
+    names: list[SourceName] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SourceName:
+    """A constraint or index as the source named it, on a destination table, by kind and destination columns."""
+
+    table: QualifiedName
+    kind: str  # constraint or index
+    type: str  # the constraint's contype, or u / i for a unique or plain index
+    name: str
+    columns: tuple[str, ...]
 
 
 class DdlStop(SyncError):
@@ -112,7 +128,7 @@ def record_of(relation: Relation, change: Change, commit_lsn: int) -> DdlRecord:
     return DdlRecord(int(field_("id") or 0), int(field_("ordinal") or 1), field_("command_tag") or "",
                      field_("query") or "", split_search_path(field_("search_path") or ""),
                      json.loads(field_("objects") or "[]"), json.loads(field_("dropped") or "[]"),
-                     json.loads(field_("columns") or "null"), commit_lsn)
+                     json.loads(field_("columns") or "null"), commit_lsn, json.loads(field_("names") or "[]"))
 
 
 def split_search_path(text: str) -> list[str]:
@@ -444,7 +460,13 @@ class DdlPlanner:
     def _step(self, record: DdlRecord, statements: list[str], tables: set[QualifiedName]) -> DdlStep:
         path = ", ".join(p if p == '"$user"' else sql.Identifier(self.mapper.schema(p)).as_string(None)
                          if p not in ("pg_catalog", "pg_temp") else p for p in record.search_path)
-        return DdlStep(record, statements, path or "public", tables, self._mark_done(record))
+        names = [] if self.identity else [self._source_name(n) for n in record.names]
+        return DdlStep(record, statements, path or "public", tables, self._mark_done(record), names)
+
+    def _source_name(self, item: dict[str, Any]) -> SourceName:
+        table = QualifiedName(item["schema"], item["table"])
+        columns = tuple(self.mapper.column(table, c) if c else "" for c in item.get("columns") or ())
+        return SourceName(self.mapper.table(table), item["kind"], item["type"], item["name"], columns)
 
     def _mark_done(self, record: DdlRecord) -> str:
         table = sql.Identifier(self.config.state_schema, "ddl_applied_by_hand").as_string(None)
@@ -481,6 +503,51 @@ def apply_ddl(dst: psycopg.Connection, step: DdlStep, log: Callable[[str], None]
         log(f"incremental ddl applied={step.record.id} tag={step.record.tag!r} "
             f"lsn={int_to_lsn(step.record.commit_lsn)} statement={statement[:200]!r}")
     dst.execute("SELECT set_config('search_path', %s, true)", (row[0],))
+    if step.names:
+        follow_source_names(dst, step, log)
+
+
+#: The destination's constraints and indexes of a table (those an index of a constraint is not listed twice).
+_DESTINATION_NAMES = """
+SELECT 'constraint', k.contype::text, k.conname, coalesce((SELECT array_agg(a.attname ORDER BY u.ord)
+         FROM unnest(k.conkey) WITH ORDINALITY AS u(attnum, ord)
+         JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.attnum), '{}')
+  FROM pg_constraint k WHERE k.conrelid = to_regclass(%(table)s) AND k.contype IN ('p', 'u', 'f', 'c', 'x')
+UNION ALL
+SELECT 'index', CASE WHEN x.indisunique THEN 'u' ELSE 'i' END, i.relname,
+       (SELECT array_agg(coalesce(a.attname, '') ORDER BY u.ord) FROM unnest(x.indkey::int2[]) WITH ORDINALITY
+               AS u(attnum, ord) LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.attnum)
+  FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+ WHERE x.indrelid = to_regclass(%(table)s)
+   AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = x.indexrelid AND k.contype IN ('p', 'u', 'x'))
+"""
+
+
+def follow_source_names(dst: psycopg.Connection, step: DdlStep, log: Callable[[str], None]) -> None:
+    """Give the constraints and indexes PostgreSQL named on the destination the source's names: a name it chooses
+    follows the table and column names, which the name mapping changed (``orders_status_idx`` would become
+    ``ORDERS_STATUS_idx`` under ``name_case: upper``). One unambiguous match per name, else left as it is."""
+    for table in sorted({n.table for n in step.names}):
+        ident = sql.Identifier(table.schema, table.name)
+        there = [SourceName(table, kind, kind_type, name, tuple(columns or ())) for kind, kind_type, name, columns
+                 in dst.execute(_DESTINATION_NAMES, {"table": ident.as_string(dst)}).fetchall()]
+        wanted = [n for n in step.names if n.table == table]
+        for kind in ("constraint", "index"):
+            source_names = {n.name for n in wanted if n.kind == kind}
+            present = {n.name for n in there if n.kind == kind}
+            spare = [n for n in there if n.kind == kind and n.name not in source_names]
+            for name in (n for n in wanted if n.kind == kind and n.name not in present):
+                matches = [n for n in spare if (n.type, n.columns) == (name.type, name.columns)]
+                if len(matches) != 1:
+                    continue
+                spare.remove(matches[0])
+                rename = sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}") if kind == "constraint" else \
+                    sql.SQL("ALTER INDEX {} RENAME TO {}")
+                dst.execute(rename.format(ident, sql.Identifier(matches[0].name), sql.Identifier(name.name))
+                            if kind == "constraint" else
+                            rename.format(sql.Identifier(table.schema, matches[0].name), sql.Identifier(name.name)))
+                log(f"incremental ddl {step.record.id} table={table} {kind}={matches[0].name} "
+                    f"renamed_to={name.name} (the source's name)")
 
 
 def ddl_done_by_hand(conn: psycopg.Connection, state_schema: str, migration: str) -> set[int]:
@@ -509,5 +576,6 @@ def source_resolver(source: ConnectionInfo) -> Callable[[str, list[str]], str | 
     return resolve
 
 
-__all__ = ["DdlPlanner", "DdlRecord", "DdlStep", "DdlStop", "apply_ddl", "ddl_done_by_hand", "record_of",
+__all__ = ["DdlPlanner", "DdlRecord", "DdlStep", "DdlStop", "SourceName", "apply_ddl", "ddl_done_by_hand",
+           "follow_source_names", "record_of",
            "source_resolver", "split_search_path"]
