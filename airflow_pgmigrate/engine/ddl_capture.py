@@ -122,15 +122,26 @@ BEGIN
                                      AND schemaname <> {schema})
               AND NOT EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                                WHERE p.pubname = {publication} AND pr.prrelid = c.objid) LOOP
-    IF NOT EXISTS (SELECT FROM pg_index WHERE indrelid = r.objid AND indisprimary) THEN
-      EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity);
-      -- Recorded as a DDL of its own, so that the destination's definition follows.
+    BEGIN
+      IF NOT EXISTS (SELECT FROM pg_index WHERE indrelid = r.objid AND indisprimary) THEN
+        EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity);
+        -- Recorded as a DDL of its own, so that the destination's definition follows.
+        INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects)
+        VALUES (statement_timestamp(), 1, 'ALTER TABLE',
+                format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity), 'pg_catalog',
+                jsonb_build_array(jsonb_build_object('type', 'table', 'schema', r.schema_name,
+                                                     'identity', r.object_identity)));
+      END IF;
+      EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', {publication}, r.object_identity);
+    EXCEPTION WHEN insufficient_privilege THEN
+      -- The migration's account may not publish this table (it neither owns it nor is a superuser): the user's DDL
+      -- goes on, and the sync stops at this record, naming the table and the fix.
       INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects)
-      VALUES (statement_timestamp(), 1, 'ALTER TABLE', format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity),
-              'pg_catalog', jsonb_build_array(jsonb_build_object('type', 'table', 'schema', r.schema_name,
-                                                                 'identity', r.object_identity)));
-    END IF;
-    EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', {publication}, r.object_identity);
+      VALUES (statement_timestamp(), 1, 'NOT PUBLISHED', SQLERRM, 'pg_catalog',
+              jsonb_build_array(jsonb_build_object('type', 'table', 'schema', r.schema_name,
+                                                   'identity', r.object_identity)));
+      CONTINUE;
+    END;
     IF r.command_tag <> 'CREATE TABLE' THEN
       -- Its rows were written before it was published: write them again, now that they are streamed.
       EXECUTE format('CREATE TEMPORARY TABLE pgmigrate_ddl_rows ON COMMIT DROP AS TABLE %s', r.object_identity);
@@ -169,6 +180,15 @@ def capture_names(config: MigrationConfig) -> CaptureNames:
     stem = slot if len(slot) <= 50 else slot[:41] + "_" + hashlib.md5(slot.encode()).hexdigest()[:8]  # noqa: S324
     return CaptureNames(QualifiedName(CAPTURE_SCHEMA, slot), f"{stem}_ddl_end", f"{stem}_ddl_drop",
                         f"pgmigrate_ddl.{stem}")
+
+
+def is_capture_object(entry_type: str, schema: str | None, name: str, text: str) -> bool:
+    """Whether a pg_dump entry is part of a DDL capture (any migration's): never migrated, never reported."""
+    if schema == CAPTURE_SCHEMA or (entry_type == "SCHEMA" and name == CAPTURE_SCHEMA):
+        return True
+    if entry_type in ("ACL", "COMMENT") and name == f"SCHEMA {CAPTURE_SCHEMA}":
+        return True
+    return entry_type == "EVENT TRIGGER" and f"{CAPTURE_SCHEMA}." in text
 
 
 def install_capture(conn: psycopg.Connection, config: MigrationConfig,
@@ -230,4 +250,4 @@ def remove_capture(conn: psycopg.Connection, config: MigrationConfig,
     return found
 
 
-__all__ = ["CaptureNames", "capture_names", "install_capture", "remove_capture"]
+__all__ = ["CaptureNames", "is_capture_object", "capture_names", "install_capture", "remove_capture"]

@@ -169,6 +169,8 @@ class DdlPlanner:
 
     def plan(self, record: DdlRecord) -> DdlStep | None:
         """The destination step of ``record``; None when it concerns nothing the migration moves."""
+        if record.tag == "NOT PUBLISHED":
+            return self._not_published(record)
         stmt, raw = self._statement(record)
         if stmt is None:
             return self._left_alone(record)
@@ -190,6 +192,18 @@ class DdlPlanner:
             raise self._stop(record, f"{kind.removesuffix('Stmt')} statements are not replicated",
                              "apply the same change on the destination by hand")
         return handler(record, stmt, raw)
+
+    def _not_published(self, record: DdlRecord) -> DdlStep | None:
+        """The capture could not add a new table to the publication (its account may not): its rows would be lost."""
+        table = next((parse_qualified_name(str(o["identity"])) for o in record.objects), None)
+        if table is None or not self.selector(table):
+            return self._left_alone(record)
+        raise DdlStop(f"{record.where()}: new table {table} could not be added to publication "
+                      f"{self.config.publication_name} ({record.query}), so its rows would not reach the "
+                      "destination. Incremental sync stopped. Fix: as the table's owner or a superuser, run on the "
+                      f"source ALTER PUBLICATION {self.config.publication_name} ADD TABLE {table}; then restart "
+                      "the migration from a fresh full load (its rows written so far were not streamed), or exclude "
+                      "the table with objects.exclude")
 
     # -- picking the statement -------------------------------------------------------------------------------------
 
@@ -395,7 +409,7 @@ class DdlPlanner:
         name = self._qualify(stmt.relation, record)
         if stmt.objtype.name == "OBJECT_TABLE":
             return name
-        tables = [QualifiedName(o["schema"], str(o["identity"]).split(".", 1)[-1]) for o in record.objects
+        tables = [parse_qualified_name(str(o["identity"])) for o in record.objects
                   if o.get("type") == "table"]
         return tables[0] if tables else (name if self._schema_migrated(name.schema) else None)
 
