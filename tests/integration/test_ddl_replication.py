@@ -419,3 +419,23 @@ def test_ddl_inside_a_streamed_transaction_is_applied_at_its_place(migration_env
     assert table_dump(env.destination_info()) == table_dump(env.source_info())
     assert rows(env.destination_info()) == rows(env.source_info())
     assert rows(env.destination_info())["streamed"][0] == 5000
+
+
+def test_an_index_or_constraint_already_made_by_post_data_is_not_an_error(migration_env):
+    """DDL during the full load is in the stream and, when it made an index or a named constraint, in the post-data
+    section too: the destination has it already when the sync applies it."""
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env)
+    for side in (env.src, env.dst):
+        side("CREATE INDEX orders_qty_idx ON app.orders (qty); "
+             "ALTER TABLE app.orders ADD CONSTRAINT qty_small CHECK (qty < 1000) NOT VALID")
+    env.src("INSERT INTO app.orders (id, qty) VALUES (80001, 4)")
+    lines: list[str] = []
+    for _ in range(10):
+        if run_incremental(config, env.source_info(), env.destination_info(), window_seconds=15,
+                           log=lines.append).caught_up:
+            break
+    assert sum("already_there" in line for line in lines) == 2
+    assert table_dump(env.destination_info()) == table_dump(env.source_info())
+    assert rows(env.destination_info()) == rows(env.source_info())

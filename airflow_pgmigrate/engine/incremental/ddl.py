@@ -97,6 +97,9 @@ class DdlStep:
     #: Under a name mapping: the source's names of the touched tables' constraints and indexes, with the destination's
     #: table and column names (names PostgreSQL chose on the destination are renamed to these).
     names: list[SourceName] = field(default_factory=list)
+    #: A named index or constraint that may be on the destination already: made by the DDL during the full load, it
+    #: is in the post-data section too. Its "already exists" error means the step is done.
+    may_exist: bool = False
 
 
 @dataclass(frozen=True)
@@ -288,7 +291,10 @@ class DdlPlanner:
             return self._left_alone(record)
         stmt.cmds = tuple(kept)
         self._qualify_all(stmt, record)
-        return self._step(record, [self._rewritten(stmt, raw, record, changed=changed)], {self.mapper.table(table)})
+        step = self._step(record, [self._rewritten(stmt, raw, record, changed=changed)], {self.mapper.table(table)})
+        step.may_exist = len(kept) == 1 and kept[0].subtype.name == "AT_AddConstraint" and bool(
+            getattr(kept[0].def_, "conname", None))
+        return step
 
     def _index(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         table = self._qualify(stmt.relation, record)
@@ -297,7 +303,9 @@ class DdlPlanner:
         concurrent = bool(stmt.concurrent)
         stmt.concurrent = False  # the destination builds it inside its transaction
         self._qualify_all(stmt, record)
-        return self._step(record, [self._rewritten(stmt, raw, record, changed=concurrent)], set())
+        step = self._step(record, [self._rewritten(stmt, raw, record, changed=concurrent)], set())
+        step.may_exist = bool(stmt.idxname)
+        return step
 
     def _drop(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         kind = stmt.removeType.name
@@ -507,18 +515,33 @@ def apply_ddl(dst: psycopg.Connection, step: DdlStep, log: Callable[[str], None]
     dst.execute("SELECT set_config('search_path', %s, true)", (step.search_path,))
     for statement in step.statements:
         try:
-            dst.execute(statement)
+            _run_statement(dst, step, statement, log)
         except psycopg.Error as exc:
             record = step.record
             raise DdlStop(f"{record.where()} failed on the destination: {(exc.diag.message_primary or str(exc)).strip()}. "
                           f"Statement run: {statement[:500]}. Incremental sync stopped before it, nothing of its "
                           "transaction applied. Fix: bring the destination table to the source's definition by hand, "
                           f"then mark the DDL done with {step.mark_done} and resume") from None
-        log(f"incremental ddl applied={step.record.id} tag={step.record.tag!r} "
-            f"lsn={int_to_lsn(step.record.commit_lsn)} statement={statement[:200]!r}")
     dst.execute("SELECT set_config('search_path', %s, true)", (row[0],))
     if step.names:
         follow_source_names(dst, step, log)
+
+
+def _run_statement(dst: psycopg.Connection, step: DdlStep, statement: str, log: Callable[[str], None]) -> None:
+    record = step.record
+    if not step.may_exist:
+        dst.execute(statement)
+    else:
+        try:
+            # A savepoint (apply_ddl's first query opened the transaction): "already exists" leaves it usable.
+            with dst.transaction():
+                dst.execute(statement)
+        except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject) as exc:
+            log(f"incremental ddl already_there={record.id} tag={record.tag!r}: "
+                f"{(exc.diag.message_primary or str(exc)).strip()} (the post-data step made it after the full load)")
+            return
+    log(f"incremental ddl applied={record.id} tag={record.tag!r} lsn={int_to_lsn(record.commit_lsn)} "
+        f"statement={statement[:200]!r}")
 
 
 #: The destination's constraints and indexes of a table (those an index of a constraint is not listed twice).
