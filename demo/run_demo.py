@@ -94,6 +94,8 @@ def main() -> int:
         finally:
             writer.stop()
         print(f"demo: the write load committed {writer.transactions} transactions on the source during the run")
+        if writer.altered:
+            print(f"demo: and ran this DDL on the source mid-migration, replicated by the sync: {writer.DDL}")
         code = code or verify(configs / "demo.yaml", source, destination)
         if not args.keep_state:
             drop_state(configs / "demo.yaml", destination)
@@ -134,8 +136,7 @@ class WriteLoad(threading.Thread):
         if self.altered or self.destination is None or self.transactions % 20 or not self._orders_copied():
             return
         conn.execute(self.DDL)
-        self.altered = True
-        print(f"demo: DDL on the source during the migration: {self.DDL}", flush=True)
+        self.altered = True  # said after the run (Airflow's task logging holds stdout meanwhile)
 
     def run(self) -> None:
         import random
