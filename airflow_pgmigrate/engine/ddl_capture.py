@@ -111,8 +111,10 @@ BEGIN
      WHERE x.indrelid IN (SELECT rel FROM touched)
        AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = x.indexrelid AND k.contype IN ('p', 'u', 'x'))
   ) named;
-  INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects, dropped, columns, names)
-  VALUES (statement_timestamp(), seq, tg_tag, current_query(), caller_path, objs, gone, cols, owned);
+  INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects, dropped, columns, names,
+                     xact_time, time_zone)
+  VALUES (statement_timestamp(), seq, tg_tag, current_query(), caller_path, objs, gone, cols, owned, now(),
+          current_setting('TimeZone'));
   PERFORM set_config({busy}, 'on', true);
   FOR r IN SELECT c.command_tag, c.objid, c.object_identity, c.schema_name FROM pg_event_trigger_ddl_commands() c
              JOIN pg_class k ON k.oid = c.objid
@@ -201,7 +203,7 @@ def install_capture(conn: psycopg.Connection, config: MigrationConfig,
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, statement_time timestamptz NOT NULL, "
         "ordinal int NOT NULL, command_tag text NOT NULL, query text NOT NULL, search_path text NOT NULL, "
-        "objects jsonb, dropped jsonb, columns jsonb, names jsonb, "
+        "objects jsonb, dropped jsonb, columns jsonb, names jsonb, xact_time timestamptz, time_zone text, "
         "recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())"
     ).format(table))
     conn.execute(sql.SQL(_FUNCTION).format(

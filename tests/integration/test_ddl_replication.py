@@ -439,3 +439,38 @@ def test_an_index_or_constraint_already_made_by_post_data_is_not_an_error(migrat
     assert sum("already_there" in line for line in lines) == 2
     assert table_dump(env.destination_info()) == table_dump(env.source_info())
     assert rows(env.destination_info()) == rows(env.source_info())
+
+
+def test_a_column_added_with_a_clock_default_gets_the_source_s_values(migration_env):
+    """ADD COLUMN ... DEFAULT now() gives the existing rows the source transaction's time, which the change stream
+    does not carry: the destination adds the column with that recorded time, then sets the default back."""
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env)
+    with psycopg.connect(**env.source_info().connect_kwargs()) as src:
+        src.execute("SET TimeZone = 'Pacific/Kiritimati'")  # +14: CURRENT_DATE is often another day than in UTC
+        src.execute("SELECT pg_sleep(1.2)")  # the destination's own now() would differ
+        src.execute("ALTER TABLE app.orders ADD COLUMN stamped timestamptz NOT NULL DEFAULT now(), "
+                    "ADD COLUMN stamped_day date DEFAULT CURRENT_DATE, "
+                    "ADD COLUMN stamped_local timestamp(0) DEFAULT LOCALTIMESTAMP(0) + interval '1 hour'")
+        src.commit()
+    env.src("INSERT INTO app.orders (id, qty) VALUES (90001, 1)")
+    catch_up(env, config)
+    assert rows(env.destination_info()) == rows(env.source_info())
+    assert table_dump(env.destination_info()) == table_dump(env.source_info())  # the defaults as written
+
+
+@pytest.mark.parametrize(("column", "why"), [
+    ("token uuid DEFAULT gen_random_uuid()", "gen_random_uuid()"),
+    ("n serial", "serial column"),
+    ("n bigint GENERATED ALWAYS AS IDENTITY", "identity column"),
+    ("who text DEFAULT current_user", "CURRENT_USER"),
+])
+def test_a_column_added_with_values_the_destination_cannot_compute_stops_the_sync(migration_env, column, why):
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env)
+    env.src(f"ALTER TABLE app.orders ADD COLUMN {column}")
+    with pytest.raises(SyncError) as err:
+        catch_up(env, config)
+    assert why in str(err.value) and "does not carry" in str(err.value)

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.incremental.ddl_defaults import NotReplicable, SourceTime, freeze_added_default
 from airflow_pgmigrate.engine.incremental.pgoutput import Change, Relation, int_to_lsn
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError, deparse, statement_text, walk_nodes
@@ -78,6 +79,8 @@ class DdlRecord:
     commit_lsn: int
     #: The constraints and indexes of the touched tables after the command, as the source named them.
     names: list[dict[str, Any]] = field(default_factory=list)
+    #: The source transaction's start time and the session's TimeZone (what ``now()`` and CURRENT_DATE read).
+    time: SourceTime | None = None
 
     def where(self) -> str:
         return f"DDL {self.id} ({self.tag}, committed at source LSN {int_to_lsn(self.commit_lsn)})"
@@ -131,7 +134,9 @@ def record_of(relation: Relation, change: Change, commit_lsn: int) -> DdlRecord:
     return DdlRecord(int(field_("id") or 0), int(field_("ordinal") or 1), field_("command_tag") or "",
                      field_("query") or "", split_search_path(field_("search_path") or ""),
                      json.loads(field_("objects") or "[]"), json.loads(field_("dropped") or "[]"),
-                     json.loads(field_("columns") or "null"), commit_lsn, json.loads(field_("names") or "[]"))
+                     json.loads(field_("columns") or "null"), commit_lsn, json.loads(field_("names") or "[]"),
+                     SourceTime(field_("xact_time") or "", field_("time_zone") or "UTC") if field_("xact_time")
+                     else None)
 
 
 def split_search_path(text: str) -> list[str]:
@@ -291,10 +296,42 @@ class DdlPlanner:
             return self._left_alone(record)
         stmt.cmds = tuple(kept)
         self._qualify_all(stmt, record)
-        step = self._step(record, [self._rewritten(stmt, raw, record, changed=changed)], {self.mapper.table(table)})
+        restore = self._added_defaults(record, stmt, kept)
+        statements = [self._rewritten(stmt, raw, record, changed=changed or bool(restore))]
+        statements += [self._rewritten_text(text, record) for text in restore]
+        step = self._step(record, statements, {self.mapper.table(table)})
         step.may_exist = len(kept) == 1 and kept[0].subtype.name == "AT_AddConstraint" and bool(
             getattr(kept[0].def_, "conname", None))
         return step
+
+    def _added_defaults(self, record: DdlRecord, stmt: Any, cmds: list[Any]) -> list[str]:
+        """Added columns whose default reads the clock get the source's time for the existing rows (see
+        ddl_defaults.py); the statements that set their written default back. Stops where that cannot be done."""
+        restore = []
+        for cmd in cmds:
+            if cmd.subtype.name != "AT_AddColumn" or cmd.def_ is None:
+                continue
+            try:
+                written = freeze_added_default(cmd.def_, record.time)
+            except NotReplicable as exc:
+                raise self._stop(record, f"column {cmd.def_.colname} is added with values for the existing rows "
+                                 f"that the change stream does not carry: {exc}",
+                                 "add the column on the destination and copy its values from the source by hand "
+                                 "(for example through a temporary table), or exclude the table") from None
+            if written is not None:
+                restore.append(f"ALTER TABLE {deparse(stmt.relation)} ALTER COLUMN "
+                               f"{sql.Identifier(cmd.def_.colname).as_string(None)} SET DEFAULT {written}")
+        return restore
+
+    def _rewritten_text(self, text: str, record: DdlRecord) -> str:
+        """A statement written here, in the source's names, for the destination."""
+        if self.identity:
+            return text
+        try:
+            return DefinitionRewriter(self.mapper, self._tables_named(_parsed(text)), {}).rewrite(text).sql.strip() \
+                .rstrip(";")
+        except RewriteError as exc:
+            raise self._stop(record, str(exc), "apply the same change on the destination by hand") from None
 
     def _index(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         table = self._qualify(stmt.relation, record)
@@ -505,6 +542,12 @@ class DdlPlanner:
                        f"Incremental sync stopped before it, nothing of its transaction applied. Fix: {fix}, then "
                        f"mark it done with {self._mark_done(record)} and resume (the rest of its transaction is "
                        "applied then)")
+
+
+def _parsed(text: str) -> Any:
+    from pglast import parse_sql
+
+    return parse_sql(text)[0].stmt
 
 
 def apply_ddl(dst: psycopg.Connection, step: DdlStep, log: Callable[[str], None]) -> None:
