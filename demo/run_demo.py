@@ -77,6 +77,7 @@ def main() -> int:
             "destination: {conn_id: demo_destination}\n"
             "migration_types: [schema, full, incremental]\n"
             "objects: {schemas: [public, reporting]}\n"
+            "incremental: {ddl: replicate}\n"
             f"cutover: {{approval: {'manual' if args.ui else 'automatic'}, freeze_source: true}}\n"
             f"alerts: {{notifiers: [{{notifier: file, kwargs: {{path: {WORK / 'alerts.jsonl'}}}}}]}}\n"
             f"report: {{directory: {WORK / 'reports'}}}\n"
@@ -85,13 +86,16 @@ def main() -> int:
             return run_ui(source, airflow_home, configs, args.port)
         print("demo: preparing Airflow's metadata database ...", flush=True)
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-        writer = WriteLoad(source.info("shop"))  # runs during the whole migration, full load included
+        # Runs during the whole migration, full load included; adds a column once the sync runs (replicated DDL).
+        writer = WriteLoad(source.info("shop"), destination.info("shop"))
         writer.start()
         try:
             code = run_dag()
         finally:
             writer.stop()
         print(f"demo: the write load committed {writer.transactions} transactions on the source during the run")
+        if writer.altered:
+            print(f"demo: and ran this DDL on the source mid-migration, replicated by the sync: {writer.DDL}")
         code = code or verify(configs / "demo.yaml", source, destination)
         if not args.keep_state:
             drop_state(configs / "demo.yaml", destination)
@@ -105,13 +109,34 @@ def main() -> int:
 
 
 class WriteLoad(threading.Thread):
-    """Orders placed, paid and cancelled on the source while the migration runs."""
+    """Orders placed, paid and cancelled on the source while the migration runs. With the destination given, once the
+    full load has copied the orders, the source's orders table gets a new column (incremental sync replicates that
+    DDL: ``incremental.ddl: replicate``) and later orders fill it."""
 
-    def __init__(self, info) -> None:  # noqa: ANN001 - a ConnectionInfo
+    #: The DDL run on the source during the sync.
+    DDL = "ALTER TABLE public.orders ADD COLUMN channel text NOT NULL DEFAULT 'web'"
+
+    def __init__(self, info, destination=None) -> None:  # noqa: ANN001 - ConnectionInfo
         super().__init__(daemon=True)
-        self.info = info
+        self.info, self.destination = info, destination
         self.transactions = 0
+        self.altered = False
         self._stop_event = threading.Event()
+
+    def _orders_copied(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(**self.destination.connect_kwargs(), autocommit=True) as dst:
+                return bool(dst.execute("SELECT EXISTS (SELECT FROM public.orders)").fetchone()[0])
+        except psycopg.Error:  # not created yet
+            return False
+
+    def _maybe_alter(self, conn) -> None:  # noqa: ANN001
+        if self.altered or self.destination is None or self.transactions % 20 or not self._orders_copied():
+            return
+        conn.execute(self.DDL)
+        self.altered = True  # said after the run (Airflow's task logging holds stdout meanwhile)
 
     def run(self) -> None:
         import random
@@ -122,17 +147,22 @@ class WriteLoad(threading.Thread):
         with psycopg.connect(**self.info.connect_kwargs(), autocommit=True) as conn:
             while not self._stop_event.is_set():
                 try:
-                    self._one(conn, rnd)
+                    self._maybe_alter(conn)
+                    self._one(conn, rnd, self.altered)
                 except psycopg.Error:
                     return  # the cutover froze the source and ended this session: writes stopped
                 self.transactions += 1
                 time.sleep(0.01)
 
     @staticmethod
-    def _one(conn, rnd) -> None:  # noqa: ANN001
+    def _one(conn, rnd, altered: bool) -> None:  # noqa: ANN001
         with conn.transaction():
-            order = conn.execute("INSERT INTO public.orders (customer_id) VALUES (%s) RETURNING id",
-                                 (rnd.randint(1, 2000),)).fetchone()[0]
+            if altered:
+                order = conn.execute("INSERT INTO public.orders (customer_id, channel) VALUES (%s, %s) RETURNING id",
+                                     (rnd.randint(1, 2000), rnd.choice(["web", "app", "phone"]))).fetchone()[0]
+            else:
+                order = conn.execute("INSERT INTO public.orders (customer_id) VALUES (%s) RETURNING id",
+                                     (rnd.randint(1, 2000),)).fetchone()[0]
             conn.execute("INSERT INTO public.order_items VALUES (%s, %s, %s)",
                          (order, f"SKU-{rnd.randint(1, 500)}", rnd.randint(1, 5)))
             conn.execute("UPDATE public.orders SET status = 'paid' WHERE id = %s", (rnd.randint(1, order),))

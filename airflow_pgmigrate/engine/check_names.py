@@ -12,6 +12,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "source_privileges",
     "destination_privileges",
     "publication",
+    "ddl_capture",
     "selected_objects",
     "row_filters",
     "name_mapping",

@@ -10,10 +10,11 @@ Objects, all in schema ``pgmigrate_ddl`` of the source (never migrated itself):
   runs as the migration's account, with a search_path of its own).
 
 A table created whose rows the migration moves (its selection, ``exclude`` and ``exclude_data``) is added to the
-publication (always the migration's own) by the trigger, in the creating transaction, so its rows (those written later in that transaction too) are streamed. A table created without a
-primary key gets ``REPLICA IDENTITY FULL`` there: once published, the source would refuse its updates and deletes
-otherwise. The rows written by ``CREATE TABLE ... AS`` itself come before the table is published: the trigger writes
-them again after publishing it (an emptied table and the same rows), so they are streamed too.
+publication (always the migration's own) by the trigger, in the creating transaction, so its rows (those written
+later in that transaction too) are streamed. A table created without a primary key gets ``REPLICA IDENTITY FULL``
+there: once published, the source would refuse its updates and deletes otherwise. The rows written by
+``CREATE TABLE ... AS`` itself come before the table is published: the trigger writes them again after publishing it
+(an emptied table and the same rows), so they are streamed too.
 
 :func:`remove_capture` drops everything at release or abort: nothing is left behind.
 """
@@ -34,10 +35,6 @@ from airflow_pgmigrate.engine.identifiers import CAPTURE_SCHEMA, QualifiedName, 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
 
-#: The log table's columns, in the order the sync reads them.
-LOG_COLUMNS = ("id", "statement_time", "ordinal", "command_tag", "query", "search_path", "objects", "dropped",
-               "columns")
-
 #: The recording function. Placeholders: the log table, the publication, a session setting prefix of this capture.
 #: ``columns`` holds, for a table made by CREATE TABLE AS / SELECT INTO, its columns and types (the destination cannot
 #: run the query that made it).
@@ -48,6 +45,7 @@ DECLARE
   objs jsonb;
   gone jsonb;
   cols jsonb;
+  owned jsonb;
   mark text;
   seq int := 1;
   r record;
@@ -93,8 +91,35 @@ BEGIN
     SELECT jsonb_agg(jsonb_build_array(attname, format_type(atttypid, atttypmod)) ORDER BY attnum) INTO cols
       FROM pg_attribute WHERE attrelid = r.objid AND attnum > 0 AND NOT attisdropped;
   END LOOP;
-  INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects, dropped, columns)
-  VALUES (statement_timestamp(), seq, tg_tag, current_query(), caller_path, objs, gone, cols);
+  -- The constraints and indexes of the tables the command touched, by name (names PostgreSQL chose follow the
+  -- destination's table and column names, which a name mapping may change: the destination renames them after).
+  WITH touched AS (
+    SELECT objid AS rel FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table'
+    UNION SELECT x.indrelid FROM pg_index x
+     WHERE x.indexrelid IN (SELECT objid FROM pg_event_trigger_ddl_commands() WHERE object_type = 'index'))
+  SELECT jsonb_agg(item) INTO owned FROM (
+    SELECT jsonb_build_object('schema', n.nspname, 'table', t.relname, 'kind', 'constraint', 'name', k.conname,
+                              'type', k.contype, 'columns', (
+                                SELECT jsonb_agg(a.attname ORDER BY u.ord) FROM unnest(k.conkey) WITH ORDINALITY
+                                       AS u(attnum, ord) JOIN pg_attribute a ON a.attrelid = t.oid
+                                       AND a.attnum = u.attnum)) AS item
+      FROM pg_constraint k JOIN pg_class t ON t.oid = k.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+     WHERE k.conrelid IN (SELECT rel FROM touched) AND k.contype IN ('p', 'u', 'f', 'c', 'x')
+    UNION ALL
+    SELECT jsonb_build_object('schema', n.nspname, 'table', t.relname, 'kind', 'index', 'name', i.relname,
+                              'type', CASE WHEN x.indisunique THEN 'u' ELSE 'i' END, 'columns', (
+                                SELECT jsonb_agg(coalesce(a.attname, '') ORDER BY u.ord)
+                                  FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS u(attnum, ord)
+                                  LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = u.attnum))
+      FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+      JOIN pg_namespace n ON n.oid = t.relnamespace
+     WHERE x.indrelid IN (SELECT rel FROM touched)
+       AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = x.indexrelid AND k.contype IN ('p', 'u', 'x'))
+  ) named;
+  INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects, dropped, columns, names,
+                     xact_time, time_zone)
+  VALUES (statement_timestamp(), seq, tg_tag, current_query(), caller_path, objs, gone, cols, owned, now(),
+          current_setting('TimeZone'));
   PERFORM set_config({busy}, 'on', true);
   FOR r IN SELECT c.command_tag, c.objid, c.object_identity, c.schema_name FROM pg_event_trigger_ddl_commands() c
              JOIN pg_class k ON k.oid = c.objid
@@ -103,15 +128,26 @@ BEGIN
               AND c.schema_name <> {schema} AND {streamed}
               AND NOT EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                                WHERE p.pubname = {publication} AND pr.prrelid = c.objid) LOOP
-    IF NOT EXISTS (SELECT FROM pg_index WHERE indrelid = r.objid AND indisprimary) THEN
-      EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity);
-      -- Recorded as a DDL of its own, so that the destination's definition follows.
+    BEGIN
+      IF NOT EXISTS (SELECT FROM pg_index WHERE indrelid = r.objid AND indisprimary) THEN
+        EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity);
+        -- Recorded as a DDL of its own, so that the destination's definition follows.
+        INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects)
+        VALUES (statement_timestamp(), 1, 'ALTER TABLE',
+                format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity), 'pg_catalog',
+                jsonb_build_array(jsonb_build_object('type', 'table', 'schema', r.schema_name,
+                                                     'identity', r.object_identity)));
+      END IF;
+      EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', {publication}, r.object_identity);
+    EXCEPTION WHEN insufficient_privilege THEN
+      -- The migration's account may not publish this table (it neither owns it nor is a superuser): the user's DDL
+      -- goes on, and the sync stops at this record, naming the table and the fix.
       INSERT INTO {log} (statement_time, ordinal, command_tag, query, search_path, objects)
-      VALUES (statement_timestamp(), 1, 'ALTER TABLE', format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity),
-              'pg_catalog', jsonb_build_array(jsonb_build_object('type', 'table', 'schema', r.schema_name,
-                                                                 'identity', r.object_identity)));
-    END IF;
-    EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', {publication}, r.object_identity);
+      VALUES (statement_timestamp(), 1, 'NOT PUBLISHED', SQLERRM, 'pg_catalog',
+              jsonb_build_array(jsonb_build_object('type', 'table', 'schema', r.schema_name,
+                                                   'identity', r.object_identity)));
+      CONTINUE;
+    END;
     IF r.command_tag <> 'CREATE TABLE' THEN
       -- Its rows were written before it was published: write them again, now that they are streamed.
       EXECUTE format('CREATE TEMPORARY TABLE pgmigrate_ddl_rows ON COMMIT DROP AS TABLE %s', r.object_identity);
@@ -198,6 +234,15 @@ def glob_regex(pattern: str) -> str:
     return "^" + "".join(out) + "$"
 
 
+def is_capture_object(entry_type: str, schema: str | None, name: str, text: str) -> bool:
+    """Whether a pg_dump entry is part of a DDL capture (any migration's): never migrated, never reported."""
+    if schema == CAPTURE_SCHEMA or (entry_type == "SCHEMA" and name == CAPTURE_SCHEMA):
+        return True
+    if entry_type in ("ACL", "COMMENT") and name == f"SCHEMA {CAPTURE_SCHEMA}":
+        return True
+    return entry_type == "EVENT TRIGGER" and f"{CAPTURE_SCHEMA}." in text
+
+
 def install_capture(conn: psycopg.Connection, config: MigrationConfig,
                     log: Callable[[str], None] = lambda message: None) -> None:
     """Create (or renew) the capture and publish its log table; the publication must exist. Idempotent."""
@@ -208,7 +253,8 @@ def install_capture(conn: psycopg.Connection, config: MigrationConfig,
     conn.execute(sql.SQL(
         "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, statement_time timestamptz NOT NULL, "
         "ordinal int NOT NULL, command_tag text NOT NULL, query text NOT NULL, search_path text NOT NULL, "
-        "objects jsonb, dropped jsonb, columns jsonb, recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        "objects jsonb, dropped jsonb, columns jsonb, names jsonb, xact_time timestamptz, time_zone text, "
+        "recorded_at timestamptz NOT NULL DEFAULT clock_timestamp())"
     ).format(table))
     conn.execute(sql.SQL(_FUNCTION).format(
         function=table, log=table, schema=sql.Literal(CAPTURE_SCHEMA), schema_ident=sql.Identifier(CAPTURE_SCHEMA),
@@ -257,4 +303,4 @@ def remove_capture(conn: psycopg.Connection, config: MigrationConfig,
     return found
 
 
-__all__ = ["LOG_COLUMNS", "CaptureNames", "capture_names", "install_capture", "remove_capture"]
+__all__ = ["CaptureNames", "is_capture_object", "capture_names", "install_capture", "remove_capture"]

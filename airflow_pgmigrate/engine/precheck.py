@@ -26,6 +26,7 @@ from airflow_pgmigrate.engine.definition_only import (
     without_rows_problem,
 )
 from airflow_pgmigrate.engine.filtered_keys import broken_key_fix, broken_key_problem, keys_broken_by_filters
+from airflow_pgmigrate.engine.identifiers import CAPTURE_SCHEMA
 from airflow_pgmigrate.engine.names import (
     NameMapper,
     QualifiedName,
@@ -160,6 +161,33 @@ def check_version_match(ctx: PrecheckContext) -> list[CheckResult]:
                         "may fail to migrate")]
     return [warning("version_match", f"{text}: major versions differ",
                     "rehearse the migration on a test destination of this version before the real one")]
+
+
+def check_ddl_capture(ctx: PrecheckContext) -> list[CheckResult]:
+    """``incremental.ddl: replicate``: whether the source account may install the DDL capture (event triggers need a
+    superuser, or rds_superuser on Amazon RDS) and publish the tables DDL creates later (their owner or a superuser)."""
+    if ctx.config.incremental.ddl != "replicate":
+        return []
+    assert ctx.src is not None
+    row = ctx.src.execute(
+        "SELECT r.rolsuper, EXISTS (SELECT FROM pg_roles s WHERE s.rolname = 'rds_superuser' "
+        "AND pg_has_role(current_user, s.oid, 'member')) FROM pg_roles r WHERE r.rolname = current_user").fetchone()
+    superuser, rds_superuser = (bool(row[0]), bool(row[1])) if row else (False, False)
+    user = _qi(ctx.source.user or "")
+    what = ("the migration installs on the source an event trigger that records table DDL in "
+            f"{CAPTURE_SCHEMA}.{ctx.config.slot_name} (removed at release)")
+    if superuser:
+        return [passed("ddl_capture", f"{what}; the source account is a superuser")]
+    if rds_superuser:
+        return [warning("ddl_capture", f"{what}; the source account has rds_superuser, which may create it, but a "
+                        "table created later by another role can be published only by its owner: the sync stops at "
+                        "such a CREATE TABLE and says what to do",
+                        "create new tables as the source account, or grant the source account the roles that "
+                        "create them")]
+    return [failed("ddl_capture", f"incremental.ddl is replicate, but the source account {user} may not create "
+                   "event triggers (a superuser, or rds_superuser on Amazon RDS, may)",
+                   f"GRANT rds_superuser TO {user}; on Amazon RDS (ALTER ROLE {user} SUPERUSER elsewhere), or set "
+                   "incremental.ddl: stop")]
 
 
 def check_wal_level(ctx: PrecheckContext) -> list[CheckResult]:
@@ -767,7 +795,9 @@ def check_c_functions(ctx: PrecheckContext) -> list[CheckResult]:
 
 #: Objects the schema migration does not create (docs/schema.md, "What is not migrated"), and why.
 _NOT_MIGRATED_SQL = """
-SELECT 'event trigger ' || quote_ident(evtname), 'event triggers are database-wide' FROM pg_event_trigger
+SELECT 'event trigger ' || quote_ident(evtname), 'event triggers are database-wide' FROM pg_event_trigger e
+ WHERE NOT EXISTS (SELECT FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                    WHERE p.oid = e.evtfoid AND n.nspname = 'pgmigrate_ddl')  -- a migration's DDL capture
 UNION ALL
 SELECT 'publication ' || quote_ident(pubname), 'publications belong to the source''s replication setup'
   FROM pg_publication WHERE pubname <> %(own)s
@@ -1150,6 +1180,7 @@ _CHECKS: dict[str, tuple[Check, tuple[str, ...], bool, bool]] = {
     "source_privileges": (check_source_privileges, ("schema", "full", "incremental"), True, False),
     "destination_privileges": (check_destination_privileges, ("schema", "full", "incremental"), False, True),
     "publication": (check_publication, ("incremental",), True, False),
+    "ddl_capture": (check_ddl_capture, ("incremental",), True, False),
     "selected_objects": (check_selected_objects, ("schema", "full", "incremental"), True, False),
     "row_filters": (check_row_filters, ("full", "incremental"), True, False),
     "name_mapping": (check_name_mapping, ("schema", "full", "incremental"), True, False),

@@ -29,6 +29,7 @@ from psycopg import sql
 
 from airflow_pgmigrate.engine import catalog
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.ddl_capture import is_capture_object
 from airflow_pgmigrate.engine.definition_only import (
     keys_into_tables_without_rows,
     tables_without_rows,
@@ -592,6 +593,8 @@ class _Planner:
         key = _entry_key(entry, table)
         if entry.type.startswith("PUBLICATION") and entry.name.split(" ")[0] == self.config.publication_name:
             return False  # the migration's own, for incremental sync
+        if is_capture_object(entry.type, entry.schema, entry.name, entry.sql):
+            return False  # a migration's DDL capture on the source (incremental.ddl: replicate)
         if entry.type in SKIPPED_TYPES:
             return self.skip(entry, key, SKIPPED_TYPES[entry.type])
         if entry.type in ("ACL", "COMMENT", "SECURITY LABEL") and table is None:

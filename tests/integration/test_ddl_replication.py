@@ -20,6 +20,7 @@ from airflow_pgmigrate.engine.ddl_capture import capture_names
 from airflow_pgmigrate.engine.incremental import SyncError, release, run_incremental
 from airflow_pgmigrate.engine.pgdump import available_pg_dumps, run_pg_dump, split_dump
 from airflow_pgmigrate.engine.schema import normalize_sql
+from airflow_pgmigrate.engine.verify import compare
 from tests.integration.test_incremental import start_migration
 
 pytestmark = pytest.mark.integration
@@ -226,6 +227,10 @@ def test_ddl_on_a_renamed_table_follows_the_case_policy(migration_env):
     assert query(env.destination_info(), 'SELECT "LABEL" FROM "APP"."FRESH"') == [("one",)]
     assert query(env.destination_info(), "SELECT count(*) FROM pg_indexes WHERE schemaname = 'APP' "
                  "AND tablename = 'ORDERS_V2' AND indexdef LIKE '%STATUS%'") == [(1,)]
+    # Names PostgreSQL chose are the source's (orders_v2_status_idx, fresh_pkey), not ones made of the mapped names.
+    report = compare(config, env.source_info(), env.destination_info())
+    assert [d for d in report["definitions"] if not d["equal"]] == []
+    assert report["equal"], report["differences"]
 
 
 def test_unsupported_ddl_stops_with_the_statement_and_the_fix(migration_env):
@@ -414,3 +419,58 @@ def test_ddl_inside_a_streamed_transaction_is_applied_at_its_place(migration_env
     assert table_dump(env.destination_info()) == table_dump(env.source_info())
     assert rows(env.destination_info()) == rows(env.source_info())
     assert rows(env.destination_info())["streamed"][0] == 5000
+
+
+def test_an_index_or_constraint_already_made_by_post_data_is_not_an_error(migration_env):
+    """DDL during the full load is in the stream and, when it made an index or a named constraint, in the post-data
+    section too: the destination has it already when the sync applies it."""
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env)
+    for side in (env.src, env.dst):
+        side("CREATE INDEX orders_qty_idx ON app.orders (qty); "
+             "ALTER TABLE app.orders ADD CONSTRAINT qty_small CHECK (qty < 1000) NOT VALID")
+    env.src("INSERT INTO app.orders (id, qty) VALUES (80001, 4)")
+    lines: list[str] = []
+    for _ in range(10):
+        if run_incremental(config, env.source_info(), env.destination_info(), window_seconds=15,
+                           log=lines.append).caught_up:
+            break
+    assert sum("already_there" in line for line in lines) == 2
+    assert table_dump(env.destination_info()) == table_dump(env.source_info())
+    assert rows(env.destination_info()) == rows(env.source_info())
+
+
+def test_a_column_added_with_a_clock_default_gets_the_source_s_values(migration_env):
+    """ADD COLUMN ... DEFAULT now() gives the existing rows the source transaction's time, which the change stream
+    does not carry: the destination adds the column with that recorded time, then sets the default back."""
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env)
+    with psycopg.connect(**env.source_info().connect_kwargs()) as src:
+        src.execute("SET TimeZone = 'Pacific/Kiritimati'")  # +14: CURRENT_DATE is often another day than in UTC
+        src.execute("SELECT pg_sleep(1.2)")  # the destination's own now() would differ
+        src.execute("ALTER TABLE app.orders ADD COLUMN stamped timestamptz NOT NULL DEFAULT now(), "
+                    "ADD COLUMN stamped_day date DEFAULT CURRENT_DATE, "
+                    "ADD COLUMN stamped_local timestamp(0) DEFAULT LOCALTIMESTAMP(0) + interval '1 hour'")
+        src.commit()
+    env.src("INSERT INTO app.orders (id, qty) VALUES (90001, 1)")
+    catch_up(env, config)
+    assert rows(env.destination_info()) == rows(env.source_info())
+    assert table_dump(env.destination_info()) == table_dump(env.source_info())  # the defaults as written
+
+
+@pytest.mark.parametrize(("column", "why"), [
+    ("token uuid DEFAULT gen_random_uuid()", "gen_random_uuid()"),
+    ("n serial", "serial column"),
+    ("n bigint GENERATED ALWAYS AS IDENTITY", "identity column"),
+    ("who text DEFAULT current_user", "CURRENT_USER"),
+])
+def test_a_column_added_with_values_the_destination_cannot_compute_stops_the_sync(migration_env, column, why):
+    env = migration_env
+    env.src(SCHEMA)
+    config = config_of(env)
+    env.src(f"ALTER TABLE app.orders ADD COLUMN {column}")
+    with pytest.raises(SyncError) as err:
+        catch_up(env, config)
+    assert why in str(err.value) and "does not carry" in str(err.value)

@@ -467,9 +467,8 @@ def test_concurrent_index_builds_and_drops_and_reindex(migration_env):
 
 
 @pytest.mark.parametrize("column", [
-    "at timestamptz DEFAULT now()", "at timestamptz NOT NULL DEFAULT clock_timestamp()",
-    "u uuid DEFAULT gen_random_uuid()", "n serial", "n bigint GENERATED ALWAYS AS IDENTITY",
-    "d date DEFAULT CURRENT_DATE", "r float8 DEFAULT (random() * 10)",
+    "at timestamptz NOT NULL DEFAULT clock_timestamp()", "u uuid DEFAULT gen_random_uuid()", "n serial",
+    "n bigint GENERATED ALWAYS AS IDENTITY", "r float8 DEFAULT (random() * 10)", "w text DEFAULT current_user",
 ])
 def test_a_new_column_whose_existing_rows_get_values_per_server_stops(migration_env, column):
     """ADD COLUMN with a default each server computes by itself (a clock, a random value, a sequence) fills the
@@ -492,7 +491,8 @@ def test_a_new_column_whose_default_is_the_same_everywhere_is_replicated(migrati
             "ADD COLUMN c int[] DEFAULT ARRAY[1, 2], ADD COLUMN d int DEFAULT (1 + 2), "
             "ADD COLUMN e int GENERATED ALWAYS AS (id * 2) STORED, ADD COLUMN f date DEFAULT '2026-01-01', "
             "ADD COLUMN g numeric DEFAULT 1.5, ADD COLUMN h boolean DEFAULT true, ADD COLUMN i int, "
-            "ALTER COLUMN v SET DEFAULT now()::text")
+            "ALTER COLUMN v SET DEFAULT now()::text, ADD COLUMN at timestamptz DEFAULT now(), "
+            "ADD COLUMN today date DEFAULT CURRENT_DATE")
     catch_up(env, config)
     assert_equal(env)
 

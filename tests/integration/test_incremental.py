@@ -215,12 +215,10 @@ def test_one_applier_at_a_time(migration_env):
 def test_lost_slot_is_explained_and_release_cleans_up(migration_env):
     migration_env.src("CREATE TABLE public.items (id int PRIMARY KEY)")
     config = start_migration(migration_env)
-    assert release(config, migration_env.source_info(), log=lambda m: None) == {"slot": True, "publication": True,
-                                                                                "ddl_capture": False}
+    assert release(config, migration_env.source_info(), log=lambda m: None) == {"slot": True, "publication": True}
     with pytest.raises(SyncError, match="does not exist on the source"):
         run_incremental(config, migration_env.source_info(), migration_env.destination_info(), window_seconds=2)
-    assert release(config, migration_env.source_info(), log=lambda m: None) == {"slot": False, "publication": False,
-                                                                                "ddl_capture": False}
+    assert release(config, migration_env.source_info(), log=lambda m: None) == {"slot": False, "publication": False}
 
 
 APPLIER = """

@@ -175,6 +175,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.full_load.parallel_jobs == 4
     assert config.full_load.split_bytes is None  # auto
     assert config.incremental.max_lag_seconds == 5.0
+    assert config.incremental.ddl == "stop"
     assert config.cutover == CutoverSettings()
     assert config.cutover.approval == "manual"
     assert config.precheck.skip == []
@@ -374,6 +375,9 @@ _BAD: list[tuple[str, dict[str, Any], str]] = [
     ("approval unknown", _with(MINIMAL, cutover={"approval": "auto"}), "cutover.approval"),
     ("section given as a list", _with(MINIMAL, objects=["public.orders"]), "objects"),
     ("state schema too long", _with(MINIMAL, state_schema="s" * 64), "state_schema"),
+    ("ddl mode unknown", _with(MINIMAL, incremental={"ddl": "apply"}), "incremental.ddl"),
+    ("ddl replicated through a publication of someone else's",
+     _with(MINIMAL, incremental={"ddl": "replicate", "publication": "their_pub"}), "incremental.ddl"),
 ]
 
 

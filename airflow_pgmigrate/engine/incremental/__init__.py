@@ -56,6 +56,8 @@ BATCH_CHANGES = 50_000
 BATCH_BYTES = 16 * 1024 * 1024
 BATCH_SECONDS = 1.0
 FEEDBACK_SECONDS = 1.0
+#: Messages read in one go (those libpq already holds): the loop's housekeeping runs once per chunk.
+READ_CHUNK = 256
 #: Under a throttle, a batch holds at most this long's worth of the caps (half the window, if that is shorter): each
 #: payment to the caps is short, the applied rate holds over a few seconds, and a window always carries a batch.
 PACE_SECONDS = 0.2
@@ -281,10 +283,11 @@ class IncrementalSync:
         catching up, at the window's end or before the stop-before LSN)."""
         positions, batcher, assembler, stream, pace = p.positions, p.batcher, p.assembler, p.stream, p.batcher.pace
         deadline, target, when_caught_up = p.stops.deadline, p.stops.target, p.stops.when_caught_up
-        feedback_seconds = FEEDBACK_SECONDS
+        feedback_seconds, chunk = FEEDBACK_SECONDS, READ_CHUNK
+        feed = assembler.feed
         last_feedback = 0.0
         while not pace.over:
-            # Once per message: the cheapest tests first.
+            # Once per chunk of messages: the cheapest tests first.
             now = time.monotonic()
             if now - last_feedback >= feedback_seconds:
                 self._report(p, reply=when_caught_up, ask_destination=True)
@@ -299,25 +302,28 @@ class IncrementalSync:
                 batcher.flush()
                 p.writer.drain()
                 return
-            message = stream.read(0.2)
-            if message is None:
+            messages = stream.read_chunk(0.2, chunk)
+            if not messages:
                 if assembler.txn is None and batcher.pending:
                     batcher.flush()
                 continue
-            kind = message[0]
-            if kind == XLOG_DATA:
-                if assembler.feed(message):  # a transaction at or past the stop-before LSN: left for later
-                    batcher.flush()
-                    p.writer.drain()
-                    p.result.caught_up = not batcher.pace.over
-                    batcher.pace.left_at(assembler.stopped_at)
-                    return
-            elif kind == KEEPALIVE:
-                wal_end, reply = keepalive_of(message)
-                positions.keepalive(wal_end)
-                if reply:
-                    self._report(p)
-                    last_feedback = time.monotonic()
+            for message in messages:
+                kind = message[0]
+                if kind == XLOG_DATA:
+                    if feed(message):  # a transaction at or past the stop-before LSN: left for later
+                        batcher.flush()
+                        p.writer.drain()
+                        p.result.caught_up = not batcher.pace.over
+                        batcher.pace.left_at(assembler.stopped_at)
+                        return
+                    if pace.over:
+                        break  # the caps stopped the run: what follows is left for the next one
+                elif kind == KEEPALIVE:
+                    wal_end, reply = keepalive_of(message)
+                    positions.keepalive(wal_end)
+                    if reply:
+                        self._report(p)
+                        last_feedback = time.monotonic()
 
     def _report(self, p: _Pipeline, *, reply: bool = False, ask_destination: bool = False) -> None:
         """Send the position tracker's feedback (asking the destination's flush position first when a commit's

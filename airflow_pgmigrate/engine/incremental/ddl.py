@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from airflow_pgmigrate.engine.connection import ConnectionInfo, connect
+from airflow_pgmigrate.engine.incremental.ddl_defaults import NotReplicable, SourceTime, freeze_added_default
 from airflow_pgmigrate.engine.incremental.pgoutput import Change, Relation, int_to_lsn
 from airflow_pgmigrate.engine.names import NameMapper, QualifiedName, TableSelector, parse_qualified_name
 from airflow_pgmigrate.engine.rewrite import DefinitionRewriter, RewriteError, deparse, statement_text, walk_nodes
@@ -70,10 +71,6 @@ ALTER_APPLIED = frozenset({
 })
 #: ALTER TABLE subcommands left out on the destination (roles and foreign options are not the sync's to change).
 ALTER_LEFT_OUT = frozenset({"AT_ChangeOwner", "AT_GenericOptions"})
-#: Types whose new column takes its values from a new sequence.
-SERIAL_TYPES = frozenset({"serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"})
-#: Expression nodes a server evaluates by itself (functions, the clock, the session's values, queries).
-PER_SERVER_NODES = frozenset({"FuncCall", "SQLValueFunction", "SubLink"})
 #: Objects a COMMENT names by their relation: how many names they have, the schema's included.
 COMMENT_NAMES = {"OBJECT_COLUMN": 3, "OBJECT_TABCONSTRAINT": 3, "OBJECT_TRIGGER": 3, "OBJECT_POLICY": 3,
                  "OBJECT_RULE": 3, "OBJECT_TABLE": 2, "OBJECT_VIEW": 2, "OBJECT_MATVIEW": 2, "OBJECT_FOREIGN_TABLE": 2,
@@ -95,6 +92,10 @@ class DdlRecord:
     dropped: list[dict[str, Any]]
     columns: list[list[str]] | None
     commit_lsn: int
+    #: The constraints and indexes of the touched tables after the command, as the source named them.
+    names: list[dict[str, Any]] = field(default_factory=list)
+    #: The source transaction's start time and the session's TimeZone (what ``now()`` and CURRENT_DATE read).
+    time: SourceTime | None = None
 
     def where(self) -> str:
         return f"DDL {self.id} ({self.tag}, committed at source LSN {int_to_lsn(self.commit_lsn)})"
@@ -111,6 +112,23 @@ class DdlStep:
     tables: set[QualifiedName] = field(default_factory=set)
     #: The statement that tells the sync a person applied this record by hand (said when it cannot be applied).
     mark_done: str = ""
+    #: Under a name mapping: the source's names of the touched tables' constraints and indexes, with the destination's
+    #: table and column names (names PostgreSQL chose on the destination are renamed to these).
+    names: list[SourceName] = field(default_factory=list)
+    #: A named index or constraint that may be on the destination already: made by the DDL during the full load, it
+    #: is in the post-data section too. Its "already exists" error means the step is done.
+    may_exist: bool = False
+
+
+@dataclass(frozen=True)
+class SourceName:
+    """A constraint or index as the source named it, on a destination table, by kind and destination columns."""
+
+    table: QualifiedName
+    kind: str  # constraint or index
+    type: str  # the constraint's contype, or u / i for a unique or plain index
+    name: str
+    columns: tuple[str, ...]
 
 
 class DdlStop(SyncError):
@@ -131,7 +149,9 @@ def record_of(relation: Relation, change: Change, commit_lsn: int) -> DdlRecord:
     return DdlRecord(int(field_("id") or 0), int(field_("ordinal") or 1), field_("command_tag") or "",
                      field_("query") or "", split_search_path(field_("search_path") or ""),
                      json.loads(field_("objects") or "[]"), json.loads(field_("dropped") or "[]"),
-                     json.loads(field_("columns") or "null"), commit_lsn)
+                     json.loads(field_("columns") or "null"), commit_lsn, json.loads(field_("names") or "[]"),
+                     SourceTime(field_("xact_time") or "", field_("time_zone") or "UTC") if field_("xact_time")
+                     else None)
 
 
 def split_search_path(text: str) -> list[str]:
@@ -160,21 +180,6 @@ def fires_event_trigger(stmt: Any) -> bool:
         return False
     return not any(getattr(getattr(stmt, attr, None), "name", None) in SHARED_OBJECTS
                    for attr in ("objtype", "objectType", "renameType", "removeType"))
-
-
-def filled_per_server(column: Any) -> str | None:
-    """Why an added column's values for the rows already in the table may differ between the servers, or None: the
-    source writes them in a rewrite the change stream does not carry, the destination computes its own."""
-    if column.typeName is not None and column.typeName.names[-1].sval in SERIAL_TYPES:
-        return "a serial column numbers them"
-    for constraint in column.constraints or ():
-        kind = constraint.contype.name
-        if kind == "CONSTR_IDENTITY":
-            return "an identity column numbers them"
-        if kind == "CONSTR_DEFAULT" and any(type(node).__name__ in PER_SERVER_NODES
-                                            for node in walk_nodes(constraint.raw_expr)):
-            return "its default is a function or the clock, which each server computes by itself"
-    return None
 
 
 def committed_commands(statements: Any) -> dict[int, Any]:
@@ -238,6 +243,8 @@ class DdlPlanner:
 
     def plan(self, record: DdlRecord) -> DdlStep | None:
         """The destination step of ``record``; None when it concerns nothing the migration moves."""
+        if record.tag == "NOT PUBLISHED":
+            return self._not_published(record)
         stmt, raw = self._statement(record)
         if stmt is None:
             return self._left_alone(record)
@@ -260,6 +267,18 @@ class DdlPlanner:
             raise self._stop(record, f"{kind.removesuffix('Stmt')} statements are not replicated",
                              "apply the same change on the destination by hand")
         return handler(record, stmt, raw)
+
+    def _not_published(self, record: DdlRecord) -> DdlStep | None:
+        """The capture could not add a new table to the publication (its account may not): its rows would be lost."""
+        table = next((parse_qualified_name(str(o["identity"])) for o in record.objects), None)
+        if table is None or not self.selector(table):
+            return self._left_alone(record)
+        raise DdlStop(f"{record.where()}: new table {table} could not be added to publication "
+                      f"{self.config.publication_name} ({record.query}), so its rows would not reach the "
+                      "destination. Incremental sync stopped. Fix: as the table's owner or a superuser, run on the "
+                      f"source ALTER PUBLICATION {self.config.publication_name} ADD TABLE {table}; then restart "
+                      "the migration from a fresh full load (its rows written so far were not streamed), or exclude "
+                      "the table with objects.exclude")
 
     # -- picking the statement -------------------------------------------------------------------------------------
 
@@ -366,11 +385,6 @@ class DdlPlanner:
                 raise self._stop(record, f"column {cmd.name} of {table} is dropped, and the row filter "
                                  f"(filters['{table.key}']) names it", "change the filter in the config, drop the "
                                  "destination column by hand")
-            why = filled_per_server(cmd.def_) if subtype == "AT_AddColumn" else None
-            if why:
-                raise self._stop(record, f"column {cmd.def_.colname} is added to {table} with values for its existing "
-                                 f"rows ({why})", "add the column on the destination by hand and copy its values for "
-                                 "the existing rows from the source")
             if subtype not in ALTER_APPLIED:
                 raise self._stop(record, f"ALTER TABLE {subtype.removeprefix('AT_')} is not replicated",
                                  "apply the same change on the destination by hand")
@@ -382,7 +396,42 @@ class DdlPlanner:
             return self._left_alone(record)
         stmt.cmds = tuple(kept)
         self._qualify_all(stmt, record)
-        return self._step(record, [self._rewritten(stmt, raw, record, changed=changed)], {self.mapper.table(table)})
+        restore = self._added_defaults(record, stmt, kept)
+        statements = [self._rewritten(stmt, raw, record, changed=changed or bool(restore))]
+        statements += [self._rewritten_text(text, record) for text in restore]
+        step = self._step(record, statements, {self.mapper.table(table)})
+        step.may_exist = len(kept) == 1 and kept[0].subtype.name == "AT_AddConstraint" and bool(
+            getattr(kept[0].def_, "conname", None))
+        return step
+
+    def _added_defaults(self, record: DdlRecord, stmt: Any, cmds: list[Any]) -> list[str]:
+        """Added columns whose default reads the clock get the source's time for the existing rows (see
+        ddl_defaults.py); the statements that set their written default back. Stops where that cannot be done."""
+        restore = []
+        for cmd in cmds:
+            if cmd.subtype.name != "AT_AddColumn" or cmd.def_ is None:
+                continue
+            try:
+                written = freeze_added_default(cmd.def_, record.time)
+            except NotReplicable as exc:
+                raise self._stop(record, f"column {cmd.def_.colname} is added with values for the existing rows "
+                                 f"that the change stream does not carry: {exc}",
+                                 "add the column on the destination and copy its values from the source by hand "
+                                 "(for example through a temporary table), or exclude the table") from None
+            if written is not None:
+                restore.append(f"ALTER TABLE {deparse(stmt.relation)} ALTER COLUMN "
+                               f"{sql.Identifier(cmd.def_.colname).as_string(None)} SET DEFAULT {written}")
+        return restore
+
+    def _rewritten_text(self, text: str, record: DdlRecord) -> str:
+        """A statement written here, in the source's names, for the destination."""
+        if self.identity:
+            return text
+        try:
+            return DefinitionRewriter(self.mapper, self._tables_named(_parsed(text)), {}).rewrite(text).sql.strip() \
+                .rstrip(";")
+        except RewriteError as exc:
+            raise self._stop(record, str(exc), "apply the same change on the destination by hand") from None
 
     def _index(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         table = self._qualify(stmt.relation, record)
@@ -391,7 +440,9 @@ class DdlPlanner:
         concurrent = bool(stmt.concurrent)
         stmt.concurrent = False  # the destination builds it inside its transaction
         self._qualify_all(stmt, record)
-        return self._step(record, [self._rewritten(stmt, raw, record, changed=concurrent)], set())
+        step = self._step(record, [self._rewritten(stmt, raw, record, changed=concurrent)], set())
+        step.may_exist = bool(stmt.idxname)
+        return step
 
     def _drop(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         kind = stmt.removeType.name
@@ -553,7 +604,7 @@ class DdlPlanner:
         name = self._qualify(stmt.relation, record)
         if stmt.objtype.name == "OBJECT_TABLE":
             return name
-        tables = [QualifiedName(o["schema"], str(o["identity"]).split(".", 1)[-1]) for o in record.objects
+        tables = [parse_qualified_name(str(o["identity"])) for o in record.objects
                   if o.get("type") == "table"]
         return tables[0] if tables else (name if self._schema_migrated(name.schema) else None)
 
@@ -625,7 +676,13 @@ class DdlPlanner:
     def _step(self, record: DdlRecord, statements: list[str], tables: set[QualifiedName]) -> DdlStep:
         path = ", ".join(p if p == '"$user"' else sql.Identifier(self.mapper.schema(p)).as_string(None)
                          if p not in ("pg_catalog", "pg_temp") else p for p in record.search_path)
-        return DdlStep(record, statements, path or "public", tables, self._mark_done(record))
+        names = [] if self.identity else [self._source_name(n) for n in record.names]
+        return DdlStep(record, statements, path or "public", tables, self._mark_done(record), names)
+
+    def _source_name(self, item: dict[str, Any]) -> SourceName:
+        table = QualifiedName(item["schema"], item["table"])
+        columns = tuple(self.mapper.column(table, c) if c else "" for c in item.get("columns") or ())
+        return SourceName(self.mapper.table(table), item["kind"], item["type"], item["name"], columns)
 
     def _mark_done(self, record: DdlRecord) -> str:
         table = sql.Identifier(self.config.state_schema, "ddl_applied_by_hand").as_string(None)
@@ -644,6 +701,12 @@ class DdlPlanner:
                        "applied then)")
 
 
+def _parsed(text: str) -> Any:
+    from pglast import parse_sql
+
+    return parse_sql(text)[0].stmt
+
+
 def apply_ddl(dst: psycopg.Connection, step: DdlStep, log: Callable[[str], None]) -> None:
     """Run a step's statements in the open destination transaction, under the step's search_path (restored after).
     A statement the destination refuses stops the sync, naming it: the transaction is rolled back."""
@@ -652,16 +715,76 @@ def apply_ddl(dst: psycopg.Connection, step: DdlStep, log: Callable[[str], None]
     dst.execute("SELECT set_config('search_path', %s, true)", (step.search_path,))
     for statement in step.statements:
         try:
-            dst.execute(statement)
+            _run_statement(dst, step, statement, log)
         except psycopg.Error as exc:
             record = step.record
             raise DdlStop(f"{record.where()} failed on the destination: {(exc.diag.message_primary or str(exc)).strip()}. "
                           f"Statement run: {statement[:500]}. Incremental sync stopped before it, nothing of its "
                           "transaction applied. Fix: bring the destination table to the source's definition by hand, "
                           f"then mark the DDL done with {step.mark_done} and resume") from None
-        log(f"incremental ddl applied={step.record.id} tag={step.record.tag!r} "
-            f"lsn={int_to_lsn(step.record.commit_lsn)} statement={statement[:200]!r}")
     dst.execute("SELECT set_config('search_path', %s, true)", (row[0],))
+    if step.names:
+        follow_source_names(dst, step, log)
+
+
+def _run_statement(dst: psycopg.Connection, step: DdlStep, statement: str, log: Callable[[str], None]) -> None:
+    record = step.record
+    if not step.may_exist:
+        dst.execute(statement)
+    else:
+        try:
+            # A savepoint (apply_ddl's first query opened the transaction): "already exists" leaves it usable.
+            with dst.transaction():
+                dst.execute(statement)
+        except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject) as exc:
+            log(f"incremental ddl already_there={record.id} tag={record.tag!r}: "
+                f"{(exc.diag.message_primary or str(exc)).strip()} (the post-data step made it after the full load)")
+            return
+    log(f"incremental ddl applied={record.id} tag={record.tag!r} lsn={int_to_lsn(record.commit_lsn)} "
+        f"statement={statement[:200]!r}")
+
+
+#: The destination's constraints and indexes of a table (those an index of a constraint is not listed twice).
+_DESTINATION_NAMES = """
+SELECT 'constraint', k.contype::text, k.conname, coalesce((SELECT array_agg(a.attname ORDER BY u.ord)
+         FROM unnest(k.conkey) WITH ORDINALITY AS u(attnum, ord)
+         JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.attnum), '{}')
+  FROM pg_constraint k WHERE k.conrelid = to_regclass(%(table)s) AND k.contype IN ('p', 'u', 'f', 'c', 'x')
+UNION ALL
+SELECT 'index', CASE WHEN x.indisunique THEN 'u' ELSE 'i' END, i.relname,
+       (SELECT array_agg(coalesce(a.attname, '') ORDER BY u.ord) FROM unnest(x.indkey::int2[]) WITH ORDINALITY
+               AS u(attnum, ord) LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.attnum)
+  FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+ WHERE x.indrelid = to_regclass(%(table)s)
+   AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = x.indexrelid AND k.contype IN ('p', 'u', 'x'))
+"""
+
+
+def follow_source_names(dst: psycopg.Connection, step: DdlStep, log: Callable[[str], None]) -> None:
+    """Give the constraints and indexes PostgreSQL named on the destination the source's names: a name it chooses
+    follows the table and column names, which the name mapping changed (``orders_status_idx`` would become
+    ``ORDERS_STATUS_idx`` under ``name_case: upper``). One unambiguous match per name, else left as it is."""
+    for table in sorted({n.table for n in step.names}):
+        ident = sql.Identifier(table.schema, table.name)
+        there = [SourceName(table, kind, kind_type, name, tuple(columns or ())) for kind, kind_type, name, columns
+                 in dst.execute(_DESTINATION_NAMES, {"table": ident.as_string(dst)}).fetchall()]
+        wanted = [n for n in step.names if n.table == table]
+        for kind in ("constraint", "index"):
+            source_names = {n.name for n in wanted if n.kind == kind}
+            present = {n.name for n in there if n.kind == kind}
+            spare = [n for n in there if n.kind == kind and n.name not in source_names]
+            for name in (n for n in wanted if n.kind == kind and n.name not in present):
+                matches = [n for n in spare if (n.type, n.columns) == (name.type, name.columns)]
+                if len(matches) != 1:
+                    continue
+                spare.remove(matches[0])
+                rename = sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}") if kind == "constraint" else \
+                    sql.SQL("ALTER INDEX {} RENAME TO {}")
+                dst.execute(rename.format(ident, sql.Identifier(matches[0].name), sql.Identifier(name.name))
+                            if kind == "constraint" else
+                            rename.format(sql.Identifier(table.schema, matches[0].name), sql.Identifier(name.name)))
+                log(f"incremental ddl {step.record.id} table={table} {kind}={matches[0].name} "
+                    f"renamed_to={name.name} (the source's name)")
 
 
 def ddl_done_by_hand(conn: psycopg.Connection, state_schema: str, migration: str) -> set[int]:
@@ -690,5 +813,6 @@ def source_resolver(source: ConnectionInfo) -> Callable[[str, list[str]], str | 
     return resolve
 
 
-__all__ = ["DdlPlanner", "DdlRecord", "DdlStep", "DdlStop", "apply_ddl", "ddl_done_by_hand", "record_of",
+__all__ = ["DdlPlanner", "DdlRecord", "DdlStep", "DdlStop", "SourceName", "apply_ddl", "ddl_done_by_hand",
+           "follow_source_names", "record_of",
            "source_resolver", "split_search_path"]

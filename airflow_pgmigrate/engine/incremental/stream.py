@@ -80,6 +80,23 @@ class ReplicationStream:
             if ready:
                 pgconn.consume_input()
 
+    def read_chunk(self, timeout: float, limit: int) -> list[bytes]:
+        """The next CopyData message (waiting up to ``timeout``) and those libpq holds already behind it, up to
+        ``limit`` in all; empty when nothing came. The reading thread pays its per-message housekeeping once per
+        chunk instead of once per message."""
+        first = self.read(timeout)
+        if first is None:
+            return []
+        messages = [first]
+        append = messages.append
+        get = self.repl.pgconn.get_copy_data
+        for _ in range(limit - 1):
+            size, data = get(1)
+            if size <= 0:
+                break  # nothing buffered (0), or the end or an error, which the next read() reports
+            append(bytes(data))
+        return messages
+
     def read_ahead(self, last: Feedback, applied: int, until: int, reached: int, seconds: float,
                    log: Callable[[str], None]) -> tuple[int | None, int]:
         """Read the stream on, applying nothing, to the first transaction not applied yet.
