@@ -389,6 +389,13 @@ def test_a_statement_that_fires_no_event_trigger_before_a_ddl_in_one_text(migrat
     db = sql.Identifier(env.source_db).as_string(None)
     env.src(f"GRANT CONNECT ON DATABASE {db} TO PUBLIC; ALTER TABLE app.orders ADD COLUMN g int; "
             f"COMMENT ON DATABASE {db} IS 'moving'; ALTER TABLE app.orders ADD COLUMN h int")
+    env.src("TRUNCATE app.old_stuff; ALTER TABLE app.old_stuff ADD COLUMN t int; INSERT INTO app.old_stuff VALUES "
+            "(1, 'a', 2); TRUNCATE app.items; CREATE INDEX old_t_idx ON app.old_stuff (t)")
+    role = f"nobody_{env.source_db}"
+    env.create_role(env.source, role, "pw-nobody")
+    ident = sql.Identifier(role).as_string(None)
+    env.src(f"REASSIGN OWNED BY {ident} TO postgres; ALTER TABLE app.orders ADD COLUMN r int; "
+            f"DROP OWNED BY {ident}; ALTER TABLE app.orders ADD COLUMN s int")
     catch_up(env, config)
     assert_equal(env)
 

@@ -44,6 +44,7 @@ NOT_DDL = frozenset({
     "VariableShowStmt", "CopyStmt", "ExplainStmt", "VacuumStmt", "LockStmt", "PrepareStmt", "ExecuteStmt",
     "DeallocateStmt", "NotifyStmt", "ListenStmt", "UnlistenStmt", "CheckPointStmt", "DiscardStmt", "ClusterStmt",
     "ReindexStmt", "LoadStmt", "ConstraintsSetStmt", "DeclareCursorStmt", "FetchStmt", "ClosePortalStmt",
+    "TruncateStmt",
 })
 #: Statements that run other statements: the DDL inside them is not in the recorded text.
 RUNS_OTHERS = frozenset({"DoStmt", "CallStmt"})
