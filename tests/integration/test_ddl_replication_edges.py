@@ -504,6 +504,21 @@ def test_a_new_column_whose_default_is_the_same_everywhere_is_replicated(migrati
     assert_equal(env)
 
 
+def test_refreshing_a_materialized_view_goes_on(migration_env):
+    """REFRESH MATERIALIZED VIEW (often run on a schedule) changes no definition, and the cutover refreshes the
+    destination's materialized views: the sync goes on."""
+    env = migration_env
+    env.src(SCHEMA + "CREATE MATERIALIZED VIEW app.big AS SELECT id, qty FROM app.orders WHERE qty > 3; "
+            "CREATE UNIQUE INDEX big_id ON app.big (id);")
+    config = config_of(env)
+    env.src("INSERT INTO app.orders (id, qty) VALUES (90001, 6); REFRESH MATERIALIZED VIEW app.big; "
+            "ALTER TABLE app.orders ADD COLUMN m int")
+    env.src("REFRESH MATERIALIZED VIEW CONCURRENTLY app.big")
+    catch_up(env, config)
+    assert columns_of(env.destination_info(), "app.orders")[-1] == "m"
+    assert rows(env.destination_info())["orders"] == rows(env.source_info())["orders"]
+
+
 def test_set_schema_stops(migration_env):
     env = migration_env
     env.src(SCHEMA + "CREATE SCHEMA other;")

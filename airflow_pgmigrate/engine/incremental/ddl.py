@@ -255,6 +255,10 @@ class DdlPlanner:
                 self.log(f"incremental ddl left_alone={record.id} tag={record.tag!r}: grants and owners are not "
                          "replicated (apply them on the destination by hand if the destination needs them)")
             return None
+        if kind == "RefreshMatViewStmt":
+            self.log(f"incremental ddl left_alone={record.id} tag={record.tag!r}: it changes no definition, and the "
+                     "cutover refreshes the destination's materialized views")
+            return None
         handlers: dict[str, Callable[[DdlRecord, Any, Any], DdlStep | None]] = {
             "CreateStmt": self._create, "CreateTableAsStmt": self._create_as, "AlterTableStmt": self._alter,
             "IndexStmt": self._index, "DropStmt": self._drop, "RenameStmt": self._rename,
