@@ -4,13 +4,13 @@ place in commit order, between the row changes before and after it.
 
 Objects, all in schema ``pgmigrate_ddl`` of the source (never migrated itself):
 - the log table ``pgmigrate_ddl.<slot name>``: one row per DDL command (its tag, the statement's text, its position
-  among the DDL commands of that text, the search_path, the objects it created, altered or dropped);
+  among the DDL commands of that text, the search_path, the objects it created, altered or dropped, schemas too);
 - two functions of the same name: the event triggers' (``ddl_command_end`` and ``sql_drop``), which runs as the user
   who ran the DDL and passes on that user's search_path, and the recording one it calls (``SECURITY DEFINER``: it
   runs as the migration's account, with a search_path of its own).
 
-A table created in a schema of a migrated table is added to the publication by the trigger, in the creating
-transaction, so its rows (those written later in that transaction too) are streamed. A table created without a
+A table created whose rows the migration moves (its selection, ``exclude`` and ``exclude_data``) is added to the
+publication (always the migration's own) by the trigger, in the creating transaction, so its rows (those written later in that transaction too) are streamed. A table created without a
 primary key gets ``REPLICA IDENTITY FULL`` there: once published, the source would refuse its updates and deletes
 otherwise. The rows written by ``CREATE TABLE ... AS`` itself come before the table is published: the trigger writes
 them again after publishing it (an emptied table and the same rows), so they are streamed too.
@@ -21,6 +21,7 @@ them again after publishing it (an emptied table and the same rows), so they are
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from airflow_pgmigrate.engine.identifiers import CAPTURE_SCHEMA, QualifiedName
+from airflow_pgmigrate.engine.identifiers import CAPTURE_SCHEMA, QualifiedName, parse_qualified_name
 
 if TYPE_CHECKING:
     from airflow_pgmigrate.config import MigrationConfig
@@ -48,8 +49,10 @@ DECLARE
   seq int := 1;
   r record;
 BEGIN
-  IF current_setting({busy}, true) = 'on' THEN
-    RETURN;  -- statements of this function itself
+  IF current_setting({busy}, true) = 'on' OR tg_tag = 'REINDEX' THEN
+    -- Statements of this function itself, or of another migration's capture; REINDEX (PostgreSQL 17+ fires event
+    -- triggers for it) changes no definition.
+    RETURN;
   END IF;
   IF TG_EVENT = 'sql_drop' THEN
     SELECT jsonb_agg(jsonb_build_object('type', object_type, 'schema', schema_name, 'name', object_name,
@@ -67,7 +70,8 @@ BEGIN
   SELECT jsonb_agg(jsonb_build_object('type', object_type, 'schema', schema_name, 'identity', object_identity,
                                       'tag', command_tag))
     INTO objs FROM pg_event_trigger_ddl_commands()
-   WHERE schema_name IS NOT NULL AND schema_name NOT LIKE 'pg\\_%' AND schema_name <> {schema} AND NOT in_extension;
+   WHERE coalesce(schema_name, CASE object_type WHEN 'schema' THEN object_identity END) NOT LIKE 'pg\\_%'
+     AND coalesce(schema_name, object_identity) <> {schema} AND NOT in_extension;
   gone := nullif(current_setting({dropped}, true), '')::jsonb;
   PERFORM set_config({dropped}, '', false);
   -- The position of this command among the DDL commands of the statement text (a text may hold several).
@@ -120,8 +124,7 @@ BEGIN
              JOIN pg_class k ON k.oid = c.objid
             WHERE c.command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO') AND c.object_type = 'table'
               AND k.relkind = 'r' AND k.relpersistence = 'p'
-              AND c.schema_name IN (SELECT schemaname FROM pg_publication_tables WHERE pubname = {publication}
-                                     AND schemaname <> {schema})
+              AND c.schema_name <> {schema} AND {streamed}
               AND NOT EXISTS (SELECT FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                                WHERE p.pubname = {publication} AND pr.prrelid = c.objid) LOOP
     BEGIN
@@ -156,14 +159,24 @@ BEGIN
 END
 $pgm$;
 -- The event trigger's function: it runs as the user who ran the DDL, and hands the recording function (which runs
--- as the migration's account, with a search_path of its own) the user's search_path.
+-- as the migration's account, with a search_path of its own) the user's search_path, "$user" spelled out (on the
+-- destination the sync runs as another account).
 CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger LANGUAGE plpgsql AS $pgm$
 BEGIN
-  PERFORM {function}(TG_EVENT, TG_TAG, pg_catalog.current_setting('search_path'));
+  PERFORM {function}(TG_EVENT, TG_TAG, pg_catalog.replace(pg_catalog.current_setting('search_path'), '"$user"',
+                                                          pg_catalog.quote_ident(current_user::text)));
 END
 $pgm$;
 GRANT USAGE ON SCHEMA {schema_ident} TO PUBLIC;
+-- Said outright: a database may take EXECUTE on new functions away from PUBLIC (ALTER DEFAULT PRIVILEGES), and every
+-- user who runs DDL calls it. Outside an event trigger it fails (pg_event_trigger_* refuse), so it records nothing.
+GRANT EXECUTE ON FUNCTION {function}(text, text, text) TO PUBLIC;
 """
+
+
+#: The session setting every capture's function sets while it runs statements of its own (publishing a new table,
+#: setting its replica identity): no capture records them, nor counts them among the DDL commands of the user's text.
+BUSY_SETTING = f"{CAPTURE_SCHEMA}.busy"
 
 
 @dataclass(frozen=True)
@@ -193,6 +206,42 @@ def is_capture_object(entry_type: str, schema: str | None, name: str, text: str)
     return entry_type == "EVENT TRIGGER" and f"{CAPTURE_SCHEMA}." in text
 
 
+def streamed_condition(config: MigrationConfig) -> sql.Composable:
+    """The recording function's test (over ``c.schema_name`` and ``k.relname``) that a new table is one whose rows the
+    migration moves: selected as :class:`~airflow_pgmigrate.engine.names.TableSelector` selects, rows not left out."""
+    objects = config.objects
+    key = sql.SQL("(c.schema_name || '.' || k.relname)")
+    tables = [parse_qualified_name(t) for t in objects.tables]
+    chosen = sql.SQL("true") if objects.selects_everything else sql.SQL(
+        "(c.schema_name = ANY({schemas}::text[]) OR (c.schema_name, k.relname::text) IN "
+        "(SELECT * FROM unnest({in_schema}::text[], {named}::text[])) OR {key} ~ ANY({include}::text[]))").format(
+        schemas=sql.Literal(list(objects.schemas)), in_schema=sql.Literal([t.schema for t in tables]),
+        named=sql.Literal([t.name for t in tables]), key=key,
+        include=sql.Literal([glob_regex(p) for p in objects.include]))
+    return sql.SQL("({} AND NOT {} ~ ANY({}::text[]))").format(
+        chosen, key, sql.Literal([glob_regex(p) for p in [*objects.exclude, *objects.exclude_data]]))
+
+
+def glob_regex(pattern: str) -> str:
+    """A selection pattern (a shell glob, as :mod:`fnmatch` reads it) as a PostgreSQL regular expression matching
+    the whole text."""
+    out, i = [], 0
+    while i < len(pattern):
+        ch, end = pattern[i], pattern.find("]", i + 2)
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "[" and end > 0:
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "^" + "".join(out) + "$"
+
+
 def install_capture(conn: psycopg.Connection, config: MigrationConfig,
                     log: Callable[[str], None] = lambda message: None) -> None:
     """Create (or renew) the capture and publish its log table; the publication must exist. Idempotent."""
@@ -208,8 +257,9 @@ def install_capture(conn: psycopg.Connection, config: MigrationConfig,
     ).format(table))
     conn.execute(sql.SQL(_FUNCTION).format(
         function=table, log=table, schema=sql.Literal(CAPTURE_SCHEMA), schema_ident=sql.Identifier(CAPTURE_SCHEMA),
-        publication=sql.Literal(config.publication_name), busy=sql.Literal(f"{setting}_busy"),
-        dropped=sql.Literal(f"{setting}_dropped"), mark=sql.Literal(f"{setting}_mark")))
+        publication=sql.Literal(config.publication_name), busy=sql.Literal(BUSY_SETTING),
+        dropped=sql.Literal(f"{setting}_dropped"), mark=sql.Literal(f"{setting}_mark"),
+        streamed=streamed_condition(config)))
     for trigger, event in ((names.end_trigger, "ddl_command_end"), (names.drop_trigger, "sql_drop")):
         conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(trigger)))
         conn.execute(sql.SQL("CREATE EVENT TRIGGER {} ON {} EXECUTE PROCEDURE {}()").format(

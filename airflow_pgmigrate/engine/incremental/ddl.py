@@ -47,6 +47,17 @@ NOT_DDL = frozenset({
 })
 #: Statements that run other statements: the DDL inside them is not in the recorded text.
 RUNS_OTHERS = frozenset({"DoStmt", "CallStmt"})
+#: Statements no event trigger fires for (objects shared by the whole cluster, event triggers themselves): they are
+#: not among the DDL commands of a text either.
+NO_EVENT_TRIGGER = frozenset({
+    "CreateRoleStmt", "AlterRoleStmt", "AlterRoleSetStmt", "DropRoleStmt", "GrantRoleStmt", "ReassignOwnedStmt",
+    "CreatedbStmt", "AlterDatabaseStmt", "AlterDatabaseSetStmt", "AlterDatabaseRefreshCollStmt", "DropdbStmt",
+    "CreateTableSpaceStmt", "AlterTableSpaceOptionsStmt", "DropTableSpaceStmt", "CreateEventTrigStmt",
+    "AlterEventTrigStmt", "AlterSystemStmt",
+})
+#: Object kinds no event trigger fires for when GRANT, COMMENT, SECURITY LABEL, RENAME, OWNER TO or DROP names them.
+SHARED_OBJECTS = frozenset({"OBJECT_DATABASE", "OBJECT_ROLE", "OBJECT_TABLESPACE", "OBJECT_EVENT_TRIGGER",
+                            "OBJECT_PARAMETER_ACL"})
 #: ALTER TABLE subcommands applied on the destination as they are.
 ALTER_APPLIED = frozenset({
     "AT_AddColumn", "AT_DropColumn", "AT_AlterColumnType", "AT_ColumnDefault", "AT_DropNotNull", "AT_SetNotNull",
@@ -156,6 +167,57 @@ def split_search_path(text: str) -> list[str]:
     return [p if p == '"$user"' else p[1:-1].replace('""', '"') if p.startswith('"') else p for p in parts]
 
 
+def fires_event_trigger(stmt: Any) -> bool:
+    """Whether a parsed statement is a DDL command the capture records (and counts among those of its text)."""
+    kind = type(stmt).__name__
+    if kind in NOT_DDL:
+        return getattr(stmt, "intoClause", None) is not None  # SELECT ... INTO makes a table
+    if kind in NO_EVENT_TRIGGER:
+        return False
+    return not any(getattr(getattr(stmt, attr, None), "name", None) in SHARED_OBJECTS
+                   for attr in ("objtype", "objectType", "renameType", "removeType"))
+
+
+def committed_commands(statements: Any) -> dict[int, Any]:
+    """The DDL commands of a text that can have committed, by the position the capture recorded for each.
+
+    The capture counts a text's commands in a session setting, which a rollback (to a savepoint) takes back with the
+    commands it undoes: a command after it gets the position of the first one undone. Undone commands are left out
+    here (their log rows never commit), so each position names one command."""
+    found: dict[int, Any] = {}
+    count = start = 0
+    pending: list[tuple[int, Any]] = []  # commands of the open transaction
+    savepoints: list[tuple[str, int, int]] = []  # name, count and len(pending) when it was set
+    for raw in statements:
+        stmt = raw.stmt
+        if type(stmt).__name__ != "TransactionStmt":
+            if fires_event_trigger(stmt):
+                count += 1
+                pending.append((count, raw))
+            continue
+        kind = stmt.kind.name.removeprefix("TRANS_STMT_")
+        if kind in ("COMMIT", "PREPARE", "ROLLBACK"):
+            if kind == "ROLLBACK":
+                pending, count = [], start
+            found.update(pending)
+            pending, start = [], count
+            savepoints.clear()
+        elif kind == "SAVEPOINT":
+            savepoints.append((stmt.savepoint_name, count, len(pending)))
+        elif kind in ("RELEASE", "ROLLBACK_TO"):
+            names = [name for name, _, _ in savepoints]
+            if stmt.savepoint_name not in names:
+                continue  # an error on the source: nothing of this transaction committed
+            at = len(names) - 1 - names[::-1].index(stmt.savepoint_name)
+            if kind == "RELEASE":
+                del savepoints[at:]
+            else:
+                _, count, kept = savepoints[at]
+                del pending[kept:], savepoints[at + 1:]
+    found.update(pending)
+    return found
+
+
 class DdlPlanner:
     """Makes DDL records into destination steps.
 
@@ -191,7 +253,8 @@ class DdlPlanner:
         handlers: dict[str, Callable[[DdlRecord, Any, Any], DdlStep | None]] = {
             "CreateStmt": self._create, "CreateTableAsStmt": self._create_as, "AlterTableStmt": self._alter,
             "IndexStmt": self._index, "DropStmt": self._drop, "RenameStmt": self._rename,
-            "CommentStmt": self._comment, "SelectStmt": self._select_into,
+            "CommentStmt": self._comment, "SelectStmt": self._select_into, "AlterObjectSchemaStmt": self._set_schema,
+            "CreateSchemaStmt": self._create_schema,
         }
         handler = handlers.get(kind)
         if handler is None:
@@ -225,14 +288,13 @@ class DdlPlanner:
             raise self._stop(record, f"its text cannot be parsed ({exc.args[0]})",
                              "apply the same change on the destination by hand") from None
         kinds = [type(raw.stmt).__name__ for raw in statements]
-        commands = [raw for raw in statements if type(raw.stmt).__name__ not in NOT_DDL
-                    or getattr(raw.stmt, "intoClause", None) is not None]  # SELECT ... INTO makes a table
-        if RUNS_OTHERS & set(kinds) or record.ordinal > len(commands):
+        commands = committed_commands(statements)
+        if RUNS_OTHERS & set(kinds) or record.ordinal not in commands:
             if not self._touches_migrated(record):
                 return None, None
             raise self._stop(record, "it ran inside a function, procedure or DO block, whose statements are not in "
                              "the recorded text", "apply the same change on the destination by hand")
-        raw = commands[record.ordinal - 1]
+        raw = commands[record.ordinal]
         words = statement_text(record.query, raw).split(None, 1)
         if not words or not record.tag.upper().startswith(words[0].upper()):
             raise self._stop(record, f"the recorded command {record.tag!r} is not the statement found in its text",
@@ -245,8 +307,38 @@ class DdlPlanner:
         table = self._qualify(stmt.relation, record)
         if stmt.relation.relpersistence == "t" or not self.selector(table):
             return self._left_alone(record)
+        self._check_like(record, stmt)
+        if stmt.relation.relpersistence == "u":
+            self.log(f"incremental ddl warning: {table} is created UNLOGGED: PostgreSQL does not stream its rows, so "
+                     "its destination table stays empty (verification reports the difference)")
         self._qualify_all(stmt, record)
         return self._step(record, [self._rewritten(stmt, raw, record)], {self.mapper.table(table)})
+
+    def _check_like(self, record: DdlRecord, stmt: Any) -> None:
+        """CREATE TABLE ... (LIKE t): on the destination, LIKE copies the destination's column names of ``t``; when
+        the mapping renames them explicitly, the new table's columns would not be the source's (mapped)."""
+        for element in stmt.tableElts or ():
+            if type(element).__name__ == "TableLikeClause":
+                like = self._qualify(element.relation, record)
+                if self._explicit_columns(like):
+                    raise self._stop(record, f"the new table copies the columns of {like} (LIKE), which "
+                                     "mapping.columns renames", "create the new table on the destination by hand with "
+                                     "the source's column names")
+
+    def _filter_columns(self, table: QualifiedName) -> set[str]:
+        """The names the config's row filter of ``table`` uses (column names, and any qualifier)."""
+        from pglast import parse_sql
+
+        text = self.config.filters.get(table.key) or self.config.filters.get(str(table))
+        if not text:
+            return set()
+        where = parse_sql(f"SELECT WHERE {text}")[0].stmt  # noqa: S608 - parsed, never run
+        return {part.sval for node in walk_nodes(where) if type(node).__name__ == "ColumnRef"
+                for part in node.fields if type(part).__name__ == "String"}
+
+    def _explicit_columns(self, table: QualifiedName) -> dict[str, str]:
+        columns = self.config.mapping.columns
+        return columns.get(table.key) or columns.get(str(table)) or {}
 
     def _create_as(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         if stmt.objtype.name != "OBJECT_TABLE":
@@ -285,6 +377,10 @@ class DdlPlanner:
                 self.log(f"incremental ddl {record.id} table={table} left_out={subtype}")
                 changed = True
                 continue
+            if subtype == "AT_DropColumn" and cmd.name in self._filter_columns(table):
+                raise self._stop(record, f"column {cmd.name} of {table} is dropped, and the row filter "
+                                 f"(filters['{table.key}']) names it", "change the filter in the config, drop the "
+                                 "destination column by hand")
             if subtype not in ALTER_APPLIED:
                 raise self._stop(record, f"ALTER TABLE {subtype.removeprefix('AT_')} is not replicated",
                                  "apply the same change on the destination by hand")
@@ -365,6 +461,10 @@ class DdlPlanner:
 
     def _rename(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
         kind = stmt.renameType.name
+        if kind == "OBJECT_SCHEMA" and (self._schema_migrated(stmt.subname) or self._schema_migrated(stmt.newname)):
+            raise self._stop(record, f"schema {stmt.subname} is renamed to {stmt.newname}: its tables change schema, "
+                             "which is not replicated", "rename the destination schema by hand and change the "
+                             "selection (objects) to name the new schema")
         if kind not in RENAMED_KINDS:
             return self._other_relation(record, stmt)
         if kind == "OBJECT_INDEX":
@@ -387,6 +487,32 @@ class DdlPlanner:
             return self._left_alone(record)
         return self._step(record, [self._rewritten(stmt, raw, record, changed=False)], set())
 
+    def _create_schema(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        """A schema the selection covers (every schema when nothing is listed): created on the destination, so that
+        its new tables have a place (their rows are published by the capture). Its owner is not replicated."""
+        names = [split_search_path(str(o["identity"]))[0] for o in record.objects if o.get("type") == "schema"]
+        if not names or not self._schema_migrated(names[0]):
+            return self._left_alone(record)
+        if stmt.schemaElts:
+            raise self._stop(record, "CREATE SCHEMA with the objects to create in it is not replicated",
+                             "create the schema and its objects on the destination by hand")
+        text = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.mapper.schema(names[0])))
+        return self._step(record, [text.as_string(None)], set())
+
+    def _set_schema(self, record: DdlRecord, stmt: Any, raw: Any) -> DdlStep | None:
+        """ALTER ... SET SCHEMA: the record names the object in its new schema only; the schema it leaves is the one
+        written, else one of the search_path."""
+        written = stmt.relation.schemaname if stmt.relation is not None else None
+        names = stmt.object.objname if type(stmt.object).__name__ == "ObjectWithArgs" else stmt.object
+        if written is None and isinstance(names, tuple) and len(names) > 1:
+            written = names[0].sval
+        left = [written] if written else record.search_path
+        if not (self._schema_migrated(stmt.newschema) or self._touches_migrated(record)
+                or any(self._schema_migrated(s) for s in left)):
+            return self._left_alone(record)
+        raise self._stop(record, "moving an object to another schema (SET SCHEMA) is not replicated",
+                         "move it on the destination by hand (and change the selection if it should follow)")
+
     # -- renames ----------------------------------------------------------------------------------------------
 
     def _rename_table(self, record: DdlRecord, table: QualifiedName, ident: sql.Identifier,
@@ -406,8 +532,17 @@ class DdlPlanner:
         return self._step(record, [text.as_string(None)], {self.mapper.table(table), self.mapper.table(renamed)})
 
     def _rename_column(self, record: DdlRecord, table: QualifiedName, ident: sql.Identifier, old: str,
-                       new: str) -> DdlStep:
-        explicit = self.config.mapping.columns.get(table.key) or self.config.mapping.columns.get(str(table)) or {}
+                       new: str) -> DdlStep | None:
+        explicit = self._explicit_columns(table)
+        wanted = self.column_selection.get(table)
+        if wanted is not None and old not in wanted and new not in wanted and not explicit:
+            self.log(f"incremental ddl {record.id} table={table} left_out=AT_RenameColumn (column {old} is not "
+                     "selected)")
+            return None
+        if old in self._filter_columns(table):
+            raise self._stop(record, f"column {old} of {table} is renamed to {new}, and the row filter "
+                             f"(filters['{table.key}']) names it by its old name", "rename the destination column by "
+                             "hand, change the filter in the config to name the new one")
         if old in explicit or new in explicit or table in self.column_selection:
             raise self._stop(record, f"column {old} of {table} is renamed to {new}, and the config names the "
                              "table's columns (mapping.columns or objects.columns) by their old names",
@@ -473,7 +608,8 @@ class DdlPlanner:
 
     def _touches_migrated(self, record: DdlRecord) -> bool:
         for obj in record.objects + record.dropped:
-            schema = obj.get("schema")
+            schema = obj.get("schema") or (split_search_path(str(obj.get("identity")))[0]
+                                           if obj.get("type") == "schema" else None)
             if schema and self._schema_migrated(str(schema)):
                 return True
         return False
