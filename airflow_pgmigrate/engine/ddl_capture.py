@@ -198,6 +198,15 @@ def capture_names(config: MigrationConfig) -> CaptureNames:
                         f"pgmigrate_ddl.{stem}")
 
 
+def is_capture_object(entry_type: str, schema: str | None, name: str, text: str) -> bool:
+    """Whether a pg_dump entry is part of a DDL capture (any migration's): never migrated, never reported."""
+    if schema == CAPTURE_SCHEMA or (entry_type == "SCHEMA" and name == CAPTURE_SCHEMA):
+        return True
+    if entry_type in ("ACL", "COMMENT") and name == f"SCHEMA {CAPTURE_SCHEMA}":
+        return True
+    return entry_type == "EVENT TRIGGER" and f"{CAPTURE_SCHEMA}." in text
+
+
 def streamed_condition(config: MigrationConfig) -> sql.Composable:
     """The recording function's test (over ``c.schema_name`` and ``k.relname``) that a new table is one whose rows the
     migration moves: selected as :class:`~airflow_pgmigrate.engine.names.TableSelector` selects, rows not left out."""
@@ -232,15 +241,6 @@ def glob_regex(pattern: str) -> str:
             out.append(re.escape(ch))
         i += 1
     return "^" + "".join(out) + "$"
-
-
-def is_capture_object(entry_type: str, schema: str | None, name: str, text: str) -> bool:
-    """Whether a pg_dump entry is part of a DDL capture (any migration's): never migrated, never reported."""
-    if schema == CAPTURE_SCHEMA or (entry_type == "SCHEMA" and name == CAPTURE_SCHEMA):
-        return True
-    if entry_type in ("ACL", "COMMENT") and name == f"SCHEMA {CAPTURE_SCHEMA}":
-        return True
-    return entry_type == "EVENT TRIGGER" and f"{CAPTURE_SCHEMA}." in text
 
 
 def install_capture(conn: psycopg.Connection, config: MigrationConfig,

@@ -478,9 +478,9 @@ def test_concurrent_index_builds_and_drops_and_reindex(migration_env):
     "n bigint GENERATED ALWAYS AS IDENTITY", "r float8 DEFAULT (random() * 10)", "w text DEFAULT current_user",
 ])
 def test_a_new_column_whose_existing_rows_get_values_per_server_stops(migration_env, column):
-    """ADD COLUMN with a default each server computes by itself (a clock, a random value, a sequence) fills the
-    table's existing rows on the source without streaming them: applied as is, the destination's rows would get
-    other values."""
+    """ADD COLUMN with a default each server computes by itself (a random value, a sequence, the statement's clock)
+    fills the table's existing rows on the source without streaming them: applied as is, the destination's rows would
+    get other values. (A default of the transaction's time is replicated with the source's time: test_ddl_replication.)"""
     env = migration_env
     env.src(SCHEMA)
     config = config_of(env)
