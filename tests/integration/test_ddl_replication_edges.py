@@ -612,21 +612,15 @@ def test_ddl_through_the_user_schema_of_the_search_path(migration_env):
     assert_equal(env, "app", role)
 
 
-@pytest.mark.xfail(strict=True, reason="PostgreSQL fires no event trigger for a table that EXPLAIN ANALYZE makes "
-                   "(CREATE TABLE AS / SELECT INTO under EXPLAIN ANALYZE): the capture never sees it, so it is neither "
-                   "published nor created on the destination, silently. Catching it needs a check outside the capture "
-                   "(a selected source table missing from the publication, at each sync run), not in ddl.py or "
-                   "ddl_capture.py")
 def test_a_table_made_under_explain_analyze(migration_env):
     env = migration_env
     env.src(SCHEMA)
     config = config_of(env)
+    # PostgreSQL fires no event trigger for a table EXPLAIN ANALYZE makes: the capture never sees it. The sync's check
+    # at each run (a selected table missing from the publication) stops, naming it, instead of losing its rows.
     env.src("EXPLAIN ANALYZE CREATE TABLE app.explained AS SELECT g AS id FROM generate_series(1, 5) g")
-    try:
+    with pytest.raises(SyncError, match=r"app\.explained of the selection are not in publication"):
         catch_up(env, config)
-    except SyncError:
-        return  # a stop naming the table would do as well
-    assert_equal(env)
 
 
 def _start_on(env: Any, destination: ConnectionInfo, **overrides: Any) -> Any:

@@ -374,6 +374,8 @@ class IncrementalSync:
                                 "source failed over to a standby that does not have it. Drop any orphaned slot on "
                                 "the new primary and restart the migration from a fresh full load")
             self._check_new_partitions(src, version)
+            if self.replicates_ddl:
+                self._check_unpublished_tables(src)
             ancestors = catalog.partition_ancestors(src)
             return version, lsn_to_int(slot_row[0]) if slot_row[0] else 0, _wal_sample(src), ancestors
 
@@ -427,6 +429,35 @@ class IncrementalSync:
                             "Incremental sync stopped. Restart the migration from a fresh full load (release, then "
                             "run the DAG again), or exclude the partition(s) with objects.exclude if their rows must "
                             "not migrate")
+
+    def _check_unpublished_tables(self, src: psycopg.Connection) -> None:
+        """With replicated DDL, stop when a table whose rows migrate is not in the publication: made by a statement
+        no event trigger sees (EXPLAIN ANALYZE CREATE TABLE AS), or before the capture existed. Its rows would never
+        be streamed: a silent loss."""
+        selector = TableSelector(self.config.objects)
+        without_rows = tables_without_rows(src, self.config.objects.exclude_data)
+        rows = src.execute(
+            """
+            SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND n.nspname !~ '^pg_'
+               AND n.nspname <> 'information_schema'
+               AND NOT EXISTS (SELECT FROM pg_publication_tables p WHERE p.pubname = %s
+                                  AND p.schemaname = n.nspname AND p.tablename = c.relname)
+               AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                  AND d.deptype = 'e')
+            """, (self.config.publication_name,)).fetchall()
+        missing = sorted(name for name in (QualifiedName(s, t) for s, t in rows)
+                         if selector(name) and name not in without_rows)
+        if missing:
+            names = ", ".join(str(m) for m in missing[:10])
+            raise SyncError(f"table(s) {names} of the selection are not in publication "
+                            f"{self.config.publication_name}, so their rows would not reach the destination: made by a "
+                            "statement no event trigger sees (EXPLAIN ANALYZE CREATE TABLE AS), before the DDL capture "
+                            "existed, or by a role whose tables the migration's account may not publish. Incremental "
+                            "sync stopped. Fix: restart the migration from a fresh full load (release, then run the "
+                            "DAG again; for the last case, first have the table's owner run ALTER PUBLICATION "
+                            f"{self.config.publication_name} ADD TABLE ... on the source), or exclude the table(s) "
+                            "with objects.exclude")
 
     def _set_replica_role(self, dst: psycopg.Connection) -> bool:
         """Destination triggers and foreign keys must not fire for replicated changes."""
