@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv lint test test-slow test-fast test-faults test-peer test-real-airflow demo demo-ui clean
+.PHONY: venv lint test test-slow test-ddl test-fast test-faults test-peer test-real-airflow demo demo-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,15 @@ lint: venv
 # (test-peer), tests that take longer than about 20 s (test-slow), the real Airflow deployment (test-real-airflow).
 # It lists its 25 slowest tests: one that grows past about 20 s moves to the slow marker (the target stays < 15 min).
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider -m "not real_airflow and not peer and not slow" --durations=25
+	$(BIN)/pytest -q -p no:cacheprovider -m "not real_airflow and not peer and not slow and not ddl" --durations=25
 
 # Tests that take longer than about 20 s each (long throttled windows, waits for the caps).
 test-slow: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m "slow and not real_airflow and not peer"
+
+# DDL replicated during the sync (incremental.ddl: replicate): every supported statement, the edges, the rights.
+test-ddl: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m "ddl and not slow"
 
 # A real Airflow (scheduler, dag processor, triggerer, API server) driven through its REST API, and Debian's Chromium
 # (headless) on its UI; screenshots and component logs in $${PGMIGRATE_TEST_ARTIFACTS:-/tmp/pgmigrate-artifacts}.

@@ -78,6 +78,17 @@ class FullLoadError(PgMigrateError):
     """The full load failed; committed chunks stay and a retry continues from them."""
 
 
+def source_read_failure(detail: str) -> FullLoadError:
+    """A copy that could not read the source; a snapshot that is gone is said in words (the source restarted, or the
+    session that exported it ended), with what a retry does."""
+    message = f"reading from the source failed: {detail}"
+    if "invalid snapshot identifier" in detail:
+        message += (" (the snapshot the load copies in is gone: the source restarted, or the connection that exported "
+                    "it was lost. Run the full load again: it resumes, copying the unfinished tables again in a new "
+                    "snapshot)")
+    return FullLoadError(message)
+
+
 @dataclass
 class Chunk:
     id: str
@@ -581,7 +592,7 @@ class FullLoad:
                 if size == -1:
                     break
                 if size == -2:
-                    raise FullLoadError(f"reading from the source failed: {spq.get_error_message()}")
+                    raise source_read_failure(str(spq.get_error_message()))
                 buffer += data
                 if len(buffer) >= 262144:
                     counted += self._flush(dpq, buffer, counter, throttle)
@@ -669,7 +680,7 @@ class FullLoad:
                     raise FullLoadError("stopped: another chunk failed")
             error = proc.stderr.read().decode(errors="replace").strip()
             if proc.wait() != 0:
-                raise FullLoadError(f"reading from the source failed: {client_failure('psql', info, error)}")
+                raise source_read_failure(client_failure('psql', info, error))
         except BaseException:
             proc.kill()
             proc.wait()

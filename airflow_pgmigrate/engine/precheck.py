@@ -167,7 +167,9 @@ def check_ddl_capture(ctx: PrecheckContext) -> list[CheckResult]:
     """``incremental.ddl: replicate``: whether the source account may install the DDL capture (event triggers need a
     superuser, or rds_superuser on Amazon RDS) and publish the tables DDL creates later (their owner or a superuser)."""
     if ctx.config.incremental.ddl != "replicate":
-        return []
+        return [passed("ddl_capture", "incremental.ddl is stop: nothing is installed on the source; DDL on a migrated "
+                       "table stops the sync until the destination has the same change (incremental.ddl: replicate "
+                       "applies it instead)")]
     assert ctx.src is not None
     row = ctx.src.execute(
         "SELECT r.rolsuper, EXISTS (SELECT FROM pg_roles s WHERE s.rolname = 'rds_superuser' "

@@ -10,7 +10,7 @@ from airflow_pgmigrate.engine.ddl_capture import capture_names
 from airflow_pgmigrate.engine.incremental import SyncError
 from tests.integration.test_ddl_replication import SCHEMA, catch_up, config_of
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ddl]
 
 
 def test_precheck_passes_for_a_superuser_and_says_what_is_installed(migration_env):
@@ -34,10 +34,12 @@ def test_precheck_fails_for_an_account_that_may_not_create_event_triggers(migrat
     assert "incremental.ddl: stop" in item.fix
 
 
-def test_precheck_has_no_ddl_capture_item_when_ddl_stops_the_sync(migration_env):
+def test_precheck_says_what_ddl_does_when_it_stops_the_sync(migration_env):
     env = migration_env
     env.src(SCHEMA)
-    assert "ddl_capture" not in env.precheck(objects={"schemas": ["app"]}).statuses()
+    item = env.precheck(objects={"schemas": ["app"]}).result("ddl_capture")
+    assert item.status == "passed"
+    assert "nothing is installed" in item.detail and "stops the sync" in item.detail
 
 
 def test_the_capture_is_never_listed_as_not_migrated(migration_env):

@@ -23,7 +23,7 @@ from airflow_pgmigrate.engine.schema import normalize_sql
 from airflow_pgmigrate.engine.verify import compare
 from tests.integration.test_incremental import start_migration
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ddl]
 
 SCHEMA = """
 CREATE SCHEMA app;

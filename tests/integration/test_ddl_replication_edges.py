@@ -24,7 +24,7 @@ from airflow_pgmigrate.engine.state import MigrationState
 from tests.integration.test_ddl_replication import SCHEMA, WriteLoad, catch_up, config_of, query, rows, table_dump
 from tests.integration.test_incremental import start_migration
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.ddl]
 
 QUOTED = """
 CREATE TABLE app."Order Lines" (id int PRIMARY KEY, "Qty" int, "a.b" text);
