@@ -783,11 +783,10 @@ def follow_source_names(dst: psycopg.Connection, step: DdlStep, log: Callable[[s
                 if len(matches) != 1:
                     continue
                 spare.remove(matches[0])
-                rename = sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}") if kind == "constraint" else \
-                    sql.SQL("ALTER INDEX {} RENAME TO {}")
-                dst.execute(rename.format(ident, sql.Identifier(matches[0].name), sql.Identifier(name.name))
-                            if kind == "constraint" else
-                            rename.format(sql.Identifier(table.schema, matches[0].name), sql.Identifier(name.name)))
+                chosen, wanted_name = sql.Identifier(matches[0].name), sql.Identifier(name.name)
+                dst.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(ident, chosen, wanted_name)
+                            if kind == "constraint" else sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                                sql.Identifier(table.schema, matches[0].name), wanted_name))
                 log(f"incremental ddl {step.record.id} table={table} {kind}={matches[0].name} "
                     f"renamed_to={name.name} (the source's name)")
 
@@ -803,13 +802,12 @@ def ddl_done_by_hand(conn: psycopg.Connection, state_schema: str, migration: str
 
 
 def source_resolver(source: ConnectionInfo) -> Callable[[str, list[str]], str | None]:
-    """The schema of the first relation named ``name`` along a search_path, on the source now."""
+    """The schema of the first relation named ``name`` along a search_path, on the source now (the capture records
+    ``"$user"`` spelled out as the role that ran the DDL)."""
 
     def resolve(name: str, path: list[str]) -> str | None:
         with connect(source) as src:
-            user = src.execute("SELECT current_user").fetchone()
             for schema in path:
-                schema = str(user[0]) if schema == '"$user"' and user else schema
                 found = src.execute("SELECT to_regclass(%s)", (sql.Identifier(schema, name).as_string(src),))
                 if found.fetchone() != (None,):
                     return schema

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import sql
+
 from airflow_pgmigrate.engine.rewrite import deparse, walk_nodes
 
 #: Functions that return the transaction's start time (``now()``, whatever its spelling).
@@ -41,8 +43,8 @@ class SourceTime:
     zone: str
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def _literal(text: str) -> str:
+    return sql.Literal(text).as_string(None)
 
 
 def _parse_expression(text: str) -> Any:
@@ -59,13 +61,13 @@ def _literal_for(node: Any, when: SourceTime) -> Any | None:
     if kind == "FuncCall":
         name = getattr(node.funcname[-1], "sval", "")
         if name in TRANSACTION_TIME and not node.args:
-            return _parse_expression(f"{_quote(when.time)}::timestamptz")
+            return _parse_expression(f"{_literal(when.time)}::timestamptz")
         raise NotReplicable(f"its default calls {name}(), whose values for the existing rows the source computed")
     if kind == "SQLValueFunction":
         template = TIME_VALUES.get(node.op.name)
         if template is None:
             raise NotReplicable(f"its default reads {deparse(node)}, which differs on the destination")
-        return _parse_expression(template.format(time=_quote(when.time), zone=_quote(when.zone),
+        return _parse_expression(template.format(time=_literal(when.time), zone=_literal(when.zone),
                                                  precision=node.typmod))
     return None
 

@@ -62,7 +62,6 @@ class TableTargets:
         self._lookup: psycopg.Connection | None = None
         #: The writer's session while a replicated DDL is applied and not committed (it alone sees the new shapes).
         self._lookup_in_ddl: psycopg.Connection | None = None
-        self._planned: set[QualifiedName] = set()
         self._definitions = TableSelector(config.objects)
         #: The source's DDL log table (``incremental.ddl: replicate``), and the oids the stream gave it.
         self.capture = capture_names(config).table
@@ -77,14 +76,13 @@ class TableTargets:
         self._planned_types = {parse_qualified_name(p["source"]): p.get("column_types") or {}
                                for p in full_load.get("plan") or []}
         self._selector = synced_tables(self.config, full_load)
-        self._planned = {parse_qualified_name(p["source"]) for p in full_load.get("plan") or []}
         self._ancestors = ancestors
         self._lookup = lookup
         self._lookup_in_ddl = None
 
     def migrates(self, name: QualifiedName) -> bool:
         """Whether the migration moves a source table's definition (its rows, or only its definition)."""
-        return name in self._planned or self._definitions(name)
+        return name in self._planned_types or self._definitions(name)
 
     def shapes_changed(self, writer_session: psycopg.Connection) -> None:
         """A replicated DDL was written, not committed yet: every target is worked out again, in the writer's
