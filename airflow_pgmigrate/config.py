@@ -391,8 +391,9 @@ class SchemaSettings(_Validated):
 class FullLoadSettings(_Validated):
     #: Tables (or table parts) copied at the same time.
     parallel_jobs: int = 4
-    #: "auto": a table is split into ranges copied in parallel only when it alone would outlast the rest of the load
-    #: spread over the other jobs. A size (bytes, or "512MB", "10GB"): every table larger than it is split.
+    #: "auto": every table is copied whole, in one ``COPY ... FREEZE`` (parts of one table written side by side cost
+    #: more than they gain; measured in docs/full_load.md). A size (bytes, or "512MB", "10GB"): every table larger
+    #: than it is split into ranges copied in parallel, for servers with cores to spare.
     split_tables_larger_than: int | str = "auto"
     #: With schema migration: a table's indexes and keys (primary, unique, exclusion) are built as soon as its copy is
     #: committed, beside the copies of the other tables; false leaves them all to post_data.

@@ -70,8 +70,6 @@ TOAST_COST = 4.0
 INCOMPRESSIBLE_MIN_TOAST = 64 * 1024 * 1024
 INCOMPRESSIBLE_MIN_VALUES = 20
 INCOMPRESSIBLE_SAMPLE_PAGES = 64  # heap pages read (at random) for the sample
-#: ``split_tables_larger_than: auto`` leaves tables below this whole.
-AUTO_SPLIT_MIN_BYTES = 64 * 1024 * 1024
 
 
 class FullLoadError(PgMigrateError):
@@ -153,8 +151,7 @@ def _ident(name: QualifiedName) -> sql.Identifier:
 # -- planning ----------------------------------------------------------------------------------------------------
 
 
-def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.Connection,
-                jobs: int | None = None) -> list[TablePlan]:
+def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.Connection) -> list[TablePlan]:
     """The tables to copy (partitions rather than their partitioned parents), costliest first, with their chunks."""
     schema = read_source_schema(src, config)
     if not schema.selected:
@@ -201,24 +198,21 @@ def plan_tables(config: MigrationConfig, src: psycopg.Connection, dst: psycopg.C
             plan.index_bytes = source_index_bytes(src, table.oid)
         plans.append(plan)
         tables.append(table)
-    _split(config, src, plans, tables, jobs or config.full_load.parallel_jobs, version)
+    _split(config, src, plans, tables, version)
     plans.sort(key=lambda p: p.cost + p.index_cost, reverse=True)
     return plans
 
 
 def _split(config: MigrationConfig, src: psycopg.Connection, plans: list[TablePlan], tables: list[catalog.TableInfo],
-           jobs: int, version: int) -> None:
-    """Give each plan its chunks. ``auto`` splits only a table that would be the load's long pole (its copy plus its
-    index builds over one job's share of the whole), into parts that leave room in a share for its index builds."""
+           version: int) -> None:
+    """Give each plan its chunks. ``auto`` keeps every table whole: parts of one table written side by side compete
+    for its pages and lose ``COPY ... FREEZE``, which cost more than they gain (measured, docs/full_load.md). A size
+    splits every table larger than it."""
     split_bytes = config.full_load.split_bytes
-    share = sum(p.cost + p.index_cost for p in plans) / max(1, jobs)
     for plan, table in zip(plans, tables, strict=True):
-        if split_bytes is not None:
-            parts = math.ceil(plan.size_bytes / split_bytes) if plan.size_bytes > split_bytes else 1
-        elif plan.cost + plan.index_cost > max(AUTO_SPLIT_MIN_BYTES, share) and plan.cost > AUTO_SPLIT_MIN_BYTES:
-            parts = math.ceil(plan.cost / max(share - plan.index_cost, share / max(1, jobs)))
-        else:
-            parts = 1
+        parts = 1
+        if split_bytes is not None and plan.size_bytes > split_bytes:
+            parts = math.ceil(plan.size_bytes / split_bytes)
         plan.chunks = _chunks(src, table, min(MAX_PARTS, parts), version)
 
 
@@ -887,7 +881,7 @@ class FullLoad:
             version = catalog.server_version_num(src)
             self.state.ensure(dst)
             previous = self.state.read(dst, "full_load") or {}
-            plans = plan_tables(config, src, dst, self.jobs) if not previous.get("plan") else \
+            plans = plan_tables(config, src, dst) if not previous.get("plan") else \
                 [_plan_from_dict(p) for p in previous["plan"]]
             definition_only = self._definition_only(src, plans)
             done = self._done_chunks(dst)
@@ -900,7 +894,7 @@ class FullLoad:
             if fresh and (previous or done):
                 # The slot is gone (or the plan was never recorded): the whole load starts over.
                 self.log("full_load starting over: the earlier attempt's slot or snapshot cannot be used")
-                plans = plan_tables(config, src, dst, self.jobs)
+                plans = plan_tables(config, src, dst)
                 self._truncate(dst, plans)
                 dst.execute(sql.SQL("DELETE FROM {} WHERE migration = %s").format(self.state.chunks_table),
                             (config.name,))

@@ -129,6 +129,28 @@ def test_split_tables_and_parallel_copy_are_exact(migration_env):
     assert report["rows"] == 160003
 
 
+def test_auto_copies_the_load_s_long_pole_whole_with_its_pages_frozen(migration_env):
+    """With ``auto``, a table far larger than the rest of the load is not split: parts written side by side cost more
+    than they gain (docs/full_load.md), and one ``COPY ... FREEZE`` leaves every page all-visible."""
+    env = migration_env
+    env.src("CREATE TABLE public.wide (id int PRIMARY KEY, body text NOT NULL);"
+            "ALTER TABLE public.wide ALTER COLUMN body SET STORAGE PLAIN;"
+            "INSERT INTO public.wide SELECT g, repeat(chr(65 + g % 26), 600) FROM generate_series(1, 130000) g;"
+            "CREATE TABLE public.small (k text PRIMARY KEY, v int);"
+            "INSERT INTO public.small SELECT 'k' || g, g FROM generate_series(1, 100) g;")
+    assert env.src("SELECT pg_relation_size('public.wide') > 64 * 1024 * 1024")[0][0]
+    config = prepare(env, full_load={"parallel_jobs": 2})
+    report = run_full_load(config, env.source_info(), env.destination_info())
+    assert report["tables"]["public.wide"]["chunks"] == 1
+    src, dst = connections(env)
+    with src, dst:
+        assert digest(src, "public.wide", ["id", "body"], "id") == digest(dst, "public.wide", ["id", "body"], "id")
+        dst.execute("ANALYZE public.wide")  # reads the visibility map into relallvisible
+        pages, visible = dst.execute(
+            "SELECT relpages, relallvisible FROM pg_class WHERE oid = 'public.wide'::regclass").fetchone()
+    assert pages > 0 and visible == pages, f"{visible} of {pages} pages all-visible"
+
+
 def test_filters_column_selection_and_renaming_apply_in_the_copy(migration_env):
     migration_env.src(DATA)
     config = prepare(
