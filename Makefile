@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: venv lint test test-slow test-ddl test-fast test-faults test-peer test-real-airflow demo demo-ui clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml hatch_build.py airflow_pgmigrate/engine/incremental/tuplecodec.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)

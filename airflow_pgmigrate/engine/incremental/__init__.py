@@ -35,7 +35,7 @@ from airflow_pgmigrate.engine.incremental.apply import Applier
 from airflow_pgmigrate.engine.incremental.assembler import Assembler, DdlContext
 from airflow_pgmigrate.engine.incremental.batcher import Batcher, BatchLimits, Pace
 from airflow_pgmigrate.engine.incremental.ddl import DdlPlanner, ddl_done_by_hand, source_resolver
-from airflow_pgmigrate.engine.incremental.pgoutput import Begin, int_to_lsn, lsn_to_int, pg_time
+from airflow_pgmigrate.engine.incremental.pgoutput import LOOPS, Begin, int_to_lsn, lsn_to_int, pg_time
 from airflow_pgmigrate.engine.incremental.positions import DurableFeedback, PositionTracker, StopConditions
 from airflow_pgmigrate.engine.incremental.stream import KEEPALIVE, XLOG_DATA, ReplicationStream, keepalive_of
 from airflow_pgmigrate.engine.incremental.targets import TableTargets
@@ -394,7 +394,7 @@ class IncrementalSync:
         self.log(f"incremental applied_lsn={result.applied_lsn} transactions={result.transactions} "
                  f"changes={result.changes} skipped={result.skipped_transactions} caught_up={result.caught_up} "
                  f"lag_bytes={result.lag_bytes} lag_s={result.lag_seconds:.1f} lag_basis={result.lag_basis} "
-                 f"throttled={result.throttled} seconds={result.seconds}")
+                 f"throttled={result.throttled} seconds={result.seconds} loops={LOOPS}")
 
     def _check_new_partitions(self, src: psycopg.Connection, version: int) -> None:
         """Stop when a partition was added on the source after the full load: the publication lists the partitions

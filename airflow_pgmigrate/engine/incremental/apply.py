@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from airflow_pgmigrate.engine.incremental.pgoutput import UNCHANGED, Change, Value
+from airflow_pgmigrate.engine.incremental.pgoutput import TUPLECODEC, UNCHANGED, Change, Value
 from airflow_pgmigrate.engine.names import QualifiedName
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -85,10 +85,14 @@ def copy_lines(rows: Iterable[list[Value]], positions: list[int]) -> Iterator[by
     """
     pick: Any = itemgetter(*positions) if len(positions) > 1 else \
         (lambda row, p=positions[0]: (row[p],)) if positions else None
+    fast = TUPLECODEC.copy_block if TUPLECODEC is not None else None
+    picked = tuple(positions)
     iterator = iter(rows)
     size = 64  # rows of the first chunk; rows of any size stay near COPY_BLOCK_BYTES per block from then on
     while chunk := list(islice(iterator, size)):
-        block = _copy_block(chunk, len(positions), pick) if pick is not None else None
+        block = fast(chunk, picked) if fast is not None else None
+        if block is None and pick is not None:
+            block = _copy_block(chunk, len(positions), pick)
         if block is None:
             block = _copy_rows(chunk, positions)
         yield block
@@ -256,15 +260,31 @@ class Batch:
 
     def __init__(self, *, collapse: bool = True) -> None:
         self.steps: list[SetOps | Sequential] = []
-        #: Every change as it came (a truncate as its step), for a one-by-one replay when a set-based write fails;
-        #: ``_tables`` holds where each run of one table's changes starts (one entry per run, not per change).
-        self._log: list[Change | Sequential] = []
+        #: Every change as it came (a truncate as its step; an insert of an insert-only run as its new row alone),
+        #: for a one-by-one replay when a set-based write fails; ``_tables`` holds where each run of one table's
+        #: changes starts (one entry per run, not per change).
+        self._log: list[Change | Sequential | list[Value]] = []
         self._tables: list[tuple[int, TableTarget | None]] = [(0, None)]
         self._last_table: TableTarget | None = None
         self.collapse = collapse
         self._open: dict[int, SetOps] = {}
         self.changes = 0
         self.bytes = 0
+
+    def add_insert(self, rel: int, table: TableTarget, new: list[Value], size: int) -> None:
+        """An insert, given as its new row: while it continues an insert-only run (see :class:`SetOps`), no
+        :class:`Change` is made for it; otherwise it goes through :meth:`add`."""
+        ops = self._open.get(rel)
+        if ops is None or ops.inserted is None or ops.table is not table:
+            self.add(rel, table, Change("I", rel, new, None), size)
+            return
+        self.changes += 1
+        self.bytes += size
+        if table is not self._last_table:
+            self._tables.append((len(self._log), table))
+            self._last_table = table
+        self._log.append(new)
+        ops.inserted.append(new)
 
     def add(self, rel: int, table: TableTarget, change: Change, size: int) -> None:
         self.changes += 1
@@ -308,8 +328,12 @@ class Batch:
         out: list[tuple[TableTarget, Change] | Sequential] = []
         starts = self._tables + [(len(self._log), None)]
         for (start, table), (end, _) in zip(starts, starts[1:], strict=False):
+            assert table is not None or start == end
             for item in self._log[start:end]:
-                out.append(item if isinstance(item, Sequential) else (table, item))  # type: ignore[arg-type]
+                if type(item) is list:  # an insert of an insert-only run
+                    out.append((table, Change("I", 0, item, None)))  # type: ignore[arg-type]
+                else:
+                    out.append(item if isinstance(item, Sequential) else (table, item))  # type: ignore[arg-type]
         return out
 
     def __bool__(self) -> bool:

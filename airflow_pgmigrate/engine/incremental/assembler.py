@@ -29,6 +29,7 @@ from airflow_pgmigrate.engine.incremental.pgoutput import (
     StreamStop,
     Truncate,
     decode_row_change,
+    read_tuple,
 )
 from airflow_pgmigrate.engine.incremental.positions import PositionTracker, StopConditions
 from airflow_pgmigrate.engine.incremental.stream import PAYLOAD
@@ -40,7 +41,7 @@ SPILL_BYTES = 32 * 1024 * 1024
 #: Relation messages too: a DDL inside it changes a table's shape at one point of its changes, applied at replay).
 ROW_TAGS = frozenset(b"IUD")
 SPILLED_TAGS = frozenset(b"IUDTR")
-BEGIN, COMMIT = 66, 67  # 'B', 'C'
+BEGIN, COMMIT, INSERT = 66, 67, 73  # 'B', 'C', 'I'
 _unpack_from = struct.unpack_from
 
 
@@ -144,6 +145,22 @@ class Assembler:
         tag = message[PAYLOAD]
         if self.stream_xid is not None and tag in SPILLED_TAGS:
             self._spill(self.stream_xid).add(message[PAYLOAD:])
+            return False
+        if tag == INSERT:  # the commonest message: its new row goes to the batcher without a Change object
+            txn = self.txn
+            if txn is None or txn.skip:
+                return False
+            rel = _unpack_from("!i", message, PAYLOAD + 1)[0]
+            tables = self.targets.tables
+            table = tables[rel] if rel in tables else self.targets.target(rel)
+            if table is None:
+                if rel in self.targets.capture_oids:
+                    self._ddl(txn, decode_row_change(message, PAYLOAD))
+                return False
+            if txn.begin.commit_lsn < table.start_lsn:
+                return False
+            self.batcher.add_insert(rel, table, read_tuple(message, PAYLOAD + 6)[0], len(message) - PAYLOAD,
+                                    txn.begin)
             return False
         if tag in ROW_TAGS:
             # The hot path: one row change of an ordinary transaction.

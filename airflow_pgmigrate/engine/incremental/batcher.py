@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from airflow_pgmigrate.engine.incremental.apply import Batch, TableTarget
 from airflow_pgmigrate.engine.incremental.ddl import DdlStep
-from airflow_pgmigrate.engine.incremental.pgoutput import Begin, Change
+from airflow_pgmigrate.engine.incremental.pgoutput import Begin, Change, Value
 from airflow_pgmigrate.engine.incremental.positions import PositionTracker
 from airflow_pgmigrate.engine.incremental.writer import Writer
 from airflow_pgmigrate.engine.throttle import Throttle
@@ -128,6 +128,14 @@ class Batcher:
         """Add a row change; a full batch is written as a part. False: the caps stopped the run."""
         batch = self.batch
         batch.add(rel, table, change, size)
+        if batch.bytes >= self._part_bytes or batch.changes >= self._part_changes:
+            return self.write_part(txn)
+        return True
+
+    def add_insert(self, rel: int, table: TableTarget, new: list[Value], size: int, txn: Begin | None) -> bool:
+        """An insert, as its new row (see :meth:`Batch.add_insert`); like :meth:`add`."""
+        batch = self.batch
+        batch.add_insert(rel, table, new, size)
         if batch.bytes >= self._part_bytes or batch.changes >= self._part_changes:
             return self.write_part(txn)
         return True

@@ -6,6 +6,7 @@ binary), so each column is None (NULL), UNCHANGED (an unchanged TOASTed value th
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,25 @@ class _Unchanged:
 
 UNCHANGED = _Unchanged()
 Value = bytes | None | _Unchanged
+
+
+def _load_tuplecodec() -> Any:
+    """The C loops (``tuplecodec.c``, built at install when a compiler is there), or None: the Python loops run.
+    ``PGMIGRATE_PURE_PYTHON=1`` turns them off."""
+    if os.environ.get("PGMIGRATE_PURE_PYTHON") == "1":
+        return None
+    try:
+        import airflow_pgmigrate.engine.incremental.tuplecodec as tuplecodec
+    except ImportError:
+        return None
+    tuplecodec.set_unchanged(UNCHANGED)
+    return tuplecodec
+
+
+#: The C loops of TupleData reading and COPY formatting, or None.
+TUPLECODEC = _load_tuplecodec()
+#: "c" or "python": which loops this process runs (said in the sync's log).
+LOOPS = "python" if TUPLECODEC is None else "c"
 
 
 def lsn_to_int(lsn: str) -> int:
@@ -192,6 +212,7 @@ class Decoder:
 
 _ROW_TAGS = frozenset(b"IUD")
 _I, _U, _N, _K, _O = 73, 85, 110, 75, 79  # 'I', 'U', 'n', 'K', 'O'
+_U_KIND = 117  # 'u'
 
 
 _RELATION_MARKER = struct.Struct("!iB").unpack_from
@@ -226,8 +247,8 @@ def decode_row_change(data: bytes | memoryview, offset: int = 0, *, streamed: bo
     return Change("D", relation, None, values, chr(marker), xid)
 
 
-def _tuple(data: bytes | memoryview, pos: int) -> tuple[list[Value], int]:
-    """TupleData at ``pos``: the column values and the position after them.
+def python_tuple(data: bytes | memoryview, pos: int) -> tuple[list[Value], int]:
+    """TupleData at ``pos``: the column values and the position after them (``tuplecodec.read_tuple`` in C).
 
     A bytes message is sliced directly (a slice of bytes is bytes); a memoryview's slices are copied out.
     """
@@ -246,10 +267,17 @@ def _tuple(data: bytes | memoryview, pos: int) -> tuple[list[Value], int]:
         elif kind == _N:
             append(None)
             pos += 1
-        else:  # 'u': an unchanged TOASTed value ('b' binary is never requested)
+        elif kind == _U_KIND:  # an unchanged TOASTed value
             append(UNCHANGED)
             pos += 1
+        else:  # 'b' (binary) is never requested
+            raise ValueError(f"malformed pgoutput TupleData: unknown column kind at byte {pos}")
     return values, pos
+
+
+#: TupleData reader: ``read_tuple(data, pos) -> (values, end)``, in C when built.
+read_tuple = python_tuple if TUPLECODEC is None else TUPLECODEC.read_tuple
+_tuple = read_tuple
 
 
 class _Reader:
@@ -298,6 +326,8 @@ class _Reader:
 
 
 __all__ = [
+    "LOOPS",
+    "TUPLECODEC",
     "UNCHANGED",
     "Begin",
     "Change",
@@ -316,4 +346,6 @@ __all__ = [
     "int_to_lsn",
     "lsn_to_int",
     "pg_time",
+    "python_tuple",
+    "read_tuple",
 ]
