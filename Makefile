@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv lint test test-slow test-ddl test-fast test-faults test-peer test-real-airflow demo demo-ui clean
+.PHONY: venv lint test test-slow test-ddl test-pure-python test-fast test-faults test-peer test-real-airflow demo demo-ui clean
 
 $(STAMP): pyproject.toml hatch_build.py airflow_pgmigrate/engine/incremental/tuplecodec.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml hatch_build.py airflow_pgmigrate/engine/incremental/tup
 venv: $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check airflow_pgmigrate tests dags demo bench
+	$(BIN)/ruff check airflow_pgmigrate tests dags demo bench hatch_build.py
 	$(BIN)/mypy
 
 # Lint, type check, unit tests, and integration tests against real PostgreSQL servers and Airflow (dag.test()).
@@ -31,6 +31,12 @@ test-slow: venv
 # DDL replicated during the sync (incremental.ddl: replicate): every supported statement, the edges, the rights.
 test-ddl: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m "ddl and not slow"
+
+# The incremental sync's pure Python loops (what runs where tuplecodec.c could not be built), on the suites that
+# drive them; everything else runs the C loops.
+test-pure-python: venv
+	PGMIGRATE_PURE_PYTHON=1 $(BIN)/pytest -q -p no:cacheprovider tests/unit tests/integration/test_incremental.py \
+		tests/integration/test_apply_fast_paths.py
 
 # A real Airflow (scheduler, dag processor, triggerer, API server) driven through its REST API, and Debian's Chromium
 # (headless) on its UI; screenshots and component logs in $${PGMIGRATE_TEST_ARTIFACTS:-/tmp/pgmigrate-artifacts}.

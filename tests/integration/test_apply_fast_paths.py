@@ -111,3 +111,35 @@ def test_staging_table_reused_in_one_transaction_holds_only_the_current_batch(mi
         conn.commit()
     assert env.dst("SELECT v, count(*) FROM public.fast GROUP BY v ORDER BY v") == [
         (0, 8000), (1, 11840), (2, 100), (3, 50), (4, 10)]
+
+
+def test_inserts_added_as_new_rows_replay_one_by_one_in_source_order(migration_env):
+    """The reader hands an insert of an insert-only run over as its new row alone (``add_insert``, no Change): the
+    one-by-one replay of a failed set-based write must still see every change, in order, with its table."""
+    env = migration_env
+    env.dst("CREATE TABLE public.fast (id int PRIMARY KEY, v int, body text);"
+            "CREATE TABLE public.other (id int PRIMARY KEY, v int, body text)")
+    t = _table()
+    other_name = QualifiedName("public", "other")
+    other = TableTarget(source=other_name, target=other_name, columns=[(0, "id"), (1, "v"), (2, "body")], key=[0],
+                        key_names=["id"], upsert=False, row_filter=None)
+    batch = Batch()
+    for i in range(1, 6):
+        batch.add_insert(1, t, _row(i), 10)
+    batch.add_insert(2, other, _row(1, b"9"), 10)
+    batch.add_insert(1, t, _row(6), 10)
+    batch.add(1, t, Change("D", 1, None, _row(2, None, None), "K"), 10)
+    batch.add_insert(1, t, _row(2, b"22", b"again"), 10)  # after a delete: no longer an insert-only run
+    original = batch.original
+    assert [(table.target.name, change.kind, change.new[0] if change.new else change.old[0])
+            for table, change in original] == [
+        ("fast", "I", b"1"), ("fast", "I", b"2"), ("fast", "I", b"3"), ("fast", "I", b"4"), ("fast", "I", b"5"),
+        ("other", "I", b"1"), ("fast", "I", b"6"), ("fast", "D", b"2"), ("fast", "I", b"2")]
+    assert batch.changes == 9
+    with connect(env.destination_info(), autocommit=False) as conn:
+        conn.execute("SET session_replication_role = replica")
+        Applier(conn, count_rows=True).replay(batch)
+        conn.commit()
+    assert env.dst("SELECT id, v, body FROM public.fast ORDER BY id") == [
+        (1, 0, "x"), (2, 22, "again"), (3, 0, "x"), (4, 0, "x"), (5, 0, "x"), (6, 0, "x")]
+    assert env.dst("SELECT id, v FROM public.other") == [(1, 9)]
