@@ -11,6 +11,7 @@ import pytest
 from airflow_pgmigrate.engine.connection import connect
 from airflow_pgmigrate.engine.incremental.apply import Applier, Batch, SetOps, TableTarget, copy_lines
 from airflow_pgmigrate.engine.incremental.pgoutput import UNCHANGED, Change
+from airflow_pgmigrate.engine.incremental.writer import write_batch
 from airflow_pgmigrate.engine.names import QualifiedName
 from tests.integration.test_incremental import assert_equal, catch_up, start_migration
 
@@ -143,3 +144,30 @@ def test_inserts_added_as_new_rows_replay_one_by_one_in_source_order(migration_e
     assert env.dst("SELECT id, v, body FROM public.fast ORDER BY id") == [
         (1, 0, "x"), (2, 22, "again"), (3, 0, "x"), (4, 0, "x"), (5, 0, "x"), (6, 0, "x")]
     assert env.dst("SELECT id, v FROM public.other") == [(1, 9)]
+
+
+def test_batch_opening_with_a_truncate_replays_one_by_one(migration_env):
+    """A batch whose first change is a TRUNCATE (no table run opened before it), then inserts and a swap of unique
+    values the set-based UPDATE cannot take in one statement: the failed write is replayed in source order, the
+    truncate included."""
+    env = migration_env
+    env.dst("CREATE TABLE public.fast (id int PRIMARY KEY, v int UNIQUE, body text);"
+            "CREATE TABLE public.other (id int PRIMARY KEY, v int, body text);"
+            "INSERT INTO public.fast VALUES (1, 1, 'x'), (2, 2, 'x'); INSERT INTO public.other VALUES (1, 1, 'old')")
+    t = _table()
+    other_name = QualifiedName("public", "other")
+    other = TableTarget(source=other_name, target=other_name, columns=[(0, "id"), (1, "v"), (2, "body")], key=[0],
+                        key_names=["id"], upsert=False, row_filter=None)
+    batch = Batch()
+    batch.truncate([2], [other], False)
+    batch.add_insert(2, other, _row(7, b"7"), 10)
+    for key, value in ((1, b"0"), (2, b"1"), (1, b"2")):  # v of rows 1 and 2 swapped through 0
+        batch.add(1, t, Change("U", 1, _row(key, value), None), 10)
+    log: list[str] = []
+    with connect(env.destination_info(), autocommit=False) as conn:
+        conn.execute("SET session_replication_role = replica")
+        write_batch(conn, Applier(conn, count_rows=True), batch, log.append)
+        conn.commit()
+    assert len(log) == 1 and "replayed one change at a time" in log[0], "the set-based UPDATE cannot swap"
+    assert env.dst("SELECT id, v FROM public.fast ORDER BY id") == [(1, 2), (2, 1)]
+    assert env.dst("SELECT id, v FROM public.other ORDER BY id") == [(7, 7)]

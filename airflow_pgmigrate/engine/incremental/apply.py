@@ -324,11 +324,11 @@ class Batch:
 
     @property
     def original(self) -> list[tuple[TableTarget, Change] | Sequential]:
-        """Every change as it came, ``(table, change)``, or a truncate's step."""
+        """Every change as it came, ``(table, change)``, or a truncate's step (a batch's truncates before its first
+        row change fall in a run without a table)."""
         out: list[tuple[TableTarget, Change] | Sequential] = []
         starts = self._tables + [(len(self._log), None)]
         for (start, table), (end, _) in zip(starts, starts[1:], strict=False):
-            assert table is not None or start == end
             for item in self._log[start:end]:
                 if type(item) is list:  # an insert of an insert-only run
                     out.append((table, Change("I", 0, item, None)))  # type: ignore[arg-type]
