@@ -91,6 +91,27 @@ def test_read_tuple_refuses_every_truncation_and_unknown_kinds():
         TUPLECODEC.read_tuple(data, -1)
 
 
+@pytest.mark.parametrize("reader", ["python", "c"])
+def test_both_readers_refuse_what_the_message_does_not_hold(reader):
+    """A malformed message is an error in either reader: the Python one must not hand over a value cut short by the
+    message's end, nor read a negative column count as no columns."""
+    if reader == "c" and TUPLECODEC is None:
+        pytest.skip("the C loops are not built")
+    read = python_tuple if reader == "python" else TUPLECODEC.read_tuple
+    data = _tuple_data([b"12345", None, UNCHANGED, b"", b"x" * 40])
+    for cut in range(len(data)):
+        for buf in (data[:cut], memoryview(data)[:cut]):
+            with pytest.raises(ValueError, match="malformed pgoutput TupleData"):
+                read(buf, 0)
+    for bad in (struct.pack("!h", -1), struct.pack("!h", 1) + b"t" + struct.pack("!i", -5) + b"abcdefgh",
+                struct.pack("!h", 1) + b"t" + struct.pack("!i", 100) + b"abc"):
+        with pytest.raises(ValueError, match="malformed pgoutput TupleData"):
+            read(bad, 0)
+    for pos in (-1, -len(data), len(data), len(data) + 10):
+        with pytest.raises(ValueError, match="malformed pgoutput TupleData"):
+            read(data, pos)
+
+
 @needs_c
 @pytest.mark.parametrize("seed", range(20))
 def test_copy_block_equals_the_python_formatting(seed):

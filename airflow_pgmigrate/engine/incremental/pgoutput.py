@@ -250,18 +250,31 @@ def decode_row_change(data: bytes | memoryview, offset: int = 0, *, streamed: bo
 def python_tuple(data: bytes | memoryview, pos: int) -> tuple[list[Value], int]:
     """TupleData at ``pos``: the column values and the position after them (``tuplecodec.read_tuple`` in C).
 
-    A bytes message is sliced directly (a slice of bytes is bytes); a memoryview's slices are copied out.
+    A bytes message is sliced directly (a slice of bytes is bytes); a memoryview's slices are copied out. A value or
+    column count the message does not hold raises ValueError (a slice would silently cut the value short).
     """
     unpack_int32 = _INT32
+    size = len(data)
+    if pos < 0 or pos > size - 2:
+        raise _malformed("no column count", pos)
     count = _INT16(data, pos)[0]
+    if count < 0:
+        raise _malformed("negative column count", pos)
     pos += 2
     values: list[Value] = []
     append = values.append
     copy = type(data) is not bytes
     for _ in range(count):
+        if pos >= size:
+            raise _malformed("message ends before its columns", pos)
         kind = data[pos]
         if kind == 116:  # 't' text
-            end = pos + 5 + unpack_int32(data, pos + 1)[0]
+            if pos > size - 5:
+                raise _malformed("no value length", pos)
+            length = unpack_int32(data, pos + 1)[0]
+            end = pos + 5 + length
+            if length < 0 or end > size:
+                raise _malformed("value longer than the message", pos)
             append(bytes(data[pos + 5:end]) if copy else data[pos + 5:end])  # type: ignore[arg-type]
             pos = end
         elif kind == _N:
@@ -271,8 +284,13 @@ def python_tuple(data: bytes | memoryview, pos: int) -> tuple[list[Value], int]:
             append(UNCHANGED)
             pos += 1
         else:  # 'b' (binary) is never requested
-            raise ValueError(f"malformed pgoutput TupleData: unknown column kind at byte {pos}")
+            raise _malformed("unknown column kind", pos)
     return values, pos
+
+
+def _malformed(what: str, pos: int) -> ValueError:
+    """A TupleData that does not fit its message (the same words as ``tuplecodec.read_tuple``)."""
+    return ValueError(f"malformed pgoutput TupleData: {what} at byte {pos}")
 
 
 #: TupleData reader: ``read_tuple(data, pos) -> (values, end)``, in C when built.
