@@ -6,6 +6,7 @@ Python, slower. A failed build says so and goes on; the package then works as pu
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -18,18 +19,33 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 SOURCE = Path("airflow_pgmigrate/engine/incremental/tuplecodec.c")
 
 
+def build_command() -> list[str] | None:
+    """The compile-and-link command of Python's build settings, with the compiler and flags the environment names
+    (``CC``, ``LDSHARED``, ``CFLAGS``, ``CPPFLAGS``, ``LDFLAGS``: as any Python extension build reads them)."""
+    linker = os.environ.get("LDSHARED") or sysconfig.get_config_var("LDSHARED")
+    if not linker:
+        return None
+    compiler = sysconfig.get_config_var("CC") or ""
+    if "CC" in os.environ and "LDSHARED" not in os.environ and compiler and linker.startswith(compiler):
+        linker = os.environ["CC"] + linker[len(compiler):]
+    flags = " ".join(os.environ.get(name, "") for name in ("CPPFLAGS", "CFLAGS", "LDFLAGS"))
+    return [*shlex.split(linker), "-O2", "-fPIC", "-Wall", f"-I{sysconfig.get_paths()['include']}",
+            *shlex.split(flags)]
+
+
 def compile_extension(root: Path) -> Path | None:
-    """Compile the module next to its source; its path, or None when it could not be built."""
-    linker = sysconfig.get_config_var("LDSHARED")
+    """Compile the module next to its source; its path, or None when it could not be built (a module left there by
+    an earlier build is removed first: an editable install would import it, built from older code)."""
+    command = build_command()
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    if not linker or not suffix:
+    if not command or not suffix:
         print("airflow-pgmigrate: no C build settings here; the incremental sync runs its pure Python loops",
               file=sys.stderr)
         return None
     source = root / SOURCE
     target = source.with_name("tuplecodec" + suffix)
-    command = [*shlex.split(linker), "-O2", "-fPIC", "-Wall", f"-I{sysconfig.get_paths()['include']}",
-               str(source), "-o", str(target)]
+    target.unlink(missing_ok=True)
+    command += [str(source), "-o", str(target)]
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError) as exc:
