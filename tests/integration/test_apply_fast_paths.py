@@ -171,3 +171,27 @@ def test_batch_opening_with_a_truncate_replays_one_by_one(migration_env):
     assert len(log) == 1 and "replayed one change at a time" in log[0], "the set-based UPDATE cannot swap"
     assert env.dst("SELECT id, v FROM public.fast ORDER BY id") == [(1, 2), (2, 1)]
     assert env.dst("SELECT id, v FROM public.other ORDER BY id") == [(7, 7)]
+
+
+def test_special_values_and_truncates_between_inserts_through_the_sync(migration_env):
+    """Through the reader's INSERT path and COPY (C or Python loops, see make test-pure-python): text with every
+    character COPY escapes, the texts "\\N" and "\\.", empty strings, NULLs, a bytea of every byte value; a TRUNCATE
+    between two insert runs of the same table, and updates and deletes of inserted keys later in the same batch."""
+    env = migration_env
+    env.src("CREATE TABLE public.special (id int PRIMARY KEY, t text, b bytea)")
+    config = start_migration(env)
+    texts = "ARRAY[E'tab\\there', E'line\\nbreak', E'cr\\rhere', E'back\\\\slash', E'\\\\N', E'\\\\.', '', NULL]"
+    env.src(f"INSERT INTO public.special SELECT g, ({texts})[1 + g % 8], "
+            "CASE WHEN g % 5 = 0 THEN NULL ELSE decode(lpad(to_hex(g % 256), 2, '0'), 'hex') || "
+            "'\\x000102090a0d5c7f80ff'::bytea END FROM generate_series(1, 2000) g")
+    env.src("INSERT INTO public.special VALUES (5000, 'before truncate', '\\x5c4e')")
+    env.src("TRUNCATE public.special")
+    env.src(f"INSERT INTO public.special SELECT g, ({texts})[1 + g % 8] || g, "
+            "decode(repeat(lpad(to_hex(g % 256), 2, '0'), 3), 'hex') FROM generate_series(1, 1500) g")
+    env.src("UPDATE public.special SET t = E'\\\\.\\n' || t WHERE id % 7 = 0")
+    env.src("DELETE FROM public.special WHERE id % 11 = 0")
+    env.src("INSERT INTO public.special VALUES (11, E'\\\\N', '\\x'), (22, '', NULL)")
+    catch_up(env, config)
+    assert_equal(env, ["public.special"])
+    assert env.dst("SELECT count(*), count(*) FILTER (WHERE starts_with(t, E'\\\\.\\n')) FROM public.special") == [
+        (1366, 171)]  # 195 prefixed, less the 24 whose text is NULL
