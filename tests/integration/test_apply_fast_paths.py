@@ -20,8 +20,8 @@ pytestmark = pytest.mark.integration
 SPECIAL = [b"tab\there", b"line\nbreak", b"carriage\rreturn", b"back\\slash", b"\\N", b"", b"\\.", b"plain"]
 
 
-def _table() -> TableTarget:
-    name = QualifiedName("public", "fast")
+def _table(table: str = "fast") -> TableTarget:
+    name = QualifiedName("public", table)
     return TableTarget(source=name, target=name, columns=[(0, "id"), (1, "v"), (2, "body")], key=[0],
                        key_names=["id"], upsert=False, row_filter=None)
 
@@ -121,9 +121,7 @@ def test_inserts_added_as_new_rows_replay_one_by_one_in_source_order(migration_e
     env.dst("CREATE TABLE public.fast (id int PRIMARY KEY, v int, body text);"
             "CREATE TABLE public.other (id int PRIMARY KEY, v int, body text)")
     t = _table()
-    other_name = QualifiedName("public", "other")
-    other = TableTarget(source=other_name, target=other_name, columns=[(0, "id"), (1, "v"), (2, "body")], key=[0],
-                        key_names=["id"], upsert=False, row_filter=None)
+    other = _table("other")
     batch = Batch()
     for i in range(1, 6):
         batch.add_insert(1, t, _row(i), 10)
@@ -155,9 +153,7 @@ def test_batch_opening_with_a_truncate_replays_one_by_one(migration_env):
             "CREATE TABLE public.other (id int PRIMARY KEY, v int, body text);"
             "INSERT INTO public.fast VALUES (1, 1, 'x'), (2, 2, 'x'); INSERT INTO public.other VALUES (1, 1, 'old')")
     t = _table()
-    other_name = QualifiedName("public", "other")
-    other = TableTarget(source=other_name, target=other_name, columns=[(0, "id"), (1, "v"), (2, "body")], key=[0],
-                        key_names=["id"], upsert=False, row_filter=None)
+    other = _table("other")
     batch = Batch()
     batch.truncate([2], [other], False)
     batch.add_insert(2, other, _row(7, b"7"), 10)
