@@ -11,7 +11,15 @@ from airflow_pgmigrate.testing.airflow_deployment import MARKER, Deployment
 
 
 def _sleeper(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["sleep", "60"], env={**os.environ, **env})
+    """A process with ``env``, returned once /proc shows that environment: Popen may return (vfork) before the
+    kernel has set up the new program's environment, and /proc/<pid>/environ reads empty until then."""
+    process = subprocess.Popen(["sleep", "60"], env={**os.environ, **env})
+    wanted = {f"{k}={v}".encode() for k, v in env.items()}
+    deadline = time.monotonic() + 5
+    while not wanted <= set(Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0")):
+        assert time.monotonic() < deadline, "the sleeper's environment never showed in /proc"
+        time.sleep(0.01)
+    return process
 
 
 def test_a_process_with_only_the_same_airflow_home_is_not_the_deployments(tmp_path: Path) -> None:
