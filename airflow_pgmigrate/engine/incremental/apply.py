@@ -278,21 +278,20 @@ class Batch:
         if ops is None or ops.inserted is None or ops.table is not table:
             self.add(rel, table, Change("I", rel, new, None), size)
             return
-        self.changes += 1
-        self.bytes += size
-        if table is not self._last_table:
-            self._tables.append((len(self._log), table))
-            self._last_table = table
-        self._log.append(new)
+        self._note(table, new, size)
         ops.inserted.append(new)
 
-    def add(self, rel: int, table: TableTarget, change: Change, size: int) -> None:
+    def _note(self, table: TableTarget, item: Change | list[Value], size: int) -> None:
+        """Count a change and keep it in the replay log (a new run when its table is not the last one's)."""
         self.changes += 1
         self.bytes += size
         if table is not self._last_table:
             self._tables.append((len(self._log), table))
             self._last_table = table
-        self._log.append(change)
+        self._log.append(item)
+
+    def add(self, rel: int, table: TableTarget, change: Change, size: int) -> None:
+        self._note(table, change, size)
         ops = self._open.get(rel)
         if ops is not None and ops.inserted is not None and change.kind == "I" and ops.table is table:
             ops.inserted.append(change.new)  # type: ignore[arg-type]  # the insert-only run (see SetOps)

@@ -146,7 +146,9 @@ class Assembler:
         if self.stream_xid is not None and tag in SPILLED_TAGS:
             self._spill(self.stream_xid).add(message[PAYLOAD:])
             return False
-        if tag == INSERT:  # the commonest message: its new row goes to the batcher without a Change object
+        if tag in ROW_TAGS:
+            # The hot path: one row change of an ordinary transaction. An insert's new row goes to the batcher
+            # without a Change object (the commonest message).
             txn = self.txn
             if txn is None or txn.skip:
                 return False
@@ -159,25 +161,11 @@ class Assembler:
                 return False
             if txn.begin.commit_lsn < table.start_lsn:
                 return False
-            self.batcher.add_insert(rel, table, read_tuple(message, PAYLOAD + 6)[0], len(message) - PAYLOAD,
-                                    txn.begin)
-            return False
-        if tag in ROW_TAGS:
-            # The hot path: one row change of an ordinary transaction.
-            txn = self.txn
-            if txn is None or txn.skip:
-                return False
-            change = decode_row_change(message, PAYLOAD)
-            rel = change.relation
-            tables = self.targets.tables
-            table = tables[rel] if rel in tables else self.targets.target(rel)
-            if table is None:
-                if rel in self.targets.capture_oids:
-                    self._ddl(txn, change)
-                return False
-            if txn.begin.commit_lsn < table.start_lsn:
-                return False
-            self.batcher.add(rel, table, change, len(message) - PAYLOAD, txn.begin)
+            if tag == INSERT:
+                self.batcher.add_insert(rel, table, read_tuple(message, PAYLOAD + 6)[0], len(message) - PAYLOAD,
+                                        txn.begin)
+            else:
+                self.batcher.add(rel, table, decode_row_change(message, PAYLOAD), len(message) - PAYLOAD, txn.begin)
             return False
         if tag == BEGIN:  # once per transaction: no decoder call
             return self._begin(Begin(*_unpack_from("!qqi", message, PAYLOAD + 1)))

@@ -236,10 +236,10 @@ def decode_row_change(data: bytes | memoryview, offset: int = 0, *, streamed: bo
     old: list[Value] | None = None
     old_kind: str | None = None
     if code == _U and (marker == _K or marker == _O):
-        old, pos = _tuple(data, pos)
+        old, pos = read_tuple(data, pos)
         old_kind = chr(marker)
         pos += 1  # 'N'
-    values, _ = _tuple(data, pos)
+    values, _ = read_tuple(data, pos)
     if code == _I:
         return Change("I", relation, values, None, None, xid)
     if code == _U:
@@ -295,7 +295,6 @@ def _malformed(what: str, pos: int) -> ValueError:
 
 #: TupleData reader: ``read_tuple(data, pos) -> (values, end)``, in C when built.
 read_tuple = python_tuple if TUPLECODEC is None else TUPLECODEC.read_tuple
-_tuple = read_tuple
 
 
 class _Reader:
