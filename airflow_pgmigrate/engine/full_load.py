@@ -719,7 +719,8 @@ class FullLoad:
         while conn.get_result() is not None:
             pass
 
-    def _worker(self, queue: list[Work], snapshot: str, on_done: Callable[[TablePlan, ChunkResult], None]) -> None:
+    def _worker(self, queue: list[Work], snapshot: str,
+                on_done: Callable[[TablePlan, ChunkResult], Callable[[], None]]) -> None:
         """Take work until none is left nor can come: chunks, and the index builds of tables whose copy committed."""
         src = connect(self.source, autocommit=False)
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -729,6 +730,7 @@ class FullLoad:
         try:
             while (item := self._take(queue)) is not None:
                 plan, work, idle = item
+                result: ChunkResult | None = None
                 try:
                     if isinstance(work, TableBuild):
                         self._build(plan, work, idle)
@@ -739,9 +741,8 @@ class FullLoad:
                         self._stop.set()
                         message = (exc.diag.message_primary or str(exc)).strip()
                         raise FullLoadError(f"copying {work.id} into {plan.target} failed: {message}") from None
-                    on_done(plan, result)
                 finally:
-                    self._release(plan, work)
+                    self._release(plan, work, result, on_done)
         finally:
             src.close()
             dst.close()
@@ -762,12 +763,20 @@ class FullLoad:
                 self._ready.wait(0.5)
             return None
 
-    def _release(self, plan: TablePlan, work: Chunk | TableBuild) -> None:
+    def _release(self, plan: TablePlan, work: Chunk | TableBuild, result: ChunkResult | None,
+                 on_done: Callable[[TablePlan, ChunkResult], Callable[[], None]]) -> None:
+        """End a job's work; record a copied chunk (``on_done``) under the same lock, so that index builds it queues
+        count this job as idle (their parallel maintenance workers are the idle jobs). Its progress line follows."""
+        report = None
         with self._ready:
             if isinstance(work, Chunk):
                 self._active[plan.target] -= 1
             self._busy -= 1
+            if result is not None:
+                report = on_done(plan, result)
             self._ready.notify_all()
+        if report is not None:
+            report()
 
     def _build(self, plan: TablePlan, build: TableBuild, idle: int) -> None:
         assert self._builder is not None
@@ -792,25 +801,29 @@ class FullLoad:
         done_tables = 0
         self._planned_bytes = sum(p.size_bytes // max(1, len(p.chunks)) for p, _ in todo)
 
-        def on_done(plan: TablePlan, result: ChunkResult) -> None:
+        def on_done(plan: TablePlan, result: ChunkResult) -> Callable[[], None]:
+            """Record a chunk (under self._lock, see _release); return its progress report, run after the lock."""
             nonlocal done_tables
-            with self._lock:
-                results[result.chunk.id] = result
-                remaining[plan.source] -= 1
-                if remaining[plan.source] == 0:
-                    done_tables += 1
-                    self._queue_builds(queue, plan)
-                elapsed = max(1e-6, time.monotonic() - self._started)
-                rate = self._copied_bytes / elapsed
-                left = max(0, self._planned_bytes - self._copied_bytes)
-                eta = left / rate if rate > 0 else 0.0
+            results[result.chunk.id] = result
+            remaining[plan.source] -= 1
+            if remaining[plan.source] == 0:
+                done_tables += 1
+                self._queue_builds(queue, plan)
+            elapsed = max(1e-6, time.monotonic() - self._started)
+            rate = self._copied_bytes / elapsed
+            left = max(0, self._planned_bytes - self._copied_bytes)
+            eta = left / rate if rate > 0 else 0.0
             mb = result.bytes / 1048576
-            self.log(f"full_load table={plan.source} chunk={result.chunk.part}/{result.chunk.parts} "
-                     f"rows={result.rows} MB={mb:.1f} MB/s={mb / max(result.seconds, 1e-6):.1f} "
-                     f"skipped={result.skipped_rows} tables_done={done_tables}/{total_tables} ETA={eta:.0f}s")
-            tags = {"migration": self.config.name, "table": plan.source}
-            self.metric("pgmigrate.full_load.rows", result.rows, tags)
-            self.metric("pgmigrate.full_load.bytes", result.bytes, tags)
+            line = (f"full_load table={plan.source} chunk={result.chunk.part}/{result.chunk.parts} "
+                    f"rows={result.rows} MB={mb:.1f} MB/s={mb / max(result.seconds, 1e-6):.1f} "
+                    f"skipped={result.skipped_rows} tables_done={done_tables}/{total_tables} ETA={eta:.0f}s")
+
+            def report() -> None:
+                self.log(line)
+                tags = {"migration": self.config.name, "table": plan.source}
+                self.metric("pgmigrate.full_load.rows", result.rows, tags)
+                self.metric("pgmigrate.full_load.bytes", result.bytes, tags)
+            return report
 
         workers = max(1, self.jobs if builds else min(self.jobs, len(queue)))
         with ThreadPoolExecutor(max_workers=workers + builds, thread_name_prefix="copy") as pool:
