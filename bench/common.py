@@ -151,6 +151,18 @@ def clients_cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every process and the kernel's own threads: page cache
+    writeback, network softirqs), from ``/proc/stat``; idle and I/O wait left out.
+
+    Process CPU (above) misses the kernel's work done outside any process, which a load that writes gigabytes has
+    plenty of: the machine can be saturated while the processes add up to less.
+    """
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def checkpoint(*servers: LocalPostgres) -> None:
     for server in servers:
         server.execute("CHECKPOINT")

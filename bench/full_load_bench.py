@@ -14,7 +14,9 @@ c. pg_dump_restore: ``pg_dump -Fd -j2`` (default compression) then ``pg_restore 
 MB/s figures all use the same basis: the source's table data size (sum of ``pg_table_size`` of the user tables).
 Ratios are the anchor's time divided by ours: higher means ours is faster. Absolute figures swing with machine load;
 compare the ratios. Besides wall time, each run reports its CPU seconds (every process of both servers and every
-client) and the average cores busy (CPU seconds over wall seconds). ``--dataset`` names the issue's two sizes:
+client) and the average cores busy (CPU seconds over wall seconds), and the same for the whole machine
+(``machine_cores_busy``, from ``/proc/stat``: the kernel's page cache and network work that no process is charged
+for counts too; meaningful only on a machine doing nothing else). ``--dataset`` names the issue's two sizes:
 ``2gb`` (scale 100, 2.08 GB of table data), ``7.5gb`` (pgbench scale 500, the other two tables as at 2gb: 7.55 GB),
 ``both`` (one after the other, in one run, each dataset removed before the next is built); ``--repeat`` runs each
 comparison again on the same dataset. Run on demand::
@@ -50,6 +52,7 @@ from common import (
     ident,
     install_signal_handlers,
     log_fn,
+    machine_cpu_seconds,
     pgbench_args,
     pgbench_env,
     pipe_schema,
@@ -340,11 +343,14 @@ def compare(source: LocalPostgres, destination: LocalPostgres, base: Path, args:
         db = f"bench_{name}"
         fresh_database(destination, db)
         cpu_before = server_cpu_seconds(source) + server_cpu_seconds(destination) + clients_cpu_seconds()
+        machine_before = machine_cpu_seconds()
         results[name] = runs[name](db)
         cpu = server_cpu_seconds(source) + server_cpu_seconds(destination) + clients_cpu_seconds() - cpu_before
-        results[name].update(cpu_s=cpu, cores_busy=cpu / results[name]["total_s"])
-        print(line(name, results[name], data_mb) + f" cpu_s={cpu:.1f} cores_busy={cpu / results[name]['total_s']:.2f}",
-              flush=True)
+        machine = machine_cpu_seconds() - machine_before
+        wall = results[name]["total_s"]
+        results[name].update(cpu_s=cpu, cores_busy=cpu / wall, machine_cpu_s=machine, machine_cores_busy=machine / wall)
+        print(line(name, results[name], data_mb) + f" cpu_s={cpu:.1f} cores_busy={cpu / wall:.2f}"
+              f" machine_cpu_s={machine:.1f} machine_cores_busy={machine / wall:.2f}", flush=True)
         results[name]["verified"] = verify(name, destination, db, tables, expected)
         destination.drop_database(db)
     return results
@@ -404,6 +410,7 @@ def main() -> int:
             runs = item["runs"]
             print(f"bench: summary scale={item['scale']} round={item['round']} " + " ".join(
                 f"{name}={r['total_s']:.1f}s/{r['cpu_s']:.1f}cpu-s/{r['cores_busy']:.2f}cores"
+                f"/{r['machine_cores_busy']:.2f}machine-cores"
                 for name, r in runs.items()) + f" ratio_vs_pipe={item['ratios'].get('ours_vs_psql_pipe', 0):.2f}x",
                 flush=True)
     except KeyboardInterrupt:
