@@ -719,8 +719,7 @@ class FullLoad:
         while conn.get_result() is not None:
             pass
 
-    def _worker(self, queue: list[Work], snapshot: str,
-                on_done: Callable[[TablePlan, ChunkResult], Callable[[], None]]) -> None:
+    def _worker(self, queue: list[Work], snapshot: str, on_done: ChunkDone) -> None:
         """Take work until none is left nor can come: chunks, and the index builds of tables whose copy committed."""
         src = connect(self.source, autocommit=False)
         src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -764,7 +763,7 @@ class FullLoad:
             return None
 
     def _release(self, plan: TablePlan, work: Chunk | TableBuild, result: ChunkResult | None,
-                 on_done: Callable[[TablePlan, ChunkResult], Callable[[], None]]) -> None:
+                 on_done: ChunkDone) -> None:
         """End a job's work; record a copied chunk (``on_done``) under the same lock, so that index builds it queues
         count this job as idle (their parallel maintenance workers are the idle jobs). Its progress line follows."""
         report = None
@@ -772,9 +771,11 @@ class FullLoad:
             if isinstance(work, Chunk):
                 self._active[plan.target] -= 1
             self._busy -= 1
-            if result is not None:
-                report = on_done(plan, result)
-            self._ready.notify_all()
+            try:
+                if result is not None:
+                    report = on_done(plan, result)
+            finally:
+                self._ready.notify_all()
         if report is not None:
             report()
 
@@ -1094,6 +1095,8 @@ def _where_clause(conditions: list[str]) -> sql.Composable:
 
 #: Work for a copy worker: a chunk to copy, or an index build of a table whose copy committed.
 Work = tuple[TablePlan, "Chunk | TableBuild"]
+#: Records a copied chunk (under the load's lock) and returns its progress report, to run once the lock is released.
+ChunkDone = Callable[[TablePlan, "ChunkResult"], Callable[[], None]]
 
 
 def _priority(item: Work) -> float:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg
@@ -148,6 +149,12 @@ def test_parallel_maintenance_workers_take_idle_jobs_within_the_destination_limi
         assert builder.parallel_workers(conn, 1000, large) == row[0], "bounded by the destination"
 
     # A load of one table with two jobs: its first build starts while the other job is idle, and takes it.
+    workers = _load_one_table_with_two_jobs(env, monkeypatch, lambda message: None)
+    assert max(workers) == 1, workers
+
+
+def _load_one_table_with_two_jobs(env, monkeypatch, log) -> list[int]:
+    """Load one table with two indexes (any index gets parallel workers here), two jobs; the builds' workers."""
     from airflow_pgmigrate.engine import index_builds
     from airflow_pgmigrate.engine.full_load import run_full_load
 
@@ -158,33 +165,24 @@ def test_parallel_maintenance_workers_take_idle_jobs_within_the_destination_limi
     config = env.config(migration_types=["schema", "full"], full_load={"parallel_jobs": 2})
     state = MigrationState(env.destination_info(), config.state_schema, config.name)
     migrate_schema(config, env.source_info(), env.destination_info(), "pre_data", state=state)
-    report = run_full_load(config, env.source_info(), env.destination_info())
+    report = run_full_load(config, env.source_info(), env.destination_info(), log=log)
     assert sorted(report["indexes_built_now"]) == ["constraint public.big big_pkey", "index public.big_n"]
-    workers = [r[0] for r in env.dst("SELECT parallel_workers FROM pgmigrate.full_load_index_builds")]
-    assert max(workers) == 1, workers
+    return [r[0] for r in env.dst("SELECT parallel_workers FROM pgmigrate.full_load_index_builds")]
 
 
 def test_the_last_table_s_builds_count_the_job_that_just_copied_it_as_idle(migration_env, monkeypatch):
     """The job whose chunk completed a table is idle once it has recorded the chunk: the table's first build, which
     another job may take before that job gets back to the queue, must see it so (a slow log write in between made
     every build of the load's last table run without a parallel worker)."""
-    from airflow_pgmigrate.engine import index_builds
-    from airflow_pgmigrate.engine.full_load import run_full_load
 
-    monkeypatch.setattr(index_builds, "PARALLEL_MIN_BYTES", 0)
-    env = migration_env
-    env.src("CREATE TABLE public.big (id bigint PRIMARY KEY, n int NOT NULL);"
-            "INSERT INTO public.big SELECT g, g % 1000 FROM generate_series(1, 100000) g;"
-            "CREATE INDEX big_n ON public.big (n)")
-    config = env.config(migration_types=["schema", "full"], full_load={"parallel_jobs": 2})
-    state = MigrationState(env.destination_info(), config.state_schema, config.name)
-    migrate_schema(config, env.source_info(), env.destination_info(), "pre_data", state=state)
+    planned = threading.Event()
 
     def slow_log(message: str) -> None:  # a log handler writing to a slow stream
-        if message.startswith("full_load table="):
+        if message.startswith("full_load index_builds="):
+            planned.set()
+        if message.startswith("full_load table="):  # the builds wait for this chunk, not for their planning
+            planned.wait(30)
             time.sleep(0.3)
 
-    report = run_full_load(config, env.source_info(), env.destination_info(), log=slow_log)
-    assert sorted(report["indexes_built_now"]) == ["constraint public.big big_pkey", "index public.big_n"]
-    workers = [r[0] for r in env.dst("SELECT parallel_workers FROM pgmigrate.full_load_index_builds")]
+    workers = _load_one_table_with_two_jobs(migration_env, monkeypatch, slow_log)
     assert 1 in workers, f"no build took the idle job: {workers}"
