@@ -1,6 +1,8 @@
 """Cutover: stop writes on the source, drain, check that writes stopped, set sequences, verify, check again,
 release, report.
 
+0. Statistics (:mod:`~airflow_pgmigrate.engine.statistics`): the migrated tables the destination has no planner
+   statistics for are analyzed, before the freeze.
 1. Freeze (when ``cutover.freeze_source``, see :mod:`~airflow_pgmigrate.engine.freeze`): prepared transactions block
    it; CONNECT is revoked from every role but the migration's, the database is set read-only for new transactions,
    the other sessions are ended and the source is checked quiet. Otherwise the approval is the user's word that
@@ -45,6 +47,7 @@ from airflow_pgmigrate.engine.incremental import IncrementalSync, SyncError, Syn
 from airflow_pgmigrate.engine.matviews import sync_materialized_views
 from airflow_pgmigrate.engine.nonstreamed import LargeObjectRoles, sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
+from airflow_pgmigrate.engine.statistics import analyze_missing
 from airflow_pgmigrate.engine.verify import compare, differences, verify_migration
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -88,18 +91,14 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
         report["steps"].append(entry)
         log(f"cutover step={name} seconds={entry['seconds']} " + " ".join(f"{k}={v}" for k, v in detail.items()))
 
+    t0 = time.monotonic()  # before the freeze, so no downtime: statistics need not see the last changes
+    report["statistics"] = analyze_missing(config, source, destination, log)
+    step("statistics", t0, analyzed=len(report["statistics"]["analyzed"]), failed=len(report["statistics"]["failed"]))
+
     frozen = config.cutover.freeze_source
     t0 = time.monotonic()
     if frozen:
-        try:
-            report["freeze"] = freeze_source(source, state, log=log,
-                                             wait_prepared_seconds=config.cutover.prepared_transactions_wait_seconds)
-        except FreezeError as exc:
-            report["status"] = "stopped: the source could not be frozen"
-            state.put("cutover", report)
-            raise CutoverError(f"cutover stopped before the freeze took hold: {exc}", report) from None
-        report["sessions_ended"] = report["freeze"]["sessions_ended"]
-        report["frozen_at"] = _now()
+        _freeze(config, source, state, report, log)
     step("freeze" if frozen else "writes_stopped_by_user", t0)
     downtime_start = time.monotonic()
 
@@ -161,6 +160,21 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
 
     report["seconds"] = round(time.monotonic() - started, 3)
     return _completed(config, source, destination, state, report, log)
+
+
+def _freeze(config: MigrationConfig, source: ConnectionInfo, state: MigrationState, report: dict[str, Any],
+            log: Callable[[str], None]) -> None:
+    """Freeze the source (see :mod:`~airflow_pgmigrate.engine.freeze`); a freeze that cannot take hold stops the
+    cutover, recorded, with nothing changed."""
+    try:
+        report["freeze"] = freeze_source(source, state, log=log,
+                                         wait_prepared_seconds=config.cutover.prepared_transactions_wait_seconds)
+    except FreezeError as exc:
+        report["status"] = "stopped: the source could not be frozen"
+        state.put("cutover", report)
+        raise CutoverError(f"cutover stopped before the freeze took hold: {exc}", report) from None
+    report["sessions_ended"] = report["freeze"]["sessions_ended"]
+    report["frozen_at"] = _now()
 
 
 def refresh_materialized_views(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,
@@ -259,6 +273,9 @@ def _completed(config: MigrationConfig, source: ConnectionInfo, destination: Con
     if report.get("frozen_at"):
         report["next_steps"].append(f"to roll back, unfreeze the source (restores exactly what the freeze changed): "
                                     f"{unfreeze_command(source, state)}")
+    for table, reason in (report.get("statistics") or {}).get("failed", {}).items():
+        report["next_steps"].append(f"the destination has no planner statistics for {table} (the cutover's ANALYZE "
+                                    f"failed: {reason}): its owner runs ANALYZE {table};")
     if not config.owns_publication:
         report["next_steps"].append(
             f"the publication {config.publication_name} belongs to its owner and was kept: once the source is retired "

@@ -53,7 +53,7 @@ def test_cutover_freezes_drains_sets_sequences_verifies_and_releases(migration_e
     migration_env.src("INSERT INTO public.orders (amount) SELECT g FROM generate_series(1, 50) g")
     report = run_cutover(config, migration_env.source_info(), migration_env.destination_info())
     assert report["status"] == "completed" and report["verification"]["equal"] is True
-    assert [s["step"] for s in report["steps"]] == ["freeze", "drain", "writes_stopped", "materialized_views",
+    assert [s["step"] for s in report["steps"]] == ["statistics", "freeze", "drain", "writes_stopped", "materialized_views",
                                                     "sequences", "large_objects", "verify", "final_check", "release"]
     assert report["released"] == {"slot": True, "publication": True}
     assert report["downtime_seconds"] is not None
@@ -75,3 +75,31 @@ def test_cutover_refuses_to_finish_on_a_difference(migration_env):
     assert "table public.orders (missing 1, extra 0, different 0: 42)" in str(info.value)
     assert migration_env.src("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
                              (config.slot_name,)) == [(1,)], "the slot is kept"
+
+
+def test_cutover_analyzes_the_tables_the_destination_has_no_statistics_for(migration_env):
+    """Autovacuum never analyzes a partitioned table, and a freshly loaded table waits for it: the cutover runs
+    ANALYZE, before the freeze, on every migrated table without statistics, and leaves the others alone."""
+    env = migration_env
+    env.src("CREATE TABLE public.events (id bigint, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);"
+            "CREATE TABLE public.events_2026 PARTITION OF public.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');"
+            "INSERT INTO public.events SELECT g, date '2026-01-01' + g % 300 FROM generate_series(1, 3000) g;"
+            "CREATE TABLE public.accounts (id int PRIMARY KEY, name text);"
+            "INSERT INTO public.accounts SELECT g, 'n' || g FROM generate_series(1, 2000) g;"
+            "CREATE TABLE public.notes (id int PRIMARY KEY, body text);"
+            "INSERT INTO public.notes SELECT g, 'b' || g FROM generate_series(1, 500) g")
+    config = start_migration(env, cutover={"freeze_source": True})
+    env.dst("ANALYZE public.notes")  # statistics already there: not analyzed again
+    stats = "SELECT DISTINCT tablename FROM pg_stats WHERE schemaname = 'public' ORDER BY 1"
+    before = {r[0] for r in env.dst(stats)}
+    assert "events" not in before and "notes" in before, before
+
+    report = run_cutover(config, env.source_info(), env.destination_info())
+    assert report["status"] == "completed", report
+    assert report["steps"][0]["step"] == "statistics"
+    assert set(report["statistics"]["analyzed"]) == {"public.accounts", "public.events", "public.events_2026"} - before
+    assert report["statistics"]["failed"] == {}
+    assert {"accounts", "events", "events_2026", "notes"} <= {r[0] for r in env.dst(stats)}
+    assert env.dst("SELECT bool_or(inherited) FROM pg_stats WHERE schemaname = 'public' AND tablename = 'events'") \
+        == [(True,)], "the partitioned table's statistics cover its partitions"
+    env.source.execute(f'ALTER DATABASE "{env.source_db}" RESET default_transaction_read_only')
