@@ -45,13 +45,19 @@ def analyze_missing(config: MigrationConfig, source: ConnectionInfo, destination
         targets = sorted({check.target for check in plan_checks(config, src)}, key=str)
     analyzed: list[str] = []
     failed: dict[str, str] = {}
+    warnings: list[str] = []  # ANALYZE skips a table it may not analyze with a WARNING, not an error
     with connect(destination, autocommit=True) as dst:
+        dst.add_notice_handler(lambda notice: warnings.append(notice.message_primary or "")
+                               if notice.severity_nonlocalized == "WARNING" else None)
         for table in without_statistics(dst, targets):
             started = time.monotonic()
+            warnings.clear()
             try:
                 dst.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table.schema, table.name)))
             except psycopg.Error as exc:
-                failed[str(table)] = (exc.diag.message_primary or str(exc)).strip()
+                warnings.append((exc.diag.message_primary or str(exc)).strip())
+            if warnings:
+                failed[str(table)] = "; ".join(warnings)
                 log(f"statistics table={table} not analyzed: {failed[str(table)]}")
                 continue
             analyzed.append(str(table))

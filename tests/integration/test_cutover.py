@@ -103,3 +103,27 @@ def test_cutover_analyzes_the_tables_the_destination_has_no_statistics_for(migra
     assert env.dst("SELECT bool_or(inherited) FROM pg_stats WHERE schemaname = 'public' AND tablename = 'events'") \
         == [(True,)], "the partitioned table's statistics cover its partitions"
     env.source.execute(f'ALTER DATABASE "{env.source_db}" RESET default_transaction_read_only')
+
+
+def test_a_table_the_destination_role_may_not_analyze_is_reported_not_skipped(migration_env):
+    """ANALYZE skips a table its role may not analyze with a WARNING, not an error: that is reported as failed, with
+    PostgreSQL's reason, never counted as analyzed."""
+    from dataclasses import replace
+
+    from airflow_pgmigrate.engine.statistics import analyze_missing
+
+    env = migration_env
+    env.src("CREATE TABLE public.accounts (id int PRIMARY KEY, name text);"
+            "INSERT INTO public.accounts SELECT g, 'n' || g FROM generate_series(1, 2000) g")
+    config = start_migration(env)
+    env.dst("DROP ROLE IF EXISTS pgm_stats_reader; CREATE ROLE pgm_stats_reader LOGIN PASSWORD 'reader-pw';"
+            "GRANT SELECT ON public.accounts TO pgm_stats_reader")
+    try:
+        reader = replace(env.destination_info(), user="pgm_stats_reader", password="reader-pw")
+        result = analyze_missing(config, env.source_info(), reader)
+        assert result["analyzed"] == []
+        assert list(result["failed"]) == ["public.accounts"], result
+        assert "accounts" in result["failed"]["public.accounts"], result
+        assert env.dst("SELECT count(*) FROM pg_stats WHERE tablename = 'accounts'") == [(0,)]
+    finally:
+        env.dst("REVOKE ALL ON public.accounts FROM pgm_stats_reader; DROP ROLE pgm_stats_reader")
