@@ -1,8 +1,8 @@
 """Cutover: stop writes on the source, drain, check that writes stopped, set sequences, verify, check again,
 release, report.
 
-0. Statistics (:mod:`~airflow_pgmigrate.engine.statistics`): the migrated tables the destination has no planner
-   statistics for are analyzed, before the freeze.
+0. Statistics (:mod:`~airflow_pgmigrate.engine.statistics`): the migrated tables the destination still has no
+   planner statistics for are analyzed, and the changes written meanwhile applied, before the freeze.
 1. Freeze (when ``cutover.freeze_source``, see :mod:`~airflow_pgmigrate.engine.freeze`): prepared transactions block
    it; CONNECT is revoked from every role but the migration's, the database is set read-only for new transactions,
    the other sessions are ended and the source is checked quiet. Otherwise the approval is the user's word that
@@ -47,7 +47,7 @@ from airflow_pgmigrate.engine.incremental import IncrementalSync, SyncError, Syn
 from airflow_pgmigrate.engine.matviews import sync_materialized_views
 from airflow_pgmigrate.engine.nonstreamed import LargeObjectRoles, sync_large_objects_between, sync_sequences
 from airflow_pgmigrate.engine.state import MigrationState
-from airflow_pgmigrate.engine.statistics import analyze_missing
+from airflow_pgmigrate.engine.statistics import analyze_missing, statistics_next_steps
 from airflow_pgmigrate.engine.verify import compare, differences, verify_migration
 from airflow_pgmigrate.exceptions import PgMigrateError
 
@@ -91,9 +91,8 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
         report["steps"].append(entry)
         log(f"cutover step={name} seconds={entry['seconds']} " + " ".join(f"{k}={v}" for k, v in detail.items()))
 
-    t0 = time.monotonic()  # before the freeze, so no downtime: statistics need not see the last changes
-    report["statistics"] = analyze_missing(config, source, destination, log)
-    step("statistics", t0, analyzed=len(report["statistics"]["analyzed"]), failed=len(report["statistics"]["failed"]))
+    t0 = time.monotonic()
+    step("statistics", t0, **_update_statistics(config, source, destination, report, log))
 
     frozen = config.cutover.freeze_source
     t0 = time.monotonic()
@@ -160,6 +159,20 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
 
     report["seconds"] = round(time.monotonic() - started, 3)
     return _completed(config, source, destination, state, report, log)
+
+
+def _update_statistics(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,
+                       report: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Before the freeze: analyze the migrated tables still without statistics (the verification before the question
+    did, unless the approval is automatic), then apply the changes written meanwhile, so the drain after the freeze
+    (downtime) is not longer for it."""
+    report["statistics"] = analyze_missing(config, source, destination, log)
+    detail: dict[str, Any] = {k: len(v) for k, v in report["statistics"].items()}
+    if report["statistics"]["analyzed"]:
+        with connect(source) as src:
+            lsn = src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
+        detail["caught_up_to"] = _drain(config, source, destination, lsn, report, log).applied_lsn
+    return detail
 
 
 def _freeze(config: MigrationConfig, source: ConnectionInfo, state: MigrationState, report: dict[str, Any],
@@ -273,9 +286,7 @@ def _completed(config: MigrationConfig, source: ConnectionInfo, destination: Con
     if report.get("frozen_at"):
         report["next_steps"].append(f"to roll back, unfreeze the source (restores exactly what the freeze changed): "
                                     f"{unfreeze_command(source, state)}")
-    for table, reason in (report.get("statistics") or {}).get("failed", {}).items():
-        report["next_steps"].append(f"the destination has no planner statistics for {table} (the cutover's ANALYZE "
-                                    f"failed: {reason}): its owner runs ANALYZE {table};")
+    report["next_steps"] += statistics_next_steps(report.get("statistics"))
     if not config.owns_publication:
         report["next_steps"].append(
             f"the publication {config.publication_name} belongs to its owner and was kept: once the source is retired "

@@ -9,6 +9,7 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_pgmigrate.engine.state import MigrationState
+from airflow_pgmigrate.engine.statistics import analyze_missing
 from airflow_pgmigrate.engine.verify import differences, verify_migration
 from airflow_pgmigrate.operators.base import MigrationBaseOperator
 
@@ -20,19 +21,30 @@ class VerifyOperator(MigrationBaseOperator):
     missing, extra and different keys); also kept in the migration state (key ``verification``).
 
     :param fail_on_difference: fail the task when a difference is found.
+    :param update_statistics: first ANALYZE the migrated tables the destination has no planner statistics for (the
+        migration DAG does it here, before the cutover question, so that the cutover need not in its downtime); the
+        result is in the report under ``statistics``.
     """
 
     template_fields: Sequence[str] = ("config",)
     ui_color = "#d6eaf8"
 
-    def __init__(self, *, fail_on_difference: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *, fail_on_difference: bool = True, update_statistics: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fail_on_difference = fail_on_difference
+        self.update_statistics = update_statistics
 
     def execute(self, context: Context) -> dict[str, Any]:
         config = self.migration
-        report = verify_migration(config, self.source_info, self.destination_info,
-                                  log=lambda message: self.log.info("%s", message))
+
+        def log(message: str) -> None:
+            self.log.info("%s", message)
+
+        statistics = analyze_missing(config, self.source_info, self.destination_info, log) \
+            if self.update_statistics else None
+        report = verify_migration(config, self.source_info, self.destination_info, log=log)
+        if statistics is not None:
+            report["statistics"] = statistics
         MigrationState(self.destination_info, config.state_schema, config.name).put("verification", report)
         if not report["equal"] and self.fail_on_difference:
             context["ti"].xcom_push(key="verification", value=report)

@@ -102,7 +102,8 @@ def _cutover_tasks(config: MigrationConfig, plain: dict[str, Any], synced: Any) 
     if config.cutover.approval == "automatic":
         synced >> cutover
         return tasks
-    verify = VerifyOperator(task_id="verify", config=plain, fail_on_difference=False)
+    # Statistics too: the application still runs, and the sync beside the question applies what it writes meanwhile.
+    verify = VerifyOperator(task_id="verify", config=plain, fail_on_difference=False, update_statistics=True)
     # The branch names the tasks by their full ids (in a TaskGroup: "<group>.cutover").
     group = cutover.task_group
     # An answer given within about one scheduler loop of the question being asked can meet Airflow's executor race

@@ -79,51 +79,58 @@ def test_cutover_refuses_to_finish_on_a_difference(migration_env):
 
 def test_cutover_analyzes_the_tables_the_destination_has_no_statistics_for(migration_env):
     """Autovacuum never analyzes a partitioned table, and a freshly loaded table waits for it: the cutover runs
-    ANALYZE, before the freeze, on every migrated table without statistics, and leaves the others alone."""
+    ANALYZE, before the freeze, on every migrated table without statistics (a partitioned table first: that covers
+    its partitions), and leaves the others alone."""
     env = migration_env
+    quiet = "WITH (autovacuum_enabled = false)"  # carried to the destination: autovacuum cannot analyze them first
     env.src("CREATE TABLE public.events (id bigint, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);"
-            "CREATE TABLE public.events_2026 PARTITION OF public.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');"
+            f"CREATE TABLE public.events_2026 PARTITION OF public.events FOR VALUES FROM ('2026-01-01') TO "
+            f"('2027-01-01') {quiet};"
             "INSERT INTO public.events SELECT g, date '2026-01-01' + g % 300 FROM generate_series(1, 3000) g;"
-            "CREATE TABLE public.accounts (id int PRIMARY KEY, name text);"
+            f"CREATE TABLE public.accounts (id int PRIMARY KEY, name text) {quiet};"
             "INSERT INTO public.accounts SELECT g, 'n' || g FROM generate_series(1, 2000) g;"
-            "CREATE TABLE public.notes (id int PRIMARY KEY, body text);"
-            "INSERT INTO public.notes SELECT g, 'b' || g FROM generate_series(1, 500) g")
+            f"CREATE TABLE public.notes (id int PRIMARY KEY, body text) {quiet};"
+            "INSERT INTO public.notes SELECT g, 'b' || g FROM generate_series(1, 500) g;"
+            f"CREATE TABLE public.nothing (id int PRIMARY KEY) {quiet}")
     config = start_migration(env, cutover={"freeze_source": True})
     env.dst("ANALYZE public.notes")  # statistics already there: not analyzed again
     stats = "SELECT DISTINCT tablename FROM pg_stats WHERE schemaname = 'public' ORDER BY 1"
-    before = {r[0] for r in env.dst(stats)}
-    assert "events" not in before and "notes" in before, before
+    assert [r[0] for r in env.dst(stats)] == ["notes"]
 
     report = run_cutover(config, env.source_info(), env.destination_info())
     assert report["status"] == "completed", report
-    assert report["steps"][0]["step"] == "statistics"
-    assert set(report["statistics"]["analyzed"]) == {"public.accounts", "public.events", "public.events_2026"} - before
-    assert report["statistics"]["failed"] == {}
-    assert {"accounts", "events", "events_2026", "notes"} <= {r[0] for r in env.dst(stats)}
+    assert report["steps"][0]["step"] == "statistics" and report["steps"][0]["analyzed"] == 2, report["steps"][0]
+    assert report["statistics"] == {"analyzed": ["public.events", "public.accounts"], "failed": {},
+                                    "empty_or_no_statistics": ["public.nothing"]}, report["statistics"]
+    assert [r[0] for r in env.dst(stats)] == ["accounts", "events", "events_2026", "notes"]
     assert env.dst("SELECT bool_or(inherited) FROM pg_stats WHERE schemaname = 'public' AND tablename = 'events'") \
         == [(True,)], "the partitioned table's statistics cover its partitions"
+    assert not [s for s in report["next_steps"] if "ANALYZE" in s]
     env.source.execute(f'ALTER DATABASE "{env.source_db}" RESET default_transaction_read_only')
 
 
 def test_a_table_the_destination_role_may_not_analyze_is_reported_not_skipped(migration_env):
     """ANALYZE skips a table its role may not analyze with a WARNING, not an error: that is reported as failed, with
-    PostgreSQL's reason, never counted as analyzed."""
+    PostgreSQL's reason and the statement to run by hand (the name quoted), never counted as analyzed."""
     from dataclasses import replace
 
-    from airflow_pgmigrate.engine.statistics import analyze_missing
+    from airflow_pgmigrate.engine.statistics import analyze_missing, statistics_next_steps
 
     env = migration_env
-    env.src("CREATE TABLE public.accounts (id int PRIMARY KEY, name text);"
-            "INSERT INTO public.accounts SELECT g, 'n' || g FROM generate_series(1, 2000) g")
+    env.src('CREATE TABLE public."Accounts" (id int PRIMARY KEY, name text) WITH (autovacuum_enabled = false);'
+            'INSERT INTO public."Accounts" SELECT g, \'n\' || g FROM generate_series(1, 2000) g')
     config = start_migration(env)
     env.dst("DROP ROLE IF EXISTS pgm_stats_reader; CREATE ROLE pgm_stats_reader LOGIN PASSWORD 'reader-pw';"
-            "GRANT SELECT ON public.accounts TO pgm_stats_reader")
+            "ALTER ROLE pgm_stats_reader SET client_min_messages = error;"  # analyze_missing sets it back to see the WARNING
+            'GRANT SELECT ON public."Accounts" TO pgm_stats_reader')
     try:
         reader = replace(env.destination_info(), user="pgm_stats_reader", password="reader-pw")
         result = analyze_missing(config, env.source_info(), reader)
-        assert result["analyzed"] == []
-        assert list(result["failed"]) == ["public.accounts"], result
-        assert "accounts" in result["failed"]["public.accounts"], result
-        assert env.dst("SELECT count(*) FROM pg_stats WHERE tablename = 'accounts'") == [(0,)]
+        assert result["analyzed"] == [] and result["empty_or_no_statistics"] == []
+        assert list(result["failed"]) == ["public.Accounts"], result
+        assert "Accounts" in result["failed"]["public.Accounts"], result
+        assert env.dst("SELECT count(*) FROM pg_stats WHERE tablename = 'Accounts'") == [(0,)]
+        [step] = statistics_next_steps(result)
+        assert step.endswith('runs ANALYZE "public"."Accounts";'), step
     finally:
-        env.dst("REVOKE ALL ON public.accounts FROM pgm_stats_reader; DROP ROLE pgm_stats_reader")
+        env.dst('REVOKE ALL ON public."Accounts" FROM pgm_stats_reader; DROP ROLE pgm_stats_reader')

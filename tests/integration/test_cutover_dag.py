@@ -104,6 +104,8 @@ def test_cutover_answered_in_the_ui(migration_env, airflow_db, answers, outcome)
     assert responder.answered == [f"cutover_question={a}" for a in answers]
     assert "failed" not in states.values() and "upstream_failed" not in states.values(), states
     assert states["sync_while_waiting"] == "success" and states["verify"] == "success"
+    verified = migration_env.dst("SELECT value FROM pgmigrate.migration_state WHERE key = 'verification'")[0][0]
+    assert verified["statistics"]["failed"] == {}, "the verification before the question analyzes the tables"
     slot = migration_env.src("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgmigrate_it_cut_manual'")
     assert slot == [(0,)], "the slot is released either way"
     recorded = migration_env.dst("SELECT value FROM pgmigrate.migration_state WHERE key = 'cutover_answers'")[0][0]
