@@ -2,7 +2,7 @@
 release, report.
 
 0. Statistics (:mod:`~airflow_pgmigrate.engine.statistics`): the migrated tables the destination still has no
-   planner statistics for are analyzed, and the changes written meanwhile applied, before the freeze.
+   planner statistics for are analyzed, before the freeze.
 1. Freeze (when ``cutover.freeze_source``, see :mod:`~airflow_pgmigrate.engine.freeze`): prepared transactions block
    it; CONNECT is revoked from every role but the migration's, the database is set read-only for new transactions,
    the other sessions are ended and the source is checked quiet. Otherwise the approval is the user's word that
@@ -164,15 +164,10 @@ def run_cutover(config: MigrationConfig, source: ConnectionInfo, destination: Co
 def _update_statistics(config: MigrationConfig, source: ConnectionInfo, destination: ConnectionInfo,
                        report: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """Before the freeze: analyze the migrated tables still without statistics (the verification before the question
-    did, unless the approval is automatic), then apply the changes written meanwhile, so the drain after the freeze
-    (downtime) is not longer for it."""
+    did, unless the approval is automatic). The changes written meanwhile are drained after the freeze with the rest:
+    a drain here could wait on the destination's locks before the source is frozen."""
     report["statistics"] = analyze_missing(config, source, destination, log)
-    detail: dict[str, Any] = {k: len(v) for k, v in report["statistics"].items()}
-    if report["statistics"]["analyzed"]:
-        with connect(source) as src:
-            lsn = src.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]  # type: ignore[index]
-        detail["caught_up_to"] = _drain(config, source, destination, lsn, report, log).applied_lsn
-    return detail
+    return {k: len(v) for k, v in report["statistics"].items()}
 
 
 def _freeze(config: MigrationConfig, source: ConnectionInfo, state: MigrationState, report: dict[str, Any],
