@@ -34,7 +34,7 @@ LOCK_TIMEOUT = "10s"
 
 def without_statistics(dst: psycopg.Connection, tables: list[QualifiedName]) -> list[tuple[QualifiedName, str]]:
     """The tables (relkind ``r``) and partitioned tables (``p``) of ``tables`` that have no column statistics on this
-    server, with their relkind: partitioned tables first (analyzing one analyzes its partitions too)."""
+    server, with their relkind."""
     if not tables:
         return []
     rows = dst.execute(
@@ -42,7 +42,7 @@ def without_statistics(dst: psycopg.Connection, tables: list[QualifiedName]) -> 
         "JOIN pg_namespace n ON n.nspname = t.s JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r "
         "WHERE c.relkind IN ('r', 'p') "
         "AND NOT EXISTS (SELECT 1 FROM pg_stats p WHERE p.schemaname = t.s AND p.tablename = t.r) "
-        "ORDER BY c.relkind = 'r', 1, 2", ([t.schema for t in tables], [t.name for t in tables])).fetchall()
+        "ORDER BY 1, 2", ([t.schema for t in tables], [t.name for t in tables])).fetchall()
     return [(QualifiedName(schema, name), kind) for schema, name, kind in rows]
 
 
@@ -60,14 +60,13 @@ def analyze_missing(config: MigrationConfig, source: ConnectionInfo, destination
                                if notice.severity_nonlocalized == "WARNING" else None)
         dst.execute(sql.SQL("SET client_min_messages = warning; SET lock_timeout = {}").format(
             sql.Literal(LOCK_TIMEOUT)))
-        for kinds in ("p", "r"):  # a partitioned table's ANALYZE covers its partitions: look again after them
+        for wanted in ("p", "r"):  # a partitioned table's ANALYZE covers its partitions: look again after them
             for table, kind in without_statistics(dst, targets):
-                if kind != kinds or str(table) in failed:
+                if kind != wanted:
                     continue
-                warnings.clear()
-                _analyze(dst, table, warnings, log)
-                if warnings:
-                    failed[str(table)] = "; ".join(warnings)
+                reason = _analyze(dst, table, warnings, log)
+                if reason:
+                    failed[str(table)] = reason
                 else:
                     tried.append(str(table))
         left = {str(t) for t, _ in without_statistics(dst, targets)}
@@ -78,17 +77,18 @@ def analyze_missing(config: MigrationConfig, source: ConnectionInfo, destination
             "empty_or_no_statistics": [t for t in tried if t in left]}
 
 
-def _analyze(dst: psycopg.Connection, table: QualifiedName, warnings: list[str], log: Callable[[str], None]) -> None:
-    """ANALYZE one table; an error joins the WARNINGs it raised (the caller reports them as the reason)."""
+def _analyze(dst: psycopg.Connection, table: QualifiedName, warnings: list[str], log: Callable[[str], None]) -> str:
+    """ANALYZE one table; why it was not analyzed (its WARNINGs, collected in ``warnings``, and its error), or ""."""
     started = time.monotonic()
+    warnings.clear()
     try:
         dst.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table.schema, table.name)))
     except psycopg.Error as exc:
         warnings.append((exc.diag.message_primary or str(exc)).strip())
-    if warnings:
-        log(f"statistics table={table} not analyzed: {'; '.join(warnings)}")
-    else:
-        log(f"statistics table={table} analyzed seconds={time.monotonic() - started:.2f}")
+    reason = "; ".join(warnings)
+    log(f"statistics table={table} not analyzed: {reason}" if reason else
+        f"statistics table={table} analyzed seconds={time.monotonic() - started:.2f}")
+    return reason
 
 
 def statistics_next_steps(statistics: dict[str, Any] | None) -> list[str]:

@@ -22,7 +22,7 @@ class VerifyOperator(MigrationBaseOperator):
 
     :param fail_on_difference: fail the task when a difference is found.
     :param update_statistics: first ANALYZE the migrated tables the destination has no planner statistics for (the
-        migration DAG does it here, before the cutover question, so that the cutover need not in its downtime); the
+        migration DAG does it here, before the cutover question, so that the cutover need not do it later); the
         result is in the report under ``statistics``.
     """
 
